@@ -1,0 +1,1 @@
+//! The legacy backend of `vmi-core`: introspection of an unpatched QEMU/KVM guest.
