@@ -191,10 +191,11 @@ impl From<Gpa> for Gfn {
 impl TryFrom<Gfn> for Gpa {
     type Error = crate::Error;
     fn try_from(gfn: Gfn) -> Result<Self, Self::Error> {
-        gfn.checked_gpa().ok_or_else(|| crate::Error::InvalidArgument {
-            what: "gfn",
-            reason: format!("frame {:#x} does not fit a 64-bit address", gfn.0).into(),
-        })
+        gfn.checked_gpa()
+            .ok_or_else(|| crate::Error::InvalidArgument {
+                what: "gfn",
+                reason: format!("frame {:#x} does not fit a 64-bit address", gfn.0).into(),
+            })
     }
 }
 

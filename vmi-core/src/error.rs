@@ -57,7 +57,9 @@ pub enum Error {
 
     /// Address translation hit a non-present or reserved entry; the guest would take a
     /// page fault here.
-    #[error("page fault translating {gva} (root {root}, level {level}, entry {entry:#x}): {reason}")]
+    #[error(
+        "page fault translating {gva} (root {root}, level {level}, entry {entry:#x}): {reason}"
+    )]
     PageFault {
         /// The virtual address being translated.
         gva: Gva,
@@ -185,10 +187,7 @@ impl Error {
     }
 
     /// Shorthand for [`Error::Backend`] without vCPU or address.
-    pub fn backend(
-        command: impl Into<Cow<'static, str>>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn backend(command: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
         Self::Backend {
             command: command.into(),
             vcpu: None,

@@ -200,7 +200,9 @@ impl VcpuSet {
 
     /// The vCPUs in the set.
     pub fn iter(self) -> impl Iterator<Item = VcpuId> {
-        (0u16..64).filter(move |i| self.0 & (1 << i) != 0).map(VcpuId)
+        (0u16..64)
+            .filter(move |i| self.0 & (1 << i) != 0)
+            .map(VcpuId)
     }
 }
 
@@ -714,8 +716,7 @@ pub trait EventControl {
         let Some(PendingEvent { event, token }) = self.wait_event(timeout)? else {
             return Ok(false);
         };
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&event)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&event)));
         match outcome {
             Ok(response) => self.reply(token, response).map(|()| true),
             Err(panic) => {
@@ -737,10 +738,16 @@ mod tests {
 
     #[test]
     fn libvmi_trap_conversion() {
-        assert_eq!(Access::from_libvmi_trap(Access::empty()).unwrap(), Access::RWX);
+        assert_eq!(
+            Access::from_libvmi_trap(Access::empty()).unwrap(),
+            Access::RWX
+        );
         assert_eq!(Access::from_libvmi_trap(Access::W).unwrap(), Access::RX);
         assert_eq!(Access::from_libvmi_trap(Access::X).unwrap(), Access::RW);
-        assert_eq!(Access::from_libvmi_trap(Access::RWX).unwrap(), Access::empty());
+        assert_eq!(
+            Access::from_libvmi_trap(Access::RWX).unwrap(),
+            Access::empty()
+        );
         assert!(Access::from_libvmi_trap(Access::R).is_err());
         assert!(Access::from_libvmi_trap(Access::RX).is_err());
     }
@@ -757,7 +764,12 @@ mod tests {
         assert_eq!(r.libvmi_flags(), 0x8 | 0x20 | 0x40 | 0x80 | 0x200);
         assert_eq!(Response::deny().libvmi_flags(), 0x10);
         assert_eq!(Response::continue_().libvmi_flags(), 0);
-        assert!(!Response::continue_().toggle_singlestep().toggle_singlestep().toggle_singlestep);
+        assert!(
+            !Response::continue_()
+                .toggle_singlestep()
+                .toggle_singlestep()
+                .toggle_singlestep
+        );
     }
 
     #[test]
@@ -766,13 +778,19 @@ mod tests {
         assert_eq!(EmulReadData::new(&[7; 256]).unwrap().as_bytes().len(), 256);
         assert!(EmulInsn::new(&[]).is_err());
         assert!(EmulInsn::new(&[0x90; 17]).is_err());
-        assert_eq!(EmulInsn::new(&[0x0f, 0x01, 0xd9]).unwrap().as_bytes(), &[0x0f, 0x01, 0xd9]);
+        assert_eq!(
+            EmulInsn::new(&[0x0f, 0x01, 0xd9]).unwrap().as_bytes(),
+            &[0x0f, 0x01, 0xd9]
+        );
     }
 
     #[test]
     fn vcpu_sets() {
         let s = VcpuSet::first(3);
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![VcpuId(0), VcpuId(1), VcpuId(2)]);
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![VcpuId(0), VcpuId(1), VcpuId(2)]
+        );
         assert!(!s.contains(VcpuId(3)));
         assert_eq!(VcpuSet::first(64).0, u64::MAX);
         assert_eq!(VcpuSet::single(VcpuId(70)).0, 0);

@@ -4,7 +4,7 @@
 //! addresses ([`Gpa`], [`Gva`], [`Gfn`]), vCPUs and SLAT views, the x86 register model,
 //! events and the responses to them, errors — and one trait per capability a backend may
 //! offer (read memory, write registers, pause, trap events, …), plus a runtime
-//! [`CapabilityReport`](capability::CapabilityReport) that says, for the connected
+//! [`CapabilityReport`] that says, for the connected
 //! backend and host, which features work and why the others do not.
 //!
 //! It also holds x86 address translation over any [`PhysicalMemory`], for every paging
@@ -13,23 +13,56 @@
 //! Layering: `vmi-core` depends on no backend. `vmi-kvm` (KVMi socket) and `vmi-legacy`
 //! (unpatched QEMU: QMP, GDB stub, shared RAM) implement its traits.
 
+//! # Example
+//!
+//! Translate a kernel virtual address with a hand-built page table, the way a tool does
+//! with the CR3 a backend reports:
+//!
+//! ```
+//! use vmi_core::{translate, Gpa, Gva, PagingMode, PhysicalMemory, SparseMemory};
+//!
+//! // One 4-level mapping: 0xffff_8000_0000_0000 -> 2 MiB page at 0x20_0000.
+//! let mut mem = SparseMemory::new();
+//! let (pml4, pdpt, pd) = (0x1000, 0x2000, 0x3000);
+//! mem.write_u64(Gpa(pml4 + 256 * 8), pdpt | 0x3); // present, writable
+//! mem.write_u64(Gpa(pdpt), pd | 0x3);
+//! mem.write_u64(Gpa(pd), 0x20_0000 | 0x83); // present, writable, 2 MiB page
+//! mem.write(Gpa(0x20_0123), b"Linux version");
+//!
+//! let mode = PagingMode::from_registers(0x8000_0011, 0x20, 0x500); // PG+PE, PAE, LME+LMA
+//! let t = translate(&mem, mode, Gpa(pml4), Gva(0xffff_8000_0000_0123))?;
+//! assert_eq!(t.gpa, Gpa(0x20_0123));
+//! let mut banner = [0u8; 13];
+//! mem.read_physical(t.gpa, &mut banner)?;
+//! assert_eq!(&banner, b"Linux version");
+//! # Ok::<(), vmi_core::Error>(())
+//! ```
+
 pub mod addr;
+pub mod capability;
+pub mod cpu_state;
 pub mod error;
+pub mod event;
 pub mod memory;
+pub mod paging;
+pub mod registers;
+pub mod slat;
+pub mod vcpu;
 
 pub use addr::{Gfn, Gpa, Gva, VcpuId, View, PAGE_SHIFT, PAGE_SIZE};
-pub use error::{Error, PageFaultReason, Result};
-pub use memory::{MemoryInfo, PhysicalMemory, PhysicalMemoryWrite, PhysicalRange, SparseMemory};
-pub mod registers;
-pub use registers::{Register, RegisterGroups, RegisterSnapshot};
-pub mod vcpu;
-pub use vcpu::{PauseCount, PauseGuard, VcpuControl};
-pub use registers::{ReadRegisters, WriteRegisters};
-pub mod cpu_state;
-pub mod event;
-pub mod slat;
-pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
-pub use event::{Access, Action, Event, EventControl, EventKind, Monitor, PendingEvent, ReplyToken, Response};
-pub use slat::{GfnAllocation, PageAccess, SlatViews};
-pub mod capability;
 pub use capability::{Backend, Capability, CapabilityReport, Support};
+pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
+pub use error::{Error, PageFaultReason, Result};
+pub use event::{
+    Access, Action, Event, EventControl, EventKind, Monitor, PendingEvent, ReplyToken, Response,
+};
+pub use memory::{
+    MapPhysical, MappedRegion, MemoryInfo, MemoryLayout, PhysicalMemory, PhysicalMemoryWrite,
+    PhysicalRange, SparseMemory,
+};
+pub use paging::{
+    read_virtual, translate, PageSize, PagingMode, Translation, TranslationCache, Translator,
+};
+pub use registers::{ReadRegisters, Register, RegisterGroups, RegisterSnapshot, WriteRegisters};
+pub use slat::{GfnAllocation, PageAccess, SlatViews};
+pub use vcpu::{PauseCount, PauseGuard, VcpuControl};

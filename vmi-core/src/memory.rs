@@ -81,11 +81,7 @@ impl PhysicalRange {
 
     /// Whether `[gpa, gpa+len)` lies inside this range.
     pub fn contains(&self, gpa: Gpa, len: u64) -> bool {
-        gpa.0 >= self.start.0
-            && gpa
-                .0
-                .checked_add(len)
-                .is_some_and(|end| end <= self.end())
+        gpa.0 >= self.start.0 && gpa.0.checked_add(len).is_some_and(|end| end <= self.end())
     }
 }
 
@@ -97,7 +93,12 @@ impl MemoryInfo {
 
     /// One past the highest RAM byte (LibVMI's `max_physical_address`).
     pub fn max_physical_address(&self) -> Gpa {
-        Gpa(self.ranges.iter().map(PhysicalRange::end).max().unwrap_or(0))
+        Gpa(self
+            .ranges
+            .iter()
+            .map(PhysicalRange::end)
+            .max()
+            .unwrap_or(0))
     }
 
     /// Checks that `[gpa, gpa+len)` is inside one RAM range.
@@ -314,8 +315,14 @@ mod tests {
     fn memory_info_bounds() {
         let info = MemoryInfo {
             ranges: vec![
-                PhysicalRange { start: Gpa(0), len: 0xc000_0000 },
-                PhysicalRange { start: Gpa(0x1_0000_0000), len: 0x4000_0000 },
+                PhysicalRange {
+                    start: Gpa(0),
+                    len: 0xc000_0000,
+                },
+                PhysicalRange {
+                    start: Gpa(0x1_0000_0000),
+                    len: 0x4000_0000,
+                },
             ],
         };
         assert_eq!(info.ram_size(), 0x1_0000_0000);

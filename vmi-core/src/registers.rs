@@ -553,12 +553,20 @@ impl RegisterSnapshot {
                 self.msrs.insert(i, value);
             }
             GdtrBase | IdtrBase => {
-                let t = if reg == GdtrBase { &mut self.gdtr } else { &mut self.idtr };
+                let t = if reg == GdtrBase {
+                    &mut self.gdtr
+                } else {
+                    &mut self.idtr
+                };
                 t.as_mut().ok_or_else(absent)?.base = value;
             }
             GdtrLimit | IdtrLimit => {
                 let limit = u16::try_from(value).map_err(|_| too_wide(16))?;
-                let t = if reg == GdtrLimit { &mut self.gdtr } else { &mut self.idtr };
+                let t = if reg == GdtrLimit {
+                    &mut self.gdtr
+                } else {
+                    &mut self.idtr
+                };
                 t.as_mut().ok_or_else(absent)?.limit = limit;
             }
             Segment(s, f) => {
@@ -604,67 +612,6 @@ impl RegisterSnapshot {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absent_is_not_zero() {
-        let s = RegisterSnapshot::default();
-        assert_eq!(s.get(Register::Rax), None);
-        assert_eq!(s.get(Register::Dr7), None);
-        assert_eq!(s.get(Register::Msr(msr::LSTAR)), None);
-        assert_eq!(s.groups(), RegisterGroups::empty());
-    }
-
-    #[test]
-    fn get_and_set_round_trip() {
-        let mut s = RegisterSnapshot {
-            gprs: Some(Gprs::default()),
-            control: Some(ControlRegs::default()),
-            segments: Some(Segments::default()),
-            gdtr: Some(DescriptorTable::default()),
-            idtr: Some(DescriptorTable::default()),
-            ..Default::default()
-        };
-        s.set(Register::R13, 0x1313).unwrap();
-        s.set(Register::Cr3, 0x1000).unwrap();
-        s.set(Register::Msr(msr::LSTAR), 0xffff_ffff_8100_0000).unwrap();
-        s.set(Register::Efer, 0xd01).unwrap();
-        s.set(
-            Register::Segment(SegmentRegister::Fs, SegmentField::Base),
-            0x7fff_0000,
-        )
-        .unwrap();
-        assert_eq!(s.get(Register::R13), Some(0x1313));
-        assert_eq!(s.get(Register::Cr3), Some(0x1000));
-        assert_eq!(s.get(Register::Msr(msr::LSTAR)), Some(0xffff_ffff_8100_0000));
-        assert_eq!(s.get(Register::Msr(msr::EFER)), Some(0xd01));
-        assert_eq!(
-            s.get(Register::Segment(SegmentRegister::Fs, SegmentField::Base)),
-            Some(0x7fff_0000)
-        );
-        assert!(s.set(Register::Dr7, 0x400).is_err(), "debug group is absent");
-        assert!(s.set(Register::GdtrLimit, 0x1_0000).is_err(), "limit is 16 bits");
-        assert!(s.groups().contains(RegisterGroups::GPRS | RegisterGroups::MSRS));
-    }
-
-    #[test]
-    fn vmx_access_rights_round_trip() {
-        // 64-bit kernel code segment: type 0xb, S, P, L, G.
-        let ar = 0xa09b;
-        let a = SegmentAttributes::from_vmx_ar(ar);
-        assert_eq!(a.type_, 0xb);
-        assert!(a.s && a.present && a.l && a.g && !a.db);
-        assert_eq!(a.to_vmx_ar(), ar);
-        // QEMU prints descriptor flags: 0x00af9b00 for the same segment.
-        assert_eq!(
-            SegmentAttributes::from_descriptor_flags(0x00af_9b00).to_vmx_ar(),
-            0xa09b
-        );
-    }
-}
-
 /// Reading vCPU registers.
 pub trait ReadRegisters {
     /// Reads the `groups` of `vcpu`, plus the MSRs listed in `msrs` when `groups`
@@ -690,4 +637,77 @@ pub trait WriteRegisters {
     /// [`crate::Error::Unsupported`] naming the first group the backend cannot write,
     /// before writing anything.
     fn set_registers(&self, vcpu: crate::VcpuId, regs: &RegisterSnapshot) -> crate::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_is_not_zero() {
+        let s = RegisterSnapshot::default();
+        assert_eq!(s.get(Register::Rax), None);
+        assert_eq!(s.get(Register::Dr7), None);
+        assert_eq!(s.get(Register::Msr(msr::LSTAR)), None);
+        assert_eq!(s.groups(), RegisterGroups::empty());
+    }
+
+    #[test]
+    fn get_and_set_round_trip() {
+        let mut s = RegisterSnapshot {
+            gprs: Some(Gprs::default()),
+            control: Some(ControlRegs::default()),
+            segments: Some(Segments::default()),
+            gdtr: Some(DescriptorTable::default()),
+            idtr: Some(DescriptorTable::default()),
+            ..Default::default()
+        };
+        s.set(Register::R13, 0x1313).unwrap();
+        s.set(Register::Cr3, 0x1000).unwrap();
+        s.set(Register::Msr(msr::LSTAR), 0xffff_ffff_8100_0000)
+            .unwrap();
+        s.set(Register::Efer, 0xd01).unwrap();
+        s.set(
+            Register::Segment(SegmentRegister::Fs, SegmentField::Base),
+            0x7fff_0000,
+        )
+        .unwrap();
+        assert_eq!(s.get(Register::R13), Some(0x1313));
+        assert_eq!(s.get(Register::Cr3), Some(0x1000));
+        assert_eq!(
+            s.get(Register::Msr(msr::LSTAR)),
+            Some(0xffff_ffff_8100_0000)
+        );
+        assert_eq!(s.get(Register::Msr(msr::EFER)), Some(0xd01));
+        assert_eq!(
+            s.get(Register::Segment(SegmentRegister::Fs, SegmentField::Base)),
+            Some(0x7fff_0000)
+        );
+        assert!(
+            s.set(Register::Dr7, 0x400).is_err(),
+            "debug group is absent"
+        );
+        assert!(
+            s.set(Register::GdtrLimit, 0x1_0000).is_err(),
+            "limit is 16 bits"
+        );
+        assert!(s
+            .groups()
+            .contains(RegisterGroups::GPRS | RegisterGroups::MSRS));
+    }
+
+    #[test]
+    fn vmx_access_rights_round_trip() {
+        // 64-bit kernel code segment: type 0xb, S, P, L, G.
+        let ar = 0xa09b;
+        let a = SegmentAttributes::from_vmx_ar(ar);
+        assert_eq!(a.type_, 0xb);
+        assert!(a.s && a.present && a.l && a.g && !a.db);
+        assert_eq!(a.to_vmx_ar(), ar);
+        // QEMU prints descriptor flags: 0x00af9b00 for the same segment.
+        assert_eq!(
+            SegmentAttributes::from_descriptor_flags(0x00af_9b00).to_vmx_ar(),
+            0xa09b
+        );
+    }
 }

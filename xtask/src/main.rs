@@ -1,1 +1,190 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! The guest tests need QEMU, a Linux kernel and an initramfs; `xtask` provisions them
+//! (see [`provision`]), builds the initramfs ([`image`]), picks the accelerator ([`accel`])
+//! and runs cargo with `VMI_GUEST_KERNEL`, `VMI_GUEST_INITRD` and `VMI_GUEST_ACCEL` set.
+//! Everything it produces lives in `target/guest/`.
+
+mod accel;
+mod cpio;
+mod demo;
+mod image;
+mod provision;
+mod util;
+
+use std::ffi::OsString;
+use std::process::Command;
+
+use vmi_tests::GuestPaths;
+
+use crate::util::{bail, output, run, target_dir, workspace_root, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
+                 build the initramfs, choose the accelerator; print the guest environment
+  env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
+                 (`eval \"$(cargo xtask env)\"; cargo test …`)
+  test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
+  bench [ARGS]   provision, then `cargo bench --workspace --exclude xtask ARGS`
+  demo           provision, then boot the guest and introspect it
+  ci             fmt check, clippy, docs (warnings are errors), then `test`
+
+environment:
+  VMI_ACCEL=kvm|tcg       force the accelerator (default: cached trial boot with KVM)
+  VMI_GUEST_KERNEL=PATH   use this kernel instead of Debian's cloud kernel
+  VMI_BUSYBOX=PATH        use this static busybox instead of Debian's busybox-static
+  VMI_MAX_GUESTS=N        guests running at once per test process (default 2)
+  VMI_GUEST_ECHO=1        echo guest serial output to stderr
+";
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let command = args.next().map(|c| c.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    let result = match command.as_deref() {
+        Some("provision") => no_args("provision", &rest).and_then(|()| {
+            let paths = prepare()?;
+            print_env(&paths, false);
+            Ok(())
+        }),
+        Some("env") => no_args("env", &rest).and_then(|()| {
+            let paths = prepare()?;
+            print_env(&paths, true);
+            Ok(())
+        }),
+        Some("test") => prepare().and_then(|paths| test(&paths, &rest)),
+        Some("bench") => prepare().and_then(|paths| bench(&paths, &rest)),
+        Some("demo") => no_args("demo", &rest)
+            .and_then(|()| prepare())
+            .and_then(|paths| demo::run(&paths)),
+        Some("ci") => ci(&rest),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}").into()),
+        None => Err(USAGE.into()),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn no_args(command: &str, rest: &[OsString]) -> Result {
+    if !rest.is_empty() {
+        bail!("`cargo xtask {command}` takes no arguments (got {rest:?})");
+    }
+    Ok(())
+}
+
+/// Provisions the host and builds the guest image; returns the paths the tests need.
+fn prepare() -> Result<GuestPaths> {
+    let guest_dir = target_dir().join("guest");
+    let cache = guest_dir.join("cache");
+    std::fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    let p = provision::provision(&cache)?;
+
+    let initrd = guest_dir.join("initramfs.cpio");
+    if image::build_initramfs(&p.busybox, &initrd)? {
+        eprintln!("xtask: built {}", initrd.display());
+    }
+
+    let qemu_version = output(Command::new(&p.qemu).arg("--version"))?;
+    let qemu_version = qemu_version.lines().next().unwrap_or_default();
+    let key = format!("kernel={}\nqemu={qemu_version}", p.kernel_version);
+    let accel = accel::choose(&guest_dir.join("accel"), &p.kernel, &initrd, &key)?;
+    Ok(GuestPaths {
+        kernel: p.kernel,
+        initrd,
+        accel,
+    })
+}
+
+fn print_env(paths: &GuestPaths, shell: bool) {
+    for (name, value) in paths.env_vars() {
+        let value = value.to_string_lossy();
+        if shell {
+            println!("export {name}='{}'", value.replace('\'', r"'\''"));
+        } else {
+            println!("{name}={value}");
+        }
+    }
+}
+
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn with_guest_env(mut cmd: Command, paths: &GuestPaths) -> Command {
+    for (name, value) in paths.env_vars() {
+        cmd.env(name, value);
+    }
+    // QEMU is provisioned: tests that would skip without it must run.
+    cmd.env("VMI_REQUIRE_QEMU", "1");
+    cmd
+}
+
+/// All tests of the workspace except xtask's, with the guest environment. Guest tests
+/// limit themselves to `VMI_MAX_GUESTS` concurrent guests (see `vmi_tests::Guest`).
+fn test(paths: &GuestPaths, args: &[OsString]) -> Result {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "xtask"])
+        .args(args);
+    run(&mut with_guest_env(cmd, paths))
+}
+
+fn bench(paths: &GuestPaths, args: &[OsString]) -> Result {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--workspace", "--exclude", "xtask"])
+        .args(args);
+    run(&mut with_guest_env(cmd, paths))
+}
+
+/// What `.ci/run` does.
+fn ci(args: &[OsString]) -> Result {
+    ensure_components()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .args(["doc", "--workspace", "--no-deps"]))?;
+    let paths = prepare()?;
+    test(&paths, args)
+}
+
+/// rustfmt and clippy, added with rustup when missing.
+fn ensure_components() -> Result {
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(sub, _)| {
+            !cargo()
+                .args([sub, "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, component)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if util::find_in_path("rustup").is_none() {
+        bail!("cargo {missing:?} missing and rustup is not available to add them");
+    }
+    run(Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing))
+}

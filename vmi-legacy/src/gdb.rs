@@ -1,0 +1,986 @@
+//! A client for the GDB remote serial protocol, as QEMU's gdbstub speaks it.
+//!
+//! No maintained Rust RSP *client* exists (the `gdbstub` crate is the server side), so
+//! this is ours. It is split like `gdbstub`: [`codec`] holds the pure protocol logic
+//! (framing, checksums, escapes, run-length decoding, stop replies, target XML), and
+//! [`GdbClient`] drives it over any byte stream (a UNIX socket or TCP with `TCP_NODELAY`,
+//! without which every packet waits ~40 ms for a delayed ACK).
+//!
+//! QEMU specifics handled here: it does not support `QStartNoAckMode`, so every packet is
+//! acknowledged; `qqemu.sstep` masks IRQs and timers while single-stepping;
+//! `Qqemu.PhyMemMode:1` makes `m`/`M` use guest-physical addresses; threads are vCPUs
+//! (thread id = vCPU index + 1).
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use vmi_core::{Error, Result};
+
+/// Pure protocol logic: no I/O.
+pub mod codec {
+    use super::*;
+
+    /// Largest packet we accept from the stub, after run-length expansion. QEMU's own
+    /// limit is 131104 bytes; anything bigger is treated as hostile.
+    pub const MAX_PACKET: usize = 1 << 20;
+
+    /// The modulo-256 sum of the payload bytes.
+    pub fn checksum(data: &[u8]) -> u8 {
+        data.iter().fold(0u8, |a, b| a.wrapping_add(*b))
+    }
+
+    /// Frames `payload` as `$<escaped payload>#<checksum>`.
+    pub fn encode_packet(payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(payload.len() + 8);
+        for &b in payload {
+            if matches!(b, b'$' | b'#' | b'}' | b'*') {
+                body.push(b'}');
+                body.push(b ^ 0x20);
+            } else {
+                body.push(b);
+            }
+        }
+        let sum = checksum(&body);
+        let mut out = Vec::with_capacity(body.len() + 4);
+        out.push(b'$');
+        out.extend_from_slice(&body);
+        out.push(b'#');
+        out.extend_from_slice(format!("{sum:02x}").as_bytes());
+        out
+    }
+
+    /// Undoes escapes (`}` + byte^0x20) and run-length encoding (`X*n`: repeat the
+    /// previous byte `n - 29` more times) of a received packet body.
+    pub fn decode_body(body: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(body.len());
+        let mut i = 0;
+        while i < body.len() {
+            match body[i] {
+                b'}' => {
+                    let b = *body
+                        .get(i + 1)
+                        .ok_or_else(|| Error::malformed("gdbstub", "escape at end of packet"))?;
+                    out.push(b ^ 0x20);
+                    i += 2;
+                }
+                b'*' => {
+                    let prev = *out.last().ok_or_else(|| {
+                        Error::malformed("gdbstub", "run-length marker without a byte to repeat")
+                    })?;
+                    let n = *body
+                        .get(i + 1)
+                        .ok_or_else(|| Error::malformed("gdbstub", "run-length marker at end"))?;
+                    let count = usize::from(n)
+                        .checked_sub(29)
+                        .ok_or_else(|| Error::malformed("gdbstub", "bad run-length count"))?;
+                    if out.len() + count > MAX_PACKET {
+                        return Err(Error::malformed("gdbstub", "packet too large"));
+                    }
+                    out.extend(std::iter::repeat_n(prev, count));
+                    i += 2;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hex-encodes bytes (lower case).
+    pub fn to_hex(data: &[u8]) -> String {
+        let mut s = String::with_capacity(data.len() * 2);
+        for b in data {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Decodes a hex string into bytes.
+    pub fn from_hex(s: &[u8]) -> Result<Vec<u8>> {
+        if s.len() % 2 != 0 {
+            return Err(Error::malformed("gdbstub", "odd-length hex data"));
+        }
+        s.chunks_exact(2)
+            .map(|p| {
+                let hi = hex_digit(p[0])?;
+                let lo = hex_digit(p[1])?;
+                Ok(hi << 4 | lo)
+            })
+            .collect()
+    }
+
+    fn hex_digit(c: u8) -> Result<u8> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(Error::malformed(
+                "gdbstub",
+                format!("not a hex digit: {:?}", c as char),
+            )),
+        }
+    }
+
+    /// Parses a big-endian hex number as the protocol writes addresses and counts.
+    pub fn parse_hex_u64(s: &[u8]) -> Result<u64> {
+        if s.is_empty() || s.len() > 16 {
+            return Err(Error::malformed("gdbstub", "bad hex number"));
+        }
+        s.iter()
+            .try_fold(0u64, |acc, &c| Ok(acc << 4 | u64::from(hex_digit(c)?)))
+    }
+
+    /// Why the target stopped.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum StopReason {
+        /// Stopped with a signal (`S`/`T` packets), with the details `T` packets carry.
+        Signal {
+            /// The signal (5 = SIGTRAP for breakpoints and steps, 2 = SIGINT).
+            signal: u8,
+            /// The thread (vCPU + 1 on QEMU) that stopped, if reported.
+            thread: Option<u64>,
+            /// A watchpoint triggered: the kind and the data address.
+            watch: Option<(WatchKind, u64)>,
+            /// A software breakpoint was hit (`swbreak`).
+            swbreak: bool,
+            /// A hardware breakpoint was hit (`hwbreak`).
+            hwbreak: bool,
+        },
+        /// The process exited (`W`), with the status.
+        Exited(u8),
+        /// The process was terminated by a signal (`X`).
+        Terminated(u8),
+    }
+
+    /// Watchpoint kinds.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum WatchKind {
+        /// Write (`watch`, `Z2`).
+        Write,
+        /// Read (`rwatch`, `Z3`).
+        Read,
+        /// Any access (`awatch`, `Z4`).
+        Access,
+    }
+
+    /// Parses a stop reply (`S05`, `T05thread:01;watch:ffff8000;`, `W00`, `X09`).
+    pub fn parse_stop_reply(p: &[u8]) -> Result<StopReason> {
+        let bad = || {
+            Error::malformed(
+                "gdbstub",
+                format!("bad stop reply {:?}", String::from_utf8_lossy(p)),
+            )
+        };
+        let (&kind, rest) = p.split_first().ok_or_else(bad)?;
+        let code = |r: &[u8]| -> Result<u8> {
+            let v = parse_hex_u64(r.get(..2).ok_or_else(bad)?)?;
+            u8::try_from(v).map_err(|_| bad())
+        };
+        match kind {
+            b'W' => Ok(StopReason::Exited(code(rest)?)),
+            b'X' => Ok(StopReason::Terminated(code(rest)?)),
+            b'S' | b'T' => {
+                let signal = code(rest)?;
+                let mut thread = None;
+                let mut watch = None;
+                let mut swbreak = false;
+                let mut hwbreak = false;
+                if kind == b'T' {
+                    for pair in rest[2..].split(|&c| c == b';').filter(|s| !s.is_empty()) {
+                        let mut kv = pair.splitn(2, |&c| c == b':');
+                        let k = kv.next().unwrap_or_default();
+                        let v = kv.next().unwrap_or_default();
+                        match k {
+                            b"thread" => {
+                                // "p<pid>.<tid>" in multiprocess form, else "<tid>".
+                                let tid = v.rsplit(|&c| c == b'.').next().unwrap_or(v);
+                                let tid = tid.strip_prefix(b"p").unwrap_or(tid);
+                                thread = Some(parse_hex_u64(tid)?);
+                            }
+                            b"watch" => watch = Some((WatchKind::Write, parse_hex_u64(v)?)),
+                            b"rwatch" => watch = Some((WatchKind::Read, parse_hex_u64(v)?)),
+                            b"awatch" => watch = Some((WatchKind::Access, parse_hex_u64(v)?)),
+                            b"swbreak" => swbreak = true,
+                            b"hwbreak" => hwbreak = true,
+                            _ => {} // register values and unknown keys are not needed
+                        }
+                    }
+                }
+                Ok(StopReason::Signal {
+                    signal,
+                    thread,
+                    watch,
+                    swbreak,
+                    hwbreak,
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// One register of the target description.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct RegDesc {
+        /// Name (`rax`, `eflags`, `cr3`, …).
+        pub name: String,
+        /// Register number used by `p`/`P`.
+        pub regnum: usize,
+        /// Size in bits.
+        pub bitsize: usize,
+        /// Byte offset in the `g` packet.
+        pub offset: usize,
+    }
+
+    /// Extracts `<reg .../>` elements from target XML documents, in order, numbering them
+    /// like GDB does (sequentially, unless `regnum` is given). `docs` are the main
+    /// document followed by its includes in inclusion order.
+    pub fn parse_target_regs(docs: &[String]) -> Result<Vec<RegDesc>> {
+        let mut regs = Vec::new();
+        let mut next_num = 0usize;
+        let mut offset = 0usize;
+        for doc in docs {
+            let mut rest = doc.as_str();
+            while let Some(start) = rest.find("<reg ") {
+                let tail = &rest[start..];
+                let end = tail
+                    .find('>')
+                    .ok_or_else(|| Error::malformed("gdbstub", "unterminated <reg> element"))?;
+                let elem = &tail[..end];
+                let name = xml_attr(elem, "name")
+                    .ok_or_else(|| Error::malformed("gdbstub", "<reg> without name"))?;
+                let bitsize: usize = xml_attr(elem, "bitsize")
+                    .and_then(|b| b.parse().ok())
+                    .filter(|b| *b > 0 && *b <= 4096)
+                    .ok_or_else(|| Error::malformed("gdbstub", "<reg> with bad bitsize"))?;
+                let regnum = match xml_attr(elem, "regnum") {
+                    Some(n) => n
+                        .parse()
+                        .map_err(|_| Error::malformed("gdbstub", "<reg> with bad regnum"))?,
+                    None => next_num,
+                };
+                next_num = regnum + 1;
+                regs.push(RegDesc {
+                    name: name.to_string(),
+                    regnum,
+                    bitsize,
+                    offset,
+                });
+                offset += bitsize.div_ceil(8);
+                if regs.len() > 4096 {
+                    return Err(Error::malformed("gdbstub", "too many registers"));
+                }
+                rest = &tail[end..];
+            }
+        }
+        Ok(regs)
+    }
+
+    /// The `href`s of `<xi:include>` elements.
+    pub fn xml_includes(doc: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut rest = doc;
+        while let Some(start) = rest.find("<xi:include") {
+            let tail = &rest[start..];
+            let end = tail.find('>').unwrap_or(tail.len());
+            if let Some(h) = xml_attr(&tail[..end], "href") {
+                v.push(h.to_string());
+            }
+            rest = &tail[end..];
+        }
+        v
+    }
+
+    fn xml_attr<'a>(elem: &'a str, name: &str) -> Option<&'a str> {
+        let mut search = elem;
+        loop {
+            let i = search.find(name)?;
+            let after = &search[i + name.len()..];
+            let preceded_ok = i == 0 || search.as_bytes()[i - 1].is_ascii_whitespace();
+            if preceded_ok {
+                if let Some(v) = after.strip_prefix("=\"") {
+                    return v.find('"').map(|e| &v[..e]);
+                }
+            }
+            search = after;
+        }
+    }
+}
+
+use codec::{RegDesc, StopReason, WatchKind};
+
+/// A byte stream the client can talk over.
+pub trait Transport: Read + Write + Send {
+    /// Sets the read timeout.
+    fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Transport for std::os::unix::net::UnixStream {
+    fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+impl Transport for std::net::TcpStream {
+    fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+/// Breakpoint and watchpoint types (`Z0`–`Z4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakpointKind {
+    /// Software breakpoint (`Z0`): under TCG invisible to the guest; under KVM QEMU writes
+    /// `0xCC` into guest memory.
+    Software,
+    /// Hardware breakpoint (`Z1`; 4 debug registers under KVM).
+    Hardware,
+    /// Watchpoint.
+    Watch(WatchKind),
+}
+
+impl BreakpointKind {
+    fn z_type(self) -> u8 {
+        match self {
+            Self::Software => 0,
+            Self::Hardware => 1,
+            Self::Watch(WatchKind::Write) => 2,
+            Self::Watch(WatchKind::Read) => 3,
+            Self::Watch(WatchKind::Access) => 4,
+        }
+    }
+}
+
+/// A GDB remote-protocol client.
+pub struct GdbClient {
+    io: Box<dyn Transport>,
+    /// Received bytes not yet consumed.
+    buf: Vec<u8>,
+    timeout: Duration,
+    packet_size: usize,
+    features: Vec<String>,
+    regs: Vec<RegDesc>,
+    /// Stop replies and console output that arrived while waiting for something else.
+    stashed_stop: Option<StopReason>,
+}
+
+impl std::fmt::Debug for GdbClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GdbClient")
+            .field("packet_size", &self.packet_size)
+            .field("registers", &self.regs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const ACK_RETRIES: usize = 3;
+
+impl GdbClient {
+    /// Connects to a gdbstub listening on a UNIX socket.
+    pub fn connect_unix(path: &std::path::Path, timeout: Duration) -> Result<Self> {
+        let s = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|e| Error::io(format!("connecting to gdbstub {}", path.display()), e))?;
+        Self::new(Box::new(s), timeout)
+    }
+
+    /// Connects to a gdbstub on TCP, with `TCP_NODELAY`.
+    pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<Self> {
+        let s = std::net::TcpStream::connect(addr)
+            .map_err(|e| Error::io(format!("connecting to gdbstub {addr}"), e))?;
+        s.set_nodelay(true)
+            .map_err(|e| Error::io("setting TCP_NODELAY", e))?;
+        Self::new(Box::new(s), timeout)
+    }
+
+    /// Handshakes over an established stream: `qSupported` (packet size), the target
+    /// description (register map) and the initial stop status.
+    pub fn new(mut io: Box<dyn Transport>, timeout: Duration) -> Result<Self> {
+        io.set_timeout(Some(
+            timeout
+                .min(Duration::from_millis(200))
+                .max(Duration::from_millis(1)),
+        ))
+        .map_err(|e| Error::io("setting gdbstub read timeout", e))?;
+        let mut c = Self {
+            io,
+            buf: Vec::new(),
+            timeout,
+            packet_size: 4096,
+            features: Vec::new(),
+            regs: Vec::new(),
+            stashed_stop: None,
+        };
+        let sup = c.command(b"qSupported:multiprocess-;swbreak+;hwbreak+;xmlRegisters=i386")?;
+        for f in sup.split(|&b| b == b';') {
+            let f = String::from_utf8_lossy(f).into_owned();
+            if let Some(size) = f.strip_prefix("PacketSize=") {
+                let size = codec::parse_hex_u64(size.as_bytes())?;
+                c.packet_size = usize::try_from(size)
+                    .unwrap_or(codec::MAX_PACKET)
+                    .clamp(256, codec::MAX_PACKET);
+            }
+            c.features.push(f);
+        }
+        // The stop status tells us the stub is in a sane state; its content is not needed.
+        let _ = c.command(b"?")?;
+        c.load_target_description()?;
+        Ok(c)
+    }
+
+    /// The stub's `qSupported` features.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// The largest packet the stub accepts.
+    pub fn packet_size(&self) -> usize {
+        self.packet_size
+    }
+
+    /// The register map from the target description.
+    pub fn registers(&self) -> &[RegDesc] {
+        &self.regs
+    }
+
+    /// Looks up a register by name.
+    pub fn register(&self, name: &str) -> Option<&RegDesc> {
+        self.regs.iter().find(|r| r.name == name)
+    }
+
+    fn load_target_description(&mut self) -> Result<()> {
+        if !self.features.iter().any(|f| f == "qXfer:features:read+") {
+            return Err(Error::unsupported(
+                "gdbstub register map",
+                "the stub does not offer qXfer:features:read",
+            ));
+        }
+        let main = self.xfer_features("target.xml")?;
+        let mut docs = vec![main.clone()];
+        for inc in codec::xml_includes(&main).into_iter().take(32) {
+            docs.push(self.xfer_features(&inc)?);
+        }
+        self.regs = codec::parse_target_regs(&docs)?;
+        Ok(())
+    }
+
+    fn xfer_features(&mut self, annex: &str) -> Result<String> {
+        let mut out = Vec::new();
+        let chunk = self.packet_size.saturating_sub(16).max(64);
+        loop {
+            let cmd = format!("qXfer:features:read:{annex}:{:x},{chunk:x}", out.len());
+            let reply = self.command(cmd.as_bytes())?;
+            let (&kind, data) = reply
+                .split_first()
+                .ok_or_else(|| Error::malformed("gdbstub", "empty qXfer reply"))?;
+            out.extend_from_slice(data);
+            if out.len() > codec::MAX_PACKET {
+                return Err(Error::malformed("gdbstub", "target description too large"));
+            }
+            match kind {
+                b'l' => break,
+                b'm' if !data.is_empty() => continue,
+                _ => {
+                    return Err(Error::malformed(
+                        "gdbstub",
+                        format!("qXfer {annex} failed: {}", String::from_utf8_lossy(&reply)),
+                    ))
+                }
+            }
+        }
+        String::from_utf8(out).map_err(|_| Error::malformed("gdbstub", "target XML is not UTF-8"))
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.io
+            .write_all(bytes)
+            .and_then(|()| self.io.flush())
+            .map_err(|e| Error::io("writing to gdbstub", e))
+    }
+
+    /// Reads more bytes into `buf`, honouring `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<()> {
+        let mut tmp = [0u8; 65536];
+        loop {
+            match self.io.read(&mut tmp) {
+                Ok(0) => {
+                    return Err(Error::Disconnected {
+                        reason: "gdbstub closed the connection".into(),
+                    })
+                }
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Ok(());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            what: "gdbstub reply".into(),
+                            after: self.timeout,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading from gdbstub", e)),
+            }
+        }
+    }
+
+    /// Sends a packet and waits for its acknowledgement, retransmitting on `-`.
+    fn send_packet(&mut self, payload: &[u8]) -> Result<()> {
+        if payload.len() + 4 > self.packet_size.max(256) * 2 {
+            return Err(Error::InvalidArgument {
+                what: "gdb packet",
+                reason: format!("{} bytes exceed the stub's packet size", payload.len()).into(),
+            });
+        }
+        let framed = codec::encode_packet(payload);
+        for _ in 0..ACK_RETRIES {
+            self.send_raw(&framed)?;
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                if let Some(pos) = self
+                    .buf
+                    .iter()
+                    .position(|b| matches!(b, b'+' | b'-' | b'$' | b'%'))
+                {
+                    match self.buf[pos] {
+                        b'+' => {
+                            self.buf.drain(..=pos);
+                            return Ok(());
+                        }
+                        b'-' => {
+                            self.buf.drain(..=pos);
+                            break; // retransmit
+                        }
+                        // A packet (e.g. an asynchronous stop) before our ack: leave it for
+                        // the reader; QEMU acks before replying, so keep waiting.
+                        _ => {
+                            if let Some(p) = self.try_take_packet()? {
+                                self.stash_async(&p)?;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                self.fill(deadline)?;
+            }
+        }
+        Err(Error::malformed(
+            "gdbstub",
+            "packet rejected repeatedly (bad checksum?)",
+        ))
+    }
+
+    /// Takes one complete packet out of `buf`, if there is one; acks it.
+    fn try_take_packet(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some(start) = self.buf.iter().position(|&b| b == b'$' || b == b'%') else {
+            // Only stray acks or noise: keep the tail small.
+            if self.buf.len() > codec::MAX_PACKET {
+                self.buf.clear();
+            }
+            return Ok(None);
+        };
+        let Some(hash) = self.buf[start..].iter().position(|&b| b == b'#') else {
+            if self.buf.len() - start > 2 * codec::MAX_PACKET {
+                return Err(Error::malformed("gdbstub", "unterminated packet too large"));
+            }
+            return Ok(None);
+        };
+        let hash = start + hash;
+        if self.buf.len() < hash + 3 {
+            return Ok(None);
+        }
+        let body = self.buf[start + 1..hash].to_vec();
+        let sum = codec::parse_hex_u64(&self.buf[hash + 1..hash + 3])?;
+        let notification = self.buf[start] == b'%';
+        self.buf.drain(..hash + 3);
+        if u64::from(codec::checksum(&body)) != sum {
+            if !notification {
+                self.send_raw(b"-")?;
+            }
+            return Ok(None);
+        }
+        if !notification {
+            self.send_raw(b"+")?;
+        }
+        Ok(Some(codec::decode_body(&body)?))
+    }
+
+    /// Remembers stop replies and drops console output (`O` packets) that arrive while
+    /// we wait for a command's reply.
+    fn stash_async(&mut self, p: &[u8]) -> Result<()> {
+        if matches!(p.first(), Some(b'T' | b'S' | b'W' | b'X')) {
+            self.stashed_stop = Some(codec::parse_stop_reply(p)?);
+        }
+        Ok(())
+    }
+
+    fn recv_packet(&mut self, deadline: Instant) -> Result<Vec<u8>> {
+        loop {
+            if let Some(p) = self.try_take_packet()? {
+                return Ok(p);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Sends a command packet and returns its reply. `E nn` replies become errors.
+    pub fn command(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
+        self.send_packet(payload)?;
+        let deadline = Instant::now() + self.timeout;
+        let reply = loop {
+            let p = self.recv_packet(deadline)?;
+            // Console output may precede the reply.
+            if p.first() == Some(&b'O') && p.len() > 1 && p.len() % 2 == 1 && payload != b"?" {
+                continue;
+            }
+            break p;
+        };
+        if reply.len() == 3 && reply[0] == b'E' && reply[1..].iter().all(u8::is_ascii_hexdigit) {
+            return Err(Error::backend(
+                format!(
+                    "gdbstub {}",
+                    String::from_utf8_lossy(&payload[..payload.len().min(32)])
+                ),
+                format!("stub replied {}", String::from_utf8_lossy(&reply)),
+            ));
+        }
+        Ok(reply)
+    }
+
+    fn command_ok(&mut self, payload: &[u8]) -> Result<()> {
+        let r = self.command(payload)?;
+        if r == b"OK" {
+            Ok(())
+        } else if r.is_empty() {
+            Err(Error::unsupported(
+                format!("gdbstub {}", String::from_utf8_lossy(payload)),
+                "the stub does not know this packet",
+            ))
+        } else {
+            Err(Error::malformed(
+                "gdbstub",
+                format!("unexpected reply {:?}", String::from_utf8_lossy(&r)),
+            ))
+        }
+    }
+
+    /// Switches `m`/`M` between guest-virtual (false) and guest-physical (true)
+    /// addresses (QEMU `Qqemu.PhyMemMode`).
+    pub fn set_physical_mode(&mut self, physical: bool) -> Result<()> {
+        let cmd = if physical {
+            "Qqemu.PhyMemMode:1"
+        } else {
+            "Qqemu.PhyMemMode:0"
+        };
+        self.command_ok(cmd.as_bytes())
+    }
+
+    /// Reads memory in the current addressing mode, in packet-sized chunks.
+    pub fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        // Hex doubles the size; leave room for framing.
+        let chunk = (self.packet_size.saturating_sub(32) / 2).max(16);
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(chunk);
+            let a = addr
+                .checked_add(done as u64)
+                .ok_or(Error::UnmappedPhysical {
+                    gpa: vmi_core::Gpa(addr),
+                    len: buf.len() as u64,
+                })?;
+            let reply = self
+                .command(format!("m{a:x},{n:x}").as_bytes())
+                .map_err(|e| match e {
+                    Error::Backend { .. } => Error::UnmappedPhysical {
+                        gpa: vmi_core::Gpa(a),
+                        len: n as u64,
+                    },
+                    other => other,
+                })?;
+            let bytes = codec::from_hex(&reply)?;
+            if bytes.is_empty() || bytes.len() > n {
+                return Err(Error::malformed("gdbstub", "memory reply of wrong length"));
+            }
+            buf[done..done + bytes.len()].copy_from_slice(&bytes);
+            done += bytes.len();
+        }
+        Ok(())
+    }
+
+    /// Writes memory in the current addressing mode.
+    pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<()> {
+        let chunk = (self.packet_size.saturating_sub(64) / 2).max(16);
+        for (i, part) in data.chunks(chunk).enumerate() {
+            let a = addr.wrapping_add((i * chunk) as u64);
+            let cmd = format!("M{a:x},{:x}:{}", part.len(), codec::to_hex(part));
+            self.command_ok(cmd.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Selects the thread (vCPU + 1) for register and step operations (`Hg`, `Hc`).
+    pub fn select_thread(&mut self, thread: u64) -> Result<()> {
+        self.command_ok(format!("Hg{thread:x}").as_bytes())?;
+        self.command_ok(format!("Hc{thread:x}").as_bytes())
+    }
+
+    /// Lists the stub's threads (vCPUs on QEMU).
+    pub fn threads(&mut self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let mut reply = self.command(b"qfThreadInfo")?;
+        loop {
+            match reply.split_first() {
+                Some((b'm', ids)) => {
+                    for id in ids.split(|&b| b == b',') {
+                        let id = id.rsplit(|&c| c == b'.').next().unwrap_or(id);
+                        out.push(codec::parse_hex_u64(id.strip_prefix(b"p").unwrap_or(id))?);
+                        if out.len() > 4096 {
+                            return Err(Error::malformed("gdbstub", "too many threads"));
+                        }
+                    }
+                }
+                Some((b'l', _)) | None => break,
+                _ => return Err(Error::malformed("gdbstub", "bad thread list")),
+            }
+            reply = self.command(b"qsThreadInfo")?;
+        }
+        Ok(out)
+    }
+
+    /// Reads all registers (`g`), as raw bytes laid out per [`Self::registers`].
+    pub fn read_all_registers(&mut self) -> Result<Vec<u8>> {
+        let r = self.command(b"g")?;
+        codec::from_hex(&r)
+    }
+
+    /// Reads one register by number (`p`), little-endian bytes.
+    pub fn read_register(&mut self, regnum: usize) -> Result<Vec<u8>> {
+        let r = self.command(format!("p{regnum:x}").as_bytes())?;
+        codec::from_hex(&r)
+    }
+
+    /// Writes one register by number (`P`), little-endian bytes.
+    pub fn write_register(&mut self, regnum: usize, value: &[u8]) -> Result<()> {
+        self.command_ok(format!("P{regnum:x}={}", codec::to_hex(value)).as_bytes())
+    }
+
+    /// Reads a named register as an integer (up to 8 bytes, little-endian).
+    pub fn read_register_u64(&mut self, name: &str) -> Result<u64> {
+        let desc = self.register(name).cloned().ok_or_else(|| {
+            Error::unsupported(format!("register {name}"), "not in the target description")
+        })?;
+        let bytes = self.read_register(desc.regnum)?;
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Inserts a breakpoint or watchpoint (`Z`); `len` is the kind for software/hardware
+    /// breakpoints (1 on x86) and the watched length for watchpoints.
+    pub fn insert_breakpoint(&mut self, kind: BreakpointKind, addr: u64, len: u64) -> Result<()> {
+        self.command_ok(format!("Z{},{addr:x},{len:x}", kind.z_type()).as_bytes())
+    }
+
+    /// Removes a breakpoint or watchpoint (`z`).
+    pub fn remove_breakpoint(&mut self, kind: BreakpointKind, addr: u64, len: u64) -> Result<()> {
+        self.command_ok(format!("z{},{addr:x},{len:x}", kind.z_type()).as_bytes())
+    }
+
+    /// Reads QEMU's single-step mask (`qqemu.sstep`).
+    pub fn sstep_flags(&mut self) -> Result<u64> {
+        let r = self.command(b"qqemu.sstep")?;
+        let v = r.strip_prefix(b"0x").unwrap_or(&r);
+        codec::parse_hex_u64(v)
+    }
+
+    /// Sets QEMU's single-step mask (`Qqemu.sstep`; 1 = enable, 2 = no IRQs, 4 = no
+    /// timers).
+    pub fn set_sstep_flags(&mut self, flags: u64) -> Result<()> {
+        self.command_ok(format!("Qqemu.sstep={flags:x}").as_bytes())
+    }
+
+    /// Resumes all vCPUs (`c`) without waiting for a stop.
+    pub fn resume(&mut self) -> Result<()> {
+        self.stashed_stop = None;
+        self.send_packet(b"c")
+    }
+
+    /// Single-steps the selected thread (`s`) and waits for the stop.
+    pub fn step(&mut self) -> Result<StopReason> {
+        self.stashed_stop = None;
+        self.send_packet(b"s")?;
+        self.wait_stop(self.timeout)?.ok_or(Error::Timeout {
+            what: "single step".into(),
+            after: self.timeout,
+        })
+    }
+
+    /// Single-steps one vCPU thread while the others stay stopped (`vCont;s:<tid>`).
+    pub fn step_thread(&mut self, thread: u64) -> Result<StopReason> {
+        self.stashed_stop = None;
+        self.send_packet(format!("vCont;s:{thread:x}").as_bytes())?;
+        self.wait_stop(self.timeout)?.ok_or(Error::Timeout {
+            what: "single step".into(),
+            after: self.timeout,
+        })
+    }
+
+    /// Stops a running target (the `0x03` interrupt byte) and waits for the stop reply.
+    pub fn interrupt(&mut self) -> Result<StopReason> {
+        self.send_raw(&[0x03])?;
+        self.wait_stop(self.timeout)?.ok_or(Error::Timeout {
+            what: "stop after interrupt".into(),
+            after: self.timeout,
+        })
+    }
+
+    /// Waits up to `timeout` for a stop reply after [`Self::resume`]. `Ok(None)` if the
+    /// target is still running.
+    pub fn wait_stop(&mut self, timeout: Duration) -> Result<Option<StopReason>> {
+        if let Some(s) = self.stashed_stop.take() {
+            return Ok(Some(s));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.try_take_packet()? {
+                match p.first() {
+                    Some(b'T' | b'S' | b'W' | b'X') => {
+                        return Ok(Some(codec::parse_stop_reply(&p)?))
+                    }
+                    _ => continue, // console output
+                }
+            }
+            match self.fill(deadline) {
+                Ok(()) => {}
+                Err(Error::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs a monitor (HMP) command through the stub (`qRcmd`) and returns its output.
+    pub fn monitor(&mut self, cmd: &str) -> Result<String> {
+        self.send_packet(format!("qRcmd,{}", codec::to_hex(cmd.as_bytes())).as_bytes())?;
+        let deadline = Instant::now() + self.timeout;
+        let mut out = Vec::new();
+        loop {
+            let p = self.recv_packet(deadline)?;
+            match p.split_first() {
+                Some((b'O', hex)) if !hex.is_empty() => out.extend(codec::from_hex(hex)?),
+                _ if p == b"OK" => break,
+                _ if p.is_empty() => {
+                    return Err(Error::unsupported(
+                        "gdbstub qRcmd",
+                        "not supported by the stub",
+                    ))
+                }
+                _ => {
+                    out.extend_from_slice(&codec::from_hex(&p).unwrap_or_default());
+                    break;
+                }
+            }
+            if out.len() > codec::MAX_PACKET * 4 {
+                return Err(Error::malformed("gdbstub", "monitor output too large"));
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Detaches (`D`): QEMU removes all breakpoints and resumes the guest.
+    pub fn detach(&mut self) -> Result<()> {
+        self.command_ok(b"D")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::codec::*;
+
+    #[test]
+    fn framing_round_trip() {
+        let p = encode_packet(b"m1000,4");
+        assert_eq!(p, b"$m1000,4#8e".to_vec());
+        let esc = encode_packet(b"a#b$c}d*");
+        assert_eq!(decode_body(&esc[1..esc.len() - 3]).unwrap(), b"a#b$c}d*");
+    }
+
+    #[test]
+    fn run_length_decoding() {
+        // "0* " = '0' repeated 1 + (32 - 29) = 4 times.
+        assert_eq!(decode_body(b"0* ").unwrap(), b"0000");
+        assert!(decode_body(b"*a").is_err());
+        assert!(decode_body(b"0*\x01").is_err());
+        assert!(decode_body(b"}").is_err());
+    }
+
+    #[test]
+    fn stop_replies() {
+        assert_eq!(
+            parse_stop_reply(b"T05thread:p01.02;watch:ffff8000;").unwrap(),
+            StopReason::Signal {
+                signal: 5,
+                thread: Some(2),
+                watch: Some((WatchKind::Write, 0xffff_8000)),
+                swbreak: false,
+                hwbreak: false
+            }
+        );
+        assert!(matches!(
+            parse_stop_reply(b"T05swbreak:;thread:01;").unwrap(),
+            StopReason::Signal {
+                swbreak: true,
+                thread: Some(1),
+                ..
+            }
+        ));
+        assert_eq!(parse_stop_reply(b"W00").unwrap(), StopReason::Exited(0));
+        assert!(parse_stop_reply(b"T").is_err());
+        assert!(parse_stop_reply(b"Q").is_err());
+        assert!(parse_stop_reply(b"Tzz").is_err());
+    }
+
+    #[test]
+    fn target_xml() {
+        let main = r#"<target><architecture>i386:x86-64</architecture>
+            <xi:include href="core.xml"/></target>"#
+            .to_string();
+        assert_eq!(xml_includes(&main), vec!["core.xml".to_string()]);
+        let core = r#"<feature><reg name="rax" bitsize="64" type="int64"/>
+            <reg name="eflags" bitsize="32" type="i386_eflags"/>
+            <reg name="cr3" bitsize="64" regnum="30"/><reg name="cr4" bitsize="64"/></feature>"#
+            .to_string();
+        let regs = parse_target_regs(&[main, core]).unwrap();
+        assert_eq!(regs.len(), 4);
+        assert_eq!(
+            (regs[1].name.as_str(), regs[1].offset, regs[1].regnum),
+            ("eflags", 8, 1)
+        );
+        assert_eq!(
+            (regs[3].name.as_str(), regs[3].regnum, regs[3].offset),
+            ("cr4", 31, 20)
+        );
+        assert!(parse_target_regs(&["<reg name=\"x\" bitsize=\"0\"/>".into()]).is_err());
+    }
+
+    #[test]
+    fn hex_helpers() {
+        assert_eq!(from_hex(b"00ff10").unwrap(), vec![0, 255, 16]);
+        assert!(from_hex(b"0").is_err());
+        assert!(from_hex(b"zz").is_err());
+        assert_eq!(
+            parse_hex_u64(b"ffffffff81000000").unwrap(),
+            0xffff_ffff_8100_0000
+        );
+        assert!(parse_hex_u64(b"").is_err());
+        assert!(parse_hex_u64(b"11111111111111111").is_err());
+        assert_eq!(to_hex(&[0xde, 0xad]), "dead");
+    }
+}

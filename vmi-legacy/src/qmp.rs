@@ -1,0 +1,940 @@
+//! A QMP (QEMU Machine Protocol) client over a UNIX socket.
+//!
+//! QMP is line-delimited JSON: the server greets with `{"QMP": {...}}`, the client
+//! enables command mode with `qmp_capabilities`, then sends
+//! `{"execute": cmd, "arguments": {...}, "id": n}` and receives `{"return": ..., "id": n}`
+//! or `{"error": {"class": ..., "desc": ...}, "id": n}`. Asynchronous events
+//! (`{"event": "STOP", ...}`) may arrive between replies at any time.
+//!
+//! This client:
+//! * attaches a fresh `id` to every command and skips replies with another `id` (late
+//!   replies to commands that timed out), so it never mistakes one reply for another;
+//! * buffers events in a bounded queue ([`QmpClient::events`],
+//!   [`QmpClient::wait_event`]); when full, the oldest event is dropped and counted;
+//! * bounds every wait with a deadline ([`QmpClient::set_timeout`], default
+//!   [`DEFAULT_TIMEOUT`]) and every line with a maximum length
+//!   ([`QmpClient::set_max_line`], default [`DEFAULT_MAX_LINE`]), so a stuck or hostile
+//!   peer can neither hang nor exhaust the caller;
+//! * maps QMP error replies to [`Error::Backend`] whose source is a [`QmpError`]
+//!   carrying the error class and description ([`qmp_error`] finds it again).
+//!
+//! After a protocol violation (a line too long, invalid JSON, a malformed reply) the
+//! stream is out of step and the client refuses further use with
+//! [`Error::Disconnected`].
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use vmi_core::{Error, Result};
+
+/// Default time limit for a command's reply or an awaited event.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default maximum length of one QMP message (line), in bytes.
+pub const DEFAULT_MAX_LINE: usize = 16 << 20;
+/// Default capacity of the event queue.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+const ORIGIN: &str = "QMP";
+
+/// A QMP error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {desc}")]
+pub struct QmpError {
+    /// The error class (`GenericError`, `CommandNotFound`, `DeviceNotActive`, …).
+    pub class: String,
+    /// The human-readable description.
+    pub desc: String,
+}
+
+/// The [`QmpError`] behind an error returned by this module, if it is a QMP error reply.
+pub fn qmp_error(e: &Error) -> Option<&QmpError> {
+    match e {
+        Error::Backend { source, .. } => source.downcast_ref::<QmpError>(),
+        _ => None,
+    }
+}
+
+/// An asynchronous QMP event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QmpEvent {
+    /// Event name (`STOP`, `RESUME`, `SHUTDOWN`, …).
+    pub event: String,
+    /// The event's `data` member (`Null` if absent).
+    pub data: Value,
+    /// The event's timestamp as (seconds, microseconds), if present.
+    pub timestamp: Option<(i64, i64)>,
+}
+
+/// The QEMU version from the greeting or `query-version`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct QemuVersion {
+    /// `qemu.major`.
+    pub major: u32,
+    /// `qemu.minor`.
+    pub minor: u32,
+    /// `qemu.micro`.
+    pub micro: u32,
+    /// The distribution's package string (may be empty).
+    pub package: String,
+}
+
+impl QemuVersion {
+    fn from_value(v: &Value) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Triple {
+            major: u32,
+            minor: u32,
+            micro: u32,
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            qemu: Triple,
+            #[serde(default)]
+            package: String,
+        }
+        let raw: Raw = serde_json::from_value(v.clone())
+            .map_err(|e| Error::malformed(ORIGIN, format!("version: {e}")))?;
+        Ok(Self {
+            major: raw.qemu.major,
+            minor: raw.qemu.minor,
+            micro: raw.qemu.micro,
+            package: raw.package,
+        })
+    }
+}
+
+impl std::fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)?;
+        if !self.package.is_empty() {
+            write!(f, " ({})", self.package)?;
+        }
+        Ok(())
+    }
+}
+
+/// The server greeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QmpGreeting {
+    /// QEMU's version.
+    pub version: QemuVersion,
+    /// Capabilities the server offers (e.g. `oob`; none are enabled by this client).
+    pub capabilities: Vec<String>,
+}
+
+/// The reply of `query-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StatusInfo {
+    /// Whether the vCPUs run.
+    pub running: bool,
+    /// The run state (`running`, `paused`, `prelaunch`, `shutdown`, `inmigrate`, …).
+    pub status: String,
+}
+
+/// Topology properties of a vCPU (`query-cpus-fast`'s `props`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CpuProps {
+    /// NUMA node.
+    pub node_id: Option<i64>,
+    /// Socket.
+    pub socket_id: Option<i64>,
+    /// Die.
+    pub die_id: Option<i64>,
+    /// Core.
+    pub core_id: Option<i64>,
+    /// Thread within the core.
+    pub thread_id: Option<i64>,
+}
+
+/// One entry of `query-cpus-fast`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CpuInfo {
+    /// The vCPU's index (what `human-monitor-command`'s `cpu-index` takes).
+    pub cpu_index: u32,
+    /// The host thread id (in QEMU's PID namespace) running the vCPU.
+    pub thread_id: i64,
+    /// The vCPU's QOM path.
+    pub qom_path: String,
+    /// The target architecture (`x86_64`, …).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Topology properties.
+    #[serde(default)]
+    pub props: Option<CpuProps>,
+}
+
+/// The reply of `query-memory-size-summary`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MemorySizeSummary {
+    /// Boot RAM in bytes (`-m`).
+    pub base_memory: u64,
+    /// Hot-plugged RAM in bytes.
+    #[serde(default)]
+    pub plugged_memory: Option<u64>,
+}
+
+/// One entry of `query-memdev`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Memdev {
+    /// The backend's id (absent for anonymous backends).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether the memory is shared (`share=on`).
+    #[serde(default)]
+    pub share: Option<bool>,
+}
+
+/// A QMP connection in command mode.
+///
+/// Methods take `&mut self`; share a client between threads behind a `Mutex` (as
+/// [`LegacyQemu`](crate::session::LegacyQemu) does).
+#[derive(Debug)]
+pub struct QmpClient {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    next_id: u64,
+    events: VecDeque<QmpEvent>,
+    event_capacity: usize,
+    dropped_events: u64,
+    timeout: Duration,
+    max_line: usize,
+    greeting: QmpGreeting,
+    broken: Option<String>,
+}
+
+enum Message {
+    Reply {
+        id: Option<u64>,
+        result: std::result::Result<Value, QmpError>,
+    },
+    Event(QmpEvent),
+}
+
+impl QmpClient {
+    /// Connects to the QMP socket at `path`, reads the greeting and negotiates command
+    /// mode, with [`DEFAULT_TIMEOUT`].
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    /// As [`QmpClient::connect`], with a time limit for every wait.
+    pub fn connect_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .map_err(|e| Error::io(format!("connecting to QMP socket {}", path.display()), e))?;
+        Self::from_stream(stream, timeout)
+    }
+
+    /// Runs the greeting and capability negotiation over an already connected stream.
+    pub fn from_stream(stream: UnixStream, timeout: Duration) -> Result<Self> {
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| Error::io("setting QMP write timeout", e))?;
+        let mut client = Self {
+            stream,
+            buf: Vec::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            dropped_events: 0,
+            timeout,
+            max_line: DEFAULT_MAX_LINE,
+            greeting: QmpGreeting {
+                version: QemuVersion {
+                    major: 0,
+                    minor: 0,
+                    micro: 0,
+                    package: String::new(),
+                },
+                capabilities: Vec::new(),
+            },
+            broken: None,
+        };
+        let deadline = Instant::now() + timeout;
+        let line = client.read_line(deadline, "the QMP greeting")?;
+        let v: Value = serde_json::from_slice(&line)
+            .map_err(|e| client.poison(format!("greeting is not JSON: {e}")))?;
+        let qmp = v
+            .get("QMP")
+            .ok_or_else(|| client.poison("first message is not a QMP greeting".into()))?;
+        let version = QemuVersion::from_value(qmp.get("version").unwrap_or(&Value::Null))?;
+        let capabilities = qmp
+            .get("capabilities")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        client.greeting = QmpGreeting {
+            version,
+            capabilities,
+        };
+        client.execute("qmp_capabilities", None)?;
+        Ok(client)
+    }
+
+    /// The server's greeting.
+    pub fn greeting(&self) -> &QmpGreeting {
+        &self.greeting
+    }
+
+    /// The time limit for each reply or awaited event.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sets the time limit for each reply or awaited event.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| Error::io("setting QMP write timeout", e))?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// Sets the maximum length of one message; longer ones break the connection.
+    pub fn set_max_line(&mut self, max: usize) {
+        self.max_line = max;
+    }
+
+    /// Sets the event queue's capacity (at least 1).
+    pub fn set_event_capacity(&mut self, capacity: usize) {
+        self.event_capacity = capacity.max(1);
+        while self.events.len() > self.event_capacity {
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+    }
+
+    /// How many events were dropped because the queue was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events
+    }
+
+    /// The pid of the process at the other end of the socket (QEMU), from
+    /// `SO_PEERCRED`, translated into this process's PID namespace by the kernel.
+    pub fn peer_pid(&self) -> Result<libc::pid_t> {
+        use std::os::fd::AsRawFd;
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes passed, and the
+        // descriptor belongs to `self.stream`, which is alive.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                "SO_PEERCRED on the QMP socket",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if cred.pid <= 0 {
+            return Err(Error::unsupported(
+                "QMP peer pid",
+                "the peer is outside this PID namespace",
+            ));
+        }
+        Ok(cred.pid)
+    }
+
+    fn poison(&mut self, why: String) -> Error {
+        self.broken = Some(why.clone());
+        Error::malformed(ORIGIN, why)
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(why) => Err(Error::Disconnected {
+                reason: format!("QMP stream out of step after an earlier error: {why}").into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads one line (without the newline), waiting at most until `deadline`.
+    fn read_line(&mut self, deadline: Instant, what: &str) -> Result<Vec<u8>> {
+        self.check_usable()?;
+        let mut scanned = 0;
+        loop {
+            if let Some(pos) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + pos;
+                if end > self.max_line {
+                    let max = self.max_line;
+                    return Err(self.poison(format!("a message exceeds {max} bytes")));
+                }
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            scanned = self.buf.len();
+            if self.buf.len() > self.max_line {
+                let max = self.max_line;
+                return Err(self.poison(format!("a message exceeds {max} bytes")));
+            }
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: what.to_owned().into(),
+                    after: self.timeout,
+                });
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| Error::io("setting QMP read timeout", e))?;
+            let mut chunk = [0u8; 64 * 1024];
+            let room = (self.max_line + 1)
+                .saturating_sub(self.buf.len())
+                .clamp(1, chunk.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => {
+                    self.broken = Some("connection closed".into());
+                    return Err(Error::Disconnected {
+                        reason: "QMP connection closed by QEMU".into(),
+                    });
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(Error::Timeout {
+                        what: what.to_owned().into(),
+                        after: self.timeout,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading from QMP", e)),
+            }
+        }
+    }
+
+    fn parse_message(&mut self, line: &[u8]) -> Result<Option<Message>> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => return Err(self.poison(format!("invalid JSON: {e}"))),
+        };
+        let Value::Object(mut obj) = v else {
+            return Err(self.poison("message is not a JSON object".into()));
+        };
+        if let Some(ev) = obj.get("event") {
+            let event = ev
+                .as_str()
+                .ok_or_else(|| Error::malformed(ORIGIN, "event name is not a string"))?
+                .to_owned();
+            let timestamp = obj.get("timestamp").and_then(|t| {
+                Some((
+                    t.get("seconds")?.as_i64()?,
+                    t.get("microseconds")?.as_i64()?,
+                ))
+            });
+            let data = obj.remove("data").unwrap_or(Value::Null);
+            return Ok(Some(Message::Event(QmpEvent {
+                event,
+                data,
+                timestamp,
+            })));
+        }
+        let id = match obj.get("id") {
+            None => None,
+            Some(id) => match id.as_u64() {
+                Some(id) => Some(id),
+                // Not one of ours (we only send integers): skip it.
+                None => return Ok(None),
+            },
+        };
+        if let Some(r) = obj.remove("return") {
+            return Ok(Some(Message::Reply { id, result: Ok(r) }));
+        }
+        if let Some(err) = obj.get("error") {
+            let field = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            return Ok(Some(Message::Reply {
+                id,
+                result: Err(QmpError {
+                    class: field("class"),
+                    desc: field("desc"),
+                }),
+            }));
+        }
+        if obj.contains_key("QMP") {
+            return Ok(None);
+        }
+        Err(self.poison("message is neither a reply nor an event".into()))
+    }
+
+    fn push_event(&mut self, ev: QmpEvent) {
+        if self.events.len() >= self.event_capacity {
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+        self.events.push_back(ev);
+    }
+
+    /// Runs `cmd` with `args` (a JSON object, or `None`) and returns its `return`
+    /// value. Events that arrive meanwhile are queued.
+    ///
+    /// Errors: [`Error::Backend`] with a [`QmpError`] source for QMP error replies,
+    /// [`Error::Timeout`] if no reply came in time (a late reply is skipped by a later
+    /// call), [`Error::Disconnected`] if QEMU closed the socket, [`Error::Malformed`]
+    /// on a protocol violation.
+    pub fn execute(&mut self, cmd: &str, args: Option<Value>) -> Result<Value> {
+        self.check_usable()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = Map::new();
+        msg.insert("execute".into(), Value::String(cmd.to_owned()));
+        if let Some(args) = args {
+            if !args.is_object() {
+                return Err(Error::InvalidArgument {
+                    what: "QMP arguments",
+                    reason: "arguments must be a JSON object".into(),
+                });
+            }
+            msg.insert("arguments".into(), args);
+        }
+        msg.insert("id".into(), Value::from(id));
+        let mut line = serde_json::to_vec(&Value::Object(msg))
+            .map_err(|e| Error::malformed(ORIGIN, format!("cannot encode command: {e}")))?;
+        line.push(b'\n');
+        self.stream.write_all(&line).map_err(|e| {
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                // A partial write leaves the server mid-command.
+                self.broken = Some("a command write timed out".into());
+                Error::Timeout {
+                    what: format!("QMP {cmd} to be sent").into(),
+                    after: self.timeout,
+                }
+            } else {
+                Error::io(format!("sending QMP {cmd}"), e)
+            }
+        })?;
+        let deadline = Instant::now() + self.timeout;
+        let what = format!("the reply to QMP {cmd}");
+        loop {
+            let line = self.read_line(deadline, &what)?;
+            match self.parse_message(&line)? {
+                None => {}
+                Some(Message::Event(ev)) => self.push_event(ev),
+                // Replies without an id answer a request QEMU could not parse: ours.
+                Some(Message::Reply { id: rid, result }) if rid.is_none() || rid == Some(id) => {
+                    return result.map_err(|e| Error::Backend {
+                        command: format!("QMP {cmd}").into(),
+                        vcpu: None,
+                        address: None,
+                        source: Box::new(e),
+                    });
+                }
+                Some(Message::Reply { .. }) => {} // stale reply to a timed-out command
+            }
+        }
+    }
+
+    /// Runs `cmd` and deserialises its `return` value.
+    pub fn execute_as<T: DeserializeOwned>(&mut self, cmd: &str, args: Option<Value>) -> Result<T> {
+        let v = self.execute(cmd, args)?;
+        serde_json::from_value(v)
+            .map_err(|e| Error::malformed(ORIGIN, format!("reply to {cmd}: {e}")))
+    }
+
+    /// Reads the events that have already arrived, without waiting.
+    fn poll(&mut self) -> Result<()> {
+        self.check_usable()?;
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("polling QMP", e))?;
+        let mut chunk = [0u8; 64 * 1024];
+        let result = loop {
+            if self.buf.len() > self.max_line {
+                break Ok(());
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.broken = Some("connection closed".into());
+                    break Err(Error::Disconnected {
+                        reason: "QMP connection closed by QEMU".into(),
+                    });
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(Error::io("polling QMP", e)),
+            }
+        };
+        self.stream
+            .set_nonblocking(false)
+            .map_err(|e| Error::io("polling QMP", e))?;
+        result?;
+        // Handle every complete line now in the buffer.
+        while self.buf.contains(&b'\n') || self.buf.len() > self.max_line {
+            let line = self.read_line(Instant::now(), "buffered QMP messages")?;
+            match self.parse_message(&line)? {
+                Some(Message::Event(ev)) => self.push_event(ev),
+                Some(Message::Reply { .. }) | None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns (and removes) every queued event, after reading those already waiting
+    /// on the socket.
+    pub fn events(&mut self) -> Result<Vec<QmpEvent>> {
+        self.poll()?;
+        Ok(self.events.drain(..).collect())
+    }
+
+    /// Waits for event `name` (from the queue first) and removes it from the queue.
+    /// Other events stay queued.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<QmpEvent> {
+        if let Some(i) = self.events.iter().position(|e| e.event == name) {
+            if let Some(ev) = self.events.remove(i) {
+                return Ok(ev);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let what = format!("QMP event {name}");
+        loop {
+            let line = self.read_line(deadline, &what).map_err(|e| match e {
+                Error::Timeout { what, .. } => Error::Timeout {
+                    what,
+                    after: timeout,
+                },
+                e => e,
+            })?;
+            match self.parse_message(&line)? {
+                Some(Message::Event(ev)) if ev.event == name => return Ok(ev),
+                Some(Message::Event(ev)) => self.push_event(ev),
+                Some(Message::Reply { .. }) | None => {}
+            }
+        }
+    }
+
+    /// `query-status`.
+    pub fn query_status(&mut self) -> Result<StatusInfo> {
+        self.execute_as("query-status", None)
+    }
+
+    /// `stop`: pauses every vCPU (returns once they are paused).
+    pub fn stop(&mut self) -> Result<()> {
+        self.execute("stop", None).map(drop)
+    }
+
+    /// `cont`: resumes the vCPUs.
+    pub fn cont(&mut self) -> Result<()> {
+        self.execute("cont", None).map(drop)
+    }
+
+    /// `query-cpus-fast`, sorted by `cpu-index`.
+    pub fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfo>> {
+        let mut cpus: Vec<CpuInfo> = self.execute_as("query-cpus-fast", None)?;
+        cpus.sort_by_key(|c| c.cpu_index);
+        Ok(cpus)
+    }
+
+    /// `query-memory-size-summary`.
+    pub fn query_memory_size_summary(&mut self) -> Result<MemorySizeSummary> {
+        self.execute_as("query-memory-size-summary", None)
+    }
+
+    /// `query-memdev`.
+    pub fn query_memdev(&mut self) -> Result<Vec<Memdev>> {
+        self.execute_as("query-memdev", None)
+    }
+
+    /// `query-version`.
+    pub fn query_version(&mut self) -> Result<QemuVersion> {
+        let v = self.execute("query-version", None)?;
+        QemuVersion::from_value(&v)
+    }
+
+    /// `human-monitor-command`: runs an HMP command and returns its text output.
+    pub fn human_monitor_command(&mut self, command_line: &str) -> Result<String> {
+        self.human_monitor_command_on(command_line, None)
+    }
+
+    /// `human-monitor-command` with `cpu-index`: the vCPU that commands such as
+    /// `info registers` or `info lapic` act on.
+    pub fn human_monitor_command_on(
+        &mut self,
+        command_line: &str,
+        cpu_index: Option<u32>,
+    ) -> Result<String> {
+        let mut args = json!({ "command-line": command_line });
+        if let (Some(i), Some(obj)) = (cpu_index, args.as_object_mut()) {
+            obj.insert("cpu-index".into(), Value::from(i));
+        }
+        let out = self.execute("human-monitor-command", Some(args))?;
+        out.as_str().map(str::to_owned).ok_or_else(|| {
+            Error::malformed(ORIGIN, "human-monitor-command did not return a string")
+        })
+    }
+
+    /// `pmemsave`: QEMU writes `size` bytes of guest physical memory at `gpa` into
+    /// `filename` (a path QEMU itself opens).
+    pub fn pmemsave(&mut self, gpa: u64, size: u64, filename: &Path) -> Result<()> {
+        let filename = filename.to_str().ok_or_else(|| Error::InvalidArgument {
+            what: "pmemsave path",
+            reason: "path is not UTF-8".into(),
+        })?;
+        self.execute(
+            "pmemsave",
+            Some(json!({ "val": gpa, "size": size, "filename": filename })),
+        )
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::thread;
+
+    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#;
+
+    /// A scripted QMP server: answers each command with `respond(cmd, id)`, which
+    /// returns the raw lines to send.
+    fn server(
+        respond: impl Fn(&Value) -> Vec<String> + Send + 'static,
+    ) -> (UnixStream, thread::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let h = thread::spawn(move || {
+            let mut w = b.try_clone().unwrap();
+            writeln!(w, "{GREETING}").unwrap();
+            let mut r = BufReader::new(b);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let cmd: Value = serde_json::from_str(&line).unwrap();
+                for out in respond(&cmd) {
+                    if w.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                line.clear();
+            }
+        });
+        (a, h)
+    }
+
+    fn ok(cmd: &Value, ret: Value) -> String {
+        format!("{}\n", json!({"return": ret, "id": cmd["id"]}))
+    }
+
+    #[test]
+    fn negotiates_and_executes_with_ids_and_events() {
+        let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![ok(cmd, json!({}))],
+            "stop" => vec![
+                // A stale reply to an older id must be skipped.
+                format!("{}\n", json!({"return": {"stale": true}, "id": 999_999})),
+                "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"STOP\"}\r\n"
+                    .into(),
+                ok(cmd, json!({})),
+            ],
+            "query-status" => vec![ok(
+                cmd,
+                json!({"status": "paused", "singlestep": false, "running": false}),
+            )],
+            "query-cpus-fast" => vec![ok(
+                cmd,
+                json!([
+                    {"thread-id": 6022, "props": {"core-id": 1, "thread-id": 0, "socket-id": 0}, "qom-path": "/machine/unattached/device[2]", "cpu-index": 1, "target": "x86_64"},
+                    {"thread-id": 6021, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "qom-path": "/machine/unattached/device[0]", "cpu-index": 0, "target": "x86_64"}
+                ]),
+            )],
+            "query-memory-size-summary" => {
+                vec![ok(
+                    cmd,
+                    json!({"base-memory": 67108864, "plugged-memory": 0}),
+                )]
+            }
+            "query-version" => vec![ok(
+                cmd,
+                json!({"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}),
+            )],
+            "human-monitor-command" => {
+                assert_eq!(cmd["arguments"]["cpu-index"], json!(1));
+                vec![ok(cmd, json!("CPU#1\r\n"))]
+            }
+            "bogus" => vec![format!(
+                "{}\n",
+                json!({"error": {"class": "CommandNotFound", "desc": "The command bogus has not been found"}, "id": cmd["id"]})
+            )],
+            _ => vec![],
+        });
+        let mut c = QmpClient::from_stream(s, Duration::from_secs(5)).unwrap();
+        assert_eq!(c.greeting().version.major, 7);
+        assert_eq!(c.greeting().capabilities, vec!["oob".to_owned()]);
+        c.stop().unwrap();
+        let st = c.query_status().unwrap();
+        assert!(!st.running);
+        assert_eq!(st.status, "paused");
+        let cpus = c.query_cpus_fast().unwrap();
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(cpus[0].cpu_index, 0);
+        assert_eq!(cpus[0].thread_id, 6021);
+        assert_eq!(cpus[1].props.as_ref().unwrap().core_id, Some(1));
+        assert_eq!(c.query_memory_size_summary().unwrap().base_memory, 64 << 20);
+        assert_eq!(c.query_version().unwrap().to_string(), "7.2.22 (Debian)");
+        assert_eq!(
+            c.human_monitor_command_on("info registers", Some(1))
+                .unwrap(),
+            "CPU#1\r\n"
+        );
+        let e = c.execute("bogus", None).unwrap_err();
+        assert_eq!(qmp_error(&e).unwrap().class, "CommandNotFound");
+        assert!(e.to_string().contains("QMP bogus"), "{e}");
+        let ev = c.wait_event("STOP", Duration::from_millis(10)).unwrap();
+        assert_eq!(ev.timestamp, Some((1, 2)));
+        assert!(c.events().unwrap().is_empty());
+        assert!(
+            c.execute("x", Some(json!([1]))).is_err(),
+            "arguments must be an object"
+        );
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn times_out_and_skips_the_late_reply() {
+        let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![ok(cmd, json!({}))],
+            "slow" => {
+                thread::sleep(Duration::from_millis(300));
+                vec![ok(cmd, json!("late"))]
+            }
+            _ => vec![ok(cmd, json!("fast"))],
+        });
+        let mut c = QmpClient::from_stream(s, Duration::from_secs(5)).unwrap();
+        c.set_timeout(Duration::from_millis(100)).unwrap();
+        assert!(matches!(
+            c.execute("slow", None),
+            Err(Error::Timeout { .. })
+        ));
+        c.set_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(c.execute("next", None).unwrap(), json!("fast"));
+        assert!(matches!(
+            c.wait_event("NEVER", Duration::from_millis(50)),
+            Err(Error::Timeout { .. })
+        ));
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn bounded_lines_and_protocol_violations_break_the_connection() {
+        let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![ok(cmd, json!({}))],
+            "huge" => vec![format!("{{\"return\": \"{}\"", "x".repeat(300_000))],
+            _ => vec![],
+        });
+        let mut c = QmpClient::from_stream(s, Duration::from_secs(5)).unwrap();
+        c.set_max_line(100_000);
+        assert!(matches!(
+            c.execute("huge", None),
+            Err(Error::Malformed { .. })
+        ));
+        assert!(c.buf.len() <= 100_001 + 64 * 1024);
+        assert!(matches!(
+            c.execute("next", None),
+            Err(Error::Disconnected { .. })
+        ));
+        drop(c);
+        h.join().unwrap();
+
+        let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![ok(cmd, json!({}))],
+            _ => vec!["not json\n".into()],
+        });
+        let mut c = QmpClient::from_stream(s, Duration::from_secs(5)).unwrap();
+        assert!(matches!(c.execute("x", None), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            c.execute("x", None),
+            Err(Error::Disconnected { .. })
+        ));
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn event_queue_is_bounded() {
+        let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![ok(cmd, json!({}))],
+            _ => {
+                let mut v: Vec<String> = (0..10)
+                    .map(|i| format!("{}\n", json!({"event": "E", "data": {"i": i}})))
+                    .collect();
+                v.push(ok(cmd, json!({})));
+                v
+            }
+        });
+        let mut c = QmpClient::from_stream(s, Duration::from_secs(5)).unwrap();
+        c.set_event_capacity(4);
+        c.execute("spam", None).unwrap();
+        assert_eq!(c.dropped_events(), 6);
+        let evs = c.events().unwrap();
+        assert_eq!(evs.len(), 4);
+        assert_eq!(evs[0].data["i"], json!(6));
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn rejects_a_non_qmp_greeting_and_closed_sockets() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let h = thread::spawn(move || {
+            let mut b = b;
+            writeln!(b, "{{\"hello\": 1}}").unwrap();
+        });
+        assert!(QmpClient::from_stream(a, Duration::from_secs(2)).is_err());
+        h.join().unwrap();
+
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        assert!(matches!(
+            QmpClient::from_stream(a, Duration::from_secs(2)),
+            Err(Error::Disconnected { .. })
+        ));
+
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(matches!(
+            QmpClient::from_stream(a, Duration::from_millis(50)),
+            Err(Error::Timeout { .. })
+        ));
+    }
+
+    #[test]
+    fn peer_pid_of_a_socket_pair_is_ours() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (s, h) = server(|cmd| vec![ok(cmd, json!({}))]);
+        let c = QmpClient::from_stream(s, Duration::from_secs(2)).unwrap();
+        assert_eq!(c.peer_pid().unwrap(), std::process::id() as libc::pid_t);
+        drop((a, c));
+        h.join().unwrap();
+    }
+}

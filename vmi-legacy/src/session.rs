@@ -1,0 +1,683 @@
+//! A session with one unpatched QEMU: [`LegacyQemu`].
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vmi_core::memory::{MapPhysical, MappedRegion, MemoryLayout};
+use vmi_core::registers::{msr, ReadRegisters, RegisterGroups, WriteRegisters};
+use vmi_core::{
+    Error, Gpa, MemoryInfo, PauseCount, PhysicalMemory, PhysicalMemoryWrite, RegisterSnapshot,
+    Result, VcpuControl, VcpuId,
+};
+
+use crate::hmp;
+use crate::layout::RamLayout;
+use crate::procfs;
+use crate::qmp::{CpuInfo, QemuVersion, QmpClient, StatusInfo, DEFAULT_TIMEOUT};
+use crate::ram::{ProcMem, QmpMemory, QmpReadMethod, SharedRam};
+
+/// How to reach guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RamSource {
+    /// Try, in order: the file given here (if any), QEMU's shared RAM backend through
+    /// `/proc/<pid>/fd` ([`RamSource::Memfd`]), [`RamSource::ProcMem`], then
+    /// [`RamSource::Qmp`] with `pmemsave` (probed with a one-byte read), and finally
+    /// with `xp`. Why each skipped path failed is kept in [`LegacyQemu::ram_fallbacks`].
+    Auto {
+        /// The RAM backend's `mem-path`, if known.
+        file: Option<PathBuf>,
+    },
+    /// Map this file (`memory-backend-file,mem-path=…,share=on`).
+    File(PathBuf),
+    /// Map the descriptor through which QEMU maps its RAM backend, opened from
+    /// `/proc/<pid>/fd`: a `memory-backend-memfd`, a deleted hugetlbfs file, or any
+    /// shared file backend. Requires `share=on` (a private mapping's changes never reach
+    /// the file).
+    Memfd,
+    /// `process_vm_readv`/`process_vm_writev` on QEMU's mapping (anonymous RAM too).
+    ProcMem,
+    /// QMP `pmemsave`/HMP `xp` (read-only, slow).
+    Qmp(QmpReadMethod),
+}
+
+impl Default for RamSource {
+    fn default() -> Self {
+        RamSource::Auto { file: None }
+    }
+}
+
+/// What [`LegacyQemu::connect`] needs.
+#[derive(Debug, Clone)]
+pub struct LegacyConfig {
+    /// The QMP socket (`-qmp unix:<path>,server=on,wait=off`).
+    pub qmp_socket: PathBuf,
+    /// How to reach guest RAM.
+    pub ram: RamSource,
+    /// Whether guest memory may be written (maps the backend read-write).
+    pub writable: bool,
+    /// Time limit for every QMP reply and every pause/resume.
+    pub timeout: Duration,
+    /// The RAM backend that holds guest RAM (`pc.ram`, a memory-backend id). Default:
+    /// the one mapped at guest physical address 0. Only one backend is served: with
+    /// several (NUMA nodes, hot-plugged DIMMs) the others' RAM reads as unmapped.
+    pub ram_backend: Option<String>,
+}
+
+impl LegacyConfig {
+    /// Defaults: automatic RAM access, writable, [`DEFAULT_TIMEOUT`].
+    pub fn new(qmp_socket: impl Into<PathBuf>) -> Self {
+        Self {
+            qmp_socket: qmp_socket.into(),
+            ram: RamSource::default(),
+            writable: true,
+            timeout: DEFAULT_TIMEOUT,
+            ram_backend: None,
+        }
+    }
+}
+
+/// Which RAM access path a session uses.
+#[derive(Debug)]
+pub enum RamAccess {
+    /// The RAM backend mapped into this process.
+    Shared(SharedRam),
+    /// `process_vm_readv`/`process_vm_writev`.
+    Proc(ProcMem),
+    /// QMP.
+    Qmp(QmpMemory),
+}
+
+impl RamAccess {
+    /// A short name: `shared`, `procmem` or `qmp`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RamAccess::Shared(_) => "shared",
+            RamAccess::Proc(_) => "procmem",
+            RamAccess::Qmp(_) => "qmp",
+        }
+    }
+
+    fn memory(&self) -> &dyn PhysicalMemory {
+        match self {
+            RamAccess::Shared(m) => m,
+            RamAccess::Proc(m) => m,
+            RamAccess::Qmp(m) => m,
+        }
+    }
+}
+
+/// Where QEMU maps the RAM backend, as found through `gpa2hva` and `/proc/<pid>/maps`.
+#[derive(Debug, Clone)]
+pub struct BackendMapping {
+    /// Host virtual address (in QEMU) of backend offset 0.
+    pub hva: u64,
+    /// The mapping containing it, if `/proc/<pid>/maps` was readable.
+    pub maps_entry: Option<procfs::MapsEntry>,
+}
+
+/// A session with an unpatched QEMU/KVM (or TCG) guest.
+///
+/// Implements [`PhysicalMemory`], [`PhysicalMemoryWrite`], [`MemoryLayout`],
+/// [`MapPhysical`] (with shared RAM only), [`ReadRegisters`], [`VcpuControl`] and
+/// [`WriteRegisters`] (always [`Error::Unsupported`]). Dropping the session releases
+/// every pause it holds: the guest is never left paused by us.
+#[derive(Debug)]
+pub struct LegacyQemu {
+    qmp: Arc<Mutex<QmpClient>>,
+    pid: Option<libc::pid_t>,
+    version: QemuVersion,
+    full_layout: RamLayout,
+    layout: RamLayout,
+    backend: Option<BackendMapping>,
+    ram: RamAccess,
+    ram_fallbacks: Vec<(&'static str, Error)>,
+    cpus: Mutex<Vec<CpuInfo>>,
+    pause: PauseCount,
+    /// Whether our pause stopped a running guest (and so releasing must resume it).
+    resume_on_release: AtomicBool,
+    timeout: Duration,
+}
+
+impl LegacyQemu {
+    /// Connects to QEMU's QMP socket, reads the memory layout (`info mtree -f`), finds
+    /// QEMU's pid and opens guest RAM as `config.ram` says.
+    pub fn connect(config: LegacyConfig) -> Result<Self> {
+        let mut qmp = QmpClient::connect_with_timeout(&config.qmp_socket, config.timeout)?;
+        let version = qmp.query_version()?;
+        let mtree = qmp.human_monitor_command("info mtree -f")?;
+        let full_layout = hmp::parse_mtree_flat(&mtree)?;
+        let backend_name = match &config.ram_backend {
+            Some(n) => n.clone(),
+            None => full_layout
+                .main_backend()
+                .ok_or_else(|| Error::malformed("HMP", "info mtree -f shows no guest RAM"))?
+                .to_owned(),
+        };
+        let layout = full_layout.for_backend(&backend_name);
+        if layout.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "RAM backend",
+                reason: format!(
+                    "no RAM region named {backend_name:?} in the system address space (have: {})",
+                    full_layout.backend_names().join(", ")
+                )
+                .into(),
+            });
+        }
+        let cpus = qmp.query_cpus_fast()?;
+        let pid = find_pid(&qmp, &cpus);
+        let backend = pid.and_then(|pid| locate_backend(&mut qmp, pid, &layout).ok());
+
+        let qmp = Arc::new(Mutex::new(qmp));
+        let mut fallbacks = Vec::new();
+        let ram = open_ram(
+            &config,
+            &qmp,
+            pid,
+            &layout,
+            &backend_name,
+            backend.as_ref(),
+            &mut fallbacks,
+        )?;
+        Ok(Self {
+            qmp,
+            pid,
+            version,
+            full_layout,
+            layout,
+            backend,
+            ram,
+            ram_fallbacks: fallbacks,
+            cpus: Mutex::new(cpus),
+            pause: PauseCount::new(),
+            resume_on_release: AtomicBool::new(false),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The QMP connection, for commands this type does not wrap. Hold the lock briefly:
+    /// every operation of the session needs it.
+    pub fn qmp(&self) -> MutexGuard<'_, QmpClient> {
+        self.qmp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A shared handle on the QMP connection (e.g. for a [`QmpMemory`]).
+    pub fn qmp_handle(&self) -> Arc<Mutex<QmpClient>> {
+        Arc::clone(&self.qmp)
+    }
+
+    /// QEMU's pid in this PID namespace, if it could be found.
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        self.pid
+    }
+
+    /// QEMU's version.
+    pub fn version(&self) -> &QemuVersion {
+        &self.version
+    }
+
+    /// The RAM of the guest's RAM backend (what [`MemoryLayout`] reports).
+    pub fn layout(&self) -> &RamLayout {
+        &self.layout
+    }
+
+    /// Every `ram` region of the system address space, other backends (e.g. VRAM)
+    /// included.
+    pub fn full_layout(&self) -> &RamLayout {
+        &self.full_layout
+    }
+
+    /// Where QEMU maps the RAM backend, if it could be found.
+    pub fn backend_mapping(&self) -> Option<&BackendMapping> {
+        self.backend.as_ref()
+    }
+
+    /// The RAM access path in use.
+    pub fn ram_access(&self) -> &RamAccess {
+        &self.ram
+    }
+
+    /// With [`RamSource::Auto`]: the paths tried before the one in use, and why each
+    /// failed.
+    pub fn ram_fallbacks(&self) -> &[(&'static str, Error)] {
+        &self.ram_fallbacks
+    }
+
+    /// `query-status`.
+    pub fn status(&self) -> Result<StatusInfo> {
+        self.qmp().query_status()
+    }
+
+    /// `query-cpus-fast` (also refreshes the vCPU list used by register reads).
+    pub fn cpus(&self) -> Result<Vec<CpuInfo>> {
+        let cpus = self.qmp().query_cpus_fast()?;
+        *self.cpus.lock().unwrap_or_else(|e| e.into_inner()) = cpus.clone();
+        Ok(cpus)
+    }
+
+    fn cpu_index(&self, vcpu: VcpuId) -> Result<u32> {
+        let known = |cpus: &[CpuInfo]| cpus.iter().any(|c| c.cpu_index == u32::from(vcpu.raw()));
+        let cached = self.cpus.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if known(&cached) {
+            return Ok(u32::from(vcpu.raw()));
+        }
+        let fresh = self.cpus()?;
+        if known(&fresh) {
+            Ok(u32::from(vcpu.raw()))
+        } else {
+            Err(Error::NoSuchVcpu {
+                vcpu,
+                count: fresh.len() as u32,
+            })
+        }
+    }
+
+    fn wait_running(&self, qmp: &mut QmpClient, running: bool) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if qmp.query_status()?.running == running {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: if running {
+                        "the guest to run".into()
+                    } else {
+                        "the guest to stop".into()
+                    },
+                    after: self.timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// QEMU's pid: the QMP socket's peer (`SO_PEERCRED`, right across PID namespaces),
+/// else the thread group of a vCPU thread.
+fn find_pid(qmp: &QmpClient, cpus: &[CpuInfo]) -> Option<libc::pid_t> {
+    if let Ok(pid) = qmp.peer_pid() {
+        return Some(pid);
+    }
+    cpus.iter()
+        .filter_map(|c| libc::pid_t::try_from(c.thread_id).ok())
+        .find_map(|tid| procfs::tgid_of(tid).ok())
+}
+
+/// Finds where QEMU maps the backend: `gpa2hva` of the first range, then the
+/// `/proc/<pid>/maps` entry containing it.
+fn locate_backend(
+    qmp: &mut QmpClient,
+    pid: libc::pid_t,
+    layout: &RamLayout,
+) -> Result<BackendMapping> {
+    let first = layout
+        .ranges()
+        .first()
+        .ok_or_else(|| Error::malformed("HMP", "empty RAM layout"))?;
+    let text = qmp.human_monitor_command(&format!("gpa2hva {:#x}", first.gpa_start.0))?;
+    let (name, hva) = hmp::parse_gpa2hva(&text)?;
+    if name != first.backend_name {
+        return Err(Error::malformed(
+            "HMP",
+            format!(
+                "gpa2hva names region {name:?}, expected {:?}",
+                first.backend_name
+            ),
+        ));
+    }
+    let hva = hva
+        .checked_sub(first.backend_offset)
+        .ok_or_else(|| Error::malformed("HMP", "gpa2hva address below the backend offset"))?;
+    let maps_entry = procfs::read_maps(pid)
+        .ok()
+        .and_then(|maps| procfs::mapping_containing(&maps, hva, layout.backend_extent()).cloned());
+    Ok(BackendMapping { hva, maps_entry })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_ram(
+    config: &LegacyConfig,
+    qmp: &Arc<Mutex<QmpClient>>,
+    pid: Option<libc::pid_t>,
+    layout: &RamLayout,
+    backend_name: &str,
+    backend: Option<&BackendMapping>,
+    fallbacks: &mut Vec<(&'static str, Error)>,
+) -> Result<RamAccess> {
+    let writable = config.writable;
+    let no_pid = || {
+        Error::unsupported(
+            "QEMU's pid",
+            "neither SO_PEERCRED nor the vCPU threads revealed QEMU's process",
+        )
+    };
+    let file = |path: &PathBuf| -> Result<RamAccess> {
+        let ram = SharedRam::open_file(path, layout.clone(), writable)?;
+        // If QEMU's mapping is known, make sure it is this very file, and shared.
+        if let Some(m) = backend.and_then(|b| b.maps_entry.as_ref()) {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path)
+                .map_err(|e| Error::io(format!("stat of {}", path.display()), e))?;
+            let same_inode = meta.ino() == m.inode && procfs::dev_major_minor(meta.dev()) == m.dev;
+            // Overlay file systems show the underlying inode in maps: accept the path.
+            let same_path =
+                std::fs::canonicalize(path).is_ok_and(|p| p.to_str() == Some(m.path.as_str()));
+            if !same_inode && !same_path {
+                return Err(Error::InvalidArgument {
+                    what: "RAM backend file",
+                    reason: format!(
+                        "{} is not the file QEMU maps as guest RAM ({})",
+                        path.display(),
+                        m.path
+                    )
+                    .into(),
+                });
+            }
+            if !m.shared {
+                return Err(not_shared(&m.path));
+            }
+        }
+        Ok(RamAccess::Shared(ram))
+    };
+    let memfd = || -> Result<RamAccess> {
+        let pid = pid.ok_or_else(no_pid)?;
+        if let Some(m) = backend.and_then(|b| b.maps_entry.as_ref()) {
+            if m.inode == 0 {
+                return Err(Error::unsupported(
+                    "shared guest RAM",
+                    "QEMU's RAM is anonymous memory (no memory-backend-memfd/file)",
+                ));
+            }
+            if !m.shared {
+                return Err(not_shared(&m.path));
+            }
+            let hva = backend.map_or(0, |b| b.hva);
+            let file_offset = m.offset + (hva - m.start);
+            let fd = procfs::regular_fds(pid)?
+                .into_iter()
+                .find(|f| f.inode == m.inode && procfs::dev_major_minor(f.dev) == m.dev)
+                .ok_or_else(|| {
+                    Error::unsupported(
+                        "shared guest RAM",
+                        format!("QEMU holds no descriptor of {} open", m.path),
+                    )
+                })?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&fd.path)
+                .map_err(|e| Error::io(format!("opening {}", fd.path.display()), e))?;
+            let source = format!("{} ({})", fd.path.display(), fd.target);
+            return Ok(RamAccess::Shared(SharedRam::from_file(
+                &f,
+                file_offset,
+                layout.clone(),
+                writable,
+                source,
+            )?));
+        }
+        // No gpa2hva or maps: choose a memfd by size and name.
+        Ok(RamAccess::Shared(SharedRam::open_memfd(
+            pid,
+            Some(backend_name),
+            layout.backend_extent(),
+            layout.clone(),
+            writable,
+        )?))
+    };
+    let procmem = || -> Result<RamAccess> {
+        let pid = pid.ok_or_else(no_pid)?;
+        let b = backend.ok_or_else(|| {
+            Error::unsupported(
+                "process memory access",
+                "gpa2hva did not reveal where QEMU maps guest RAM",
+            )
+        })?;
+        let pm = ProcMem::new(pid, b.hva, layout.clone(), writable)?;
+        // Probe: fails here (not on first use) without ptrace access.
+        let first = layout.ranges().first().map_or(Gpa(0), |r| r.gpa_start);
+        pm.read_physical(first, &mut [0u8; 1])?;
+        Ok(RamAccess::Proc(pm))
+    };
+    let via_qmp = |method: QmpReadMethod| -> Result<RamAccess> {
+        Ok(RamAccess::Qmp(QmpMemory::new(
+            Arc::clone(qmp),
+            layout.memory_info(),
+            method,
+        )?))
+    };
+    match &config.ram {
+        RamSource::File(path) => file(path),
+        RamSource::Memfd => memfd(),
+        RamSource::ProcMem => procmem(),
+        RamSource::Qmp(method) => via_qmp(*method),
+        RamSource::Auto { file: path } => {
+            if let Some(path) = path {
+                match file(path) {
+                    Ok(r) => return Ok(r),
+                    Err(e) => fallbacks.push(("file", e)),
+                }
+            }
+            match memfd() {
+                Ok(r) => return Ok(r),
+                Err(e) => fallbacks.push(("memfd", e)),
+            }
+            match procmem() {
+                Ok(r) => return Ok(r),
+                Err(e) => fallbacks.push(("procmem", e)),
+            }
+            let first = layout.ranges().first().map_or(Gpa(0), |r| r.gpa_start);
+            // pmemsave needs QEMU to write a file we can read (same host, same user).
+            match via_qmp(QmpReadMethod::Pmemsave).and_then(|r| {
+                r.memory().read_physical(first, &mut [0u8; 1])?;
+                Ok(r)
+            }) {
+                Ok(r) => return Ok(r),
+                Err(e) => fallbacks.push(("pmemsave", e)),
+            }
+            via_qmp(QmpReadMethod::Xp)
+        }
+    }
+}
+
+fn not_shared(path: &str) -> Error {
+    Error::unsupported(
+        "shared guest RAM",
+        format!("QEMU maps {path} privately (share=off): its changes never reach the file"),
+    )
+}
+
+impl PhysicalMemory for LegacyQemu {
+    fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+        self.ram.memory().read_physical(gpa, buf)
+    }
+
+    fn read_physical_many(&self, requests: &mut [(Gpa, &mut [u8])]) -> Result<()> {
+        self.ram.memory().read_physical_many(requests)
+    }
+}
+
+impl PhysicalMemoryWrite for LegacyQemu {
+    fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        match &self.ram {
+            RamAccess::Shared(m) => m.write_physical(gpa, data),
+            RamAccess::Proc(m) => m.write_physical(gpa, data),
+            RamAccess::Qmp(_) => Err(Error::unsupported(
+                "guest memory write",
+                "QMP has no command to write guest memory; use shared RAM or ProcMem",
+            )),
+        }
+    }
+}
+
+impl MemoryLayout for LegacyQemu {
+    fn memory_info(&self) -> Result<MemoryInfo> {
+        Ok(self.layout.memory_info())
+    }
+}
+
+impl MapPhysical for LegacyQemu {
+    fn mapped_regions(&self) -> Result<Vec<MappedRegion<'_>>> {
+        match &self.ram {
+            RamAccess::Shared(m) => m.mapped_regions(),
+            other => Err(Error::unsupported(
+                "guest memory mapping",
+                format!(
+                    "guest RAM is accessed through {}, not mapped; use a shared RAM backend",
+                    other.kind()
+                ),
+            )),
+        }
+    }
+}
+
+impl ReadRegisters for LegacyQemu {
+    /// Reads the registers of `vcpu` from HMP `info registers` (with `cpu-index`), and,
+    /// when CONTROL is asked for, CR8 from the TPR in `info lapic` (CR8 = TPR bits 7:4); if
+    /// that fails the CONTROL group is left out rather than reporting CR8 = 0.
+    ///
+    /// `VcpuId(n)` is QEMU's `cpu-index` n (`query-cpus-fast`).
+    ///
+    /// Available: GPRS (not in compatibility mode), CONTROL, DEBUG, SEGMENTS,
+    /// DESCRIPTOR_TABLES, EFER, and MSR `IA32_EFER` when listed. Absent: XCR0 and every
+    /// other MSR (QEMU does not print them; the GDB stub backend will supply them). The
+    /// two monitor commands are not atomic: pause the guest for a consistent snapshot.
+    fn registers(
+        &self,
+        vcpu: VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> Result<RegisterSnapshot> {
+        let index = self.cpu_index(vcpu)?;
+        let with_vcpu = |e: Error| match e {
+            Error::Backend {
+                command,
+                address,
+                source,
+                ..
+            } => Error::Backend {
+                command,
+                vcpu: Some(vcpu),
+                address,
+                source,
+            },
+            e => e,
+        };
+        let mut qmp = self.qmp();
+        let text = qmp
+            .human_monitor_command_on("info registers", Some(index))
+            .map_err(with_vcpu)?;
+        let parsed = hmp::parse_cpu_registers(&text, index)?;
+        let cr8 = if groups.contains(RegisterGroups::CONTROL) {
+            qmp.human_monitor_command_on("info lapic", Some(index))
+                .ok()
+                .and_then(|t| hmp::parse_lapic_tpr(&t).ok())
+                .map(|tpr| u64::from(tpr >> 4))
+        } else {
+            None
+        };
+        drop(qmp);
+        let full = parsed.to_snapshot(cr8);
+        let mut snap = RegisterSnapshot::default();
+        if groups.contains(RegisterGroups::GPRS) {
+            snap.gprs = full.gprs;
+        }
+        if groups.contains(RegisterGroups::CONTROL) {
+            snap.control = full.control;
+        }
+        if groups.contains(RegisterGroups::DEBUG) {
+            snap.debug = full.debug;
+        }
+        if groups.contains(RegisterGroups::SEGMENTS) {
+            snap.segments = full.segments;
+        }
+        if groups.contains(RegisterGroups::DESCRIPTOR_TABLES) {
+            snap.gdtr = full.gdtr;
+            snap.idtr = full.idtr;
+        }
+        if groups.contains(RegisterGroups::EFER) {
+            snap.efer = full.efer;
+        }
+        if groups.contains(RegisterGroups::MSRS) && msrs.contains(&msr::EFER) {
+            if let Some(efer) = full.efer {
+                snap.msrs.insert(msr::EFER, efer);
+            }
+        }
+        Ok(snap)
+    }
+}
+
+impl WriteRegisters for LegacyQemu {
+    fn set_registers(&self, _vcpu: VcpuId, _regs: &RegisterSnapshot) -> Result<()> {
+        Err(Error::unsupported(
+            "register writes",
+            "unpatched QEMU offers no register write over QMP/HMP; this needs the GDB stub backend",
+        ))
+    }
+}
+
+impl VcpuControl for LegacyQemu {
+    fn vcpu_count(&self) -> Result<u32> {
+        Ok(self.cpus()?.len() as u32)
+    }
+
+    /// QMP `stop`, then waits until `query-status` reports the guest not running. A
+    /// guest that is already not running (paused by someone else, or `-S` prelaunch)
+    /// is left alone, and will not be resumed when the pause is released.
+    fn pause_vcpus(&self) -> Result<()> {
+        let mut qmp = self.qmp();
+        if !qmp.query_status()?.running {
+            self.resume_on_release.store(false, Ordering::SeqCst);
+            return Ok(());
+        }
+        qmp.stop()?;
+        // From here on, a release must resume even if waiting fails.
+        self.resume_on_release.store(true, Ordering::SeqCst);
+        self.wait_running(&mut qmp, false)
+    }
+
+    /// QMP `cont`, then waits until the guest runs, if our pause stopped it.
+    fn resume_vcpus(&self) -> Result<()> {
+        if !self.resume_on_release.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut qmp = self.qmp();
+        qmp.cont()?;
+        self.resume_on_release.store(false, Ordering::SeqCst);
+        self.wait_running(&mut qmp, true)
+    }
+
+    fn pause_count(&self) -> &PauseCount {
+        &self.pause
+    }
+}
+
+impl Drop for LegacyQemu {
+    fn drop(&mut self) {
+        let _ = self.pause.release_all(|| self.resume_vcpus());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<LegacyQemu>();
+        check::<RamAccess>();
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = LegacyConfig::new("/run/qmp.sock");
+        assert_eq!(c.ram, RamSource::Auto { file: None });
+        assert!(c.writable);
+        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+    }
+}
