@@ -1,12 +1,20 @@
-//! `cargo xtask demo`: boot the test guest and show what it reports.
+//! `cargo xtask demo`: boot the bundled guest and introspect it live from outside,
+//! through the same crates a tool would use (`vmi-legacy` behind `vmi-core`'s traits).
 
 use std::time::Instant;
 
+use vmi_core::{
+    translate, Gpa, Gva, MemoryLayout, PagingMode, PhysicalMemory, ReadRegisters, Register,
+    RegisterSnapshot, VcpuControl, VcpuId,
+};
+use vmi_legacy::{LegacyConfig, LegacyQemu};
 use vmi_tests::{Guest, GuestOptions, GuestPaths};
 
 use crate::util::Result;
 
-/// Boots the guest described by `paths`, waits for `VMI-TEST ready` and prints its markers.
+/// Boots the guest described by `paths`, waits until it is up, then shows what the
+/// library sees: the kernel banner in guest physical memory, the vCPU registers, and the
+/// translation of the banner's kernel virtual address.
 pub(crate) fn run(paths: &GuestPaths) -> Result {
     let start = Instant::now();
     let guest = Guest::launch(GuestOptions::new(paths.clone()))?;
@@ -20,12 +28,185 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
     );
     let markers = guest.wait_ready()?;
     println!("guest ready after {:.1?}", start.elapsed());
-    for (key, value) in markers.iter() {
-        if value.is_empty() {
-            println!("  {key}");
-        } else {
-            println!("  {key} = {value}");
+    let banner_va = markers.kallsyms("linux_banner");
+    println!(
+        "the guest says (serial console): linux_banner = {}",
+        banner_va.map_or("?".into(), |v| format!("{v:#x}"))
+    );
+
+    let vmi = LegacyQemu::connect(LegacyConfig::new(guest.qmp_socket()))?;
+    let layout = vmi.memory_info()?;
+    println!(
+        "\nconnected: memory via {}, {} MiB RAM in {} ranges, max physical address {}",
+        vmi.ram_access().kind(),
+        layout.ram_size() >> 20,
+        layout.ranges.len(),
+        layout.max_physical_address()
+    );
+
+    // A consistent picture: pause while looking, resume when the guard drops.
+    let paused = vmi.pause()?;
+    let vcpus = vmi.vcpu_count()?;
+    println!("paused {vcpus} vCPUs");
+
+    // 1. The kernel banner, found by scanning guest physical memory: the first
+    // "Linux version " followed by a printable line (other hits are fragments in
+    // freed or compressed memory).
+    let mut banner_pa = None;
+    let mut copies = 0;
+    for pa in find_all_in_ram(&vmi, b"Linux version ")? {
+        let mut text = vec![0u8; 256];
+        if vmi.read_physical(pa, &mut text).is_err() {
+            continue;
+        }
+        let Some(end) = text.iter().position(|&b| b == b'\n') else {
+            continue;
+        };
+        if text[..end].iter().all(|b| (0x20..0x7f).contains(b)) {
+            copies += 1;
+            if banner_pa.is_none() {
+                println!(
+                    "\nkernel banner at physical {pa}:\n  {}",
+                    String::from_utf8_lossy(&text[..end])
+                );
+                banner_pa = Some(pa);
+            }
         }
     }
+    match banner_pa {
+        Some(_) => println!("  ({copies} complete copies in guest RAM)"),
+        None => println!("\nkernel banner not found in guest RAM"),
+    }
+
+    // 2. Registers of every vCPU.
+    let mut vcpu0 = None;
+    for v in 0..vcpus {
+        let regs = vmi.all_registers(VcpuId::try_from(v)?)?;
+        print_registers(v, &regs);
+        if v == 0 {
+            vcpu0 = Some(regs);
+        }
+    }
+
+    // 3. linux_banner's virtual address, translated with the CR3 QEMU reported.
+    if let (Some(va), Some(regs)) = (banner_va, vcpu0) {
+        let (cr0, cr4, efer) = regs.paging_inputs().ok_or("CR0/CR4/EFER not reported")?;
+        let mode = PagingMode::from_registers(cr0, cr4, efer);
+        let cr3 = regs.get(Register::Cr3).ok_or("CR3 not reported")?;
+        let t = translate(&vmi, mode, Gpa(cr3), Gva(va))?;
+        let mut bytes = [0u8; 14];
+        vmi.read_physical(t.gpa, &mut bytes)?;
+        println!("\ntranslation ({mode:?}, CR3 {cr3:#x}):");
+        println!(
+            "  linux_banner {va:#x} -> physical {} ({:?} page, {}{}{})",
+            t.gpa,
+            t.page_size,
+            if t.writable { "writable" } else { "read-only" },
+            if t.user { ", user" } else { ", supervisor" },
+            if t.executable {
+                ", executable"
+            } else {
+                ", no-execute"
+            },
+        );
+        println!(
+            "  bytes there: {:?} — {}",
+            String::from_utf8_lossy(&bytes),
+            match banner_pa {
+                Some(pa) if pa == t.gpa => "exactly where the scan found the banner".to_string(),
+                Some(pa) => format!("a copy of the banner (the scan found {pa} first)"),
+                None => "the scan found no banner".to_string(),
+            }
+        );
+    }
+
+    paused.resume()?;
+    println!(
+        "\nresumed; QEMU status: {}",
+        vmi.status()
+            .map(|s| s.status)
+            .unwrap_or_else(|e| e.to_string())
+    );
     Ok(())
+}
+
+/// Every guest-physical address at which `needle` starts, scanning RAM in 1 MiB
+/// chunks that overlap by `needle.len() - 1` bytes.
+fn find_all_in_ram(vmi: &LegacyQemu, needle: &[u8]) -> vmi_core::Result<Vec<Gpa>> {
+    const CHUNK: u64 = 1 << 20;
+    let overlap = needle.len() as u64 - 1;
+    let mut hits = Vec::new();
+    let mut buf = vec![0u8; (CHUNK + overlap) as usize];
+    for range in vmi.memory_info()?.ranges {
+        let mut at = range.start.raw();
+        while at < range.end() {
+            let len = (range.end() - at).min(CHUNK + overlap) as usize;
+            vmi.read_physical(Gpa(at), &mut buf[..len])?;
+            for (i, w) in buf[..len].windows(needle.len()).enumerate() {
+                if (i as u64) < CHUNK && w == needle {
+                    hits.push(Gpa(at + i as u64));
+                }
+            }
+            at += CHUNK;
+        }
+    }
+    Ok(hits)
+}
+
+fn print_registers(vcpu: u32, r: &RegisterSnapshot) {
+    println!("\nvCPU {vcpu}:");
+    if let Some(g) = r.gprs {
+        println!(
+            "  rip {:016x}  rsp {:016x}  rflags {:08x}",
+            g.rip, g.rsp, g.rflags
+        );
+        println!(
+            "  rax {:016x}  rbx {:016x}  rcx {:016x}  rdx {:016x}",
+            g.rax, g.rbx, g.rcx, g.rdx
+        );
+        println!(
+            "  rsi {:016x}  rdi {:016x}  rbp {:016x}  r8  {:016x}",
+            g.rsi, g.rdi, g.rbp, g.r8
+        );
+    }
+    if let Some(c) = r.control {
+        println!(
+            "  cr0 {:08x}  cr2 {:016x}  cr3 {:016x}  cr4 {:08x}  cr8 {:x}",
+            c.cr0, c.cr2, c.cr3, c.cr4, c.cr8
+        );
+    }
+    if let Some(efer) = r.efer {
+        println!("  efer {efer:x}");
+    }
+    if let Some(s) = r.segments {
+        println!(
+            "  cs {:04x} (base {:x}, ar {:x})  ss {:04x}  gs base {:016x}  tr {:04x}",
+            s.cs.selector,
+            s.cs.base,
+            s.cs.attributes.to_vmx_ar(),
+            s.ss.selector,
+            s.gs.base,
+            s.tr.selector
+        );
+    }
+    if let (Some(g), Some(i)) = (r.gdtr, r.idtr) {
+        println!(
+            "  gdtr {:016x}/{:x}  idtr {:016x}/{:x}",
+            g.base, g.limit, i.base, i.limit
+        );
+    }
+    if let Some(d) = r.debug {
+        println!("  dr6 {:x}  dr7 {:x}", d.dr6, d.dr7);
+    }
+    let absent: Vec<_> = [
+        ("MSRs other than EFER", r.msrs.is_empty()),
+        ("XCR0", r.xcr0.is_none()),
+    ]
+    .iter()
+    .filter(|(_, a)| *a)
+    .map(|(n, _)| *n)
+    .collect();
+    if !absent.is_empty() {
+        println!("  (not available from this backend: {})", absent.join(", "));
+    }
 }
