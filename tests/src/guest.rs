@@ -37,6 +37,9 @@ pub const ENV_ECHO: &str = "VMI_GUEST_ECHO";
 pub const ENV_TMPDIR: &str = "VMI_GUEST_TMPDIR";
 /// Environment variable: the QEMU binary (default `qemu-system-x86_64` from `PATH`).
 pub const ENV_QEMU: &str = "VMI_QEMU";
+/// Environment variable: path of the purpose-built test guest (see
+/// [`GuestOptions::test_guest`]).
+pub const ENV_TEST_GUEST: &str = "VMI_TEST_GUEST";
 
 /// How long QEMU gets to create its sockets and guest RAM.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,6 +124,27 @@ impl GuestOptions {
     #[track_caller]
     pub fn from_env() -> Self {
         Self::new(GuestPaths::from_env_or_panic())
+    }
+
+    /// Options for the purpose-built test guest (`xtask/guest/testguest.S`, path in
+    /// `VMI_TEST_GUEST`, set by `cargo xtask test`): one vCPU, 64 MiB, no command line.
+    /// It prints the same `VMI-TEST` markers as the Linux guest, with its sites and
+    /// variables as `kallsyms` entries.
+    #[track_caller]
+    pub fn test_guest() -> Self {
+        let kernel = std::env::var_os(ENV_TEST_GUEST)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                panic!("{ENV_TEST_GUEST} is not set: run the tests with `cargo xtask test`")
+            });
+        let mut paths = GuestPaths::from_env_or_panic();
+        paths.kernel = kernel;
+        let mut opts = Self::new(paths);
+        opts.memory_mib = 64;
+        opts.cpus = 1;
+        opts.append = String::new();
+        opts
     }
 
     /// The RAM size in bytes.

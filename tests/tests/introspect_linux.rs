@@ -109,7 +109,10 @@ fn shared_ram_holds_the_kernel_banner() {
     assert_eq!(info.max_physical_address(), Gpa(guest.ram_size()));
     assert!(info.ram_size() <= guest.ram_size());
     assert!(info.ram_size() > guest.ram_size() - (1 << 20), "{info:?}");
-    assert!(info.check(Gpa(0xf0000), 1).is_err(), "BIOS ROM is not RAM: {info:?}");
+    assert!(
+        info.check(Gpa(0xf0000), 1).is_err(),
+        "BIOS ROM is not RAM: {info:?}"
+    );
     let hits = find_all(&vmi, banner.as_bytes());
     assert!(!hits.is_empty(), "banner {banner:?} not in guest RAM");
 }

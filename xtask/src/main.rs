@@ -10,6 +10,7 @@ mod cpio;
 mod demo;
 mod image;
 mod provision;
+mod testguest;
 mod util;
 
 use std::ffi::OsString;
@@ -97,6 +98,10 @@ fn prepare() -> Result<GuestPaths> {
     let qemu_version = qemu_version.lines().next().unwrap_or_default();
     let key = format!("kernel={}\nqemu={qemu_version}", p.kernel_version);
     let accel = accel::choose(&guest_dir.join("accel"), &p.kernel, &initrd, &key)?;
+
+    let test_guest = testguest::build(&guest_dir)?;
+    // Inherited by every cargo command xtask runs, and printed by `env`.
+    std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     Ok(GuestPaths {
         kernel: p.kernel,
         initrd,
@@ -105,7 +110,9 @@ fn prepare() -> Result<GuestPaths> {
 }
 
 fn print_env(paths: &GuestPaths, shell: bool) {
-    for (name, value) in paths.env_vars() {
+    let test_guest =
+        std::env::var_os(testguest::ENV_TEST_GUEST).map(|v| (testguest::ENV_TEST_GUEST, v));
+    for (name, value) in paths.env_vars().into_iter().chain(test_guest) {
         let value = value.to_string_lossy();
         if shell {
             println!("export {name}='{}'", value.replace('\'', r"'\''"));
