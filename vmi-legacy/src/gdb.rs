@@ -241,6 +241,8 @@ pub mod codec {
         let mut next_num = 0usize;
         let mut offset = 0usize;
         for doc in docs {
+            // QEMU's i386-64bit.xml comments out cs_base…es_base: skip comments.
+            let doc = strip_xml_comments(doc);
             let mut rest = doc.as_str();
             while let Some(start) = rest.find("<reg ") {
                 let tail = &rest[start..];
@@ -277,10 +279,26 @@ pub mod codec {
         Ok(regs)
     }
 
+    /// `doc` without its `<!-- … -->` comments (an unterminated one runs to the end).
+    pub fn strip_xml_comments(doc: &str) -> String {
+        let mut out = String::with_capacity(doc.len());
+        let mut rest = doc;
+        while let Some(start) = rest.find("<!--") {
+            out.push_str(&rest[..start]);
+            match rest[start + 4..].find("-->") {
+                Some(end) => rest = &rest[start + 4 + end + 3..],
+                None => return out,
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
     /// The `href`s of `<xi:include>` elements.
     pub fn xml_includes(doc: &str) -> Vec<String> {
         let mut v = Vec::new();
-        let mut rest = doc;
+        let doc = strip_xml_comments(doc);
+        let mut rest = doc.as_str();
         while let Some(start) = rest.find("<xi:include") {
             let tail = &rest[start..];
             let end = tail.find('>').unwrap_or(tail.len());
@@ -398,7 +416,7 @@ impl GdbClient {
     pub fn new(mut io: Box<dyn Transport>, timeout: Duration) -> Result<Self> {
         io.set_timeout(Some(
             timeout
-                .min(Duration::from_millis(200))
+                .min(Duration::from_millis(20))
                 .max(Duration::from_millis(1)),
         ))
         .map_err(|e| Error::io("setting gdbstub read timeout", e))?;
@@ -873,9 +891,11 @@ impl GdbClient {
         let mut out = Vec::new();
         loop {
             let p = self.recv_packet(deadline)?;
+            if p == b"OK" {
+                break;
+            }
             match p.split_first() {
                 Some((b'O', hex)) if !hex.is_empty() => out.extend(codec::from_hex(hex)?),
-                _ if p == b"OK" => break,
                 _ if p.is_empty() => {
                     return Err(Error::unsupported(
                         "gdbstub qRcmd",
@@ -968,6 +988,15 @@ mod tests {
             ("cr4", 31, 20)
         );
         assert!(parse_target_regs(&["<reg name=\"x\" bitsize=\"0\"/>".into()]).is_err());
+        // Commented-out registers (QEMU's cs_base…es_base) take no slot.
+        let doc = r#"<reg name="gs" bitsize="32"/><!--reg name="cs_base" bitsize="64"/>
+            <reg name="ss_base" bitsize="64"/--><reg name="fs_base" bitsize="64"/>"#;
+        let regs = parse_target_regs(&[doc.to_string()]).unwrap();
+        assert_eq!(regs.len(), 2);
+        assert_eq!(
+            (regs[1].name.as_str(), regs[1].regnum, regs[1].offset),
+            ("fs_base", 1, 4)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The legacy backend of `vmi-core`: introspection of an **unpatched** QEMU guest
 //! (KVM or TCG), with nothing but what stock QEMU offers — the QMP socket, the human
-//! monitor's text, and access to the guest's RAM backend. Layering: `vmi-core` defines
+//! monitor's text, QEMU's GDB stub, and access to the guest's RAM backend. Layering: `vmi-core` defines
 //! the backend-neutral traits ([`PhysicalMemory`](vmi_core::PhysicalMemory),
 //! [`ReadRegisters`](vmi_core::ReadRegisters), [`VcpuControl`](vmi_core::VcpuControl),
 //! …); `vmi-legacy` implements them for a QEMU process, next to `vmi-kvm`, which
@@ -19,6 +19,9 @@
 //!   into this process), [`ProcMem`] (`process_vm_readv` into QEMU), [`QmpMemory`]
 //!   (`pmemsave`/`xp`).
 //! * [`procfs`] — what `/proc` says about the QEMU process.
+//! * [`gdb`] — a GDB remote-protocol client for QEMU's gdbstub.
+//! * [`debugger`] — [`GdbSession`]: registers, pause/resume, breakpoints, watchpoints
+//!   and single steps through the gdbstub, as `vmi-core` events.
 //! * [`session`] — [`LegacyQemu`], which ties them together and implements the
 //!   `vmi-core` traits.
 //!
@@ -27,8 +30,11 @@
 //! Guest memory reads and writes (fast with a shared RAM backend or ptrace access to
 //! QEMU), the memory layout, register reads (GPRs, control, debug, segment and
 //! descriptor-table registers, EFER), vCPU count, and pause/resume with
-//! reference-counted guards. Not available here: register writes, MSRs other than
-//! EFER, XCR0 (the GDB stub backend is to supply them), and events.
+//! reference-counted guards. With the GDB stub ([`LegacyConfig::gdb_socket`]): exact
+//! GPRs/CRs/EFER and FS/GS/KERNEL_GS_BASE, register writes (GPRs, CRs, EFER, those
+//! MSRs), breakpoint, single-step and watchpoint events. Not available: CR/MSR and
+//! instruction traps, page-permission events, views, XCR0 and other MSRs (KVMi only);
+//! `Backend::capabilities` lists every row with its reason.
 //!
 //! # Requirements
 //!
@@ -70,6 +76,7 @@
 //! # }
 //! ```
 
+pub mod debugger;
 pub mod gdb;
 pub mod hmp;
 pub mod layout;
@@ -78,6 +85,7 @@ pub mod qmp;
 pub mod ram;
 pub mod session;
 
+pub use debugger::{GdbSegments, GdbSession};
 pub use layout::{RamLayout, RamRange};
 pub use qmp::{QmpClient, QmpError, QmpEvent};
 pub use ram::{ProcMem, QmpMemory, QmpReadMethod, SharedRam};

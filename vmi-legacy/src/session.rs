@@ -1,5 +1,6 @@
 //! A session with one unpatched QEMU: [`LegacyQemu`].
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +10,12 @@ use std::time::{Duration, Instant};
 use vmi_core::memory::{MapPhysical, MappedRegion, MemoryLayout};
 use vmi_core::registers::{msr, ReadRegisters, RegisterGroups, WriteRegisters};
 use vmi_core::{
-    Error, Gpa, MemoryInfo, PauseCount, PhysicalMemory, PhysicalMemoryWrite, RegisterSnapshot,
-    Result, VcpuControl, VcpuId,
+    Backend, Capability, CapabilityReport, Error, Event, EventControl, Gpa, MemoryInfo, Monitor,
+    PauseCount, PendingEvent, PhysicalMemory, PhysicalMemoryWrite, RegisterSnapshot, ReplyToken,
+    Response, Result, Support, VcpuControl, VcpuId,
 };
 
+use crate::debugger::{gdb_capabilities, GdbSession};
 use crate::hmp;
 use crate::layout::RamLayout;
 use crate::procfs;
@@ -64,6 +67,10 @@ pub struct LegacyConfig {
     /// the one mapped at guest physical address 0. Only one backend is served: with
     /// several (NUMA nodes, hot-plugged DIMMs) the others' RAM reads as unmapped.
     pub ram_backend: Option<String>,
+    /// QEMU's GDB stub (`-gdb chardev:…` on a UNIX socket). When given, the session
+    /// attaches a [`GdbSession`]: registers are read (and written) through it, pause
+    /// and resume go through it, and it provides events ([`LegacyQemu::gdb`]).
+    pub gdb_socket: Option<PathBuf>,
 }
 
 impl LegacyConfig {
@@ -75,6 +82,7 @@ impl LegacyConfig {
             writable: true,
             timeout: DEFAULT_TIMEOUT,
             ram_backend: None,
+            gdb_socket: None,
         }
     }
 }
@@ -139,6 +147,7 @@ pub struct LegacyQemu {
     /// Whether our pause stopped a running guest (and so releasing must resume it).
     resume_on_release: AtomicBool,
     timeout: Duration,
+    gdb: Option<GdbSession>,
 }
 
 impl LegacyQemu {
@@ -182,7 +191,12 @@ impl LegacyQemu {
             backend.as_ref(),
             &mut fallbacks,
         )?;
+        let gdb = match &config.gdb_socket {
+            Some(path) => Some(GdbSession::connect_unix(path, config.timeout)?),
+            None => None,
+        };
         Ok(Self {
+            gdb,
             qmp,
             pid,
             version,
@@ -196,6 +210,12 @@ impl LegacyQemu {
             resume_on_release: AtomicBool::new(false),
             timeout: config.timeout,
         })
+    }
+
+    /// The GDB stub session, if [`LegacyConfig::gdb_socket`] was given: breakpoints,
+    /// watchpoints and events.
+    pub fn gdb(&self) -> Option<&GdbSession> {
+        self.gdb.as_ref()
     }
 
     /// The QMP connection, for commands this type does not wrap. Hold the lock briefly:
@@ -546,7 +566,28 @@ impl ReadRegisters for LegacyQemu {
     /// DESCRIPTOR_TABLES, EFER, and MSR `IA32_EFER` when listed. Absent: XCR0 and every
     /// other MSR (QEMU does not print them; the GDB stub backend will supply them). The
     /// two monitor commands are not atomic: pause the guest for a consistent snapshot.
+    ///
+    /// With a GDB stub session, GPRS, CONTROL, EFER and the MSRs `FS_BASE`, `GS_BASE`,
+    /// `KERNEL_GS_BASE` come from the stub's `g` packet instead (exact, and GPRS in every
+    /// mode); segments, descriptor tables and DRs still from `info registers`.
     fn registers(
+        &self,
+        vcpu: VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> Result<RegisterSnapshot> {
+        if let Some(gdb) = &self.gdb {
+            let mut snap = self.hmp_registers(vcpu, groups, msrs)?;
+            let from_gdb = gdb.registers(vcpu, groups, msrs)?;
+            snap.merge(&from_gdb);
+            return Ok(snap);
+        }
+        self.hmp_registers(vcpu, groups, msrs)
+    }
+}
+
+impl LegacyQemu {
+    fn hmp_registers(
         &self,
         vcpu: VcpuId,
         groups: RegisterGroups,
@@ -612,11 +653,16 @@ impl ReadRegisters for LegacyQemu {
 }
 
 impl WriteRegisters for LegacyQemu {
-    fn set_registers(&self, _vcpu: VcpuId, _regs: &RegisterSnapshot) -> Result<()> {
-        Err(Error::unsupported(
-            "register writes",
-            "unpatched QEMU offers no register write over QMP/HMP; this needs the GDB stub backend",
-        ))
+    /// Through the GDB stub session ([`GdbSession`]'s `set_registers`); without one,
+    /// [`Error::Unsupported`].
+    fn set_registers(&self, vcpu: VcpuId, regs: &RegisterSnapshot) -> Result<()> {
+        match &self.gdb {
+            Some(gdb) => gdb.set_registers(vcpu, regs),
+            None => Err(Error::unsupported(
+                "register writes",
+                "unpatched QEMU offers no register write over QMP/HMP; set LegacyConfig::gdb_socket",
+            )),
+        }
     }
 }
 
@@ -628,7 +674,13 @@ impl VcpuControl for LegacyQemu {
     /// QMP `stop`, then waits until `query-status` reports the guest not running. A
     /// guest that is already not running (paused by someone else, or `-S` prelaunch)
     /// is left alone, and will not be resumed when the pause is released.
+    ///
+    /// With a GDB stub session the stub stops the VM instead (a QMP `stop` would be
+    /// reported to it as a stop, and QMP shows status `paused`/`debug`).
     fn pause_vcpus(&self) -> Result<()> {
+        if let Some(gdb) = &self.gdb {
+            return gdb.pause_vcpus();
+        }
         let mut qmp = self.qmp();
         if !qmp.query_status()?.running {
             self.resume_on_release.store(false, Ordering::SeqCst);
@@ -642,6 +694,9 @@ impl VcpuControl for LegacyQemu {
 
     /// QMP `cont`, then waits until the guest runs, if our pause stopped it.
     fn resume_vcpus(&self) -> Result<()> {
+        if let Some(gdb) = &self.gdb {
+            return gdb.resume_vcpus();
+        }
         if !self.resume_on_release.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -653,6 +708,115 @@ impl VcpuControl for LegacyQemu {
 
     fn pause_count(&self) -> &PauseCount {
         &self.pause
+    }
+}
+
+impl LegacyQemu {
+    fn events(&self) -> Result<&GdbSession> {
+        self.gdb.as_ref().ok_or_else(|| {
+            Error::unsupported(
+                "events",
+                "unpatched QEMU reports events only through its gdbstub; set LegacyConfig::gdb_socket",
+            )
+        })
+    }
+}
+
+/// Delegates to the [`GdbSession`] (see there); without one every call fails with
+/// [`Error::Unsupported`].
+impl EventControl for LegacyQemu {
+    fn enable(&self, monitor: Monitor) -> Result<()> {
+        self.events()?.enable(monitor)
+    }
+
+    fn disable(&self, monitor: Monitor) -> Result<()> {
+        self.events()?.disable(monitor)
+    }
+
+    fn wait_event(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
+        self.events()?.wait_event(timeout)
+    }
+
+    fn reply(&self, token: ReplyToken, response: Response) -> Result<()> {
+        self.events()?.reply(token, response)
+    }
+
+    fn pending_events(&self) -> Result<usize> {
+        self.events()?.pending_events()
+    }
+
+    fn check_response(&self, event: &Event, response: &Response) -> Result<()> {
+        self.events()?.check_response(event, response)
+    }
+}
+
+impl Backend for LegacyQemu {
+    fn name(&self) -> Cow<'_, str> {
+        let gdb = if self.gdb.is_some() { " + gdbstub" } else { "" };
+        format!("legacy (QMP + {}{gdb})", self.ram.kind()).into()
+    }
+
+    fn capabilities(&self) -> CapabilityReport {
+        use Capability as C;
+        let name = if self.gdb.is_some() {
+            "legacy (QMP + gdbstub)"
+        } else {
+            "legacy (QMP)"
+        };
+        let mut r = gdb_capabilities(name);
+        r.supported(&[
+            C::ReadPhysicalMemory,
+            C::ReadGprs,
+            C::ReadControlRegisters,
+            C::ReadDebugRegisters,
+            C::ReadSegmentRegisters,
+            C::ReadDescriptorTables,
+            C::ReadMsrs,
+            C::MemorySize,
+            C::PauseResume,
+            C::VcpuCount,
+        ]);
+        match &self.ram {
+            RamAccess::Shared(_) => {
+                r.supported(&[C::WritePhysicalMemory, C::GuestMemoryMapping]);
+            }
+            RamAccess::Proc(_) => {
+                r.supported(&[C::WritePhysicalMemory]);
+                r.set(
+                    C::GuestMemoryMapping,
+                    Support::no("guest RAM is not a shared backend (process_vm_readv only)"),
+                );
+            }
+            RamAccess::Qmp(_) => {
+                let why = "guest RAM reached through QMP only (no shared backend, no ptrace)";
+                r.unsupported(&[C::WritePhysicalMemory, C::GuestMemoryMapping], why);
+            }
+        }
+        if self.gdb.is_none() {
+            let why = "needs QEMU's gdbstub (LegacyConfig::gdb_socket)";
+            for (c, s) in gdb_capabilities(name).rows() {
+                let ours = [
+                    C::ReadPhysicalMemory,
+                    C::WritePhysicalMemory,
+                    C::ReadGprs,
+                    C::ReadControlRegisters,
+                    C::ReadMsrs,
+                    C::PauseResume,
+                    C::VcpuCount,
+                    C::MemorySize,
+                    C::GuestMemoryMapping,
+                ];
+                if s.is_supported() && !ours.contains(&c) {
+                    r.set(c, Support::no(why));
+                }
+            }
+            r.set(C::WriteMsrs, Support::no(why));
+            r.set(
+                C::ReadMsrs,
+                Support::no("only EFER, as info registers prints it; other MSRs need KVMi"),
+            );
+        }
+        r
     }
 }
 

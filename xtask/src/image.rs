@@ -16,6 +16,7 @@ pub(crate) const KALLSYMS: &[&str] = &[
     "_text",
     "_stext",
     "linux_banner",
+    "jiffies",
     "init_task",
     "init_mm",
     "init_top_pgt",
