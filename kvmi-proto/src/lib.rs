@@ -1,10 +1,59 @@
-//! KVM introspection (KVMi) protocol engine: the tool side of the socket that the
-//! KVM-VMI patched kernel and QEMU connect to.
+//! KVM introspection (KVMi) protocol engine: the tool side of the socket that KVM-VMI
+//! QEMU and the patched kernel connect to. Layering: `kvmi-sys` (raw ids and wire
+//! structs) → **`kvmi-proto`** (listening socket, QEMU handshake, framing, sequence
+//! numbers, reply matching with interleaved events, batching, typed commands and
+//! events) → `vmi-kvm` (the `vmi-core` backend).
 //!
-//! Layering: `kvmi-sys` (raw structs) → **`kvmi-proto`** (listening socket, QEMU
-//! handshake, framing, sequence numbers, reply matching with interleaved events,
-//! batching, typed commands and events) → `vmi-kvm` (the `vmi-core` backend).
+//! * [`codec`]: pure framing (encode/decode, reply error codes, event parsing for the
+//!   kvmi-v7 and kvmi-v6 layouts). Never panics, never allocates beyond the limits.
+//! * [`handshake`]: the QEMU hookup struct, the SHA-1 cookie reply, `SO_PEERCRED`.
+//! * [`Listener`] / [`Connection`]: accept VMs; per VM a reader thread routes replies by
+//!   sequence number to waiting callers and queues events in a bounded queue. Commands
+//!   may be issued from any thread, including event handlers; every wait has a timeout;
+//!   a disconnect wakes every waiter with [`ProtoError::Disconnected`].
+//! * [`commands`]: a typed method per command; [`event`]: the typed [`Event`] with a
+//!   reply helper per kind; [`Batch`]: many commands/replies in one round trip.
 //!
-//! The protocol engine and the KVMi host simulator used by its tests are being built by
-//! the KVMi wire-protocol work; until then the crate exports nothing, so that no caller
-//! can depend on a stub.
+//! vsock listening is not implemented (UNIX sockets only); a vsock stream can't be
+//! passed to [`Connection::establish`] either, which takes a `UnixStream`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use kvmi_proto::{Action, Config, EventKind, Listener};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), kvmi_proto::ProtoError> {
+//! let cfg = Config { secret: Some(b"s3cret".to_vec()), ..Config::default() };
+//! let listener = Listener::bind("/run/kvmi.sock", cfg)?;
+//! let conn = listener.accept(Duration::from_secs(30))?;
+//! println!("VM {} ({:?}), {} vCPUs", conn.hookup().name, conn.abi(), conn.get_guest_info()?);
+//! conn.control_events(0, kvmi_sys::KVMI_EVENT_CR, true)?;
+//! conn.control_cr(0, 3, true)?;
+//! let ev = conn.next_event(Duration::from_secs(5))?;
+//! if let EventKind::Cr(cr) = ev.kind {
+//!     conn.send_reply(&ev.reply_cr(Action::Continue, cr.new_value))?;
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod batch;
+pub mod codec;
+pub mod commands;
+pub mod connection;
+pub mod error;
+pub mod event;
+pub mod handshake;
+pub mod listener;
+
+pub use batch::Batch;
+pub use codec::Abi;
+pub use commands::Registers;
+pub use connection::{Config, Connection, PendingReply, Probe};
+pub use error::{ProtoError, Result};
+pub use event::{Action, Event, EventKind, EventResponse, PfInfo, PfReply, TrapInfo};
+pub use handshake::{HookupInfo, PeerCredentials};
+pub use listener::Listener;
+
+#[cfg(test)]
+mod tests;
