@@ -3,9 +3,12 @@
 
 use std::time::Instant;
 
+use std::time::Duration;
+
+use vmi_core::event::InterruptKind;
 use vmi_core::{
-    translate, Gpa, Gva, MemoryLayout, PagingMode, PhysicalMemory, ReadRegisters, Register,
-    RegisterSnapshot, VcpuControl, VcpuId,
+    translate, Backend, EventControl, EventKind, Gpa, Gva, MemoryLayout, Monitor, PagingMode,
+    PhysicalMemory, ReadRegisters, Register, RegisterSnapshot, Response, VcpuControl, VcpuId,
 };
 use vmi_legacy::{LegacyConfig, LegacyQemu};
 use vmi_tests::{Guest, GuestOptions, GuestPaths};
@@ -34,7 +37,11 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
         banner_va.map_or("?".into(), |v| format!("{v:#x}"))
     );
 
-    let vmi = LegacyQemu::connect(LegacyConfig::new(guest.qmp_socket()))?;
+    // QMP for status and layout, shared RAM for memory, the GDB stub for registers and
+    // events.
+    let mut config = LegacyConfig::new(guest.qmp_socket());
+    config.gdb_socket = Some(guest.gdb_socket().to_path_buf());
+    let vmi = LegacyQemu::connect(config)?;
     let layout = vmi.memory_info()?;
     println!(
         "\nconnected: memory via {}, {} MiB RAM in {} ranges, max physical address {}",
@@ -127,6 +134,76 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
             .map(|s| s.status)
             .unwrap_or_else(|e| e.to_string())
     );
+
+    // 4. A breakpoint on a kernel function the guest calls every second, then a few
+    // single steps from there.
+    if let Some(func) = markers.kallsyms("do_sys_openat2") {
+        breakpoint_and_steps(&vmi, func)?;
+    }
+
+    // 5. What this backend can and cannot do, row by row of LibVMI's checklist.
+    let report = vmi.capabilities();
+    let supported = report.rows().filter(|(_, s)| s.is_supported()).count();
+    println!(
+        "\ncapability report of {} ({supported} of {} rows supported):",
+        vmi.name(),
+        report.rows().count()
+    );
+    for line in report.to_string().lines().skip(1) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// Breaks on `func`, shows the INT3 event, then single-steps three instructions.
+fn breakpoint_and_steps(vmi: &LegacyQemu, func: u64) -> Result {
+    let gdb = vmi.gdb().ok_or("no GDB stub session")?;
+    vmi.enable(Monitor::Interrupt(InterruptKind::Int3))?;
+    gdb.set_breakpoint(Gva(func))?;
+    println!("\nbreakpoint on do_sys_openat2 ({func:#x}); waiting for the guest to hit it");
+    let start = Instant::now();
+    let Some(hit) = vmi.wait_event(Duration::from_secs(30))? else {
+        gdb.clear_breakpoint(Gva(func))?;
+        return Err("the breakpoint was not hit within 30 s".into());
+    };
+    if let EventKind::Breakpoint {
+        gla,
+        gfn,
+        offset,
+        insn_length,
+    } = &hit.event.kind
+    {
+        println!(
+            "  INT3 event after {:.1?} on vCPU {}: gla {gla} gfn {gfn} offset {offset:#x} \
+             insn_length {insn_length}",
+            start.elapsed(),
+            hit.event.vcpu
+        );
+    }
+    // Leave the breakpoint with single-stepping turned on.
+    gdb.clear_breakpoint(Gva(func))?;
+    vmi.reply(hit.token, Response::continue_().toggle_singlestep())?;
+    for step in 1..=3 {
+        let Some(ev) = vmi.wait_event(Duration::from_secs(10))? else {
+            return Err("no single-step event within 10 s".into());
+        };
+        let rip = ev.event.registers.get(Register::Rip);
+        if let EventKind::Singlestep { gla, .. } = &ev.event.kind {
+            println!(
+                "  step {step}: vCPU {} at {gla} (rip {})",
+                ev.event.vcpu,
+                rip.map_or("?".into(), |r| format!("{r:#x}"))
+            );
+        }
+        let response = if step == 3 {
+            Response::continue_().toggle_singlestep()
+        } else {
+            Response::continue_()
+        };
+        vmi.reply(ev.token, response)?;
+    }
+    vmi.disable(Monitor::Interrupt(InterruptKind::Int3))?;
+    println!("  single-stepping off, breakpoint removed, guest running");
     Ok(())
 }
 
