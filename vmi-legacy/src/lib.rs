@@ -80,6 +80,7 @@ pub mod debugger;
 pub mod gdb;
 pub mod hmp;
 pub mod layout;
+pub mod pmemaccess;
 pub mod procfs;
 pub mod qmp;
 pub mod ram;
@@ -87,6 +88,7 @@ pub mod session;
 
 pub use debugger::{GdbSegments, GdbSession};
 pub use layout::{RamLayout, RamRange};
+pub use pmemaccess::PmemAccess;
 pub use qmp::{QmpClient, QmpError, QmpEvent};
 pub use ram::{ProcMem, QmpMemory, QmpReadMethod, SharedRam};
 pub use session::{LegacyConfig, LegacyQemu, RamAccess, RamSource};

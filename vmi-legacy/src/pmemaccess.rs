@@ -1,0 +1,1154 @@
+//! Client of LibVMI's "fast-memaccess" QEMU patch: guest physical memory over a UNIX
+//! socket served by a **patched** QEMU.
+//!
+//! # The patch and its history
+//!
+//! LibVMI shipped patches for QEMU (`tools/qemu-kvm-patch/` in the LibVMI tree) that add
+//! a file `memory-access.c` to the system emulator. The first versions (Bryan D. Payne,
+//! Sandia, 2011) targeted qemu-kvm 0.14 to 1.6; Valerio Aimale rebased it in 2015 (QEMU
+//! 2.4) and added the QMP command `pmemaccess` and the HMP command `pmemaccess <path>`;
+//! later rebases for QEMU 2.8, 2.10, 2.12, 3.x, 4.0 and **4.1 — the last one** — added
+//! `libvmi_request.h` and a poll loop. There is no patch for QEMU ≥ 4.2; LibVMI's
+//! maintainers point users at KVMi (the `vmi-kvm` backend) or memflow instead. Stock
+//! QEMU answers `pmemaccess` with `CommandNotFound`, which
+//! [`PmemAccess::request_socket`] reports as [`Error::Unsupported`]. LibVMI's own README
+//! called the patch "the fastest memory access, but buggy"; prefer
+//! [`SharedRam`](crate::SharedRam) or [`ProcMem`](crate::ProcMem) where they work.
+//!
+//! # Session set-up
+//!
+//! QMP `pmemaccess {"path": "<socket path>"}` makes QEMU unlink any old file at that
+//! path, bind an `AF_UNIX` stream socket there, listen (backlog 0) and start a thread
+//! that **accepts exactly one connection**, serves it until a quit request or an error,
+//! then closes the socket and unlinks the path. Every session therefore issues its own
+//! `pmemaccess` with a fresh path ([`PmemAccess::request_socket`] does both steps).
+//!
+//! # Wire format
+//!
+//! Everything is in the **host's** byte order, without framing beyond this:
+//!
+//! * Request, 24 bytes: `u64 type` (0 = quit, 1 = read, 2 = write; any other value is
+//!   answered with a single 0 byte), `u64 address` (guest physical), `u64 length`.
+//!   (Before LibVMI PR #587, 2018, LibVMI declared `type` as a `u8`; only the three-`u64`
+//!   layout is spoken here.)
+//! * Read: the reply is `length` data bytes followed by one status byte, 1 = OK. On
+//!   failure (the range is not RAM, or crosses a RAM region boundary, since QEMU's
+//!   `cpu_physical_memory_map` came back short) QEMU sends **one byte only**, and its
+//!   value is undefined (the patch sends an uninitialised buffer byte).
+//! * Write: the request, then `length` data bytes; the reply is one byte, 1 = OK, 0 = fail.
+//! * Quit: the request alone; no reply. Sent when a [`PmemAccess`] is dropped.
+//!
+//! # How this client copes with the protocol's weak spots
+//!
+//! * **Telling a failed read from a slow one.** A failure is a 1-byte reply, a success a
+//!   `length + 1`-byte reply, and a stream socket may deliver either in pieces. The client
+//!   never asks for a 0-byte read (so every success is at least 2 bytes), and reads into
+//!   the whole destination at once. If the first read yields exactly one byte, it waits a
+//!   further *failure grace* ([`DEFAULT_FAILURE_GRACE`],
+//!   [`PmemAccess::set_failure_grace`]) for more: nothing more means failure
+//!   ([`Error::UnmappedPhysical`]); more means a success arriving in pieces, which is then
+//!   read to the end. The patch answers a read with a single `write()`, and on Linux a
+//!   single write of `n ≥ 2` bytes to a UNIX stream socket is queued as one piece of at
+//!   least two bytes, so in practice the first read already tells the two apart and the
+//!   grace is only spent on failures. **Limit:** a success whose second byte arrives
+//!   later than the grace is misjudged as a failure. The bytes that arrive late are then
+//!   detected before the next request (the client checks that the socket holds no unread
+//!   bytes before every request) and the connection is declared out of step
+//!   ([`Error::Malformed`], then [`Error::Disconnected`] for every later call): it never
+//!   returns wrong data.
+//! * **The server's single `read()`.** The patch reads each request (and, for writes,
+//!   the data) with one `read()` and ignores or fails short reads. The client sends a
+//!   request together with its write data in one `send()`, and bounds writes to
+//!   [`WRITE_CHUNK`] bytes, so that the whole message is queued in the socket at once.
+//! * **Bounded requests.** Reads are split into requests of at most [`READ_CHUNK`]
+//!   bytes (QEMU allocates `length + 1` bytes per request), writes into [`WRITE_CHUNK`].
+//!   A split access is not atomic: a failure part-way leaves earlier chunks done.
+//! * **Bounded waits.** Connecting, sending and every reply wait at most
+//!   [`PmemAccess::timeout`]; a [`Error::Timeout`] mid-request leaves the stream out of
+//!   step, so the connection refuses further use ([`Error::Disconnected`]). A new
+//!   session needs a new `pmemaccess` socket.
+//! * **No `SIGPIPE`**: sends use `MSG_NOSIGNAL`; a vanished QEMU yields
+//!   [`Error::Disconnected`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use vmi_core::{Gpa, PhysicalMemory};
+//! use vmi_legacy::{qmp::QmpClient, pmemaccess::PmemAccess};
+//!
+//! # fn main() -> vmi_core::Result<()> {
+//! let mut qmp = QmpClient::connect("/run/vm.qmp")?;
+//! // Err(Error::Unsupported { .. }) on a QEMU without the patch.
+//! let mem = PmemAccess::request_socket(&mut qmp, std::env::temp_dir())?;
+//! let mut page = [0u8; 4096];
+//! mem.read_physical(Gpa(0x1000), &mut page)?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io::{self, ErrorKind, IoSliceMut, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmi_core::{Error, Gpa, PhysicalMemory, PhysicalMemoryWrite, Result};
+
+use crate::qmp::{qmp_error, QmpClient};
+
+/// Default time limit for connecting and for each request's reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time to wait for a second reply byte before a 1-byte read reply is taken as
+/// the patch's failure answer (see the [module documentation](self)).
+pub const DEFAULT_FAILURE_GRACE: Duration = Duration::from_millis(50);
+/// Largest read request sent to QEMU, in bytes; longer reads are split.
+pub const READ_CHUNK: usize = 1 << 20;
+/// Largest write request sent to QEMU, in bytes; longer writes are split. Small enough
+/// that request and data are queued in the socket at once for the server's single
+/// `read()`.
+pub const WRITE_CHUNK: usize = 16 << 10;
+
+/// Size of a request on the wire.
+const REQUEST_LEN: usize = 24;
+const TYPE_QUIT: u64 = 0;
+const TYPE_READ: u64 = 1;
+const TYPE_WRITE: u64 = 2;
+/// The error origin for malformed replies.
+const ORIGIN: &str = "pmemaccess socket";
+/// The QMP command (and the feature name in [`Error::Unsupported`]).
+const COMMAND: &str = "pmemaccess";
+/// How long [`Drop`] may spend sending the quit request.
+const QUIT_TIMEOUT: Duration = Duration::from_millis(500);
+
+static SOCKET_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Encodes a request in host byte order.
+fn encode_request(kind: u64, address: u64, length: u64) -> [u8; REQUEST_LEN] {
+    let mut req = [0u8; REQUEST_LEN];
+    req[..8].copy_from_slice(&kind.to_ne_bytes());
+    req[8..16].copy_from_slice(&address.to_ne_bytes());
+    req[16..].copy_from_slice(&length.to_ne_bytes());
+    req
+}
+
+/// A connection to the memory-access socket of a QEMU with LibVMI's fast-memaccess
+/// patch.
+///
+/// Requests are serialised through an internal [`Mutex`], so a `PmemAccess` can be
+/// shared between threads; it implements [`PhysicalMemory`] and
+/// [`PhysicalMemoryWrite`]. Dropping it sends the quit request (when the stream is in
+/// step) and closes the socket.
+#[derive(Debug)]
+pub struct PmemAccess {
+    conn: Mutex<Conn>,
+    timeout: Duration,
+    failure_grace: Duration,
+    path: PathBuf,
+}
+
+/// The socket and whether it is still in step with the server.
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    /// Why the stream is out of step, once it is.
+    broken: Option<String>,
+}
+
+impl PmemAccess {
+    /// Connects to a memory-access socket that QEMU already listens on (after a
+    /// `pmemaccess` command issued elsewhere, e.g. over HMP). `timeout` bounds the
+    /// connection attempt and then every request.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a zero timeout or a path that does not fit
+    /// a UNIX socket address, [`Error::Timeout`] if the listener's queue stays full,
+    /// [`Error::Io`] if the connection is refused or the path does not exist.
+    pub fn connect(path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
+        let path = path.as_ref();
+        if timeout.is_zero() {
+            return Err(Error::InvalidArgument {
+                what: "pmemaccess timeout",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        let stream = connect_unix(path, timeout)?;
+        Ok(Self {
+            conn: Mutex::new(Conn {
+                stream,
+                broken: None,
+            }),
+            timeout,
+            failure_grace: DEFAULT_FAILURE_GRACE,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Asks QEMU over QMP for a new memory-access socket in `dir` and connects to it,
+    /// with the QMP client's time limit ([`QmpClient::timeout`]).
+    ///
+    /// The socket gets a fresh name (`vmi-pmem-<pid>-<n>.sock`); `dir` must be writable
+    /// by QEMU and reachable by this process under the same path (same host and mount
+    /// namespace). Once connected, the path is unlinked: the patch accepts one
+    /// connection only, so the file has no further use.
+    ///
+    /// Errors: [`Error::Unsupported`] (feature `"pmemaccess"`) when QEMU lacks the patch
+    /// (QMP `CommandNotFound`); other QMP errors as [`QmpClient::execute`] reports them;
+    /// [`Error::InvalidArgument`] if the socket path is not UTF-8 or too long for a
+    /// UNIX socket address; connection errors as for [`PmemAccess::connect`]. If the
+    /// connection fails after QEMU accepted the command, QEMU's serving thread keeps
+    /// waiting for a client until QEMU exits (a limit of the patch).
+    pub fn request_socket(qmp: &mut QmpClient, dir: impl AsRef<Path>) -> Result<Self> {
+        let path = fresh_socket_path(dir.as_ref());
+        // Validate before asking QEMU, so a bad path does not leave a listener behind.
+        sockaddr_for(&path)?;
+        let arg = path.to_str().ok_or_else(|| Error::InvalidArgument {
+            what: "pmemaccess socket path",
+            reason: format!("{} is not valid UTF-8", path.display()).into(),
+        })?;
+        qmp.execute(COMMAND, Some(json!({ "path": arg })))
+            .map_err(|e| match qmp_error(&e) {
+                Some(q) if q.class == "CommandNotFound" => {
+                    Error::unsupported(COMMAND, "QEMU lacks LibVMI's fast-memaccess patch")
+                }
+                _ => e,
+            })?;
+        let result = Self::connect(&path, qmp.timeout());
+        // Connected or not, the path is of no further use to anybody.
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    /// The socket path this connection was made to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The time limit for connecting and for each request's reply.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long a 1-byte read reply may wait for more bytes before it is taken as a
+    /// failure (see the [module documentation](self)).
+    pub fn failure_grace(&self) -> Duration {
+        self.failure_grace
+    }
+
+    /// Sets the failure grace (clamped to at least 1 ms). Longer is safer against a
+    /// heavily loaded host and only slows down failed reads.
+    pub fn set_failure_grace(&mut self, grace: Duration) {
+        self.failure_grace = grace.max(Duration::from_millis(1));
+    }
+
+    /// Reads guest physical memory at `gpa` into `buf`, in requests of at most
+    /// [`READ_CHUNK`] bytes. An empty `buf` succeeds without contacting QEMU.
+    ///
+    /// Errors: [`Error::UnmappedPhysical`] when QEMU reports failure (no RAM there, or
+    /// the range crosses a RAM region boundary) or the range wraps around the address
+    /// space; [`Error::Timeout`], [`Error::Disconnected`], [`Error::Malformed`] or
+    /// [`Error::Io`] on transport trouble, after which the connection refuses further
+    /// use. On error `buf`'s contents are unspecified.
+    pub fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+        check_range(gpa, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock()?;
+        let mut addr = gpa.0;
+        for piece in buf.chunks_mut(READ_CHUNK) {
+            self.read_chunk(&mut conn, addr, piece)?;
+            addr += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` into guest physical memory at `gpa`, in requests of at most
+    /// [`WRITE_CHUNK`] bytes. Empty `data` succeeds without contacting QEMU. A failure
+    /// part-way leaves the earlier chunks written.
+    ///
+    /// Errors: as for [`PmemAccess::read`]; a reply byte other than 0 or 1 is
+    /// [`Error::Malformed`].
+    pub fn write(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        check_range(gpa, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock()?;
+        let mut addr = gpa.0;
+        for piece in data.chunks(WRITE_CHUNK) {
+            self.write_chunk(&mut conn, addr, piece)?;
+            addr += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends the quit request and closes the connection, reporting whether the request
+    /// could be sent (dropping does the same silently).
+    pub fn close(mut self) -> Result<()> {
+        let timeout = QUIT_TIMEOUT.min(self.timeout);
+        let conn = match self.conn.get_mut() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        // `quit` marks the stream closed, so the `Drop` that follows sends nothing more.
+        conn.quit(timeout)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Conn>> {
+        self.conn.lock().map_err(|_| Error::Disconnected {
+            reason: "a thread panicked while using the pmemaccess socket".into(),
+        })
+    }
+
+    /// One read request of `1..=READ_CHUNK` bytes.
+    fn read_chunk(&self, conn: &mut Conn, addr: u64, buf: &mut [u8]) -> Result<()> {
+        conn.check_ready()?;
+        let deadline = Instant::now() + self.timeout;
+        let req = encode_request(TYPE_READ, addr, buf.len() as u64);
+        let result = conn
+            .send_all(&req, deadline)
+            .and_then(|()| self.read_reply(conn, addr, buf, deadline));
+        conn.poison_unless_clean(result, "a read request")
+    }
+
+    /// Receives a read reply; see the module documentation for the 1-byte rule.
+    fn read_reply(
+        &self,
+        conn: &mut Conn,
+        addr: u64,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> Result<()> {
+        let len = buf.len();
+        let mut status = [0u8; 1];
+        let mut got = conn.recv_reply(buf, &mut status, 0, deadline)?;
+        if got == 1 {
+            // A failure reply, or the start of a success reply delivered in pieces.
+            let grace = deadline.min(Instant::now() + self.failure_grace);
+            match conn.recv_reply(buf, &mut status, 1, grace) {
+                Ok(n) => got += n,
+                Err(Error::Timeout { .. }) => {
+                    return Err(Error::UnmappedPhysical {
+                        gpa: Gpa(addr),
+                        len: len as u64,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        while got < len + 1 {
+            got += conn.recv_reply(buf, &mut status, got, deadline)?;
+        }
+        if status[0] == 1 {
+            Ok(())
+        } else {
+            Err(Error::UnmappedPhysical {
+                gpa: Gpa(addr),
+                len: len as u64,
+            })
+        }
+    }
+
+    /// One write request of `1..=WRITE_CHUNK` bytes.
+    fn write_chunk(&self, conn: &mut Conn, addr: u64, data: &[u8]) -> Result<()> {
+        conn.check_ready()?;
+        let deadline = Instant::now() + self.timeout;
+        let mut msg = Vec::with_capacity(REQUEST_LEN + data.len());
+        msg.extend_from_slice(&encode_request(TYPE_WRITE, addr, data.len() as u64));
+        msg.extend_from_slice(data);
+        let result = conn.send_all(&msg, deadline).and_then(|()| {
+            let mut status = [0u8; 1];
+            conn.recv_reply(&mut [], &mut status, 0, deadline)?;
+            match status[0] {
+                1 => Ok(()),
+                0 => Err(Error::UnmappedPhysical {
+                    gpa: Gpa(addr),
+                    len: data.len() as u64,
+                }),
+                other => Err(Error::malformed(
+                    ORIGIN,
+                    format!("write reply byte {other:#04x} is neither 0 nor 1"),
+                )),
+            }
+        });
+        conn.poison_unless_clean(result, "a write request")
+    }
+}
+
+impl Conn {
+    /// Refuses use once out of step; checks that no unread bytes wait in the socket (a
+    /// late or overlong reply) and that the server has not closed it.
+    fn check_ready(&mut self) -> Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Disconnected {
+                reason: format!("pmemaccess stream out of step after an earlier error: {why}")
+                    .into(),
+            });
+        }
+        let mut byte = 0u8;
+        // SAFETY: `byte` is a valid 1-byte buffer for the duration of the call; the fd
+        // is open (owned by `self.stream`).
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => {
+                let why = "QEMU closed the pmemaccess socket".to_owned();
+                self.broken = Some(why.clone());
+                Err(Error::Disconnected { reason: why.into() })
+            }
+            n if n > 0 => {
+                let why = "unexpected bytes from the server before a request (a late reply \
+                           after a read judged failed, or an overlong reply)"
+                    .to_owned();
+                self.broken = Some(why.clone());
+                Err(Error::malformed(ORIGIN, why))
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(()),
+                    _ => Err(self.transport_error("checking the pmemaccess socket", e)),
+                }
+            }
+        }
+    }
+
+    /// Marks the stream out of step after any error but a clean failure reply.
+    fn poison_unless_clean(&mut self, result: Result<()>, what: &str) -> Result<()> {
+        if let Err(e) = &result {
+            if !matches!(e, Error::UnmappedPhysical { .. }) && self.broken.is_none() {
+                self.broken = Some(format!("{what} failed: {e}"));
+            }
+        }
+        result
+    }
+
+    /// Maps an OS error, treating a vanished peer as [`Error::Disconnected`].
+    fn transport_error(&mut self, context: &str, e: io::Error) -> Error {
+        match e.kind() {
+            ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected => {
+                let why = format!("{context}: {e}");
+                self.broken = Some(why.clone());
+                Error::Disconnected { reason: why.into() }
+            }
+            _ => Error::io(context.to_owned(), e),
+        }
+    }
+
+    /// Sends all of `msg` (without `SIGPIPE`) by `deadline`.
+    fn send_all(&mut self, mut msg: &[u8], deadline: Instant) -> Result<()> {
+        while !msg.is_empty() {
+            let left = remaining(deadline, "the pmemaccess request to be sent")?;
+            self.stream
+                .set_write_timeout(Some(left))
+                .map_err(|e| Error::io("setting the pmemaccess write timeout", e))?;
+            // SAFETY: `msg` is a valid readable buffer of `msg.len()` bytes; the fd is
+            // open (owned by `self.stream`).
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    ErrorKind::Interrupted => continue,
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                        return Err(Error::Timeout {
+                            what: "the pmemaccess request to be sent".into(),
+                            after: left,
+                        })
+                    }
+                    _ => return Err(self.transport_error("sending a pmemaccess request", e)),
+                }
+            }
+            // n >= 0 and at most msg.len().
+            msg = msg.get(n as usize..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// One `readv()` into the reply `buf ++ status` starting at reply offset `at`, waiting
+    /// at most until `deadline`. Returns how many bytes arrived (≥ 1).
+    fn recv_reply(
+        &mut self,
+        buf: &mut [u8],
+        status: &mut [u8; 1],
+        at: usize,
+        deadline: Instant,
+    ) -> Result<usize> {
+        loop {
+            let left = remaining(deadline, "a pmemaccess reply")?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| Error::io("setting the pmemaccess read timeout", e))?;
+            let r = if at < buf.len() {
+                let mut iov = [
+                    IoSliceMut::new(&mut buf[at..]),
+                    IoSliceMut::new(&mut status[..]),
+                ];
+                self.stream.read_vectored(&mut iov)
+            } else if at == buf.len() {
+                self.stream.read(&mut status[..])
+            } else {
+                return Ok(0);
+            };
+            match r {
+                Ok(0) => {
+                    let why = "QEMU closed the pmemaccess socket mid-reply".to_owned();
+                    self.broken = Some(why.clone());
+                    return Err(Error::Disconnected { reason: why.into() });
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            what: "a pmemaccess reply".into(),
+                            after: left,
+                        });
+                    }
+                }
+                Err(e) => return Err(self.transport_error("receiving a pmemaccess reply", e)),
+            }
+        }
+    }
+
+    /// Sends the quit request if the stream is in step (otherwise the bytes could be
+    /// taken as write data), then shuts the socket down.
+    fn quit(&mut self, timeout: Duration) -> Result<()> {
+        let result = match &self.broken {
+            Some(why) => Err(Error::Disconnected {
+                reason: format!("quit not sent: {why}").into(),
+            }),
+            None => {
+                let req = encode_request(TYPE_QUIT, 0, 0);
+                self.send_all(&req, Instant::now() + timeout)
+            }
+        };
+        if self.broken.is_none() {
+            self.broken = Some("the session was closed".into());
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        result
+    }
+}
+
+impl Drop for PmemAccess {
+    fn drop(&mut self) {
+        let timeout = QUIT_TIMEOUT.min(self.timeout);
+        let conn = match self.conn.get_mut() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        let _ = conn.quit(timeout);
+    }
+}
+
+impl PhysicalMemory for PmemAccess {
+    fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+        self.read(gpa, buf)
+    }
+}
+
+impl PhysicalMemoryWrite for PmemAccess {
+    fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        self.write(gpa, data)
+    }
+}
+
+/// Time left until `deadline`, or [`Error::Timeout`].
+fn remaining(deadline: Instant, what: &'static str) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(Error::Timeout {
+            what: what.into(),
+            after: Duration::ZERO,
+        })
+    } else {
+        Ok(left)
+    }
+}
+
+/// Rejects ranges that wrap around the 64-bit address space.
+fn check_range(gpa: Gpa, len: usize) -> Result<()> {
+    match gpa.0.checked_add(len as u64) {
+        Some(_) => Ok(()),
+        None => Err(Error::UnmappedPhysical {
+            gpa,
+            len: len as u64,
+        }),
+    }
+}
+
+/// A socket path in `dir` that no other session of this process uses.
+fn fresh_socket_path(dir: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = SOCKET_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        "vmi-pmem-{}-{nanos:x}-{n}.sock",
+        std::process::id()
+    ))
+}
+
+/// The `sockaddr_un` for `path`, or [`Error::InvalidArgument`] if it does not fit.
+fn sockaddr_for(path: &Path) -> Result<libc::sockaddr_un> {
+    // SAFETY: sockaddr_un is plain old data for which all-zero bytes are a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= addr.sun_path.len() {
+        return Err(Error::InvalidArgument {
+            what: "pmemaccess socket path",
+            reason: format!(
+                "{} is empty, contains NUL or is longer than {} bytes",
+                path.display(),
+                addr.sun_path.len() - 1
+            )
+            .into(),
+        });
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(addr)
+}
+
+/// Connects to a UNIX stream socket without blocking past `timeout`: a non-blocking
+/// `connect()` is retried while the listener's queue is full (`EAGAIN`).
+fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream> {
+    let addr = sockaddr_for(path)?;
+    let deadline = Instant::now() + timeout;
+    let context = || format!("connecting to pmemaccess socket {}", path.display());
+    loop {
+        // SAFETY: a plain system call without pointer arguments.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(Error::io(context(), io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `addr` is a valid, initialised sockaddr_un and the length passed is its
+        // size; the fd is open.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            let stream = UnixStream::from(fd);
+            stream
+                .set_nonblocking(false)
+                .map_err(|e| Error::io(context(), e))?;
+            return Ok(stream);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::Interrupted => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        what: format!("{} to accept", path.display()).into(),
+                        after: timeout,
+                    });
+                }
+                std::thread::sleep(left.min(Duration::from_millis(5)));
+            }
+            _ => return Err(Error::io(context(), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
+    const MEM_SIZE: usize = 1 << 20;
+
+    /// A scratch directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "vmi-pmem-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// What the patch-faithful fixture saw.
+    #[derive(Debug, Default)]
+    struct ServerLog {
+        requests: Vec<(u64, u64, u64)>,
+        saw_quit: bool,
+        short_reads: usize,
+    }
+
+    /// A listener in a temp dir whose one accepted connection is handed to `serve` on
+    /// a thread (like the patch: one connection only).
+    fn spawn_server<T: Send + 'static>(
+        serve: impl FnOnce(UnixStream) -> T + Send + 'static,
+    ) -> (TempDir, PathBuf, JoinHandle<T>) {
+        let dir = TempDir::new();
+        let path = dir.0.join("pmem.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            drop(listener);
+            serve(stream)
+        });
+        (dir, path, handle)
+    }
+
+    /// Serves the patch's protocol over `stream`, backed by `mem`: one `read()` per
+    /// request and per write payload, one `write()` per reply, a single (undefined, here
+    /// adversarially 1) byte for a failed read.
+    fn serve_patch(mut s: UnixStream, mem: Arc<Mutex<Vec<u8>>>) -> ServerLog {
+        let mut log = ServerLog::default();
+        loop {
+            let mut req = [0u8; REQUEST_LEN];
+            let n = match s.read(&mut req) {
+                Ok(0) | Err(_) => return log, // the patch would spin; the fixture stops
+                Ok(n) => n,
+            };
+            if n != REQUEST_LEN {
+                log.short_reads += 1;
+                continue;
+            }
+            let field = |i: usize| u64::from_ne_bytes(req[i * 8..i * 8 + 8].try_into().unwrap());
+            let (kind, addr, len) = (field(0), field(1), field(2));
+            log.requests.push((kind, addr, len));
+            let in_range = |mem: &Vec<u8>| {
+                addr.checked_add(len)
+                    .is_some_and(|end| end <= mem.len() as u64)
+            };
+            match kind {
+                TYPE_QUIT => {
+                    log.saw_quit = true;
+                    return log;
+                }
+                TYPE_READ => {
+                    let mem = mem.lock().unwrap();
+                    if in_range(&mem) {
+                        let mut reply = mem[addr as usize..(addr + len) as usize].to_vec();
+                        reply.push(1);
+                        s.write_all(&reply).unwrap();
+                    } else {
+                        s.write_all(&[1]).unwrap(); // undefined value: the worst case
+                    }
+                }
+                TYPE_WRITE => {
+                    let mut data = vec![0u8; len as usize];
+                    let got = s.read(&mut data).unwrap_or(0);
+                    let mut mem = mem.lock().unwrap();
+                    if got as u64 == len && in_range(&mem) {
+                        mem[addr as usize..(addr + len) as usize].copy_from_slice(&data);
+                        s.write_all(&[1]).unwrap();
+                    } else {
+                        if got as u64 != len {
+                            log.short_reads += 1;
+                        }
+                        s.write_all(&[0]).unwrap();
+                    }
+                }
+                _ => s.write_all(&[0]).unwrap(),
+            }
+        }
+    }
+
+    fn patched_guest() -> (
+        TempDir,
+        PmemAccess,
+        Arc<Mutex<Vec<u8>>>,
+        JoinHandle<ServerLog>,
+    ) {
+        let mem: Vec<u8> = (0..MEM_SIZE).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mem = Arc::new(Mutex::new(mem));
+        let m = Arc::clone(&mem);
+        let (dir, path, handle) = spawn_server(move |s| serve_patch(s, m));
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        (dir, client, mem, handle)
+    }
+
+    #[test]
+    fn reads_guest_memory() {
+        let (_dir, client, mem, _h) = patched_guest();
+        let mut buf = [0u8; 100];
+        client.read_physical(Gpa(0x1234), &mut buf).unwrap();
+        assert_eq!(&buf[..], &mem.lock().unwrap()[0x1234..0x1234 + 100]);
+        // One-byte reads are the most ambiguous case (2-byte success vs 1-byte failure).
+        let mut one = [0u8; 1];
+        client.read_physical(Gpa(77), &mut one).unwrap();
+        assert_eq!(one[0], mem.lock().unwrap()[77]);
+        assert_eq!(
+            client.read_u64(Gpa(8)).unwrap(),
+            u64::from_le_bytes(mem.lock().unwrap()[8..16].try_into().unwrap())
+        );
+        client.read_physical(Gpa(0), &mut []).unwrap();
+    }
+
+    #[test]
+    fn write_then_read_back() {
+        let (_dir, client, mem, h) = patched_guest();
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_physical(Gpa(0x3_0001), &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        client.read_physical(Gpa(0x3_0001), &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(
+            &mem.lock().unwrap()[0x3_0001..0x3_0001 + data.len()],
+            &data[..]
+        );
+        drop(client);
+        let log = h.join().unwrap();
+        assert_eq!(log.short_reads, 0, "the server saw split requests");
+        // 40 000 bytes = 3 write chunks.
+        let writes = log.requests.iter().filter(|r| r.0 == TYPE_WRITE).count();
+        assert_eq!(writes, 40_000usize.div_ceil(WRITE_CHUNK));
+    }
+
+    #[test]
+    fn large_read_is_split_into_chunks() {
+        let mem: Vec<u8> = (0..3 * READ_CHUNK + 100)
+            .map(|i| (i ^ (i >> 12)) as u8)
+            .collect();
+        let mem = Arc::new(Mutex::new(mem));
+        let m = Arc::clone(&mem);
+        let (_dir, path, h) = spawn_server(move |s| serve_patch(s, m));
+        let client = PmemAccess::connect(&path, Duration::from_secs(10)).unwrap();
+        let mut buf = vec![0u8; 2 * READ_CHUNK + 4096];
+        client.read_physical(Gpa(50), &mut buf).unwrap();
+        assert_eq!(&buf[..], &mem.lock().unwrap()[50..50 + buf.len()]);
+        drop(client);
+        let log = h.join().unwrap();
+        let reads: Vec<_> = log.requests.iter().filter(|r| r.0 == TYPE_READ).collect();
+        assert_eq!(reads.len(), 3);
+        assert!(reads.iter().all(|r| r.2 <= READ_CHUNK as u64));
+        assert_eq!(reads[1].1, 50 + READ_CHUNK as u64);
+    }
+
+    #[test]
+    fn out_of_range_read_is_unmapped_and_session_survives() {
+        let (_dir, client, mem, _h) = patched_guest();
+        for len in [2usize, 8, 4096] {
+            let mut buf = vec![0u8; len];
+            let e = client
+                .read_physical(Gpa(MEM_SIZE as u64 - 1), &mut buf)
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::UnmappedPhysical { gpa: Gpa(g), len: l } if g == MEM_SIZE as u64 - 1 && l == len as u64),
+                "{e:?}"
+            );
+        }
+        let mut buf = [0u8; 4];
+        let e = client
+            .read_physical(Gpa(MEM_SIZE as u64 + 10), &mut buf)
+            .unwrap_err();
+        assert!(matches!(e, Error::UnmappedPhysical { .. }), "{e:?}");
+        // Still in step afterwards.
+        client.read_physical(Gpa(16), &mut buf).unwrap();
+        assert_eq!(&buf, &mem.lock().unwrap()[16..20]);
+        // Wrapping ranges are refused locally.
+        let e = client
+            .read_physical(Gpa(u64::MAX - 1), &mut buf)
+            .unwrap_err();
+        assert!(matches!(e, Error::UnmappedPhysical { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn out_of_range_write_fails() {
+        let (_dir, client, mem, _h) = patched_guest();
+        let e = client
+            .write_physical(Gpa(MEM_SIZE as u64 - 2), &[1, 2, 3, 4])
+            .unwrap_err();
+        assert!(matches!(e, Error::UnmappedPhysical { .. }), "{e:?}");
+        client.write_physical(Gpa(0), &[9, 9]).unwrap();
+        assert_eq!(&mem.lock().unwrap()[..2], &[9, 9]);
+    }
+
+    #[test]
+    fn quit_is_sent_on_drop() {
+        let (_dir, client, _mem, h) = patched_guest();
+        client.read_u32(Gpa(0)).unwrap();
+        drop(client);
+        let log = h.join().unwrap();
+        assert!(log.saw_quit);
+        assert_eq!(log.requests.last(), Some(&(TYPE_QUIT, 0, 0)));
+    }
+
+    #[test]
+    fn close_reports_quit_sent() {
+        let (_dir, client, _mem, h) = patched_guest();
+        client.close().unwrap();
+        assert!(h.join().unwrap().saw_quit);
+    }
+
+    #[test]
+    fn slow_success_reply_is_not_taken_for_failure() {
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[0xAA]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&[0xBB, 0xCC, 0xDD, 1]).unwrap();
+            let _ = s.read(&mut req);
+        });
+        let mut client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        client.set_failure_grace(Duration::from_secs(2));
+        let mut buf = [0u8; 4];
+        client.read_physical(Gpa(0), &mut buf).unwrap();
+        assert_eq!(buf, [0xAA, 0xBB, 0xCC, 0xDD]);
+    }
+
+    #[test]
+    fn late_bytes_after_judged_failure_poison_the_session() {
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[0xAA]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(&[0xBB, 0xCC, 0xDD, 1]).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let mut client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        client.set_failure_grace(Duration::from_millis(20));
+        let mut buf = [0u8; 4];
+        let e = client.read_physical(Gpa(0), &mut buf).unwrap_err();
+        assert!(matches!(e, Error::UnmappedPhysical { .. }), "{e:?}");
+        std::thread::sleep(Duration::from_millis(500));
+        let e = client.read_physical(Gpa(0), &mut buf).unwrap_err();
+        assert!(matches!(e, Error::Malformed { .. }), "{e:?}");
+        let e = client.read_physical(Gpa(0), &mut buf).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn early_close_is_disconnected() {
+        // Closes right after the request.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+        });
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        let e = client.read_physical(Gpa(0), &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+        let e = client.write_physical(Gpa(0), &[1]).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+
+        // Half a reply, then close.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[7u8; 32]).unwrap();
+        });
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        let e = client.read_physical(Gpa(0), &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+
+        // One byte, then close: not a clean failure.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[0]).unwrap();
+        });
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        let e = client.read_physical(Gpa(0), &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+
+        // Closed before any request: the readiness check notices.
+        let (_dir, path, h) = spawn_server(drop);
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        h.join().unwrap();
+        let e = client.read_physical(Gpa(0), &mut [0u8; 8]).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn garbage_replies_are_typed_errors() {
+        // A stalled half reply times out and poisons the session.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[1u8; 10]).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let client = PmemAccess::connect(&path, Duration::from_millis(300)).unwrap();
+        let e = client.read_physical(Gpa(0), &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+        let e = client.read_physical(Gpa(0), &mut [0u8; 64]).unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+
+        // No reply at all.
+        let (_dir, path, _h) = spawn_server(|s| {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(s);
+        });
+        let client = PmemAccess::connect(&path, Duration::from_millis(200)).unwrap();
+        let e = client.write_physical(Gpa(0), &[1, 2, 3]).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+
+        // A full-length read reply with a bad status byte.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[5, 5, 5, 5, 0]).unwrap();
+            let _ = s.read(&mut req);
+        });
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        let e = client.read_physical(Gpa(0), &mut [0u8; 4]).unwrap_err();
+        assert!(matches!(e, Error::UnmappedPhysical { .. }), "{e:?}");
+
+        // An overlong reply is caught before the next request.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(&[5, 5, 5, 5, 1, 9, 9, 9]).unwrap();
+            let _ = s.read(&mut req);
+        });
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        client.read_physical(Gpa(0), &mut [0u8; 4]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let e = client.read_physical(Gpa(0), &mut [0u8; 4]).unwrap_err();
+        assert!(matches!(e, Error::Malformed { .. }), "{e:?}");
+
+        // A write reply that is neither 0 nor 1.
+        let (_dir, path, _h) = spawn_server(|mut s| {
+            let mut req = [0u8; REQUEST_LEN + 3];
+            let _ = s.read(&mut req);
+            s.write_all(&[0x42]).unwrap();
+            let _ = s.read(&mut req);
+        });
+        let client = PmemAccess::connect(&path, Duration::from_secs(5)).unwrap();
+        let e = client.write_physical(Gpa(0), &[1, 2, 3]).unwrap_err();
+        assert!(matches!(e, Error::Malformed { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn connect_errors_are_typed() {
+        let dir = TempDir::new();
+        let e =
+            PmemAccess::connect(dir.0.join("missing.sock"), Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        let long = dir.0.join("x".repeat(200));
+        let e = PmemAccess::connect(long, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+        let e = PmemAccess::connect(dir.0.join("a"), Duration::ZERO).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+    }
+
+    /// Kills and reaps QEMU when dropped.
+    struct QemuGuard(Child);
+
+    impl Drop for QemuGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn unpatched_qemu_is_unsupported() {
+        let dir = TempDir::new();
+        let qmp_path = dir.0.join("qmp.sock");
+        let child = match Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-machine",
+                "pc",
+                "-m",
+                "32",
+                "-nodefaults",
+                "-nographic",
+                "-S",
+                "-qmp",
+            ])
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // Under `cargo xtask test` QEMU is provisioned, so its absence fails.
+                assert!(
+                    std::env::var("VMI_REQUIRE_QEMU").as_deref() != Ok("1"),
+                    "cannot start qemu-system-x86_64 ({e}) and VMI_REQUIRE_QEMU=1"
+                );
+                eprintln!("skipping: cannot start qemu-system-x86_64: {e}");
+                return;
+            }
+        };
+        let mut qemu = QemuGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut qmp = loop {
+            if let Ok(q) = QmpClient::connect(&qmp_path) {
+                break q;
+            }
+            if let Ok(Some(status)) = qemu.0.try_wait() {
+                panic!("QEMU exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "QMP socket never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let e = PmemAccess::request_socket(&mut qmp, &dir.0).unwrap_err();
+        match &e {
+            Error::Unsupported { feature, reason } => {
+                assert_eq!(feature, "pmemaccess");
+                assert!(reason.contains("fast-memaccess"), "{reason}");
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        // The QMP session is still usable and no socket file was left behind.
+        qmp.query_status().unwrap();
+        let leftovers = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("vmi-pmem-"))
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}
