@@ -1,6 +1,8 @@
 //! The legacy backend of `vmi-core`: introspection of an **unpatched** QEMU guest
 //! (KVM or TCG), with nothing but what stock QEMU offers — the QMP socket, the human
-//! monitor's text, QEMU's GDB stub, and access to the guest's RAM backend. Layering: `vmi-core` defines
+//! monitor's text, QEMU's GDB stub, and access to the guest's RAM backend.
+//!
+//! Layering: `vmi-core` defines
 //! the backend-neutral traits ([`PhysicalMemory`](vmi_core::PhysicalMemory),
 //! [`ReadRegisters`](vmi_core::ReadRegisters), [`VcpuControl`](vmi_core::VcpuControl),
 //! …); `vmi-legacy` implements them for a QEMU process, next to `vmi-kvm`, which
@@ -18,6 +20,8 @@
 //! * [`ram`] — guest RAM access, fastest first: [`SharedRam`] (the RAM backend mapped
 //!   into this process), [`ProcMem`] (`process_vm_readv` into QEMU), [`QmpMemory`]
 //!   (`pmemsave`/`xp`).
+//! * [`pmemaccess`] — [`PmemAccess`], the client of LibVMI's old fast-memaccess QEMU
+//!   patch, for hosts still running such a QEMU.
 //! * [`procfs`] — what `/proc` says about the QEMU process.
 //! * [`gdb`] — a GDB remote-protocol client for QEMU's gdbstub.
 //! * [`debugger`] — [`GdbSession`]: registers, pause/resume, breakpoints, watchpoints
