@@ -823,7 +823,12 @@ impl EventControl for GdbSession {
                 Ok(())
             }
             Monitor::Singlestep(set) => {
-                self.lock().singlestep &= !set.0;
+                let mut g = self.lock();
+                g.singlestep &= !set.0;
+                // The VM stays stopped between steps; with none left to step, run it.
+                if g.singlestep == 0 && g.outstanding.is_none() && g.queued.is_empty() && !g.held {
+                    g.resume()?;
+                }
                 Ok(())
             }
             Monitor::MemoryAccess => Ok(()),
@@ -847,6 +852,10 @@ impl EventControl for GdbSession {
                     what: "wait_event",
                     reason: "the previous event has not been replied to".into(),
                 });
+            }
+            // Single-stepping was enabled while the VM runs: stop it to step.
+            if g.singlestep != 0 && g.running && !g.held {
+                g.stop()?;
             }
             let mut found = g.queued.pop_front();
             if found.is_none() && !g.running && !g.held {
