@@ -408,7 +408,7 @@ pub struct Stats {
     /// Bytes sent.
     pub bytes_out: u64,
     /// Last frames (at most [`Stats::TRANSCRIPT_MAX`]).
-    pub transcript: Vec<WireRecord>,
+    pub transcript: std::collections::VecDeque<WireRecord>,
 }
 
 /// One frame in the transcript.
@@ -434,9 +434,9 @@ impl Stats {
 
     pub(crate) fn record(&mut self, r: WireRecord) {
         if self.transcript.len() >= Self::TRANSCRIPT_MAX {
-            self.transcript.remove(0);
+            self.transcript.pop_front();
         }
-        self.transcript.push(r);
+        self.transcript.push_back(r);
     }
 }
 
