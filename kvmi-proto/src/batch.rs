@@ -1,16 +1,41 @@
 //! libkvmi-style batching: many commands and event replies in one `write`, one round
 //! trip.
 //!
-//! A batch is sent as `[CONTROL_CMD_RESPONSE enable=0 now=1]`, the queued messages, then
-//! `[CONTROL_CMD_RESPONSE enable=1 now=1]`; only the final message is answered. Commands
-//! in a batch must not have reply data (the kernel closes the socket otherwise) and a
-//! failing command is not reported (the final reply only says the batch was received).
-//! A batch that holds only event replies is sent unwrapped.
+//! A batch is sent as `[CONTROL_CMD_RESPONSE enable=0 now=1 flags]`, the queued
+//! messages, then `[CONTROL_CMD_RESPONSE enable=1 now=1]`; only the final message is
+//! answered. Commands in a batch must not have reply data (the kernel closes the socket
+//! otherwise). A batch that holds only event replies is sent unwrapped.
+//!
+//! # Failure reporting
+//!
+//! On kvmi-v7 the leading message sets `flags` bit 0
+//! ([`KVMI_CMD_RESPONSE_FLAG_CMD_ERROR`](kvmi_sys::KVMI_CMD_RESPONSE_FLAG_CMD_ERROR)): the
+//! host then sends a `KVMI_EVENT_CMD_ERROR` event (a VM event that gets no reply) for
+//! each command that fails while replies are off. [`Batch::commit`] collects the
+//! `CMD_ERROR` events naming one of the batch's seqs that arrive before the final reply
+//! (they never reach [`Connection::next_event`]) and returns
+//! [`ProtoError::BatchFailed`] listing each failed command (batch index, seq, id,
+//! `KVM_E*` code). The rest of the batch was still executed.
+//!
+//! * The flag needs QEMU to allow the `CMD_ERROR` event (else the leading message
+//!   fails with `-KVM_EPERM` and replies simply stay on). The flag is not sent when
+//!   the probe cache says `CMD_ERROR` is disallowed; when the cache has no entry (e.g.
+//!   [`Config::probe`](crate::Config::probe) off) it is tried, and an `-KVM_EPERM`
+//!   answer is cached. If the leading message fails, every batched command is answered
+//!   individually and error replies are reported the same way.
+//! * kvmi-v6 has no `flags` byte (it must be 0, else `-KVM_EINVAL`) and no `CMD_ERROR`
+//!   event: there, as with `CMD_ERROR` disallowed, a failing command inside a batch is
+//!   **not reported** and `commit` returns `Ok(())` (see [`Batch::reports_errors`]).
+//! * kvmi-v7 runs most vCPU commands as jobs on the vCPU thread. Errors found before
+//!   queueing (bad vCPU index, bad padding) arrive in order, before the final reply; a
+//!   `CMD_ERROR` sent later by the vCPU job itself may arrive after the final reply and
+//!   is then queued as an ordinary [`EventKind::CmdError`](crate::EventKind::CmdError)
+//!   event.
 
-use crate::codec;
+use crate::codec::{self, Abi};
 use crate::commands::{page_access_payload, vcpu_payload};
 use crate::connection::Connection;
-use crate::error::Result;
+use crate::error::{BatchFailure, ProtoError, Result};
 use crate::event::EventResponse;
 use kvmi_sys as sys;
 use std::time::Duration;
@@ -21,7 +46,8 @@ use zerocopy::IntoBytes;
 pub struct Batch<'c> {
     conn: &'c Connection,
     msgs: Vec<u8>,
-    commands: usize,
+    /// `(seq, id, index)` of each queued command.
+    commands: Vec<(u32, u16, usize)>,
     replies: usize,
 }
 
@@ -31,7 +57,7 @@ impl<'c> Batch<'c> {
         Batch {
             conn,
             msgs: Vec::new(),
-            commands: 0,
+            commands: Vec::new(),
             replies: 0,
         }
     }
@@ -40,7 +66,8 @@ impl<'c> Batch<'c> {
     pub fn command(&mut self, id: u16, payload: &[u8]) -> Result<&mut Self> {
         let seq = self.conn.shared.next_seq();
         codec::encode_into(&mut self.msgs, id, seq, &[payload])?;
-        self.commands += 1;
+        let index = self.len();
+        self.commands.push((seq, id, index));
         Ok(self)
     }
 
@@ -74,9 +101,15 @@ impl<'c> Batch<'c> {
         )
     }
 
+    /// Sequence number of the most recently queued command (to match a
+    /// [`BatchFailure`]).
+    pub fn last_seq(&self) -> Option<u32> {
+        self.commands.last().map(|c| c.0)
+    }
+
     /// Number of queued commands and event replies.
     pub fn len(&self) -> usize {
-        self.commands + self.replies
+        self.commands.len() + self.replies
     }
 
     /// Whether nothing is queued.
@@ -84,15 +117,34 @@ impl<'c> Batch<'c> {
         self.len() == 0
     }
 
+    /// The `flags` of the leading `CONTROL_CMD_RESPONSE`: the `CMD_ERROR` flag on
+    /// kvmi-v7 unless the probe cache says that event is disallowed.
+    fn flags(&self) -> u8 {
+        let disallowed = self.conn.cached_event_allowed(sys::KVMI_EVENT_CMD_ERROR) == Some(false);
+        if self.conn.abi() == Abi::V7 && !disallowed {
+            sys::KVMI_CMD_RESPONSE_FLAG_CMD_ERROR
+        } else {
+            0
+        }
+    }
+
+    /// Whether [`commit`](Self::commit) asks the host to report failing commands
+    /// (kvmi-v7 and `CMD_ERROR` not known to be disallowed); if not, a failing command
+    /// in the batch goes unreported (see the module docs).
+    pub fn reports_errors(&self) -> bool {
+        self.flags() != 0
+    }
+
     /// The bytes [`commit`](Self::commit) would write, given the seqs of the wrapper
     /// messages (for tests and inspection).
     pub fn wire_bytes(&self, first_seq: u32, last_seq: u32) -> Result<Vec<u8>> {
-        if self.commands == 0 {
+        if self.commands.is_empty() {
             return Ok(self.msgs.clone());
         }
         let off = sys::VmControlCmdResponse {
             enable: 0,
             now: 1,
+            flags: self.flags(),
             ..Default::default()
         };
         let on = sys::VmControlCmdResponse {
@@ -118,17 +170,25 @@ impl<'c> Batch<'c> {
     }
 
     /// Sends the batch in one write and waits (up to `timeout`) for the final reply.
+    ///
+    /// Returns [`ProtoError::BatchFailed`] if the host reported failing commands (see
+    /// the module docs; the other messages took effect), or the error of the final
+    /// reply / the wait.
     pub fn commit(self, timeout: Duration) -> Result<()> {
         if self.is_empty() {
             return Ok(());
         }
         let shared = &self.conn.shared;
-        if self.commands == 0 {
+        if self.commands.is_empty() {
             return shared.write(&self.msgs);
         }
         let first = shared.next_seq();
         let last = shared.next_seq();
+        let flags = self.flags();
         let bytes = self.wire_bytes(first, last)?;
+        let mut msgs = Vec::with_capacity(self.commands.len() + 1);
+        msgs.push((first, sys::KVMI_VM_CONTROL_CMD_RESPONSE));
+        msgs.extend(self.commands.iter().map(|&(seq, id, _)| (seq, id)));
         let rx = shared.register(last, sys::KVMI_VM_CONTROL_CMD_RESPONSE)?;
         let pending = crate::connection::PendingReply::new(
             std::sync::Arc::clone(shared),
@@ -136,7 +196,38 @@ impl<'c> Batch<'c> {
             sys::KVMI_VM_CONTROL_CMD_RESPONSE,
             rx,
         );
-        shared.write(&bytes)?;
-        pending.wait(timeout).map(drop)
+        shared.register_batch(&msgs)?;
+        let sent = shared.write(&bytes).and_then(|()| pending.wait(timeout));
+        // The reader routes in arrival order, so every CMD_ERROR event / error reply the
+        // host sent before the final reply has been recorded by now.
+        let found = shared.take_batch(msgs.iter().map(|&(seq, _)| seq));
+        sent?;
+        let mut failures = Vec::new();
+        for (i, f) in found.into_iter().enumerate() {
+            let Some((id, err)) = f else { continue };
+            let (seq, index) = if i == 0 {
+                if flags != 0 && err == -sys::KVM_EPERM {
+                    // CMD_ERROR is not allowed: replies stayed on, and every command
+                    // was answered (and its errors recorded) individually.
+                    self.conn.note_event_disallowed(sys::KVMI_EVENT_CMD_ERROR);
+                    continue;
+                }
+                (first, None)
+            } else {
+                let (seq, _, index) = self.commands[i - 1];
+                (seq, Some(index))
+            };
+            failures.push(BatchFailure {
+                index,
+                seq,
+                id,
+                err,
+            });
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtoError::BatchFailed(failures))
+        }
     }
 }

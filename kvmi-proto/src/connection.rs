@@ -3,7 +3,7 @@
 
 use crate::codec::{self, Abi};
 use crate::error::{ProtoError, Result};
-use crate::event::{parse_event, Action, Event, EventResponse};
+use crate::event::{parse_event, Action, Event, EventKind, EventResponse};
 use crate::handshake::{self, HookupInfo, PeerCredentials};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use kvmi_sys as sys;
@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+
+use crate::stream::Stream;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -52,13 +54,22 @@ impl Default for Config {
 
 type ReplyTx = Sender<Result<Vec<u8>>>;
 
+/// A message of a batch in flight: its command id and the first failure reported for
+/// it (by a `CMD_ERROR` event or an error reply), as `(id, err)`.
+pub(crate) struct BatchSlot {
+    id: u16,
+    failure: Option<(u16, i32)>,
+}
+
 struct State {
     pending: HashMap<u32, (u16, ReplyTx)>,
+    /// Seqs of the messages of batches in flight (see [`crate::Batch`]).
+    batch: HashMap<u32, BatchSlot>,
     closed: Option<String>,
 }
 
 pub(crate) struct Shared {
-    writer: Mutex<UnixStream>,
+    writer: Mutex<Stream>,
     state: Mutex<State>,
     seq: AtomicU32,
     abi: AtomicU8,
@@ -95,6 +106,27 @@ impl Shared {
 
     pub(crate) fn unregister(&self, seq: u32) {
         lock(&self.state).pending.remove(&seq);
+    }
+
+    /// Starts collecting failures of the batch messages `(seq, id)`: `CMD_ERROR` events
+    /// naming one of these seqs and error replies with one of them are recorded instead
+    /// of being queued as events or counted as stray replies.
+    pub(crate) fn register_batch(&self, msgs: &[(u32, u16)]) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(r) = &st.closed {
+            return Err(ProtoError::Disconnected(r.clone()));
+        }
+        for &(seq, id) in msgs {
+            st.batch.insert(seq, BatchSlot { id, failure: None });
+        }
+        Ok(())
+    }
+
+    /// Stops collecting for `seqs`; returns the failure recorded for each, in order.
+    pub(crate) fn take_batch(&self, seqs: impl Iterator<Item = u32>) -> Vec<Option<(u16, i32)>> {
+        let mut st = lock(&self.state);
+        seqs.map(|seq| st.batch.remove(&seq).and_then(|s| s.failure))
+            .collect()
     }
 
     /// Writes bytes as one `write` (under the writer lock). A failed write leaves the
@@ -234,12 +266,23 @@ impl Connection {
     /// Runs the QEMU handshake on a freshly accepted stream, starts the reader thread,
     /// sends `GET_VERSION` (detecting v6/v7 and the features) and probes commands and
     /// events if [`Config::probe`] is set.
-    pub fn establish(mut stream: UnixStream, config: Config) -> Result<Connection> {
+    pub fn establish(stream: UnixStream, config: Config) -> Result<Connection> {
+        Self::establish_stream(Stream::Unix(stream), config)
+    }
+
+    /// [`establish`](Self::establish) on a UNIX or vsock stream
+    /// ([`VsockStream`](crate::VsockStream)). [`peer_credentials`](Self::peer_credentials)
+    /// is only available on UNIX sockets.
+    pub fn establish_stream(stream: impl Into<Stream>, config: Config) -> Result<Connection> {
+        let mut stream = stream.into();
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(config.handshake_timeout.max(Duration::from_millis(1))))?;
         stream.set_write_timeout(Some(config.write_timeout.max(Duration::from_millis(1))))?;
         let hookup = handshake::read_hookup(&mut stream)?;
-        let peer = handshake::peer_credentials(&stream).ok();
+        let peer = match &stream {
+            Stream::Unix(s) => handshake::peer_credentials(s).ok(),
+            Stream::Vsock(_) => None,
+        };
         stream.write_all(&handshake::reply_bytes(config.secret.as_deref()))?;
         stream.set_read_timeout(None)?;
 
@@ -248,6 +291,7 @@ impl Connection {
             writer: Mutex::new(stream),
             state: Mutex::new(State {
                 pending: HashMap::new(),
+                batch: HashMap::new(),
                 closed: None,
             }),
             seq: AtomicU32::new(0),
@@ -348,6 +392,16 @@ impl Connection {
         Ok(())
     }
 
+    /// The cached probe result for event `id` (no round trip).
+    pub(crate) fn cached_event_allowed(&self, id: u8) -> Option<bool> {
+        lock(&self.probe).events.get(&id).copied()
+    }
+
+    /// Records that event `id` turned out to be disallowed.
+    pub(crate) fn note_event_disallowed(&self, id: u8) {
+        lock(&self.probe).events.insert(id, false);
+    }
+
     /// Cached probe results.
     pub fn probe(&self) -> Probe {
         lock(&self.probe).clone()
@@ -378,7 +432,8 @@ impl Connection {
         &self.hookup
     }
 
-    /// Credentials of the peer process (QEMU), if `SO_PEERCRED` worked.
+    /// Credentials of the peer process (QEMU), if `SO_PEERCRED` worked (UNIX sockets
+    /// only; always `None` on vsock).
     pub fn peer_credentials(&self) -> Option<PeerCredentials> {
         self.peer
     }
@@ -510,11 +565,11 @@ fn allowed(r: Result<Vec<u8>>) -> Result<bool> {
     }
 }
 
-fn read_full(s: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
+fn read_full(s: &mut Stream, buf: &mut [u8]) -> std::io::Result<()> {
     s.read_exact(buf)
 }
 
-fn reader_loop(mut s: UnixStream, shared: Arc<Shared>, ev_tx: Sender<Event>, cap: usize) {
+fn reader_loop(mut s: Stream, shared: Arc<Shared>, ev_tx: Sender<Event>, cap: usize) {
     let reason = loop {
         let mut hbuf = [0u8; sys::MSG_HDR_SIZE];
         if let Err(e) = read_full(&mut s, &mut hbuf) {
@@ -533,12 +588,33 @@ fn reader_loop(mut s: UnixStream, shared: Arc<Shared>, ev_tx: Sender<Event>, cap
                 Ok(ev) => ev,
                 Err(e) => break format!("protocol error: bad event: {e}"),
             };
+            if let EventKind::CmdError(ce) = ev.kind {
+                let mut st = lock(&shared.state);
+                if let Some(slot) = st.batch.get_mut(&ce.msg_seq) {
+                    slot.failure.get_or_insert((ce.msg_id, ce.err));
+                    continue;
+                }
+            }
             if ev_tx.try_send(ev).is_err() {
                 break ProtoError::EventQueueFull(cap).to_string();
             }
             continue;
         }
-        let waiter = lock(&shared.state).pending.remove(&hdr.seq);
+        let waiter = {
+            let mut st = lock(&shared.state);
+            let w = st.pending.remove(&hdr.seq);
+            if w.is_none() {
+                if let Some(slot) = st.batch.get_mut(&hdr.seq).filter(|s| s.id == hdr.id) {
+                    // A batch message answered although replies should be off (the
+                    // leading CONTROL_CMD_RESPONSE failed, so they stayed on).
+                    if let Ok(Err(err)) = codec::parse_reply(&payload) {
+                        slot.failure.get_or_insert((hdr.id, err));
+                    }
+                    continue;
+                }
+            }
+            w
+        };
         match waiter {
             Some((id, tx)) if id == hdr.id => {
                 let _ = tx.try_send(Ok(payload));

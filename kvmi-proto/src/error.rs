@@ -67,6 +67,79 @@ pub enum ProtoError {
     /// The host reports (or was probed to) not allow this command or event.
     #[error("{0} not supported by the host")]
     Unsupported(String),
+    /// Commands of a [`Batch`](crate::Batch) failed (reported by `KVMI_EVENT_CMD_ERROR`
+    /// while replies were off, or by error replies). The batch was still executed: the
+    /// other commands and all event replies took effect.
+    #[error("{} batched command(s) failed: {}", .0.len(), BatchFailure::list(.0))]
+    BatchFailed(Vec<BatchFailure>),
+    /// Setting up the vsock listener failed (see
+    /// [`is_vsock_unavailable`](ProtoError::is_vsock_unavailable)).
+    #[error("vsock {op} on port {port} failed: {source}{}", vsock_hint(source))]
+    Vsock {
+        /// The failed call (`"socket"`, `"bind"`, `"listen"`, ...).
+        op: &'static str,
+        /// The port asked for.
+        port: u32,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Whether an OS error means "this machine has no usable vsock": no `AF_VSOCK`
+/// support, or no transport for the address (no virtio-vsock device in a guest, no
+/// `vhost_vsock` on a host, no `vsock_loopback` for `VMADDR_CID_LOCAL`).
+fn vsock_missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::ENODEV | libc::EADDRNOTAVAIL | libc::ESOCKTNOSUPPORT)
+    )
+}
+
+fn vsock_hint(e: &std::io::Error) -> &'static str {
+    if vsock_missing(e) {
+        " (no vsock transport on this machine: a host needs the vhost_vsock module, a \
+         guest a virtio-vsock device)"
+    } else {
+        ""
+    }
+}
+
+/// One failed command of a [`Batch`](crate::Batch); see [`ProtoError::BatchFailed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BatchFailure {
+    /// Position of the command in the batch, counting commands and event replies in the
+    /// order they were queued (`None`: the batch's leading `CONTROL_CMD_RESPONSE`).
+    pub index: Option<usize>,
+    /// Sequence number the command was sent with.
+    pub seq: u32,
+    /// Command id.
+    pub id: u16,
+    /// The (negative) `KVM_E*` error code as sent.
+    pub err: i32,
+}
+
+impl BatchFailure {
+    fn list(v: &[BatchFailure]) -> String {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command {} (seq {}", self.id, self.seq)?;
+        if let Some(i) = self.index {
+            write!(f, ", batch index {i}")?;
+        }
+        write!(
+            f,
+            ") failed with {} ({})",
+            kvm_error_name(self.err),
+            self.err
+        )
+    }
 }
 
 impl ProtoError {
@@ -76,6 +149,12 @@ impl ProtoError {
             ProtoError::Kvm { err, .. } => Some(*err),
             _ => None,
         }
+    }
+
+    /// Whether this is a [`ProtoError::Vsock`] caused by the machine having no usable
+    /// vsock (no `AF_VSOCK` support or no transport), as opposed to e.g. a port in use.
+    pub fn is_vsock_unavailable(&self) -> bool {
+        matches!(self, ProtoError::Vsock { source, .. } if vsock_missing(source))
     }
 
     /// Whether the connection is unusable after this error.

@@ -14,8 +14,12 @@
 //! * [`commands`]: a typed method per command; [`event`]: the typed [`Event`] with a
 //!   reply helper per kind; [`Batch`]: many commands/replies in one round trip.
 //!
-//! vsock listening is not implemented (UNIX sockets only); a vsock stream can't be
-//! passed to [`Connection::establish`] either, which takes a `UnixStream`.
+//! * [`Listener::bind`] listens on a UNIX socket path, [`Listener::bind_vsock`] on an
+//!   `AF_VSOCK` port (any CID); both accept into the same [`Connection`], which runs on
+//!   a [`Stream`] (UNIX or [`VsockStream`]).
+//! * Batch failures: on kvmi-v7, [`Batch::commit`] asks for `CMD_ERROR` events and
+//!   returns [`ProtoError::BatchFailed`] naming each failed command; kvmi-v6 can't
+//!   report them (see [`batch`]).
 //!
 //! # Example
 //!
@@ -45,15 +49,17 @@ pub mod error;
 pub mod event;
 pub mod handshake;
 pub mod listener;
+pub mod stream;
 
 pub use batch::Batch;
 pub use codec::Abi;
 pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
-pub use error::{ProtoError, Result};
+pub use error::{BatchFailure, ProtoError, Result};
 pub use event::{Action, Event, EventKind, EventResponse, PfInfo, PfReply, TrapInfo};
 pub use handshake::{HookupInfo, PeerCredentials};
 pub use listener::Listener;
+pub use stream::{Stream, VsockStream};
 
 #[cfg(test)]
 mod tests;

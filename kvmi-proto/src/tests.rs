@@ -407,7 +407,10 @@ fn batch_is_one_write_and_one_round_trip() {
             ]
         );
         let first = sys::VmControlCmdResponse::read_from_bytes(&got[0].1[..]).unwrap();
-        assert_eq!((first.enable, first.now), (0, 1));
+        assert_eq!(
+            (first.enable, first.now, first.flags),
+            (0, 1, sys::KVMI_CMD_RESPONSE_FLAG_CMD_ERROR)
+        );
         assert_eq!(got[3].0.seq, seq);
         let pa = sys::VmSetPageAccess::read_from_prefix(&got[1].1[..])
             .unwrap()
@@ -481,6 +484,9 @@ fn event_queue_overflow_disconnects() {
     for v in 0..3 {
         h.event(v, sys::KVMI_EVENT_PAUSE_VCPU, &[]);
     }
+    // Let the reader take in all three before anything is consumed; otherwise popping
+    // the first event early makes room for the third and the queue never overflows.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(c.next_event(T).is_ok());
     assert!(c.next_event(T).is_ok());
     match c.next_event(T) {
@@ -747,4 +753,51 @@ proptest! {
         }
         prop_assert!(matches!(c.get_max_gfn(), Err(ProtoError::Disconnected(_))));
     }
+}
+
+#[test]
+fn vsock_error_names_the_cause() {
+    let e = ProtoError::Vsock {
+        op: "bind",
+        port: 9,
+        source: std::io::Error::from_raw_os_error(libc::ENODEV),
+    };
+    assert!(e.is_vsock_unavailable());
+    let s = e.to_string();
+    assert!(s.starts_with("vsock bind on port 9 failed: "), "{s}");
+    assert!(s.contains("no vsock transport"), "{s}");
+    let e = ProtoError::Vsock {
+        op: "bind",
+        port: 9,
+        source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+    };
+    assert!(!e.is_vsock_unavailable());
+    assert!(!e.to_string().contains("no vsock transport"));
+    assert!(!ProtoError::Timeout(T).is_vsock_unavailable());
+}
+
+#[test]
+fn batch_failure_display() {
+    let e = ProtoError::BatchFailed(vec![
+        crate::BatchFailure {
+            index: Some(2),
+            seq: 7,
+            id: sys::KVMI_VCPU_SET_REGISTERS,
+            err: -sys::KVM_EINVAL,
+        },
+        crate::BatchFailure {
+            index: None,
+            seq: 5,
+            id: sys::KVMI_VM_CONTROL_CMD_RESPONSE,
+            err: -sys::KVM_EPERM,
+        },
+    ]);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "2 batched command(s) failed: command {} (seq 7, batch index 2) failed with \
+             KVM_EINVAL (-22); command 27 (seq 5) failed with KVM_EPERM (-1)",
+            sys::KVMI_VCPU_SET_REGISTERS
+        )
+    );
 }

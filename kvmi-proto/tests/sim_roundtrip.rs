@@ -2,7 +2,7 @@
 //! over a real UNIX socket, in kvmi-v7 and kvmi-v6 modes.
 
 use kvmi_proto::{
-    Abi, Action, Batch, Config, Connection, EventKind, Listener, PfReply, ProtoError,
+    Abi, Action, Batch, BatchFailure, Config, Connection, EventKind, Listener, PfReply, ProtoError,
 };
 use kvmi_sim::{SimConfig, SimEvent, Simulator};
 use kvmi_sys as sys;
@@ -14,6 +14,14 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(5);
 
 fn setup(abi: kvmi_sim::Abi, tweak: impl FnOnce(&mut SimConfig)) -> (Connection, Simulator) {
+    setup_probe(abi, true, tweak)
+}
+
+fn setup_probe(
+    abi: kvmi_sim::Abi,
+    probe: bool,
+    tweak: impl FnOnce(&mut SimConfig),
+) -> (Connection, Simulator) {
     static N: AtomicU32 = AtomicU32::new(0);
     let path = std::env::temp_dir().join(format!(
         "kvmi-proto-sim-{}-{}.sock",
@@ -23,6 +31,7 @@ fn setup(abi: kvmi_sim::Abi, tweak: impl FnOnce(&mut SimConfig)) -> (Connection,
     let cfg = Config {
         secret: Some(b"top secret".to_vec()),
         request_timeout: T,
+        probe,
         ..Config::default()
     };
     let l = Listener::bind(&path, cfg).unwrap();
@@ -492,4 +501,180 @@ fn fault_corrupt_frame_is_typed_error() {
     let r = c.get_guest_info();
     assert!(r.is_err());
     assert!(matches!(c.next_event(T), Err(ProtoError::Disconnected(_))));
+}
+
+fn batch_failures(r: Result<(), ProtoError>) -> Vec<BatchFailure> {
+    match r {
+        Err(ProtoError::BatchFailed(f)) => f,
+        other => panic!("expected BatchFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn v7_batch_reports_the_failed_command() {
+    let (c, sim) = setup(kvmi_sim::Abi::V7, |_| {});
+    // A clean batch succeeds (and asks for CMD_ERROR reports).
+    let mut b = Batch::new(&c);
+    assert!(b.reports_errors());
+    b.set_page_access(0, &[(0x9000, 0)]).unwrap();
+    b.set_page_access(0, &[(0xc000, sys::KVMI_PAGE_ACCESS_R)])
+        .unwrap();
+    b.commit(T).unwrap();
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0x9000, sys::KVMI_PAGE_ACCESS_R));
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0xc000, sys::KVMI_PAGE_ACCESS_W));
+
+    // One command on a vCPU that does not exist, between two good ones.
+    let regs = c.get_registers(0, &[]).unwrap().regs;
+    let mut b = Batch::new(&c);
+    b.set_page_access(0, &[(0xa000, 0)]).unwrap();
+    b.set_registers(9, &regs).unwrap();
+    let bad_seq = b.last_seq().unwrap();
+    b.set_page_access(0, &[(0xb000, 0)]).unwrap();
+    let e = b.commit(T).unwrap_err();
+    assert!(e.to_string().contains("KVM_EINVAL"), "{e}");
+    assert_eq!(
+        batch_failures(Err(e)),
+        vec![BatchFailure {
+            index: Some(1),
+            seq: bad_seq,
+            id: sys::KVMI_VCPU_SET_REGISTERS,
+            err: -sys::KVM_EINVAL,
+        }]
+    );
+    // The rest of the batch took effect, the CMD_ERROR event did not leak to the event
+    // queue, and the connection is fine.
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0xa000, sys::KVMI_PAGE_ACCESS_R));
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0xb000, sys::KVMI_PAGE_ACCESS_R));
+    assert_eq!(sim.stats().events.get(&sys::KVMI_EVENT_CMD_ERROR), Some(&1));
+    assert!(c.try_next_event().unwrap().is_none());
+    assert_eq!(c.get_guest_info().unwrap(), 2);
+
+    // READ_PHYSICAL of an unbacked frame (it fails, so it has no reply data): the same
+    // error a direct read gets, naming that command.
+    let direct = c
+        .read_physical(0x4000_0000, 8)
+        .unwrap_err()
+        .kvm_error()
+        .unwrap();
+    let req = sys::VmReadPhysical {
+        gpa: 0x4000_0000,
+        size: 8,
+    };
+    let mut b = Batch::new(&c);
+    b.pause_vcpu(0, true).unwrap();
+    b.command(
+        sys::KVMI_VM_READ_PHYSICAL,
+        zerocopy::IntoBytes::as_bytes(&req),
+    )
+    .unwrap();
+    let bad_seq = b.last_seq().unwrap();
+    let f = batch_failures(b.commit(T));
+    assert_eq!(
+        f,
+        vec![BatchFailure {
+            index: Some(1),
+            seq: bad_seq,
+            id: sys::KVMI_VM_READ_PHYSICAL,
+            err: direct,
+        }]
+    );
+    // The pause went through: its PAUSE event is the only queued event.
+    let ev = c.next_event(T).unwrap();
+    assert_eq!(ev.kind, EventKind::PauseVcpu);
+    c.send_reply(&ev.reply_continue()).unwrap();
+    assert!(c.try_next_event().unwrap().is_none());
+    // Replies are back on.
+    assert_eq!(c.get_guest_info().unwrap(), 2);
+}
+
+#[test]
+fn v7_batch_without_cmd_error_event() {
+    // QEMU disallows CMD_ERROR and the probe knows it: no flag, failures unreported.
+    let (c, sim) = setup(kvmi_sim::Abi::V7, |s| {
+        s.allowed_events = Some([sys::KVMI_EVENT_PAUSE_VCPU].into_iter().collect());
+    });
+    let regs = c.get_registers(0, &[]).unwrap().regs;
+    let mut b = Batch::new(&c);
+    assert!(!b.reports_errors());
+    b.set_registers(9, &regs).unwrap();
+    b.set_page_access(0, &[(0xa000, 0)]).unwrap();
+    b.commit(T).unwrap();
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0xa000, sys::KVMI_PAGE_ACCESS_R));
+    assert_eq!(sim.stats().events.get(&sys::KVMI_EVENT_CMD_ERROR), None);
+
+    // Without a probe the flag is tried: the host refuses it (-KVM_EPERM), replies stay
+    // on, and the failing command is still reported from its error reply.
+    let (c, sim) = setup_probe(kvmi_sim::Abi::V7, false, |s| {
+        s.allowed_events = Some([sys::KVMI_EVENT_PAUSE_VCPU].into_iter().collect());
+    });
+    let mut b = Batch::new(&c);
+    assert!(b.reports_errors());
+    b.set_page_access(0, &[(0xa000, 0)]).unwrap();
+    b.set_registers(9, &regs).unwrap();
+    let bad_seq = b.last_seq().unwrap();
+    assert_eq!(
+        batch_failures(b.commit(T)),
+        vec![BatchFailure {
+            index: Some(1),
+            seq: bad_seq,
+            id: sys::KVMI_VCPU_SET_REGISTERS,
+            err: -sys::KVM_EINVAL,
+        }]
+    );
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0xa000, sys::KVMI_PAGE_ACCESS_R));
+    assert_eq!(c.stray_replies(), 0);
+    // The refusal is cached: the next batch does not ask again.
+    assert_eq!(
+        c.probe().events.get(&sys::KVMI_EVENT_CMD_ERROR),
+        Some(&false)
+    );
+    let mut b = Batch::new(&c);
+    assert!(!b.reports_errors());
+    b.set_page_access(0, &[(0xa000, sys::KVMI_PAGE_ACCESS_RWX)])
+        .unwrap();
+    b.commit(T).unwrap();
+    assert_eq!(c.get_guest_info().unwrap(), 2);
+}
+
+#[test]
+fn v6_batch_failures_are_not_reported() {
+    // kvmi-v6 has no CONTROL_CMD_RESPONSE flags and no CMD_ERROR event: a failing
+    // command inside a batch is dropped silently by the host and commit succeeds.
+    let (c, sim) = setup(kvmi_sim::Abi::V6, |_| {});
+    assert_eq!(c.abi(), Abi::V6);
+    let regs = c.get_registers(0, &[]).unwrap().regs;
+    let mut b = Batch::new(&c);
+    assert!(!b.reports_errors());
+    let wire = b
+        .set_registers(9, &regs)
+        .unwrap()
+        .set_page_access(0, &[(0xa000, 0)])
+        .unwrap()
+        .wire_bytes(100, 101)
+        .unwrap();
+    assert_eq!(wire[8 + 2], 0, "v6: flags byte must be 0");
+    b.commit(T).unwrap();
+    assert!(sim
+        .vm()
+        .access_restricted(0, 0xa000, sys::KVMI_PAGE_ACCESS_R));
+    assert_eq!(
+        sim.stats()
+            .replies
+            .get(&(sys::KVMI_VCPU_SET_REGISTERS, -sys::KVM_EINVAL)),
+        None
+    );
+    assert!(c.try_next_event().unwrap().is_none());
+    assert_eq!(c.get_guest_info().unwrap(), 2);
 }

@@ -1,0 +1,324 @@
+//! The connected socket a [`Connection`](crate::Connection) runs on: a UNIX stream
+//! socket or an `AF_VSOCK` stream socket (QEMU `-chardev socket,type=vsock,...`).
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// A connected stream socket of either family. Everything [`Connection`] needs
+/// (read, write, timeouts, shutdown, a second handle for the reader thread) works the
+/// same on both.
+///
+/// [`Connection`]: crate::Connection
+#[derive(Debug)]
+pub enum Stream {
+    /// A UNIX stream socket.
+    Unix(UnixStream),
+    /// An `AF_VSOCK` stream socket.
+    Vsock(VsockStream),
+}
+
+impl From<UnixStream> for Stream {
+    fn from(s: UnixStream) -> Self {
+        Stream::Unix(s)
+    }
+}
+
+impl From<VsockStream> for Stream {
+    fn from(s: VsockStream) -> Self {
+        Stream::Vsock(s)
+    }
+}
+
+impl Stream {
+    /// A second handle to the same socket.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Vsock(s) => Stream::Vsock(s.try_clone()?),
+        })
+    }
+
+    /// Shuts down one or both directions.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.shutdown(how),
+            Stream::Vsock(s) => s.shutdown(how),
+        }
+    }
+
+    /// Sets the read timeout (`None`: block forever).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Vsock(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Sets the write timeout (`None`: block forever).
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Vsock(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// Switches non-blocking mode.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(on),
+            Stream::Vsock(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Vsock(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Vsock(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Vsock(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// A connected `AF_VSOCK` stream socket (std has none). Obtained from
+/// [`Listener::accept`](crate::Listener::accept) internally, or with
+/// [`VsockStream::connect`] (the QEMU side; for tests).
+#[derive(Debug)]
+pub struct VsockStream {
+    fd: OwnedFd,
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A `sockaddr_vm` for `cid:port`.
+pub(crate) fn sockaddr_vm(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+/// `getsockname`/`getpeername` on a vsock socket → `(cid, port)`.
+pub(crate) fn vsock_name(fd: RawFd, peer: bool) -> io::Result<(u32, u32)> {
+    let mut a = sockaddr_vm(0, 0);
+    let mut len = core::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    let p = (&mut a as *mut libc::sockaddr_vm).cast::<libc::sockaddr>();
+    // SAFETY: `a` and `len` are valid for writes of the sizes given.
+    cvt(unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    })?;
+    Ok((a.svm_cid, a.svm_port))
+}
+
+/// A new `AF_VSOCK` `SOCK_STREAM` socket (close-on-exec).
+pub(crate) fn vsock_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success the fd is new and owned by us.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a freshly created descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_timeout(fd: RawFd, opt: libc::c_int, t: Option<Duration>) -> io::Result<()> {
+    let tv = match t {
+        Some(d) if d.is_zero() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot set a 0 duration timeout",
+            ))
+        }
+        Some(d) => libc::timeval {
+            tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_usec: libc::suseconds_t::from(d.subsec_micros()).max(
+                // A sub-microsecond timeout must not become "no timeout".
+                libc::suseconds_t::from(d.as_secs() == 0),
+            ),
+        },
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    // SAFETY: `tv` is a valid timeval for the duration of the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            core::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+impl VsockStream {
+    /// Connects to `cid:port` (blocking; the kernel's vsock connect timeout applies,
+    /// 2 s by default).
+    pub fn connect(cid: u32, port: u32) -> io::Result<VsockStream> {
+        let fd = vsock_socket()?;
+        let a = sockaddr_vm(cid, port);
+        loop {
+            // SAFETY: `a` is a valid sockaddr_vm of the size given.
+            let rc = unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&a as *const libc::sockaddr_vm).cast(),
+                    core::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+                )
+            };
+            match cvt(rc) {
+                Ok(_) => return Ok(VsockStream { fd }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `(cid, port)` of the peer.
+    pub fn peer_addr(&self) -> io::Result<(u32, u32)> {
+        vsock_name(self.fd.as_raw_fd(), true)
+    }
+
+    /// `(cid, port)` of this end.
+    pub fn local_addr(&self) -> io::Result<(u32, u32)> {
+        vsock_name(self.fd.as_raw_fd(), false)
+    }
+
+    /// A second handle to the same socket.
+    pub fn try_clone(&self) -> io::Result<VsockStream> {
+        Ok(VsockStream {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// Shuts down one or both directions.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let how = match how {
+            Shutdown::Read => libc::SHUT_RD,
+            Shutdown::Write => libc::SHUT_WR,
+            Shutdown::Both => libc::SHUT_RDWR,
+        };
+        // SAFETY: plain syscall on a descriptor we own.
+        cvt(unsafe { libc::shutdown(self.fd.as_raw_fd(), how) }).map(drop)
+    }
+
+    /// Sets the read timeout (`SO_RCVTIMEO`; `None`: block forever).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        set_timeout(self.fd.as_raw_fd(), libc::SO_RCVTIMEO, t)
+    }
+
+    /// Sets the write timeout (`SO_SNDTIMEO`; `None`: block forever).
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        set_timeout(self.fd.as_raw_fd(), libc::SO_SNDTIMEO, t)
+    }
+
+    /// Switches non-blocking mode.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        let mut v = libc::c_int::from(on);
+        // SAFETY: FIONBIO reads one c_int from the valid pointer given.
+        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONBIO, &mut v) }).map(drop)
+    }
+}
+
+impl Read for VsockStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Write for VsockStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL: a closed
+        // peer gives EPIPE instead of SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for VsockStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for VsockStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<VsockStream> for OwnedFd {
+    fn from(s: VsockStream) -> OwnedFd {
+        s.fd
+    }
+}
+
+impl From<OwnedFd> for VsockStream {
+    /// Wraps a connected `AF_VSOCK` stream socket (not checked).
+    fn from(fd: OwnedFd) -> VsockStream {
+        VsockStream { fd }
+    }
+}
