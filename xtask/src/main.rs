@@ -31,7 +31,8 @@ commands:
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
   bench [ARGS]   provision, then `cargo bench --workspace --exclude xtask ARGS`
   demo           provision, then boot the guest and introspect it
-  ci             fmt check, clippy, docs (warnings are errors), then `test`
+  lint           fmt check, clippy, docs (warnings are errors)
+  ci             `lint`, then `test`
 
 environment:
   VMI_ACCEL=kvm|tcg       force the accelerator (default: cached trial boot with KVM)
@@ -61,6 +62,7 @@ fn main() {
         Some("demo") => no_args("demo", &rest)
             .and_then(|()| prepare())
             .and_then(|paths| demo::run(&paths)),
+        Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
         Some("ci") => ci(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
@@ -156,6 +158,13 @@ fn bench(paths: &GuestPaths, args: &[OsString]) -> Result {
 
 /// What `.ci/run` does.
 fn ci(args: &[OsString]) -> Result {
+    lint()?;
+    let paths = prepare()?;
+    test(&paths, args)
+}
+
+/// Formatting, clippy and rustdoc, all with warnings as errors.
+fn lint() -> Result {
     ensure_components()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
@@ -168,9 +177,7 @@ fn ci(args: &[OsString]) -> Result {
     ]))?;
     run(cargo()
         .env("RUSTDOCFLAGS", "-D warnings")
-        .args(["doc", "--workspace", "--no-deps"]))?;
-    let paths = prepare()?;
-    test(&paths, args)
+        .args(["doc", "--workspace", "--no-deps"]))
 }
 
 /// rustfmt and clippy, added with rustup when missing.
