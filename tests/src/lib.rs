@@ -28,6 +28,7 @@ pub mod guest;
 pub mod markers;
 mod output;
 pub mod paths;
+pub mod scan;
 
 pub use guest::{CommandOutput, Guest, GuestOptions, RamBackend, DEFAULT_APPEND};
 pub use markers::Markers;

@@ -17,30 +17,12 @@ fn connect(guest: &Guest, ram: RamSource) -> LegacyQemu {
     LegacyQemu::connect(cfg).unwrap_or_else(|e| panic!("connecting to QEMU: {e}"))
 }
 
-/// Every guest-physical address where `needle` starts, scanning all RAM ranges through
-/// the library (1 MiB chunks overlapping by `needle.len() - 1`).
 fn find_all(mem: &LegacyQemu, needle: &[u8]) -> Vec<u64> {
-    const CHUNK: u64 = 1 << 20;
-    let overlap = needle.len() as u64 - 1;
-    let mut hits = Vec::new();
-    let mut buf = vec![0u8; (CHUNK + overlap) as usize];
-    for range in mem.memory_info().expect("memory layout").ranges {
-        let mut at = range.start.raw();
-        while at < range.end() {
-            let len = (range.end() - at).min(CHUNK + overlap) as usize;
-            let chunk = &mut buf[..len];
-            mem.read_physical(Gpa(at), chunk)
-                .expect("reading guest RAM");
-            for (i, w) in chunk.windows(needle.len()).enumerate() {
-                // Matches starting in the overlap are found again in the next chunk.
-                if (i as u64) < CHUNK && w == needle {
-                    hits.push(at + i as u64);
-                }
-            }
-            at += CHUNK;
-        }
-    }
-    hits
+    vmi_tests::scan::find_all(mem, needle)
+        .expect("scanning guest RAM")
+        .into_iter()
+        .map(Gpa::raw)
+        .collect()
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
     // freed or compressed memory).
     let mut banner_pa = None;
     let mut copies = 0;
-    for pa in find_all_in_ram(&vmi, b"Linux version ")? {
+    for pa in vmi_tests::scan::find_all(&vmi, b"Linux version ")? {
         let mut text = vec![0u8; 256];
         if vmi.read_physical(pa, &mut text).is_err() {
             continue;
@@ -205,29 +205,6 @@ fn breakpoint_and_steps(vmi: &LegacyQemu, func: u64) -> Result {
     vmi.disable(Monitor::Interrupt(InterruptKind::Int3))?;
     println!("  single-stepping off, breakpoint removed, guest running");
     Ok(())
-}
-
-/// Every guest-physical address at which `needle` starts, scanning RAM in 1 MiB
-/// chunks that overlap by `needle.len() - 1` bytes.
-fn find_all_in_ram(vmi: &LegacyQemu, needle: &[u8]) -> vmi_core::Result<Vec<Gpa>> {
-    const CHUNK: u64 = 1 << 20;
-    let overlap = needle.len() as u64 - 1;
-    let mut hits = Vec::new();
-    let mut buf = vec![0u8; (CHUNK + overlap) as usize];
-    for range in vmi.memory_info()?.ranges {
-        let mut at = range.start.raw();
-        while at < range.end() {
-            let len = (range.end() - at).min(CHUNK + overlap) as usize;
-            vmi.read_physical(Gpa(at), &mut buf[..len])?;
-            for (i, w) in buf[..len].windows(needle.len()).enumerate() {
-                if (i as u64) < CHUNK && w == needle {
-                    hits.push(Gpa(at + i as u64));
-                }
-            }
-            at += CHUNK;
-        }
-    }
-    Ok(hits)
 }
 
 fn print_registers(vcpu: u32, r: &RegisterSnapshot) {
