@@ -4,7 +4,21 @@
 //! [`CapabilityReport`] says at run time what the *connected* backend and host can do —
 //! a KVMi host may lack singlestep (kvmi-v6) or EPT views, a QEMU may lack a shared RAM
 //! backend. Every row of LibVMI's KVM-driver checklist is a [`Capability`], so a report
-//! answers each row with [`Support::Supported`] or [`Support::Unsupported`] and a reason.
+//! answers each row with [`Support::Supported`], [`Support::Partial`] (works, with the
+//! stated limits) or [`Support::Unsupported`] and a reason.
+//!
+//! # One table per backend
+//!
+//! A backend declares its table once; monitors, responses and register writes are
+//! checked against it ([`CapabilityReport::check_monitor`],
+//! [`CapabilityReport::check_response`], [`CapabilityReport::check_register_write`]),
+//! so what the report says and what the backend accepts cannot drift apart. A row the
+//! backend did not declare reads as unsupported: the report fails closed.
+//!
+//! Optional parts of a backend are reached through [`Backend`]'s accessors
+//! (`events()`, `breakpoints()`, …), each an `Option<&dyn Trait>`: `None` is the one way
+//! a backend says "not here", at compile time for a backend type that never has the
+//! part, and at run time for a host that lacks it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -127,6 +141,72 @@ capabilities! {
     GfnAllocation => "guest frame allocation",
     /// (Beyond LibVMI's checklist.)
     VcpuCount => "vCPU count",
+    /// (Beyond LibVMI's checklist.)
+    ResponseRetry => "response: retry the instruction",
+    /// (Beyond LibVMI's checklist.)
+    SoftwareBreakpoints => "software breakpoints set by the tool",
+    /// (Beyond LibVMI's checklist.)
+    PauseVcpu => "pause / resume one vCPU",
+}
+
+const _: () = assert!(
+    Capability::ALL.len() <= 128,
+    "CapabilitySet is a u128 bitset"
+);
+
+impl Capability {
+    fn bit(self) -> u128 {
+        // Fieldless variants are numbered in declaration order, which is `ALL`'s order.
+        1u128 << (self as u32)
+    }
+}
+
+/// A set of [`Capability`] rows, without allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CapabilitySet(u128);
+
+impl CapabilitySet {
+    /// No row.
+    pub const fn new() -> Self {
+        Self(0)
+    }
+
+    /// These rows.
+    pub fn of(caps: &[Capability]) -> Self {
+        let mut s = Self::new();
+        for c in caps {
+            s.insert(*c);
+        }
+        s
+    }
+
+    /// Adds a row.
+    pub fn insert(&mut self, cap: Capability) {
+        self.0 |= cap.bit();
+    }
+
+    /// Adds every row of `other`.
+    pub fn union_with(&mut self, other: CapabilitySet) {
+        self.0 |= other.0;
+    }
+
+    /// Whether `cap` is in the set.
+    pub fn contains(self, cap: Capability) -> bool {
+        self.0 & cap.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The rows, in checklist order.
+    pub fn iter(self) -> impl Iterator<Item = Capability> {
+        Capability::ALL
+            .iter()
+            .copied()
+            .filter(move |c| self.contains(*c))
+    }
 }
 
 impl fmt::Display for Capability {
@@ -140,6 +220,9 @@ impl fmt::Display for Capability {
 pub enum Support {
     /// It works.
     Supported,
+    /// It works within the stated limits (e.g. "only EFER and the FS/GS bases"); the
+    /// backend refuses what lies outside them with [`crate::Error::Unsupported`].
+    Partial(Cow<'static, str>),
     /// It does not, and why (protocol limit, host setup, not built yet).
     Unsupported(Cow<'static, str>),
 }
@@ -150,11 +233,19 @@ impl Support {
         Self::Unsupported(reason.into())
     }
 
-    /// Whether this is [`Support::Supported`].
+    /// Shorthand for [`Support::Partial`].
+    pub fn partly(limits: impl Into<Cow<'static, str>>) -> Self {
+        Self::Partial(limits.into())
+    }
+
+    /// Whether it works, fully or within limits.
     pub fn is_supported(&self) -> bool {
-        matches!(self, Self::Supported)
+        !matches!(self, Self::Unsupported(_))
     }
 }
+
+/// What [`CapabilityReport::get`] answers for a row the backend did not declare.
+static UNDECLARED: Support = Support::Unsupported(Cow::Borrowed("not declared by the backend"));
 
 /// Every [`Capability`] with its [`Support`] for one backend instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +273,9 @@ impl CapabilityReport {
 
     /// Sets the support of one capability.
     pub fn set(&mut self, cap: Capability, support: Support) -> &mut Self {
-        if let Some(row) = self.rows.iter_mut().find(|(c, _)| *c == cap) {
-            row.1 = support;
+        match self.rows.iter_mut().find(|(c, _)| *c == cap) {
+            Some(row) => row.1 = support,
+            None => self.rows.push((cap, support)),
         }
         self
     }
@@ -214,13 +306,47 @@ impl CapabilityReport {
         &self.backend
     }
 
-    /// The support of `cap`.
+    /// A report in which no row is declared: every row reads as unsupported ("not
+    /// declared by the backend") until [`Self::set`] declares it.
+    pub fn undeclared(backend: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            backend: backend.into(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// The support of `cap`; a row the backend did not declare is unsupported.
     pub fn get(&self, cap: Capability) -> &Support {
         self.rows
             .iter()
             .find(|(c, _)| *c == cap)
             .map(|(_, s)| s)
-            .unwrap_or(&Support::Supported)
+            .unwrap_or(&UNDECLARED)
+    }
+
+    /// Fails with [`crate::Error::Unsupported`] naming the first row of `caps` that is
+    /// not supported.
+    pub fn require_all(&self, caps: CapabilitySet) -> crate::Result<()> {
+        caps.iter().try_for_each(|c| self.require(c))
+    }
+
+    /// Whether `monitor` can be enabled.
+    pub fn check_monitor(&self, monitor: &crate::Monitor) -> crate::Result<()> {
+        self.require_all(monitor.required_capabilities())
+    }
+
+    /// Whether `event` can be answered with `response`.
+    pub fn check_response(
+        &self,
+        event: &crate::Event,
+        response: &crate::Response,
+    ) -> crate::Result<()> {
+        self.require_all(response.required_capabilities(&event.kind))
+    }
+
+    /// Whether the groups present in `regs` can be written.
+    pub fn check_register_write(&self, regs: &crate::RegisterSnapshot) -> crate::Result<()> {
+        self.require_all(crate::event::register_write_capabilities(regs))
     }
 
     /// Whether `cap` is supported.
@@ -228,10 +354,11 @@ impl CapabilityReport {
         self.get(cap).is_supported()
     }
 
-    /// Fails with [`crate::Error::Unsupported`] unless `cap` is supported.
+    /// Fails with [`crate::Error::Unsupported`] unless `cap` is supported (fully or
+    /// partly).
     pub fn require(&self, cap: Capability) -> crate::Result<()> {
         match self.get(cap) {
-            Support::Supported => Ok(()),
+            Support::Supported | Support::Partial(_) => Ok(()),
             Support::Unsupported(reason) => Err(crate::Error::Unsupported {
                 feature: cap.name().into(),
                 reason: reason.clone(),
@@ -239,9 +366,9 @@ impl CapabilityReport {
         }
     }
 
-    /// Every row, in checklist order.
+    /// Every row, in checklist order (undeclared rows as unsupported).
     pub fn rows(&self) -> impl Iterator<Item = (Capability, &Support)> {
-        self.rows.iter().map(|(c, s)| (*c, s))
+        Capability::ALL.iter().map(|c| (*c, self.get(*c)))
     }
 }
 
@@ -252,6 +379,7 @@ impl fmt::Display for CapabilityReport {
         for (c, s) in self.rows() {
             match s {
                 Support::Supported => writeln!(f, "- [x] {c}")?,
+                Support::Partial(l) => writeln!(f, "- [x] {c} — only {l}")?,
                 Support::Unsupported(r) => writeln!(f, "- [ ] {c} — {r}")?,
             }
         }
@@ -259,13 +387,103 @@ impl fmt::Display for CapabilityReport {
     }
 }
 
-/// A backend that can describe itself.
+/// A backend: what it is, what works, and its parts.
+///
+/// Memory reading is the one part every backend has. Every other part is reached
+/// through an accessor that returns `None` where the backend (type or host) lacks it —
+/// the gdbstub crate's `Option<…Ops>` pattern — so a tool holding a `&dyn Backend` asks
+/// once and gets either the part or a clear "not here", and
+/// [`Backend::capabilities`] explains the details row by row.
 pub trait Backend {
     /// A short name, e.g. "kvmi-v7" or "legacy (QMP + shared RAM)".
     fn name(&self) -> Cow<'_, str>;
 
-    /// What works on this backend and host.
-    fn capabilities(&self) -> CapabilityReport;
+    /// What works on this backend and host: the table monitors, responses and register
+    /// writes are checked against.
+    fn capabilities(&self) -> std::sync::Arc<CapabilityReport>;
+
+    /// Guest physical memory.
+    fn physical_memory(&self) -> &dyn crate::PhysicalMemory;
+
+    /// Writing guest physical memory.
+    fn physical_memory_writer(&self) -> Option<&dyn crate::PhysicalMemoryWrite> {
+        None
+    }
+
+    /// The guest's RAM layout and size.
+    fn memory_layout(&self) -> Option<&dyn crate::MemoryLayout> {
+        None
+    }
+
+    /// Guest RAM mapped into this process.
+    fn memory_mapping(&self) -> Option<&dyn crate::MapPhysical> {
+        None
+    }
+
+    /// Reading vCPU registers.
+    fn register_reader(&self) -> Option<&dyn crate::ReadRegisters> {
+        None
+    }
+
+    /// Writing vCPU registers.
+    fn register_writer(&self) -> Option<&dyn crate::WriteRegisters> {
+        None
+    }
+
+    /// Pausing the guest and counting vCPUs.
+    fn vcpu_control(&self) -> Option<&dyn crate::VcpuControl> {
+        None
+    }
+
+    /// Trapping events.
+    fn events(&self) -> Option<&dyn crate::EventControl> {
+        None
+    }
+
+    /// Software breakpoints.
+    fn breakpoints(&self) -> Option<&dyn crate::Breakpoints> {
+        None
+    }
+
+    /// Page access permissions (memory events).
+    fn page_access(&self) -> Option<&dyn crate::PageAccess> {
+        None
+    }
+
+    /// SLAT (EPT) views.
+    fn slat_views(&self) -> Option<&dyn crate::SlatViews> {
+        None
+    }
+
+    /// Guest frame allocation.
+    fn gfn_allocation(&self) -> Option<&dyn crate::GfnAllocation> {
+        None
+    }
+
+    /// TSC information.
+    fn tsc(&self) -> Option<&dyn crate::Tsc> {
+        None
+    }
+
+    /// MTRR memory types.
+    fn mtrr(&self) -> Option<&dyn crate::Mtrr> {
+        None
+    }
+
+    /// XSAVE state and XCRs.
+    fn xsave(&self) -> Option<&dyn crate::Xsave> {
+        None
+    }
+
+    /// Exception and page-fault injection.
+    fn fault_injection(&self) -> Option<&dyn crate::FaultInjection> {
+        None
+    }
+
+    /// Host-side guest-virtual address translation.
+    fn host_translation(&self) -> Option<&dyn crate::HostTranslation> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -285,9 +503,66 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("- [x] pause / resume"));
         assert!(text.contains("- [ ] event: cpuid — not built"));
+        r.set(Capability::ReadMsrs, Support::partly("EFER"));
+        assert!(r.is_supported(Capability::ReadMsrs));
+        assert!(r.to_string().contains("- [x] read MSRs — only EFER"));
         let mut names: Vec<_> = Capability::ALL.iter().map(|c| c.name()).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Capability::ALL.len(), "row names are unique");
+    }
+}
+
+#[cfg(test)]
+mod fail_closed {
+    use super::*;
+    use crate::event::{Monitor, Response};
+
+    #[test]
+    fn undeclared_rows_are_unsupported() {
+        let r = CapabilityReport::undeclared("t");
+        assert!(!r.is_supported(Capability::ReadPhysicalMemory));
+        assert_eq!(r.rows().count(), Capability::ALL.len());
+        assert!(r.rows().all(|(_, s)| !s.is_supported()));
+        assert!(r.check_monitor(&Monitor::Cpuid).is_err());
+    }
+
+    #[test]
+    fn checks_derive_from_the_table() {
+        let mut r = CapabilityReport::undeclared("t");
+        r.supported(&[Capability::EventCpuid, Capability::ResponseNone]);
+        assert!(r.check_monitor(&Monitor::Cpuid).is_ok());
+        assert!(r.check_monitor(&Monitor::Hypercall).is_err());
+        let ev = crate::Event {
+            vcpu: crate::VcpuId(0),
+            view: crate::View::DEFAULT,
+            registers: Default::default(),
+            kind: crate::EventKind::Cpuid {
+                leaf: 0,
+                subleaf: 0,
+                insn_length: 2,
+            },
+        };
+        assert!(r.check_response(&ev, &Response::continue_()).is_ok());
+        let e = r
+            .check_response(&ev, &Response::continue_().toggle_singlestep())
+            .unwrap_err();
+        assert!(e.to_string().contains("SINGLESTEP"), "{e}");
+        let regs = crate::RegisterSnapshot {
+            gprs: Some(Default::default()),
+            ..Default::default()
+        };
+        assert!(r.check_register_write(&regs).is_err());
+        r.supported(&[Capability::WriteGprs, Capability::ResponseSetRegisters]);
+        assert!(r
+            .check_response(&ev, &Response::continue_().with_registers(regs))
+            .is_ok());
+    }
+
+    #[test]
+    fn sets_hold_every_row() {
+        let all = CapabilitySet::of(Capability::ALL);
+        assert_eq!(all.iter().count(), Capability::ALL.len());
+        assert!(CapabilitySet::new().is_empty());
     }
 }

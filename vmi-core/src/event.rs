@@ -8,19 +8,29 @@
 //!
 //! # Replying exactly once
 //!
-//! A trapped vCPU waits until its event is answered. [`EventControl::wait_event`]
-//! hands out a [`PendingEvent`] whose [`ReplyToken`] can only be consumed once, by
-//! [`EventControl::reply`]. Backends answer every event that is dropped unanswered (and
-//! every event still pending when the session ends) with [`Response::default`]
-//! (continue), so a guest is never left blocked.
+//! A trapped vCPU is parked until its event is answered (see [`crate::park`]).
+//! [`EventControl::wait_event`] hands out a [`PendingEvent`], a guard:
+//! [`PendingEvent::reply`] consumes it, and dropping it unanswered — also while a
+//! handler panics — answers [`Response::default`] (continue). A second answer does not
+//! compile, and no path leaves a vCPU blocked.
+//!
+//! # Capabilities
+//!
+//! [`Monitor::required_capabilities`] and [`Response::required_capabilities`] name the
+//! rows of the [`crate::CapabilityReport`] they need; backends check monitors and
+//! responses against their one table with [`crate::CapabilityReport::check_monitor`]
+//! and [`crate::CapabilityReport::check_response`], before anything is sent.
 
 use std::time::Duration;
 
 use bitflags::bitflags;
 
 use crate::addr::{Gfn, Gpa, Gva, VcpuId, View};
+use crate::capability::{Capability, CapabilitySet};
 use crate::error::{Error, Result};
-use crate::registers::RegisterSnapshot;
+pub use crate::park::PendingEvent;
+use crate::registers::{RegisterGroups, RegisterSnapshot};
+pub use crate::vcpu::VcpuSet;
 
 bitflags! {
     /// Memory access permissions (read, write, execute).
@@ -124,7 +134,7 @@ pub enum DescriptorTableReg {
 /// Something to trap. Enabled and disabled with [`EventControl::enable`] and
 /// [`EventControl::disable`]. Memory access is configured per page with
 /// [`crate::PageAccess`] instead; [`Monitor::MemoryAccess`] only turns delivery on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Monitor {
     /// Control-register accesses (LibVMI `REGISTER` with CR0/CR3/CR4/…).
@@ -172,38 +182,6 @@ pub enum Monitor {
     Trap,
     /// vCPU creation.
     VcpuCreate,
-}
-
-/// A set of vCPUs (at most 64, more than LibVMI's 32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct VcpuSet(pub u64);
-
-impl VcpuSet {
-    /// Every vCPU below `count` (capped at 64).
-    pub fn first(count: u32) -> Self {
-        if count >= 64 {
-            Self(u64::MAX)
-        } else {
-            Self((1u64 << count) - 1)
-        }
-    }
-
-    /// A single vCPU (ignored when ≥ 64).
-    pub fn single(vcpu: VcpuId) -> Self {
-        Self(1u64.checked_shl(u32::from(vcpu.0)).unwrap_or(0))
-    }
-
-    /// Whether the set contains `vcpu`.
-    pub fn contains(self, vcpu: VcpuId) -> bool {
-        u32::from(vcpu.0) < 64 && self.0 & (1 << vcpu.0) != 0
-    }
-
-    /// The vCPUs in the set.
-    pub fn iter(self) -> impl Iterator<Item = VcpuId> {
-        (0u16..64)
-            .filter(move |i| self.0 & (1 << i) != 0)
-            .map(VcpuId)
-    }
 }
 
 /// Hardware exit information of a descriptor access (LibVMI `desc_event` union).
@@ -641,90 +619,151 @@ impl Response {
     }
 }
 
-/// Proof that an event still awaits its reply. Not `Clone`: [`EventControl::reply`]
-/// consumes it, so an event cannot be answered twice.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct ReplyToken {
-    session: u64,
-    id: u64,
-    vcpu: VcpuId,
-}
-
-impl ReplyToken {
-    /// Creates a token. Backends call this; `session` identifies the backend instance
-    /// (so that a token cannot be replayed on another session) and `id` the event.
-    pub fn new(session: u64, id: u64, vcpu: VcpuId) -> Self {
-        Self { session, id, vcpu }
-    }
-
-    /// The backend session this token belongs to.
-    pub fn session(&self) -> u64 {
-        self.session
-    }
-
-    /// The event's identifier within the session (e.g. the KVMi sequence number).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The vCPU waiting for the reply.
-    pub fn vcpu(&self) -> VcpuId {
-        self.vcpu
-    }
-}
-
-/// An event waiting for its reply.
-#[derive(Debug)]
-pub struct PendingEvent {
-    /// The event.
-    pub event: Event,
-    /// The token [`EventControl::reply`] consumes.
-    pub token: ReplyToken,
-}
-
 /// Trapping events and answering them.
 pub trait EventControl {
-    /// Starts trapping `monitor` (on every vCPU unless the monitor names a set).
-    fn enable(&self, monitor: Monitor) -> Result<()>;
+    /// Starts trapping `monitor` (on every vCPU unless the monitor names a set). Fails
+    /// with [`Error::Unsupported`], before anything is sent, if a capability it needs
+    /// ([`Monitor::required_capabilities`]) is not supported.
+    fn enable(&self, monitor: &Monitor) -> Result<()>;
 
     /// Stops trapping `monitor`.
-    fn disable(&self, monitor: Monitor) -> Result<()>;
+    fn disable(&self, monitor: &Monitor) -> Result<()>;
 
     /// Waits up to `timeout` for the next event; `Ok(None)` on timeout. A zero timeout
-    /// only returns already-queued events (LibVMI `listen(0)`).
+    /// only returns already-queued events (LibVMI `listen(0)`). `Duration::MAX` waits
+    /// without a deadline.
     fn wait_event(&self, timeout: Duration) -> Result<Option<PendingEvent>>;
-
-    /// Answers an event. Fails with [`Error::Unsupported`] if the backend cannot honour
-    /// part of `response`; the event is then answered with [`Response::default`] so the
-    /// vCPU does not stay blocked, and the error says what was refused.
-    fn reply(&self, token: ReplyToken, response: Response) -> Result<()>;
 
     /// Events already received but not yet handed out by [`Self::wait_event`].
     fn pending_events(&self) -> Result<usize>;
 
-    /// Checks, without side effects, whether `response` can be honoured for `event`.
-    fn check_response(&self, event: &Event, response: &Response) -> Result<()>;
-
-    /// Waits for one event, calls `handler`, and replies with its response — also when
-    /// the handler panics (the panic is resumed after the reply). Returns whether an
-    /// event was handled.
-    fn dispatch<F>(&self, timeout: Duration, handler: F) -> Result<bool>
-    where
-        Self: Sized,
-        F: FnOnce(&Event) -> Response,
-    {
-        let Some(PendingEvent { event, token }) = self.wait_event(timeout)? else {
+    /// Waits for one event, calls `handler`, and answers with its return value — also
+    /// when the handler panics (the event's guard answers while unwinding, and the panic
+    /// goes on). Returns whether an event was handled.
+    fn dispatch(
+        &self,
+        timeout: Duration,
+        handler: &mut dyn FnMut(&Event) -> Response,
+    ) -> Result<bool> {
+        let Some(pending) = self.wait_event(timeout)? else {
             return Ok(false);
         };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&event)));
-        match outcome {
-            Ok(response) => self.reply(token, response).map(|()| true),
-            Err(panic) => {
-                let _ = self.reply(token, Response::default());
-                std::panic::resume_unwind(panic)
+        let response = handler(pending.event());
+        pending.reply(response).map(|()| true)
+    }
+}
+
+impl Monitor {
+    /// The capability rows this monitor needs.
+    pub fn required_capabilities(&self) -> CapabilitySet {
+        use Capability as C;
+        fn register(
+            base: Capability,
+            access: RegisterAccess,
+            filter: Option<&RegisterFilter>,
+        ) -> CapabilitySet {
+            let mut s = CapabilitySet::of(&[base]);
+            s.insert(match access {
+                RegisterAccess::Read => C::EventRegisterAccessR,
+                RegisterAccess::Write => C::EventRegisterAccessW,
+                RegisterAccess::ReadWrite => C::EventRegisterAccessRw,
+            });
+            if let Some(f) = filter {
+                if f.equal.is_some() {
+                    s.insert(C::EventRegisterEqual);
+                }
+                if f.on_change {
+                    s.insert(C::EventRegisterOnchange);
+                }
+                if f.asynchronous {
+                    s.insert(C::EventRegisterAsync);
+                }
             }
+            s
+        }
+        match self {
+            Monitor::ControlRegister { access, filter, .. } => {
+                register(C::EventRegisterCr, *access, Some(filter))
+            }
+            Monitor::Msr { access, filter, .. } => {
+                let mut s = register(C::EventRegisterMsr, *access, Some(filter));
+                s.insert(C::EventRegisterMsrIndex);
+                s
+            }
+            Monitor::AllMsrs { access } => register(C::EventRegisterMsrAll, *access, None),
+            Monitor::Xsetbv => CapabilitySet::of(&[C::EventXsetbv]),
+            Monitor::Interrupt(InterruptKind::Int3) => CapabilitySet::of(&[C::EventInterruptInt3]),
+            Monitor::Interrupt(InterruptKind::Next) => CapabilitySet::of(&[C::EventInterruptNext]),
+            Monitor::Singlestep(_) => CapabilitySet::of(&[C::EventSinglestep]),
+            Monitor::Cpuid => CapabilitySet::of(&[C::EventCpuid]),
+            Monitor::Hypercall => CapabilitySet::of(&[C::EventPrivcall]),
+            Monitor::Descriptor => CapabilitySet::of(&[C::EventDescriptorDescriptor]),
+            Monitor::DebugException => CapabilitySet::of(&[C::EventDebugException]),
+            Monitor::MemoryAccess => CapabilitySet::of(&[C::EventMemGfn]),
+            Monitor::Trap => CapabilitySet::of(&[C::EventTrap]),
+            Monitor::VcpuCreate => CapabilitySet::of(&[C::EventVcpuCreate]),
         }
     }
+}
+
+impl Response {
+    /// The capability rows answering `event` with this response needs.
+    pub fn required_capabilities(&self, event: &EventKind) -> CapabilitySet {
+        use Capability as C;
+        let mut s = CapabilitySet::new();
+        s.insert(match (&self.action, event) {
+            (Action::Continue, _) => C::ResponseNone,
+            (Action::Reinject, EventKind::Breakpoint { .. }) => C::ResponseBreakpointReinject,
+            (Action::Reinject, _) => C::EventInterruptReinject,
+            (Action::Emulate, _) => C::ResponseEmulate,
+            (Action::EmulateNoWrite, _) => C::ResponseEmulateNowrite,
+            (Action::EmulateWithReadData(_), _) => C::ResponseSetEmulReadData,
+            (Action::EmulateInstruction(_), _) => C::ResponseSetEmulInsn,
+            (Action::Deny, _) => C::ResponseDeny,
+            (Action::Retry, _) => C::ResponseRetry,
+        });
+        if self.toggle_singlestep {
+            s.insert(C::ResponseToggleSinglestep);
+        }
+        if self.switch_view.is_some() {
+            s.insert(C::ResponseSlatId);
+        }
+        if let Some(regs) = &self.set_registers {
+            s.insert(C::ResponseSetRegisters);
+            s.union_with(register_write_capabilities(regs));
+        }
+        if self.get_next_interrupt {
+            s.insert(C::ResponseGetNextInterrupt);
+        }
+        if self.set_value.is_some() {
+            s.insert(C::ResponseRegisterValueOverride);
+        }
+        s
+    }
+}
+
+/// The capability rows writing the groups present in `regs` needs.
+pub fn register_write_capabilities(regs: &RegisterSnapshot) -> CapabilitySet {
+    use Capability as C;
+    let g = regs.groups();
+    let mut s = CapabilitySet::new();
+    for (group, cap) in [
+        (RegisterGroups::GPRS, C::WriteGprs),
+        (RegisterGroups::CONTROL, C::WriteControlRegisters),
+        (RegisterGroups::DEBUG, C::WriteDebugRegisters),
+        (RegisterGroups::SEGMENTS, C::WriteSegmentRegisters),
+        (RegisterGroups::EFER, C::WriteMsrs),
+        (RegisterGroups::MSRS, C::WriteMsrs),
+        (RegisterGroups::XCR0, C::Xsave),
+    ] {
+        if g.contains(group) {
+            s.insert(cap);
+        }
+    }
+    if regs.gdtr.is_some() || regs.idtr.is_some() {
+        s.insert(C::WriteDescriptorTables);
+    }
+    s
 }
 
 /// Derives the `gfn`/`offset` pair of LibVMI's events from a guest-physical address.
@@ -782,75 +821,5 @@ mod tests {
             EmulInsn::new(&[0x0f, 0x01, 0xd9]).unwrap().as_bytes(),
             &[0x0f, 0x01, 0xd9]
         );
-    }
-
-    #[test]
-    fn vcpu_sets() {
-        let s = VcpuSet::first(3);
-        assert_eq!(
-            s.iter().collect::<Vec<_>>(),
-            vec![VcpuId(0), VcpuId(1), VcpuId(2)]
-        );
-        assert!(!s.contains(VcpuId(3)));
-        assert_eq!(VcpuSet::first(64).0, u64::MAX);
-        assert_eq!(VcpuSet::single(VcpuId(70)).0, 0);
-        assert!(!VcpuSet::first(64).contains(VcpuId(64)));
-    }
-
-    struct OneEvent {
-        replied: std::sync::Mutex<Vec<(u64, Response)>>,
-        given: std::sync::atomic::AtomicBool,
-    }
-
-    impl EventControl for OneEvent {
-        fn enable(&self, _: Monitor) -> Result<()> {
-            Ok(())
-        }
-        fn disable(&self, _: Monitor) -> Result<()> {
-            Ok(())
-        }
-        fn wait_event(&self, _: Duration) -> Result<Option<PendingEvent>> {
-            if self.given.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Ok(None);
-            }
-            Ok(Some(PendingEvent {
-                event: Event {
-                    vcpu: VcpuId(0),
-                    view: View::DEFAULT,
-                    registers: RegisterSnapshot::default(),
-                    kind: EventKind::Cpuid {
-                        leaf: 1,
-                        subleaf: 0,
-                        insn_length: 2,
-                    },
-                },
-                token: ReplyToken::new(1, 42, VcpuId(0)),
-            }))
-        }
-        fn reply(&self, token: ReplyToken, response: Response) -> Result<()> {
-            self.replied.lock().unwrap().push((token.id(), response));
-            Ok(())
-        }
-        fn pending_events(&self) -> Result<usize> {
-            Ok(0)
-        }
-        fn check_response(&self, _: &Event, _: &Response) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn dispatch_replies_even_when_the_handler_panics() {
-        let b = OneEvent {
-            replied: Default::default(),
-            given: Default::default(),
-        };
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            b.dispatch(Duration::ZERO, |_| panic!("handler bug"))
-        }));
-        assert!(r.is_err());
-        assert_eq!(b.replied.lock().unwrap().len(), 1);
-        assert_eq!(b.replied.lock().unwrap()[0], (42, Response::default()));
-        assert!(!b.dispatch(Duration::ZERO, |_| Response::deny()).unwrap());
     }
 }

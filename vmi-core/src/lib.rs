@@ -12,6 +12,29 @@
 //!
 //! Layering: `vmi-core` depends on no backend. `vmi-kvm` (KVMi socket) and `vmi-legacy`
 //! (unpatched QEMU: QMP, GDB stub, shared RAM) implement its traits.
+//!
+//! # Parked vCPUs
+//!
+//! The guest-safety rules are one model, in [`park`]: a vCPU is **running** or
+//! **parked** — by an event waiting for its answer, by a pause, or both. A parked vCPU's
+//! registers are read from what the backend already knows (the snapshot its event
+//! brought) and register writes to it are queued. It is released exactly once, when the
+//! last reason ends, and nobody but its guards can release it:
+//!
+//! * an event is a [`PendingEvent`]: [`PendingEvent::reply`] consumes it, and dropping
+//!   it (also in a panicking handler) answers with the default response;
+//! * a pause is a [`PauseGuard`] from [`VcpuControl::pause`], counted once per guest
+//!   across every handle; the last guard to go resumes, after writing what was queued.
+//!
+//! Backends implement the primitives ([`park::ParkOps`]) that only [`park::Parking`]
+//! calls; tools never see them.
+//!
+//! # Capabilities
+//!
+//! Each backend declares one [`CapabilityReport`]; monitors, responses and register
+//! writes are checked against it before anything reaches the guest, and undeclared rows
+//! are unsupported. Optional parts are reached as `Option<&dyn …>` through [`Backend`]'s
+//! accessors.
 
 //! # Example
 //!
@@ -39,23 +62,25 @@
 //! ```
 
 pub mod addr;
+pub mod breakpoint;
 pub mod capability;
 pub mod cpu_state;
 pub mod error;
 pub mod event;
 pub mod memory;
 pub mod paging;
+pub mod park;
 pub mod registers;
 pub mod slat;
 pub mod vcpu;
+pub mod virt;
 
 pub use addr::{Gfn, Gpa, Gva, VcpuId, View, PAGE_SHIFT, PAGE_SIZE};
-pub use capability::{Backend, Capability, CapabilityReport, Support};
+pub use breakpoint::{Breakpoint, Breakpoints};
+pub use capability::{Backend, Capability, CapabilityReport, CapabilitySet, Support};
 pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
 pub use error::{Error, PageFaultReason, Result};
-pub use event::{
-    Access, Action, Event, EventControl, EventKind, Monitor, PendingEvent, ReplyToken, Response,
-};
+pub use event::{Access, Action, Event, EventControl, EventKind, Monitor, Response};
 pub use memory::{
     MapPhysical, MappedRegion, MemoryInfo, MemoryLayout, PhysicalMemory, PhysicalMemoryWrite,
     PhysicalRange, SparseMemory,
@@ -63,6 +88,10 @@ pub use memory::{
 pub use paging::{
     read_virtual, translate, PageSize, PagingMode, Translation, TranslationCache, Translator,
 };
-pub use registers::{ReadRegisters, Register, RegisterGroups, RegisterSnapshot, WriteRegisters};
+pub use park::{PauseGuard, PauseScope, PendingEvent};
+pub use registers::{
+    Msrs, ReadRegisters, Register, RegisterGroups, RegisterSnapshot, WriteRegisters,
+};
 pub use slat::{GfnAllocation, PageAccess, SlatViews};
-pub use vcpu::{PauseCount, PauseGuard, VcpuControl};
+pub use vcpu::{VcpuControl, VcpuSet};
+pub use virt::{AddressSpace, Space, VirtualMemory};

@@ -5,8 +5,6 @@
 //! value is never reported as zero — LibVMI's KVM driver returned 0 for DR7, PAT or the
 //! shadow GS base it had not fetched, which is indistinguishable from a real 0.
 
-use std::collections::BTreeMap;
-
 use bitflags::bitflags;
 
 /// General-purpose registers, RIP and RFLAGS.
@@ -281,8 +279,168 @@ pub mod msr {
     ];
 }
 
+/// MSR values by index, stored inline: a snapshot of the MSRs an event carries (KVMi
+/// sends about ten) needs no heap allocation. More than [`Msrs::INLINE`] entries spill to
+/// the heap. Entries are kept sorted by index, so equal sets compare equal.
+#[derive(Clone)]
+pub struct Msrs {
+    storage: MsrStorage,
+}
+
+// The inline variant is large on purpose: it is what spares an allocation per event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum MsrStorage {
+    Inline {
+        len: u8,
+        entries: [(u32, u64); Msrs::INLINE],
+    },
+    Heap(Vec<(u32, u64)>),
+}
+
+impl Msrs {
+    /// How many MSRs fit without allocating.
+    pub const INLINE: usize = 16;
+
+    /// No MSRs.
+    pub const fn new() -> Self {
+        Self {
+            storage: MsrStorage::Inline {
+                len: 0,
+                entries: [(0, 0); Self::INLINE],
+            },
+        }
+    }
+
+    fn as_slice(&self) -> &[(u32, u64)] {
+        match &self.storage {
+            MsrStorage::Inline { len, entries } => &entries[..usize::from(*len)],
+            MsrStorage::Heap(v) => v,
+        }
+    }
+
+    /// The value of MSR `index`, if held.
+    pub fn get(&self, index: u32) -> Option<u64> {
+        let s = self.as_slice();
+        s.binary_search_by_key(&index, |e| e.0).ok().map(|i| s[i].1)
+    }
+
+    /// Whether MSR `index` is held.
+    pub fn contains(&self, index: u32) -> bool {
+        self.get(index).is_some()
+    }
+
+    /// Sets MSR `index`, returning the previous value.
+    pub fn insert(&mut self, index: u32, value: u64) -> Option<u64> {
+        let pos = self.as_slice().binary_search_by_key(&index, |e| e.0);
+        match (&mut self.storage, pos) {
+            (MsrStorage::Inline { entries, .. }, Ok(i)) => {
+                Some(std::mem::replace(&mut entries[i].1, value))
+            }
+            (MsrStorage::Heap(v), Ok(i)) => Some(std::mem::replace(&mut v[i].1, value)),
+            (MsrStorage::Inline { len, entries }, Err(i)) => {
+                let n = usize::from(*len);
+                if n < Self::INLINE {
+                    entries.copy_within(i..n, i + 1);
+                    entries[i] = (index, value);
+                    *len += 1;
+                } else {
+                    let mut v = Vec::with_capacity(Self::INLINE * 2);
+                    v.extend_from_slice(&entries[..n]);
+                    v.insert(i, (index, value));
+                    self.storage = MsrStorage::Heap(v);
+                }
+                None
+            }
+            (MsrStorage::Heap(v), Err(i)) => {
+                v.insert(i, (index, value));
+                None
+            }
+        }
+    }
+
+    /// Removes MSR `index`, returning its value.
+    pub fn remove(&mut self, index: u32) -> Option<u64> {
+        let i = self.as_slice().binary_search_by_key(&index, |e| e.0).ok()?;
+        match &mut self.storage {
+            MsrStorage::Inline { len, entries } => {
+                let n = usize::from(*len);
+                let value = entries[i].1;
+                entries.copy_within(i + 1..n, i);
+                *len -= 1;
+                Some(value)
+            }
+            MsrStorage::Heap(v) => Some(v.remove(i).1),
+        }
+    }
+
+    /// Number of MSRs held.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether no MSR is held.
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// `(index, value)` pairs in ascending index order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.as_slice().iter().copied()
+    }
+
+    /// The indices held, ascending.
+    pub fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.as_slice().iter().map(|e| e.0)
+    }
+}
+
+impl Default for Msrs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for Msrs {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Msrs {}
+
+impl std::fmt::Debug for Msrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.iter()
+                    .map(|(i, v)| (format!("{i:#x}"), format!("{v:#x}"))),
+            )
+            .finish()
+    }
+}
+
+impl Extend<(u32, u64)> for Msrs {
+    fn extend<I: IntoIterator<Item = (u32, u64)>>(&mut self, iter: I) {
+        for (i, v) in iter {
+            self.insert(i, v);
+        }
+    }
+}
+
+impl FromIterator<(u32, u64)> for Msrs {
+    fn from_iter<I: IntoIterator<Item = (u32, u64)>>(iter: I) -> Self {
+        let mut m = Msrs::new();
+        m.extend(iter);
+        m
+    }
+}
+
 /// A register snapshot of one vCPU. Every group is optional: `None` means "not fetched
 /// or not available", never zero.
+///
+/// EFER is held once, as MSR `IA32_EFER` in [`RegisterSnapshot::msrs`]
+/// ([`RegisterGroups::EFER`] asks for it; [`RegisterSnapshot::efer`] reads it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegisterSnapshot {
     /// General-purpose registers, RIP, RFLAGS.
@@ -297,12 +455,10 @@ pub struct RegisterSnapshot {
     pub gdtr: Option<DescriptorTable>,
     /// IDTR.
     pub idtr: Option<DescriptorTable>,
-    /// IA32_EFER.
-    pub efer: Option<u64>,
     /// XCR0.
     pub xcr0: Option<u64>,
-    /// MSRs by index (only those read).
-    pub msrs: BTreeMap<u32, u64>,
+    /// MSRs by index (only those read), EFER included.
+    pub msrs: Msrs,
 }
 
 /// One register, for reading or writing a single value out of a snapshot (LibVMI's
@@ -466,9 +622,12 @@ impl RegisterSnapshot {
             RegisterGroups::DESCRIPTOR_TABLES,
             self.gdtr.is_some() && self.idtr.is_some(),
         );
-        g.set(RegisterGroups::EFER, self.efer.is_some());
+        g.set(RegisterGroups::EFER, self.msrs.contains(msr::EFER));
         g.set(RegisterGroups::XCR0, self.xcr0.is_some());
-        g.set(RegisterGroups::MSRS, !self.msrs.is_empty());
+        g.set(
+            RegisterGroups::MSRS,
+            self.msrs.indices().any(|i| i != msr::EFER),
+        );
         g
     }
 
@@ -488,10 +647,9 @@ impl RegisterSnapshot {
             Dr6 => self.debug.map(|d| d.dr6),
             Dr7 => self.debug.map(|d| d.dr7),
             Xcr0 => self.xcr0,
-            // EFER is both a group of its own and MSR 0xc0000080.
-            Efer => self.efer.or_else(|| self.msrs.get(&msr::EFER).copied()),
-            Msr(msr::EFER) => self.efer.or_else(|| self.msrs.get(&msr::EFER).copied()),
-            Msr(i) => self.msrs.get(&i).copied(),
+            // EFER is both a group of its own and MSR 0xc0000080, held once.
+            Efer => self.msrs.get(msr::EFER),
+            Msr(i) => self.msrs.get(i),
             GdtrBase => self.gdtr.map(|t| t.base),
             GdtrLimit => self.gdtr.map(|t| u64::from(t.limit)),
             IdtrBase => self.idtr.map(|t| t.base),
@@ -548,7 +706,9 @@ impl RegisterSnapshot {
                 } = value;
             }
             Xcr0 => self.xcr0 = Some(value),
-            Efer | Msr(msr::EFER) => self.efer = Some(value),
+            Efer => {
+                self.msrs.insert(msr::EFER, value);
+            }
             Msr(i) => {
                 self.msrs.insert(i, value);
             }
@@ -599,8 +759,54 @@ impl RegisterSnapshot {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(gprs, control, debug, segments, gdtr, idtr, efer, xcr0);
-        self.msrs.extend(other.msrs.iter().map(|(k, v)| (*k, *v)));
+        take!(gprs, control, debug, segments, gdtr, idtr, xcr0);
+        self.msrs.extend(other.msrs.iter());
+    }
+
+    /// IA32_EFER, if held.
+    pub fn efer(&self) -> Option<u64> {
+        self.msrs.get(msr::EFER)
+    }
+
+    /// Whether this snapshot holds everything `groups` and `msrs` ask for.
+    pub fn covers(&self, groups: RegisterGroups, msrs: &[u32]) -> bool {
+        let held = self.groups() | (groups & RegisterGroups::MSRS);
+        held.contains(groups)
+            && (!groups.contains(RegisterGroups::MSRS)
+                || msrs.iter().all(|m| self.msrs.contains(*m)))
+    }
+
+    /// The part of this snapshot that `groups` (and `msrs`, with
+    /// [`RegisterGroups::MSRS`]) select.
+    pub fn select(&self, groups: RegisterGroups, msrs: &[u32]) -> RegisterSnapshot {
+        let pick = |g: RegisterGroups| groups.contains(g);
+        let mut out = RegisterSnapshot {
+            gprs: self.gprs.filter(|_| pick(RegisterGroups::GPRS)),
+            control: self.control.filter(|_| pick(RegisterGroups::CONTROL)),
+            debug: self.debug.filter(|_| pick(RegisterGroups::DEBUG)),
+            segments: self.segments.filter(|_| pick(RegisterGroups::SEGMENTS)),
+            gdtr: self
+                .gdtr
+                .filter(|_| pick(RegisterGroups::DESCRIPTOR_TABLES)),
+            idtr: self
+                .idtr
+                .filter(|_| pick(RegisterGroups::DESCRIPTOR_TABLES)),
+            xcr0: self.xcr0.filter(|_| pick(RegisterGroups::XCR0)),
+            msrs: Msrs::new(),
+        };
+        if pick(RegisterGroups::EFER) {
+            if let Some(e) = self.efer() {
+                out.msrs.insert(msr::EFER, e);
+            }
+        }
+        if pick(RegisterGroups::MSRS) {
+            for m in msrs {
+                if let Some(v) = self.msrs.get(*m) {
+                    out.msrs.insert(*m, v);
+                }
+            }
+        }
+        out
     }
 
     /// The paging mode these registers put the vCPU in, if CR0, CR4 and EFER are all
@@ -694,6 +900,50 @@ mod tests {
         assert!(s
             .groups()
             .contains(RegisterGroups::GPRS | RegisterGroups::MSRS));
+    }
+
+    #[test]
+    fn msrs_stay_inline_sorted_and_spill() {
+        let mut m = Msrs::new();
+        for i in (0..Msrs::INLINE as u32).rev() {
+            assert_eq!(m.insert(i * 3, u64::from(i)), None);
+        }
+        assert!(matches!(m.storage, MsrStorage::Inline { .. }));
+        assert_eq!(m.insert(3, 99), Some(1));
+        assert!(m
+            .indices()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .all(|w| w[0] < w[1]));
+        m.insert(1000, 7);
+        assert!(matches!(m.storage, MsrStorage::Heap(_)));
+        assert_eq!(m.len(), Msrs::INLINE + 1);
+        assert_eq!(m.get(1000), Some(7));
+        assert_eq!(m.remove(3), Some(99));
+        assert_eq!(m.get(3), None);
+        let a: Msrs = [(1, 1), (2, 2)].into_iter().collect();
+        let b: Msrs = [(2, 2), (1, 1)].into_iter().collect();
+        assert_eq!(a, b);
+        let mut c = Msrs::new();
+        c.insert(9, 9);
+        assert_eq!(c.remove(9), Some(9));
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn efer_is_held_once() {
+        let mut s = RegisterSnapshot::default();
+        s.set(Register::Efer, 0xd01).unwrap();
+        assert_eq!(s.get(Register::Msr(msr::EFER)), Some(0xd01));
+        assert_eq!(s.efer(), Some(0xd01));
+        assert_eq!(s.groups(), RegisterGroups::EFER);
+        s.set(Register::Msr(msr::LSTAR), 1).unwrap();
+        assert!(s.groups().contains(RegisterGroups::MSRS));
+        let sel = s.select(RegisterGroups::EFER, &[]);
+        assert_eq!(sel.msrs.len(), 1);
+        assert!(s.covers(RegisterGroups::EFER | RegisterGroups::MSRS, &[msr::LSTAR]));
+        assert!(!s.covers(RegisterGroups::MSRS, &[msr::STAR]));
+        assert!(!s.covers(RegisterGroups::GPRS, &[]));
     }
 
     #[test]

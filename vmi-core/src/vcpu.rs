@@ -1,206 +1,189 @@
-//! vCPU control: vCPU count, and pausing with a reference-counted guard.
+//! vCPU control: how many vCPUs there are, sets of them, and pausing with guards.
+//!
+//! Pausing is always through a guard ([`VcpuControl::pause`], [`VcpuControl::pause_vcpu`]),
+//! counted once per guest across every handle of a session: the model is described in
+//! [`crate::park`].
 
-use std::sync::Mutex;
-
+use crate::addr::VcpuId;
 use crate::error::{Error, Result};
+pub use crate::park::{PauseGuard, PauseScope};
 
-/// Counts nested pauses so that only the first pause and the last resume reach the
-/// backend. Backends embed one and return it from [`VcpuControl::pause_count`].
-///
-/// The count and the backend call happen under one lock, so two threads pausing and
-/// resuming concurrently can never leave the guest running while a guard is alive.
-#[derive(Debug, Default)]
-pub struct PauseCount {
-    count: Mutex<u32>,
-}
-
-impl PauseCount {
-    /// A count of zero (guest not paused by us).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Current number of outstanding pauses.
-    pub fn current(&self) -> u32 {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Increments the count; calls `pause` on the 0 → 1 transition. If `pause` fails the
-    /// count is unchanged.
-    pub fn acquire(&self, pause: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        if *n == 0 {
-            pause()?;
-        }
-        *n = n.checked_add(1).ok_or_else(|| Error::InvalidArgument {
-            what: "pause",
-            reason: "pause count overflow".into(),
-        })?;
-        Ok(())
-    }
-
-    /// Decrements the count; calls `resume` on the 1 → 0 transition. If `resume` fails
-    /// the count stays at 1 so that a later release retries.
-    pub fn release(&self, resume: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        match *n {
-            0 => Err(Error::InvalidArgument {
-                what: "resume",
-                reason: "the guest is not paused by this session".into(),
-            }),
-            1 => {
-                resume()?;
-                *n = 0;
-                Ok(())
-            }
-            _ => {
-                *n -= 1;
-                Ok(())
-            }
-        }
-    }
-
-    /// Forgets every outstanding pause and resumes if any was held: for session teardown.
-    pub fn release_all(&self, resume: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        if *n > 0 {
-            resume()?;
-            *n = 0;
-        }
-        Ok(())
-    }
-}
-
-/// Pausing, resuming and counting vCPUs.
+/// Pausing and counting vCPUs.
 pub trait VcpuControl {
     /// Number of vCPUs the guest has.
     fn vcpu_count(&self) -> Result<u32>;
 
-    /// Stops every vCPU and returns once none of them runs guest code. Backends
-    /// implement this primitive; users call [`VcpuControl::pause`].
-    fn pause_vcpus(&self) -> Result<()>;
+    /// Pauses every vCPU (if no other guard of this guest does yet) and returns once
+    /// none of them runs guest code. The guest resumes when the last guard, of any
+    /// handle of this guest, is dropped.
+    fn pause(&self) -> Result<PauseGuard<'_>>;
 
-    /// Lets every vCPU run again. Backends implement this primitive; users drop the
-    /// [`PauseGuard`].
-    fn resume_vcpus(&self) -> Result<()>;
-
-    /// The session's pause counter.
-    fn pause_count(&self) -> &PauseCount;
-
-    /// Pauses the guest (if this is the first outstanding pause) and returns a guard that
-    /// resumes it when the last guard is dropped.
-    fn pause(&self) -> Result<PauseGuard<'_, Self>>
-    where
-        Self: Sized,
-    {
-        self.pause_count().acquire(|| self.pause_vcpus())?;
-        Ok(PauseGuard {
-            ctl: self,
-            released: false,
-        })
+    /// Pauses one vCPU, where the backend can stop vCPUs one by one.
+    fn pause_vcpu(&self, vcpu: VcpuId) -> Result<PauseGuard<'_>> {
+        let _ = vcpu;
+        Err(Error::unsupported(
+            "per-vCPU pause",
+            "this backend stops the whole guest at once",
+        ))
     }
 
-    /// Whether at least one pause guard of this session is alive.
-    fn is_paused(&self) -> bool {
-        self.pause_count().current() > 0
+    /// Whether a pause of the whole guest is held by some guard of this guest.
+    fn is_paused(&self) -> bool;
+}
+
+/// A set of vCPUs. Any [`VcpuId`] can be a member (vCPU ids are 16 bits; the set
+/// grows as needed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct VcpuSet {
+    words: Vec<u64>,
+}
+
+impl VcpuSet {
+    /// No vCPU.
+    pub const fn new() -> Self {
+        Self { words: Vec::new() }
     }
-}
 
-/// Keeps the guest paused while alive. Guards nest: the guest resumes when the last one
-/// goes. Dropping cannot report a failed resume; call [`PauseGuard::resume`] to see it.
-#[must_use = "the guest resumes as soon as the guard is dropped"]
-pub struct PauseGuard<'a, C: VcpuControl> {
-    ctl: &'a C,
-    released: bool,
-}
-
-impl<C: VcpuControl> PauseGuard<'_, C> {
-    /// Releases this pause now and reports whether resuming (if this was the last
-    /// guard) worked.
-    pub fn resume(mut self) -> Result<()> {
-        self.released = true;
-        self.ctl.pause_count().release(|| self.ctl.resume_vcpus())
+    /// Every vCPU below `count` (at most 65 536).
+    pub fn first(count: u32) -> Self {
+        let count = count.min(1 << 16) as usize;
+        let mut words = vec![u64::MAX; count / 64];
+        if count % 64 != 0 {
+            words.push((1u64 << (count % 64)) - 1);
+        }
+        Self { words }
     }
-}
 
-impl<C: VcpuControl> Drop for PauseGuard<'_, C> {
-    fn drop(&mut self) {
-        if !self.released {
-            // A failed resume keeps the count at 1; the session's teardown retries it.
-            let _ = self.ctl.pause_count().release(|| self.ctl.resume_vcpus());
+    /// A single vCPU.
+    pub fn single(vcpu: VcpuId) -> Self {
+        let mut s = Self::new();
+        s.insert(vcpu);
+        s
+    }
+
+    fn slot(vcpu: VcpuId) -> (usize, u64) {
+        let i = usize::from(vcpu.0);
+        (i / 64, 1u64 << (i % 64))
+    }
+
+    /// Adds `vcpu`; returns whether it was new.
+    pub fn insert(&mut self, vcpu: VcpuId) -> bool {
+        let (w, bit) = Self::slot(vcpu);
+        if self.words.len() <= w {
+            self.words.resize(w + 1, 0);
+        }
+        let new = self.words[w] & bit == 0;
+        self.words[w] |= bit;
+        new
+    }
+
+    /// Removes `vcpu`; returns whether it was a member.
+    pub fn remove(&mut self, vcpu: VcpuId) -> bool {
+        let (w, bit) = Self::slot(vcpu);
+        let Some(word) = self.words.get_mut(w) else {
+            return false;
+        };
+        let had = *word & bit != 0;
+        *word &= !bit;
+        while self.words.last() == Some(&0) {
+            self.words.pop();
+        }
+        had
+    }
+
+    /// Whether the set contains `vcpu`.
+    pub fn contains(&self, vcpu: VcpuId) -> bool {
+        let (w, bit) = Self::slot(vcpu);
+        self.words.get(w).is_some_and(|x| x & bit != 0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Adds every member of `other`.
+    pub fn union_with(&mut self, other: &VcpuSet) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
         }
     }
+
+    /// Removes every member of `other`.
+    pub fn difference_with(&mut self, other: &VcpuSet) {
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a &= !b;
+        }
+        while self.words.last() == Some(&0) {
+            self.words.pop();
+        }
+    }
+
+    /// Keeps only vCPUs below `count`.
+    pub fn truncate(&mut self, count: u32) {
+        let keep = Self::first(count);
+        for (i, w) in self.words.iter_mut().enumerate() {
+            *w &= keep.words.get(i).copied().unwrap_or(0);
+        }
+        while self.words.last() == Some(&0) {
+            self.words.pop();
+        }
+    }
+
+    /// The members, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = VcpuId> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, bits)| {
+            (0..64u32)
+                .filter(move |b| bits & (1u64 << b) != 0)
+                .map(move |b| VcpuId((w * 64 + b as usize) as u16))
+        })
+    }
 }
 
-impl<C: VcpuControl> std::fmt::Debug for PauseGuard<'_, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PauseGuard").finish_non_exhaustive()
+impl FromIterator<VcpuId> for VcpuSet {
+    fn from_iter<I: IntoIterator<Item = VcpuId>>(iter: I) -> Self {
+        let mut s = Self::new();
+        for v in iter {
+            s.insert(v);
+        }
+        s
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[derive(Default)]
-    struct Counting {
-        pauses: AtomicU32,
-        resumes: AtomicU32,
-        fail_resume: std::sync::atomic::AtomicBool,
-        count: PauseCount,
-    }
-
-    impl VcpuControl for Counting {
-        fn vcpu_count(&self) -> Result<u32> {
-            Ok(1)
-        }
-        fn pause_vcpus(&self) -> Result<()> {
-            self.pauses.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn resume_vcpus(&self) -> Result<()> {
-            if self.fail_resume.load(Ordering::SeqCst) {
-                return Err(Error::unsupported("resume", "test"));
-            }
-            self.resumes.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn pause_count(&self) -> &PauseCount {
-            &self.count
-        }
-    }
 
     #[test]
-    fn nested_guards_pause_and_resume_once() {
-        let c = Counting::default();
-        let a = c.pause().unwrap();
-        let b = c.pause().unwrap();
-        assert!(c.is_paused());
-        drop(a);
-        assert_eq!(c.resumes.load(Ordering::SeqCst), 0);
-        b.resume().unwrap();
-        assert_eq!(c.pauses.load(Ordering::SeqCst), 1);
-        assert_eq!(c.resumes.load(Ordering::SeqCst), 1);
-        assert!(!c.is_paused());
-    }
-
-    #[test]
-    fn failed_resume_is_retried_by_release_all() {
-        let c = Counting::default();
-        let g = c.pause().unwrap();
-        c.fail_resume.store(true, Ordering::SeqCst);
-        assert!(g.resume().is_err());
-        assert!(c.is_paused());
-        c.fail_resume.store(false, Ordering::SeqCst);
-        c.pause_count().release_all(|| c.resume_vcpus()).unwrap();
-        assert!(!c.is_paused());
-        assert_eq!(c.resumes.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn release_without_pause_is_an_error() {
-        let c = PauseCount::new();
-        assert!(c.release(|| Ok(())).is_err());
+    fn sets_address_every_vcpu() {
+        let s = VcpuSet::first(3);
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![VcpuId(0), VcpuId(1), VcpuId(2)]
+        );
+        assert!(!s.contains(VcpuId(3)));
+        assert_eq!(VcpuSet::first(64).len(), 64);
+        assert!(!VcpuSet::first(64).contains(VcpuId(64)));
+        let far = VcpuSet::single(VcpuId(u16::MAX));
+        assert!(far.contains(VcpuId(u16::MAX)));
+        assert_eq!(far.iter().collect::<Vec<_>>(), vec![VcpuId(u16::MAX)]);
+        assert_eq!(VcpuSet::first(u32::MAX).len(), 1 << 16);
+        let mut s = VcpuSet::first(130);
+        assert!(s.contains(VcpuId(129)));
+        s.truncate(65);
+        assert_eq!(s.len(), 65);
+        assert!(s.remove(VcpuId(64)));
+        assert!(!s.remove(VcpuId(64)));
+        s.difference_with(&VcpuSet::first(64));
+        assert!(s.is_empty());
+        assert_eq!(s, VcpuSet::new(), "empty sets compare equal");
     }
 }
