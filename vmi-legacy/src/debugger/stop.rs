@@ -1,0 +1,167 @@
+//! The stop state machine: whether the VM runs, stopping and resuming it, classifying
+//! stop replies into [`StopEvent`]s, stepping over breakpoints and single-stepping.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use vmi_core::{Error, Result, VcpuId};
+
+use super::events::{StopEvent, Watch};
+use crate::gdb::codec::StopReason;
+use crate::gdb::{BreakpointKind, GdbClient};
+
+/// SIGTRAP: breakpoints, watchpoints and steps.
+const SIGTRAP: u8 = 5;
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) client: GdbClient,
+    pub(super) running: bool,
+    pub(super) vcpus: u32,
+    pub(super) breakpoints: BTreeSet<u64>,
+    pub(super) watches: BTreeSet<Watch>,
+    pub(super) int3: bool,
+    pub(super) singlestep: u64,
+    /// Stops seen (e.g. while interrupting) and not yet handed out.
+    pub(super) queued: VecDeque<StopEvent>,
+    /// The event awaiting its reply: (id, event).
+    pub(super) outstanding: Option<(u64, StopEvent)>,
+    pub(super) next_id: u64,
+    pub(super) next_step_vcpu: u32,
+    /// Paused through [`vmi_core::VcpuControl`]: stay stopped.
+    pub(super) held: bool,
+    pub(super) regnums: BTreeMap<String, (usize, usize)>,
+}
+
+impl Inner {
+    pub(super) fn thread(&self, vcpu: VcpuId) -> Result<u64> {
+        if u32::from(vcpu.raw()) >= self.vcpus {
+            return Err(Error::NoSuchVcpu {
+                vcpu,
+                count: self.vcpus,
+            });
+        }
+        Ok(u64::from(vcpu.raw()) + 1)
+    }
+
+    pub(super) fn resume(&mut self) -> Result<()> {
+        if !self.running {
+            self.client.resume()?;
+            self.running = true;
+        }
+        Ok(())
+    }
+
+    /// Stops a running VM; a stop that is not our interrupt is queued as an event.
+    pub(super) fn stop(&mut self) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        let stop = self.client.interrupt()?;
+        self.running = false;
+        if let Some(ev) = self.classify(&stop, false)? {
+            self.queued.push_back(ev);
+        }
+        Ok(())
+    }
+
+    pub(super) fn rip(&mut self, vcpu: VcpuId) -> Result<u64> {
+        let t = self.thread(vcpu)?;
+        self.client.select_thread(t)?;
+        self.client.read_register_u64("rip")
+    }
+    /// Turns a stop reply into an event, or `None` for a stop that is not one (our own
+    /// interrupt, a breakpoint hit without the INT3 monitor — stepped over here).
+    pub(super) fn classify(
+        &mut self,
+        stop: &StopReason,
+        stepping: bool,
+    ) -> Result<Option<StopEvent>> {
+        let StopReason::Signal {
+            signal,
+            thread,
+            watch,
+            ..
+        } = stop
+        else {
+            return Err(Error::Disconnected {
+                reason: format!("the gdbstub target ended: {stop:?}").into(),
+            });
+        };
+        if *signal != SIGTRAP {
+            return Ok(None);
+        }
+        let vcpu = VcpuId(thread.map_or(0, |t| t.saturating_sub(1)) as u16);
+        if let Some((kind, addr)) = watch {
+            return Ok(Some(StopEvent::Watch {
+                vcpu,
+                kind: *kind,
+                addr: *addr,
+            }));
+        }
+        let rip = self.rip(vcpu)?;
+        if self.breakpoints.contains(&rip) {
+            if self.int3 {
+                return Ok(Some(StopEvent::Breakpoint { vcpu, rip }));
+            }
+            if !stepping {
+                // Not monitored: step over it silently.
+                if let Some(ev) = self.step_over(vcpu, rip)? {
+                    return Ok(Some(ev));
+                }
+                return Ok(None);
+            }
+        }
+        if stepping {
+            return Ok(Some(StopEvent::Singlestep { vcpu, rip }));
+        }
+        Ok(None)
+    }
+
+    /// Removes the breakpoint at `rip`, single-steps `vcpu`, reinserts it. Returns the
+    /// event the step produced, if any (a watchpoint, or a step while single-stepping is
+    /// on for `vcpu`).
+    pub(super) fn step_over(&mut self, vcpu: VcpuId, rip: u64) -> Result<Option<StopEvent>> {
+        let t = self.thread(vcpu)?;
+        let had = self.breakpoints.contains(&rip);
+        if had {
+            self.client
+                .remove_breakpoint(BreakpointKind::Software, rip, 1)?;
+        }
+        let stop = self.client.step_thread(t);
+        if had {
+            self.client
+                .insert_breakpoint(BreakpointKind::Software, rip, 1)?;
+        }
+        let stop = stop?;
+        let stepping = self.singlestep & (1 << vcpu.raw()) != 0;
+        if let StopReason::Signal {
+            watch: Some((kind, addr)),
+            ..
+        } = stop
+        {
+            return Ok(Some(StopEvent::Watch { vcpu, kind, addr }));
+        }
+        if stepping {
+            let rip = self.rip(vcpu)?;
+            return Ok(Some(StopEvent::Singlestep { vcpu, rip }));
+        }
+        Ok(None)
+    }
+
+    /// One single step of the next vCPU that has single-stepping on.
+    pub(super) fn step_next(&mut self) -> Result<Option<StopEvent>> {
+        let n = self.vcpus.max(1);
+        let v = (0..n)
+            .map(|i| (self.next_step_vcpu + i) % n)
+            .find(|v| self.singlestep & (1 << v) != 0)
+            .unwrap_or(0);
+        self.next_step_vcpu = (v + 1) % n;
+        let vcpu = VcpuId(v as u16);
+        let rip = self.rip(vcpu)?;
+        if self.breakpoints.contains(&rip) {
+            return self.step_over(vcpu, rip);
+        }
+        let stop = self.client.step_thread(u64::from(v) + 1)?;
+        self.classify(&stop, true)
+    }
+}
