@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use vmi_core::event::{InterruptKind, VcpuSet};
 use vmi_core::paging::{translate, PagingMode};
 use vmi_core::{
-    Access, EventControl, EventKind, Gpa, Gva, Monitor, ReadRegisters, RegisterGroups, Response,
-    VcpuControl, VcpuId, WriteRegisters,
+    Access, Backend, Breakpoint, Breakpoints, EventControl, EventKind, Gpa, Gva, Monitor,
+    ReadRegisters, RegisterGroups, Response, VcpuControl, VcpuId, WriteRegisters,
 };
 use vmi_legacy::gdb::GdbClient;
 use vmi_legacy::{GdbSession, LegacyConfig, LegacyQemu};
@@ -64,7 +64,7 @@ fn registers_match_info_registers() {
             h.control.unwrap().cr3,
             "CR3 of vCPU {v}"
         );
-        assert_eq!(g.efer, h.efer);
+        assert_eq!(g.efer(), h.efer());
         let seg = gdb.segments(vcpu).unwrap();
         assert_eq!(seg.cs, h.segments.unwrap().cs.selector);
     }
@@ -79,8 +79,9 @@ fn breakpoint_fires_again_and_singlestep_advances() {
     let target = guest
         .kallsyms("do_sys_openat2")
         .expect("do_sys_openat2 in kallsyms");
-    gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
-    gdb.set_breakpoint(Gva(target)).unwrap();
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+        .unwrap();
+    gdb.set_breakpoint(Breakpoint::at(Gva(target))).unwrap();
     for round in 0..2 {
         let p = gdb
             .wait_event(Duration::from_secs(30))
@@ -91,16 +92,16 @@ fn breakpoint_fires_again_and_singlestep_advances() {
             gfn,
             offset,
             insn_length,
-        } = p.event.kind
+        } = p.kind
         else {
-            panic!("round {round}: {:?}", p.event.kind)
+            panic!("round {round}: {:?}", p.kind)
         };
         assert_eq!(gla, Gva(target));
         assert_eq!(insn_length, 1);
-        assert_eq!(p.event.registers.gprs.unwrap().rip, target);
-        let gpa = soft_translate(&vm, &p.event.registers, target);
+        assert_eq!(p.registers.gprs.unwrap().rip, target);
+        let gpa = soft_translate(&vm, &p.registers, target);
         assert_eq!((gfn, offset), (gpa.gfn(), gpa.page_offset()));
-        gdb.reply(p.token, Response::continue_()).unwrap();
+        p.reply(Response::continue_()).unwrap();
     }
     // A refused action is reported, and the vCPU still goes on: the next hit comes.
     let p = gdb
@@ -108,11 +109,12 @@ fn breakpoint_fires_again_and_singlestep_advances() {
         .unwrap()
         .expect("hit");
     assert!(matches!(
-        gdb.check_response(&p.event, &Response::reinject()),
+        gdb.capabilities()
+            .check_response(p.event(), &Response::reinject()),
         Err(vmi_core::Error::Unsupported { .. })
     ));
     assert!(matches!(
-        gdb.reply(p.token, Response::reinject()),
+        p.reply(Response::reinject()),
         Err(vmi_core::Error::Unsupported { .. })
     ));
     // Single steps from the breakpoint.
@@ -120,24 +122,23 @@ fn breakpoint_fires_again_and_singlestep_advances() {
         .wait_event(Duration::from_secs(30))
         .unwrap()
         .expect("third hit");
-    let vcpu = p.event.vcpu;
-    gdb.reply(p.token, Response::continue_().toggle_singlestep())
-        .unwrap();
+    let vcpu = p.vcpu;
+    p.reply(Response::continue_().toggle_singlestep()).unwrap();
     let mut last = target;
     for _ in 0..3 {
         let p = gdb.wait_event(T).unwrap().expect("single step");
-        assert_eq!(p.event.vcpu, vcpu);
-        let EventKind::Singlestep { gla, .. } = p.event.kind else {
-            panic!("{:?}", p.event.kind)
+        assert_eq!(p.vcpu, vcpu);
+        let EventKind::Singlestep { gla, .. } = p.kind else {
+            panic!("{:?}", p.kind)
         };
         assert_ne!(gla.0, last, "RIP advanced");
-        assert_eq!(p.event.registers.gprs.unwrap().rip, gla.0);
+        assert_eq!(p.registers.gprs.unwrap().rip, gla.0);
         last = gla.0;
-        gdb.reply(p.token, Response::continue_()).unwrap();
+        p.reply(Response::continue_()).unwrap();
     }
-    gdb.disable(Monitor::Singlestep(VcpuSet::single(vcpu)))
+    gdb.disable(&Monitor::Singlestep(VcpuSet::single(vcpu)))
         .unwrap();
-    gdb.clear_breakpoint(Gva(target)).unwrap();
+    gdb.clear_breakpoint(Breakpoint::at(Gva(target))).unwrap();
     // Reinjection is refused, the capability report says why.
     let caps = vmi_core::Backend::capabilities(&gdb);
     assert!(!caps.is_supported(vmi_core::Capability::EventInterruptReinject));
@@ -172,15 +173,15 @@ fn write_watchpoint_on_jiffies() {
         offset,
         access,
         ..
-    } = p.event.kind
+    } = p.kind
     else {
-        panic!("{:?}", p.event.kind)
+        panic!("{:?}", p.kind)
     };
     assert_eq!(gla, Some(Gva(addr)));
     assert_eq!(access, Access::W);
-    let gpa = soft_translate(&vm, &p.event.registers, addr);
+    let gpa = soft_translate(&vm, &p.registers, addr);
     assert_eq!((gfn, offset), (gpa.gfn(), gpa.page_offset()));
-    gdb.reply(p.token, Response::continue_()).unwrap();
+    p.reply(Response::continue_()).unwrap();
     gdb.unwatch(Gva(addr), 8, Access::W).unwrap();
 }
 
@@ -220,16 +221,17 @@ fn dropping_the_session_leaves_no_breakpoint() {
     let target = guest.kallsyms("do_sys_openat2").unwrap();
     {
         let gdb = session(&guest);
-        gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
-        gdb.set_breakpoint(Gva(target)).unwrap();
+        gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+            .unwrap();
+        gdb.set_breakpoint(Breakpoint::at(Gva(target))).unwrap();
         gdb.watch(Gva(guest.kallsyms("init_task").unwrap()), 8, Access::W)
             .unwrap();
         let p = gdb
             .wait_event(Duration::from_secs(30))
             .unwrap()
             .expect("hit");
-        gdb.reply(p.token, Response::continue_()).unwrap();
-        gdb.enable(Monitor::Singlestep(VcpuSet::first(1))).unwrap();
+        p.reply(Response::continue_()).unwrap();
+        gdb.enable(&Monitor::Singlestep(VcpuSet::first(1))).unwrap();
     }
     let vm = LegacyQemu::connect(LegacyConfig::new(guest.qmp_socket())).unwrap();
     let st = vm.status().unwrap();
@@ -285,9 +287,7 @@ fn legacy_qemu_with_gdb_merges_registers_and_pauses_through_the_stub() {
             vm.gdb().unwrap().segments(VcpuId(0)).unwrap().cs
         );
         assert!(regs.gdtr.is_some() && regs.idtr.is_some() && regs.debug.is_some());
-        assert!(regs
-            .msrs
-            .contains_key(&vmi_core::registers::msr::KERNEL_GS_BASE));
+        assert!(regs.msrs.contains(vmi_core::registers::msr::KERNEL_GS_BASE));
     }
     assert!(
         vm.status().unwrap().running,

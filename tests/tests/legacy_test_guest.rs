@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use vmi_core::event::{InterruptKind, VcpuSet};
 use vmi_core::paging::{read_virtual, PagingMode};
 use vmi_core::{
-    Access, EventControl, EventKind, Gfn, Gpa, Gva, Monitor, PendingEvent, PhysicalMemory,
-    PhysicalMemoryWrite, ReadRegisters, RegisterGroups, RegisterSnapshot, Response, VcpuControl,
-    VcpuId, WriteRegisters,
+    Access, Backend, Breakpoint, Breakpoints, EventControl, EventKind, Gfn, Gpa, Gva, Monitor,
+    PendingEvent, PhysicalMemory, PhysicalMemoryWrite, ReadRegisters, RegisterGroups,
+    RegisterSnapshot, Response, VcpuControl, VcpuId,
 };
 use vmi_legacy::gdb::GdbClient;
 use vmi_legacy::{GdbSession, LegacyConfig, LegacyQemu};
@@ -98,15 +98,15 @@ fn next_event(gdb: &GdbSession, what: &str) -> PendingEvent {
 /// The next event, which must be a breakpoint: (site, r12, event).
 fn next_breakpoint(gdb: &GdbSession) -> (u64, u64, PendingEvent) {
     let p = next_event(gdb, "breakpoint");
-    let EventKind::Breakpoint { gla, .. } = p.event.kind else {
-        panic!("expected a breakpoint: {:?}", p.event.kind)
+    let EventKind::Breakpoint { gla, .. } = p.kind else {
+        panic!("expected a breakpoint: {:?}", p.kind)
     };
-    let r12 = p.event.registers.gprs.expect("GPRs").r12;
+    let r12 = p.registers.gprs.expect("GPRs").r12;
     (gla.0, r12, p)
 }
 
 fn rip(p: &PendingEvent) -> u64 {
-    p.event.registers.gprs.expect("GPRs").rip
+    p.registers.gprs.expect("GPRs").rip
 }
 
 fn ticks(guest: &Guest) -> usize {
@@ -123,9 +123,10 @@ fn breakpoints_at_the_sites_report_exact_addresses_and_repeat() {
     let gdb = f.gdb();
     let sites = [f.sym("site_1"), f.sym("site_2"), f.sym("site_3")];
     let (pml4_a, pml4_b) = (f.sym("pml4_a"), f.sym("pml4_b"));
-    gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+        .unwrap();
     for s in sites {
-        gdb.set_breakpoint(Gva(s)).unwrap();
+        gdb.set_breakpoint(Breakpoint::at(Gva(s))).unwrap();
     }
 
     // (site index, r12, cr3) of successive hits.
@@ -137,9 +138,9 @@ fn breakpoints_at_the_sites_report_exact_addresses_and_repeat() {
             gfn,
             offset,
             insn_length,
-        } = p.event.kind
+        } = p.kind
         else {
-            panic!("expected a breakpoint: {:?}", p.event.kind)
+            panic!("expected a breakpoint: {:?}", p.kind)
         };
         let idx = sites
             .iter()
@@ -154,11 +155,11 @@ fn breakpoints_at_the_sites_report_exact_addresses_and_repeat() {
         );
         assert_ne!(gfn.0 << 12 | offset, gla.0, "physical differs from virtual");
         assert_eq!(insn_length, 1);
-        assert_eq!(p.event.vcpu, VcpuId(0));
-        let cr3 = p.event.registers.control.unwrap().cr3;
+        assert_eq!(p.vcpu, VcpuId(0));
+        let cr3 = p.registers.control.unwrap().cr3;
         assert!(cr3 == pml4_a || cr3 == pml4_b, "CR3 {cr3:#x}");
-        hits.push((idx, p.event.registers.gprs.unwrap().r12, cr3));
-        gdb.reply(p.token, Response::continue_()).unwrap();
+        hits.push((idx, p.registers.gprs.unwrap().r12, cr3));
+        p.reply(Response::continue_()).unwrap();
     }
 
     // The loop visits site_1, site_2, site_3 in order; r12 counts iterations (incremented
@@ -179,7 +180,7 @@ fn breakpoints_at_the_sites_report_exact_addresses_and_repeat() {
 
     // Without the breakpoints the guest runs freely again.
     for s in sites {
-        gdb.clear_breakpoint(Gva(s)).unwrap();
+        gdb.clear_breakpoint(Breakpoint::at(Gva(s))).unwrap();
     }
     assert!(gdb
         .wait_event(Duration::from_millis(500))
@@ -193,12 +194,13 @@ fn singlestep_from_site_2_over_known_instructions() {
     let gdb = f.gdb();
     let site_2 = f.sym("site_2");
     let watched = f.sym("watched");
-    gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
-    gdb.set_breakpoint(Gva(site_2)).unwrap();
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+        .unwrap();
+    gdb.set_breakpoint(Breakpoint::at(Gva(site_2))).unwrap();
     let (site, r12, p) = next_breakpoint(gdb);
     assert_eq!(site, site_2);
-    let regs = p.event.registers.clone();
-    let vcpu = p.event.vcpu;
+    let regs = p.registers.clone();
+    let vcpu = p.vcpu;
 
     // The code at site_2, read through the session (GDB physical mode) and through
     // QEMU's RAM (the legacy memory path): the encodings the expected RIPs rely on.
@@ -217,40 +219,38 @@ fn singlestep_from_site_2_over_known_instructions() {
         "the store targets `watched`"
     );
 
-    gdb.reply(p.token, Response::continue_().toggle_singlestep())
-        .unwrap();
+    p.reply(Response::continue_().toggle_singlestep()).unwrap();
     // Step 1: over `movq %r12,%rax`.
     let s1 = next_event(gdb, "single step 1");
-    let EventKind::Singlestep { gla, gfn, .. } = s1.event.kind else {
-        panic!("{:?}", s1.event.kind)
+    let EventKind::Singlestep { gla, gfn, .. } = s1.kind else {
+        panic!("{:?}", s1.kind)
     };
-    assert_eq!(s1.event.vcpu, vcpu);
+    assert_eq!(s1.vcpu, vcpu);
     assert_eq!(gla.0, site_2 + 3);
     assert_eq!(rip(&s1), site_2 + 3);
     assert_eq!(gfn, Some(gfn_offset(site_2 + 3).0));
-    assert_eq!(s1.event.registers.gprs.unwrap().rax, r12);
-    gdb.reply(s1.token, Response::continue_()).unwrap();
+    assert_eq!(s1.registers.gprs.unwrap().rax, r12);
+    s1.reply(Response::continue_()).unwrap();
     // Step 2: over `shlq $1,%rax`.
     let s2 = next_event(gdb, "single step 2");
-    assert!(matches!(s2.event.kind, EventKind::Singlestep { gla, .. } if gla.0 == site_2 + 6));
-    let g2 = s2.event.registers.gprs.unwrap();
+    assert!(matches!(s2.kind, EventKind::Singlestep { gla, .. } if gla.0 == site_2 + 6));
+    let g2 = s2.registers.gprs.unwrap();
     assert_eq!(g2.rip, site_2 + 6);
     assert_eq!(g2.rax, 2 * r12, "RAX after the shl");
     assert_eq!(g2.r12, r12);
-    gdb.reply(s2.token, Response::continue_()).unwrap();
+    s2.reply(Response::continue_()).unwrap();
     // Step 3: over the store; `watched` now holds it.
     let s3 = next_event(gdb, "single step 3");
-    assert!(matches!(s3.event.kind, EventKind::Singlestep { gla, .. } if gla.0 == site_2 + 13));
+    assert!(matches!(s3.kind, EventKind::Singlestep { gla, .. } if gla.0 == site_2 + 13));
     assert_eq!(rip(&s3), site_2 + 13);
-    assert_eq!(read_va_u64(gdb, &s3.event.registers, watched), 2 * r12);
-    assert_eq!(read_va_u64(&f.vm, &s3.event.registers, watched), 2 * r12);
+    assert_eq!(read_va_u64(gdb, &s3.registers, watched), 2 * r12);
+    assert_eq!(read_va_u64(&f.vm, &s3.registers, watched), 2 * r12);
     // Turning single-stepping off in the reply resumes the guest: the breakpoint again.
-    gdb.reply(s3.token, Response::continue_().toggle_singlestep())
-        .unwrap();
+    s3.reply(Response::continue_().toggle_singlestep()).unwrap();
     let (site, r12_next, p) = next_breakpoint(gdb);
     assert_eq!((site, r12_next), (site_2, r12 + 1));
-    gdb.reply(p.token, Response::continue_()).unwrap();
-    gdb.clear_breakpoint(Gva(site_2)).unwrap();
+    p.reply(Response::continue_()).unwrap();
+    gdb.clear_breakpoint(Breakpoint::at(Gva(site_2))).unwrap();
 }
 
 #[test]
@@ -268,14 +268,14 @@ fn write_watchpoint_on_watched_reports_address_and_value() {
             offset,
             access,
             ..
-        } = p.event.kind
+        } = p.kind
         else {
-            panic!("round {round}: {:?}", p.event.kind)
+            panic!("round {round}: {:?}", p.kind)
         };
         assert_eq!(gla, Some(Gva(watched)));
         assert_eq!((gfn, offset), gfn_offset(watched));
         assert_eq!(access, Access::W);
-        let regs = &p.event.registers;
+        let regs = &p.registers;
         // Reported after the store completed: RIP is past it.
         assert_eq!(rip(&p), site_2 + 13, "RIP after `movq %rax, watched(%rip)`");
         let w = read_va_u64(gdb, regs, watched);
@@ -287,7 +287,7 @@ fn write_watchpoint_on_watched_reports_address_and_value() {
         f.vm.read_physical(Gpa(watched - HIGH), &mut b).unwrap();
         assert_eq!(u64::from_le_bytes(b), w);
         values.push(w);
-        gdb.reply(p.token, Response::continue_()).unwrap();
+        p.reply(Response::continue_()).unwrap();
     }
     assert!(
         values.windows(2).all(|v| v[1] == v[0] + 2),
@@ -305,61 +305,63 @@ fn register_writes_change_the_loop() {
     let f = Fixture::boot();
     let gdb = f.gdb();
     let (site_2, watched, counter) = (f.sym("site_2"), f.sym("watched"), f.sym("counter"));
-    gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
-    gdb.set_breakpoint(Gva(site_2)).unwrap();
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+        .unwrap();
+    gdb.set_breakpoint(Breakpoint::at(Gva(site_2))).unwrap();
 
     // Through the response: R12 (the iteration counter) jumps to BIG.
     const BIG: u64 = 0x0000_1234_5670_0000;
     let (_, r12, p) = next_breakpoint(gdb);
     assert!(r12 < BIG);
-    let mut gprs = p.event.registers.gprs.unwrap();
+    let mut gprs = p.registers.gprs.unwrap();
     gprs.r12 = BIG;
     let set = RegisterSnapshot {
         gprs: Some(gprs),
         ..Default::default()
     };
-    gdb.reply(p.token, Response::continue_().with_registers(set))
-        .unwrap();
+    p.reply(Response::continue_().with_registers(set)).unwrap();
     let (site, r12, p) = next_breakpoint(gdb);
     assert_eq!(
         (site, r12),
         (site_2, BIG + 1),
         "the loop continued from BIG"
     );
-    let regs = p.event.registers.clone();
+    let regs = p.registers.clone();
     assert_eq!(read_va_u64(gdb, &regs, counter), BIG + 1);
     assert_eq!(read_va_u64(gdb, &regs, watched), 2 * BIG);
     // The previous iteration's wrmsr wrote r12d to KERNEL_GS_BASE.
     let msr = vmi_core::registers::msr::KERNEL_GS_BASE;
-    let m = gdb
-        .registers(p.event.vcpu, RegisterGroups::MSRS, &[msr])
-        .unwrap();
-    assert_eq!(m.msrs.get(&msr), Some(&(BIG & 0xffff_ffff)));
+    let m = gdb.registers(p.vcpu, RegisterGroups::MSRS, &[msr]).unwrap();
+    assert_eq!(m.msrs.get(msr), Some(BIG & 0xffff_ffff));
 
-    // Through WriteRegisters (LegacyQemu → the stub) while the event awaits its reply.
+    // Through LegacyQemu's register writer (the stub) while the event awaits its reply:
+    // queued for the parked vCPU, visible to reads at once, applied with the answer.
     let mut gprs = regs.gprs.unwrap();
     gprs.r12 = 0x40;
     let set = RegisterSnapshot {
         gprs: Some(gprs),
         ..Default::default()
     };
-    f.vm.set_registers(p.event.vcpu, &set).unwrap();
+    f.vm.register_writer()
+        .expect("a writer with the gdbstub")
+        .set_registers(p.vcpu, &set)
+        .unwrap();
     assert_eq!(
         f.vm.gdb()
             .unwrap()
-            .registers(p.event.vcpu, RegisterGroups::GPRS, &[])
+            .registers(p.vcpu, RegisterGroups::GPRS, &[])
             .unwrap()
             .gprs
             .unwrap()
             .r12,
         0x40
     );
-    gdb.reply(p.token, Response::continue_()).unwrap();
+    p.reply(Response::continue_()).unwrap();
     let (site, r12, p) = next_breakpoint(gdb);
     assert_eq!((site, r12), (site_2, 0x41));
-    assert_eq!(read_va_u64(gdb, &p.event.registers, watched), 0x80);
-    gdb.reply(p.token, Response::continue_()).unwrap();
-    gdb.clear_breakpoint(Gva(site_2)).unwrap();
+    assert_eq!(read_va_u64(gdb, &p.registers, watched), 0x80);
+    p.reply(Response::continue_()).unwrap();
+    gdb.clear_breakpoint(Breakpoint::at(Gva(site_2))).unwrap();
 }
 
 #[test]
@@ -379,23 +381,24 @@ fn memory_writes_change_the_code_and_reach_every_path() {
     f.vm.read_physical(Gpa(shl_pa), &mut back).unwrap();
     assert_eq!(back, INC_RAX, "the RAM path sees the stub's write");
 
-    gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
-    gdb.set_breakpoint(Gva(site_1)).unwrap();
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+        .unwrap();
+    gdb.set_breakpoint(Breakpoint::at(Gva(site_1))).unwrap();
     // The first hit may follow an iteration that ran the old code; the next ones not.
     let (_, _, p) = next_breakpoint(gdb);
-    gdb.reply(p.token, Response::continue_()).unwrap();
+    p.reply(Response::continue_()).unwrap();
     for _ in 0..2 {
         let (_, r12, p) = next_breakpoint(gdb);
-        assert_eq!(read_va_u64(gdb, &p.event.registers, watched), r12 + 1);
-        gdb.reply(p.token, Response::continue_()).unwrap();
+        assert_eq!(read_va_u64(gdb, &p.registers, watched), r12 + 1);
+        p.reply(Response::continue_()).unwrap();
     }
     gdb.write_physical(Gpa(shl_pa), &orig).unwrap();
     let (_, _, p) = next_breakpoint(gdb);
-    gdb.reply(p.token, Response::continue_()).unwrap();
+    p.reply(Response::continue_()).unwrap();
     let (_, r12, p) = next_breakpoint(gdb);
-    assert_eq!(read_va_u64(gdb, &p.event.registers, watched), 2 * r12);
-    gdb.reply(p.token, Response::continue_()).unwrap();
-    gdb.clear_breakpoint(Gva(site_1)).unwrap();
+    assert_eq!(read_va_u64(gdb, &p.registers, watched), 2 * r12);
+    p.reply(Response::continue_()).unwrap();
+    gdb.clear_breakpoint(Breakpoint::at(Gva(site_1))).unwrap();
 
     // Data writes on the pattern page: written through one path, read through the others.
     let pattern = f.sym("pattern_phys");
@@ -428,15 +431,16 @@ fn dropping_the_session_leaves_the_guest_running_without_breakpoints() {
     let (watched, counter) = (f.sym("watched"), f.sym("counter"));
     {
         let gdb = f.gdb();
-        gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
+        gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+            .unwrap();
         for s in ["site_1", "site_2", "site_3"] {
-            gdb.set_breakpoint(Gva(f.sym(s))).unwrap();
+            gdb.set_breakpoint(Breakpoint::at(Gva(f.sym(s)))).unwrap();
         }
         gdb.watch(Gva(watched), 8, Access::W).unwrap();
         gdb.watch(Gva(counter), 8, Access::RW).unwrap();
         let p = next_event(gdb, "first event");
-        gdb.reply(p.token, Response::continue_()).unwrap();
-        gdb.enable(Monitor::Singlestep(VcpuSet::single(VcpuId(0))))
+        p.reply(Response::continue_()).unwrap();
+        gdb.enable(&Monitor::Singlestep(VcpuSet::single(VcpuId(0))))
             .unwrap();
         // Dropped with an event awaiting its reply and single-stepping on.
         let _p = next_event(gdb, "second event");
@@ -461,7 +465,8 @@ fn dropping_the_session_leaves_the_guest_running_without_breakpoints() {
     // A new session without breakpoints sees the counter advance, and no events.
     let vm = connect(&guest, true);
     let gdb = vm.gdb().unwrap();
-    gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+        .unwrap();
     assert!(gdb
         .wait_event(Duration::from_millis(500))
         .unwrap()
@@ -502,23 +507,23 @@ fn singlestep_enabled_while_running_steps_and_disabling_resumes() {
     let gdb = f.gdb();
     let vcpu = VcpuId(0);
     // Enabled on a running guest without breakpoints: the next wait stops it to step.
-    gdb.enable(Monitor::Singlestep(VcpuSet::single(vcpu)))
+    gdb.enable(&Monitor::Singlestep(VcpuSet::single(vcpu)))
         .unwrap();
     let mut last = None;
     for i in 0..4 {
         let p = next_event(gdb, "single step");
-        let EventKind::Singlestep { gla, .. } = p.event.kind else {
-            panic!("step {i}: {:?}", p.event.kind)
+        let EventKind::Singlestep { gla, .. } = p.kind else {
+            panic!("step {i}: {:?}", p.kind)
         };
         assert!(gla.0 >= HIGH, "the loop runs in the higher half: {gla:?}");
         assert_eq!(rip(&p), gla.0);
         assert_ne!(Some(gla.0), last, "RIP advanced");
         last = Some(gla.0);
-        gdb.reply(p.token, Response::continue_()).unwrap();
+        p.reply(Response::continue_()).unwrap();
     }
     // Between steps the VM is stopped; disabling single-stepping lets it run again.
     assert!(!gdb.is_running());
-    gdb.disable(Monitor::Singlestep(VcpuSet::single(vcpu)))
+    gdb.disable(&Monitor::Singlestep(VcpuSet::single(vcpu)))
         .unwrap();
     assert!(gdb.is_running(), "running after disabling single-stepping");
     let st = f.vm.status().unwrap();

@@ -53,5 +53,5 @@ pub trait Breakpoints {
     fn clear_breakpoint(&self, bp: Breakpoint) -> Result<()>;
 
     /// The breakpoints set, in order.
-    fn breakpoints(&self) -> Vec<Breakpoint>;
+    fn active_breakpoints(&self) -> Vec<Breakpoint>;
 }

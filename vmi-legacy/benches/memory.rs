@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use vmi_core::event::InterruptKind;
-use vmi_core::{EventControl, Gpa, Gva, Monitor, PhysicalMemory, Response, VcpuControl};
+use vmi_core::{
+    Breakpoint, Breakpoints, EventControl, Gpa, Gva, Monitor, PhysicalMemory, Response, VcpuControl,
+};
 use vmi_legacy::{
     GdbSession, LegacyConfig, LegacyQemu, ProcMem, QmpMemory, QmpReadMethod, RamSource, SharedRam,
 };
@@ -148,8 +150,9 @@ fn main() {
             )
             .expect("starting the open loop");
         let target = guest.kallsyms("do_sys_openat2").expect("do_sys_openat2");
-        gdb.enable(Monitor::Interrupt(InterruptKind::Int3)).unwrap();
-        gdb.set_breakpoint(Gva(target)).unwrap();
+        gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))
+            .unwrap();
+        gdb.set_breakpoint(Breakpoint::at(Gva(target))).unwrap();
         let mut g = c.benchmark_group("breakpoint");
         g.bench_function(BenchmarkId::new("hit_round_trip", "do_sys_openat2"), |b| {
             b.iter(|| {
@@ -157,7 +160,7 @@ fn main() {
                     .wait_event(Duration::from_secs(10))
                     .unwrap()
                     .expect("breakpoint hit");
-                gdb.reply(p.token, Response::continue_()).unwrap();
+                p.reply(Response::continue_()).unwrap();
             })
         });
         // The backend's share: the reply alone (remove, step, reinsert, continue).
@@ -170,14 +173,14 @@ fn main() {
                         .unwrap()
                         .expect("breakpoint hit");
                     let t = std::time::Instant::now();
-                    gdb.reply(p.token, Response::continue_()).unwrap();
+                    p.reply(Response::continue_()).unwrap();
                     spent += t.elapsed();
                 }
                 spent
             })
         });
         g.finish();
-        gdb.clear_breakpoint(Gva(target)).unwrap();
+        gdb.clear_breakpoint(Breakpoint::at(Gva(target))).unwrap();
     }
     drop(gdb);
     drop(vm);

@@ -130,9 +130,10 @@ impl HmpRegisters {
             segments: (!truncated).then_some(self.segments),
             gdtr: Some(self.gdtr),
             idtr: Some(self.idtr),
-            efer: Some(self.efer),
             xcr0: None,
-            msrs: Default::default(),
+            msrs: [(vmi_core::registers::msr::EFER, self.efer)]
+                .into_iter()
+                .collect(),
         }
     }
 }

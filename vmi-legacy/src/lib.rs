@@ -80,6 +80,7 @@
 //! # }
 //! ```
 
+pub mod capabilities;
 pub mod debugger;
 pub mod gdb;
 pub mod hmp;

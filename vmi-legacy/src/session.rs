@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vmi_core::memory::{MapPhysical, MappedRegion, MemoryLayout};
+use vmi_core::park::{AfterAnswer, EventTicket, ParkOps, Parking};
 use vmi_core::registers::{msr, ReadRegisters, RegisterGroups, WriteRegisters};
 use vmi_core::{
-    Backend, Capability, CapabilityReport, Error, Event, EventControl, Gpa, MemoryInfo, Monitor,
-    PauseCount, PendingEvent, PhysicalMemory, PhysicalMemoryWrite, RegisterSnapshot, ReplyToken,
-    Response, Result, Support, VcpuControl, VcpuId,
+    Backend, Breakpoints, CapabilityReport, Error, EventControl, Gpa, MemoryInfo, PauseGuard,
+    PauseScope, PhysicalMemory, PhysicalMemoryWrite, RegisterSnapshot, Response, Result,
+    VcpuControl, VcpuId,
 };
 
-use crate::debugger::{gdb_capabilities, GdbSession};
+use crate::capabilities::{legacy_capabilities, Parts, RamPath};
+use crate::debugger::GdbSession;
 use crate::hmp;
 use crate::layout::RamLayout;
 use crate::procfs;
@@ -129,9 +131,13 @@ pub struct BackendMapping {
 /// A session with an unpatched QEMU/KVM (or TCG) guest.
 ///
 /// Implements [`PhysicalMemory`], [`PhysicalMemoryWrite`], [`MemoryLayout`],
-/// [`MapPhysical`] (with shared RAM only), [`ReadRegisters`], [`VcpuControl`] and
-/// [`WriteRegisters`] (always [`Error::Unsupported`]). Dropping the session releases
-/// every pause it holds: the guest is never left paused by us.
+/// [`MapPhysical`] (with shared RAM only), [`ReadRegisters`] and [`VcpuControl`].
+/// Register writes, events and breakpoints need QEMU's gdbstub
+/// ([`LegacyConfig::gdb_socket`]) and are reached through [`LegacyQemu::gdb`] or
+/// [`Backend`]'s accessors (`register_writer()`, `events()`, `breakpoints()`), which
+/// are `None` without it. Pauses through this session and through its gdbstub session
+/// are counted together. Dropping the session releases every pause it holds: the guest
+/// is never left paused by us.
 #[derive(Debug)]
 pub struct LegacyQemu {
     qmp: Arc<Mutex<QmpClient>>,
@@ -143,11 +149,85 @@ pub struct LegacyQemu {
     ram: RamAccess,
     ram_fallbacks: Vec<(&'static str, Error)>,
     cpus: Mutex<Vec<CpuInfo>>,
-    pause: PauseCount,
+    /// The parked-vCPU state of this guest, shared with the gdbstub session if any.
+    parking: Arc<Parking>,
+    gdb: Option<GdbSession>,
+}
+
+/// Pausing through QMP `stop`/`cont` (the session without a gdbstub).
+#[derive(Debug)]
+struct QmpPause {
+    qmp: Arc<Mutex<QmpClient>>,
     /// Whether our pause stopped a running guest (and so releasing must resume it).
     resume_on_release: AtomicBool,
     timeout: Duration,
-    gdb: Option<GdbSession>,
+}
+
+impl QmpPause {
+    fn qmp(&self) -> MutexGuard<'_, QmpClient> {
+        self.qmp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_running(&self, qmp: &mut QmpClient, running: bool) -> Result<()> {
+        let deadline = Instant::now().checked_add(self.timeout);
+        loop {
+            if qmp.query_status()?.running == running {
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout {
+                    what: if running {
+                        "the guest to run".into()
+                    } else {
+                        "the guest to stop".into()
+                    },
+                    after: self.timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl ParkOps for QmpPause {
+    /// QMP `stop`, then waits until `query-status` reports the guest not running. A
+    /// guest that is already not running (paused by someone else, or `-S` prelaunch)
+    /// is left alone, and will not be resumed when the pause is released.
+    fn stop(&self, _scope: PauseScope) -> Result<Vec<(VcpuId, RegisterSnapshot)>> {
+        let mut qmp = self.qmp();
+        if !qmp.query_status()?.running {
+            self.resume_on_release.store(false, Ordering::SeqCst);
+            return Ok(Vec::new());
+        }
+        qmp.stop()?;
+        // From here on, a release must resume even if waiting fails.
+        self.resume_on_release.store(true, Ordering::SeqCst);
+        self.wait_running(&mut qmp, false)?;
+        Ok(Vec::new())
+    }
+
+    /// QMP `cont`, then waits until the guest runs, if our pause stopped it. There are
+    /// no register writes to apply: without the gdbstub the capability table refuses
+    /// them.
+    fn run(
+        &self,
+        _scope: PauseScope,
+        _writes: &[(VcpuId, RegisterSnapshot)],
+        _still_parked: &[VcpuId],
+    ) -> Result<()> {
+        if !self.resume_on_release.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut qmp = self.qmp();
+        qmp.cont()?;
+        self.resume_on_release.store(false, Ordering::SeqCst);
+        self.wait_running(&mut qmp, true)
+    }
+
+    /// Without the gdbstub there are no events to answer.
+    fn answer(&self, _ticket: EventTicket, _response: Response, _after: AfterAnswer) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl LegacyQemu {
@@ -195,8 +275,34 @@ impl LegacyQemu {
             Some(path) => Some(GdbSession::connect_unix(path, config.timeout)?),
             None => None,
         };
+        let parts = Parts {
+            gdb: gdb.is_some(),
+            qmp: true,
+            ram: match &ram {
+                RamAccess::Shared(_) => RamPath::Shared,
+                RamAccess::Proc(_) => RamPath::Proc,
+                RamAccess::Qmp(_) => RamPath::Qmp,
+            },
+        };
+        let parking = match &gdb {
+            // One count for both paths: the gdbstub stops the VM for QMP's pauses too.
+            Some(gdb) => {
+                let p = Arc::clone(gdb.parking());
+                p.set_capabilities(legacy_capabilities(parts));
+                p
+            }
+            None => Parking::new(
+                Arc::new(QmpPause {
+                    qmp: Arc::clone(&qmp),
+                    resume_on_release: AtomicBool::new(false),
+                    timeout: config.timeout,
+                }),
+                legacy_capabilities(parts),
+            ),
+        };
         Ok(Self {
             gdb,
+            parking,
             qmp,
             pid,
             version,
@@ -206,9 +312,6 @@ impl LegacyQemu {
             ram,
             ram_fallbacks: fallbacks,
             cpus: Mutex::new(cpus),
-            pause: PauseCount::new(),
-            resume_on_release: AtomicBool::new(false),
-            timeout: config.timeout,
         })
     }
 
@@ -292,26 +395,6 @@ impl LegacyQemu {
                 vcpu,
                 count: fresh.len() as u32,
             })
-        }
-    }
-
-    fn wait_running(&self, qmp: &mut QmpClient, running: bool) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            if qmp.query_status()?.running == running {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: if running {
-                        "the guest to run".into()
-                    } else {
-                        "the guest to stop".into()
-                    },
-                    after: self.timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -570,19 +653,24 @@ impl ReadRegisters for LegacyQemu {
     /// With a GDB stub session, GPRS, CONTROL, EFER and the MSRs `FS_BASE`, `GS_BASE`,
     /// `KERNEL_GS_BASE` come from the stub's `g` packet instead (exact, and GPRS in every
     /// mode); segments, descriptor tables and DRs still from `info registers`.
+    ///
+    /// While the vCPU is parked (in an event, or paused) what is already known is
+    /// served from the parked vCPU's cache without asking QEMU.
     fn registers(
         &self,
         vcpu: VcpuId,
         groups: RegisterGroups,
         msrs: &[u32],
     ) -> Result<RegisterSnapshot> {
-        if let Some(gdb) = &self.gdb {
-            let mut snap = self.hmp_registers(vcpu, groups, msrs)?;
-            let from_gdb = gdb.registers(vcpu, groups, msrs)?;
-            snap.merge(&from_gdb);
-            return Ok(snap);
-        }
-        self.hmp_registers(vcpu, groups, msrs)
+        self.parking
+            .read_registers(vcpu, groups, msrs, |groups, msrs| match &self.gdb {
+                Some(gdb) => {
+                    let mut snap = self.hmp_registers(vcpu, groups, msrs)?;
+                    snap.merge(&gdb.fetch_registers(vcpu, groups, msrs)?);
+                    Ok(snap)
+                }
+                None => self.hmp_registers(vcpu, groups, msrs),
+            })
     }
 }
 
@@ -640,29 +728,12 @@ impl LegacyQemu {
             snap.gdtr = full.gdtr;
             snap.idtr = full.idtr;
         }
-        if groups.contains(RegisterGroups::EFER) {
-            snap.efer = full.efer;
-        }
-        if groups.contains(RegisterGroups::MSRS) && msrs.contains(&msr::EFER) {
-            if let Some(efer) = full.efer {
-                snap.msrs.insert(msr::EFER, efer);
-            }
+        let want_efer = groups.contains(RegisterGroups::EFER)
+            || (groups.contains(RegisterGroups::MSRS) && msrs.contains(&msr::EFER));
+        if let (true, Some(efer)) = (want_efer, full.efer()) {
+            snap.msrs.insert(msr::EFER, efer);
         }
         Ok(snap)
-    }
-}
-
-impl WriteRegisters for LegacyQemu {
-    /// Through the GDB stub session ([`GdbSession`]'s `set_registers`); without one,
-    /// [`Error::Unsupported`].
-    fn set_registers(&self, vcpu: VcpuId, regs: &RegisterSnapshot) -> Result<()> {
-        match &self.gdb {
-            Some(gdb) => gdb.set_registers(vcpu, regs),
-            None => Err(Error::unsupported(
-                "register writes",
-                "unpatched QEMU offers no register write over QMP/HMP; set LegacyConfig::gdb_socket",
-            )),
-        }
     }
 }
 
@@ -671,82 +742,17 @@ impl VcpuControl for LegacyQemu {
         Ok(self.cpus()?.len() as u32)
     }
 
-    /// QMP `stop`, then waits until `query-status` reports the guest not running. A
-    /// guest that is already not running (paused by someone else, or `-S` prelaunch)
-    /// is left alone, and will not be resumed when the pause is released.
-    ///
-    /// With a GDB stub session the stub stops the VM instead (a QMP `stop` would be
-    /// reported to it as a stop, and QMP shows status `paused`/`debug`).
-    fn pause_vcpus(&self) -> Result<()> {
-        if let Some(gdb) = &self.gdb {
-            return gdb.pause_vcpus();
-        }
-        let mut qmp = self.qmp();
-        if !qmp.query_status()?.running {
-            self.resume_on_release.store(false, Ordering::SeqCst);
-            return Ok(());
-        }
-        qmp.stop()?;
-        // From here on, a release must resume even if waiting fails.
-        self.resume_on_release.store(true, Ordering::SeqCst);
-        self.wait_running(&mut qmp, false)
+    /// QMP `stop` (waiting until `query-status` reports the guest not running), or,
+    /// with a gdbstub session, the stub's interrupt (a QMP `stop` would be reported to
+    /// the stub as a stop). A guest already stopped by someone else (QMP `stop`, `-S`)
+    /// is left alone and not resumed when the pause ends. Counted together with the
+    /// pauses of [`LegacyQemu::gdb`].
+    fn pause(&self) -> Result<PauseGuard<'_>> {
+        self.parking.pause(PauseScope::All)
     }
 
-    /// QMP `cont`, then waits until the guest runs, if our pause stopped it.
-    fn resume_vcpus(&self) -> Result<()> {
-        if let Some(gdb) = &self.gdb {
-            return gdb.resume_vcpus();
-        }
-        if !self.resume_on_release.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let mut qmp = self.qmp();
-        qmp.cont()?;
-        self.resume_on_release.store(false, Ordering::SeqCst);
-        self.wait_running(&mut qmp, true)
-    }
-
-    fn pause_count(&self) -> &PauseCount {
-        &self.pause
-    }
-}
-
-impl LegacyQemu {
-    fn events(&self) -> Result<&GdbSession> {
-        self.gdb.as_ref().ok_or_else(|| {
-            Error::unsupported(
-                "events",
-                "unpatched QEMU reports events only through its gdbstub; set LegacyConfig::gdb_socket",
-            )
-        })
-    }
-}
-
-/// Delegates to the [`GdbSession`] (see there); without one every call fails with
-/// [`Error::Unsupported`].
-impl EventControl for LegacyQemu {
-    fn enable(&self, monitor: Monitor) -> Result<()> {
-        self.events()?.enable(monitor)
-    }
-
-    fn disable(&self, monitor: Monitor) -> Result<()> {
-        self.events()?.disable(monitor)
-    }
-
-    fn wait_event(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
-        self.events()?.wait_event(timeout)
-    }
-
-    fn reply(&self, token: ReplyToken, response: Response) -> Result<()> {
-        self.events()?.reply(token, response)
-    }
-
-    fn pending_events(&self) -> Result<usize> {
-        self.events()?.pending_events()
-    }
-
-    fn check_response(&self, event: &Event, response: &Response) -> Result<()> {
-        self.events()?.check_response(event, response)
+    fn is_paused(&self) -> bool {
+        self.parking.is_paused()
     }
 }
 
@@ -756,73 +762,58 @@ impl Backend for LegacyQemu {
         format!("legacy (QMP + {}{gdb})", self.ram.kind()).into()
     }
 
-    fn capabilities(&self) -> CapabilityReport {
-        use Capability as C;
-        let name = if self.gdb.is_some() {
-            "legacy (QMP + gdbstub)"
-        } else {
-            "legacy (QMP)"
-        };
-        let mut r = gdb_capabilities(name);
-        r.supported(&[
-            C::ReadPhysicalMemory,
-            C::ReadGprs,
-            C::ReadControlRegisters,
-            C::ReadDebugRegisters,
-            C::ReadSegmentRegisters,
-            C::ReadDescriptorTables,
-            C::ReadMsrs,
-            C::MemorySize,
-            C::PauseResume,
-            C::VcpuCount,
-        ]);
-        match &self.ram {
-            RamAccess::Shared(_) => {
-                r.supported(&[C::WritePhysicalMemory, C::GuestMemoryMapping]);
-            }
-            RamAccess::Proc(_) => {
-                r.supported(&[C::WritePhysicalMemory]);
-                r.set(
-                    C::GuestMemoryMapping,
-                    Support::no("guest RAM is not a shared backend (process_vm_readv only)"),
-                );
-            }
-            RamAccess::Qmp(_) => {
-                let why = "guest RAM reached through QMP only (no shared backend, no ptrace)";
-                r.unsupported(&[C::WritePhysicalMemory, C::GuestMemoryMapping], why);
-            }
+    fn capabilities(&self) -> Arc<CapabilityReport> {
+        self.parking.capabilities()
+    }
+
+    fn physical_memory(&self) -> &dyn PhysicalMemory {
+        self
+    }
+
+    fn physical_memory_writer(&self) -> Option<&dyn PhysicalMemoryWrite> {
+        match self.ram {
+            RamAccess::Shared(_) | RamAccess::Proc(_) => Some(self),
+            RamAccess::Qmp(_) => None,
         }
-        if self.gdb.is_none() {
-            let why = "needs QEMU's gdbstub (LegacyConfig::gdb_socket)";
-            for (c, s) in gdb_capabilities(name).rows() {
-                let ours = [
-                    C::ReadPhysicalMemory,
-                    C::WritePhysicalMemory,
-                    C::ReadGprs,
-                    C::ReadControlRegisters,
-                    C::ReadMsrs,
-                    C::PauseResume,
-                    C::VcpuCount,
-                    C::MemorySize,
-                    C::GuestMemoryMapping,
-                ];
-                if s.is_supported() && !ours.contains(&c) {
-                    r.set(c, Support::no(why));
-                }
-            }
-            r.set(C::WriteMsrs, Support::no(why));
-            r.set(
-                C::ReadMsrs,
-                Support::no("only EFER, as info registers prints it; other MSRs need KVMi"),
-            );
+    }
+
+    fn memory_layout(&self) -> Option<&dyn MemoryLayout> {
+        Some(self)
+    }
+
+    fn memory_mapping(&self) -> Option<&dyn MapPhysical> {
+        match self.ram {
+            RamAccess::Shared(_) => Some(self),
+            _ => None,
         }
-        r
+    }
+
+    fn register_reader(&self) -> Option<&dyn ReadRegisters> {
+        Some(self)
+    }
+
+    fn register_writer(&self) -> Option<&dyn WriteRegisters> {
+        self.gdb.as_ref().map(|g| g as &dyn WriteRegisters)
+    }
+
+    fn vcpu_control(&self) -> Option<&dyn VcpuControl> {
+        Some(self)
+    }
+
+    fn events(&self) -> Option<&dyn EventControl> {
+        self.gdb.as_ref().map(|g| g as &dyn EventControl)
+    }
+
+    fn breakpoints(&self) -> Option<&dyn Breakpoints> {
+        self.gdb.as_ref().map(|g| g as &dyn Breakpoints)
     }
 }
 
 impl Drop for LegacyQemu {
     fn drop(&mut self) {
-        let _ = self.pause.release_all(|| self.resume_vcpus());
+        // Ends every pause (resuming the guest); the gdbstub session, dropped next,
+        // then removes its breakpoints and detaches.
+        let _ = self.parking.shutdown();
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use vmi_core::memory::{MapPhysical, MemoryLayout};
 use vmi_core::registers::RegisterGroups;
 use vmi_core::{
-    Error, Gpa, PhysicalMemory, PhysicalMemoryWrite, ReadRegisters, VcpuControl, VcpuId,
-    WriteRegisters,
+    Backend as _, Error, Gpa, PhysicalMemory, PhysicalMemoryWrite, ReadRegisters, VcpuControl,
+    VcpuId,
 };
 use vmi_legacy::qmp::QmpClient;
 use vmi_legacy::{
@@ -190,8 +190,8 @@ fn check_reset_registers(vm: &LegacyQemu, vcpus: u32) {
         assert_eq!(c.cr0, 0x6000_0010);
         assert_eq!(c.cr8, 0);
         assert_eq!(r.debug.unwrap().dr7, 0x400);
-        assert_eq!(r.efer, Some(0));
-        assert_eq!(r.msrs.get(&0xc000_0080), Some(&0));
+        assert_eq!(r.efer(), Some(0));
+        assert_eq!(r.msrs.get(0xc000_0080), Some(0));
         assert_eq!(r.xcr0, None);
     }
     let only = vm.registers(VcpuId(0), RegisterGroups::GPRS, &[]).unwrap();
@@ -200,9 +200,13 @@ fn check_reset_registers(vm: &LegacyQemu, vcpus: u32) {
         vm.all_registers(VcpuId(vcpus as u16)),
         Err(Error::NoSuchVcpu { .. })
     ));
+    // Without a gdbstub, register writes are not offered at all, and the report says why.
+    assert!(vm.register_writer().is_none());
+    assert!(vm.events().is_none());
+    let caps = vm.capabilities();
     assert!(matches!(
-        vm.set_registers(VcpuId(0), &Default::default()),
-        Err(Error::Unsupported { .. })
+        caps.require(vmi_core::Capability::WriteGprs),
+        Err(Error::Unsupported { reason, .. }) if reason.contains("gdbstub")
     ));
 }
 
@@ -460,7 +464,7 @@ fn long_mode_registers_of_a_running_guest() {
     let c = regs.control.unwrap();
     assert_eq!(c.cr8, 5, "CR8 from the local APIC's TPR");
     assert_eq!(c.cr4 & 0x20, 0x20);
-    assert_eq!(regs.efer, Some(0xd01));
+    assert_eq!(regs.efer(), Some(0xd01));
     let s = regs.segments.unwrap();
     assert!(s.cs.attributes.l);
     assert_eq!(s.fs.base, 0x7fff_1234_5000);

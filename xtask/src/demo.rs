@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use vmi_core::event::InterruptKind;
 use vmi_core::{
-    translate, Backend, EventControl, EventKind, Gpa, Gva, MemoryLayout, Monitor, PagingMode,
-    PhysicalMemory, ReadRegisters, Register, RegisterSnapshot, Response, VcpuControl, VcpuId,
+    translate, Backend, Breakpoint, Breakpoints, EventControl, EventKind, Gpa, Gva, MemoryLayout,
+    Monitor, PagingMode, PhysicalMemory, ReadRegisters, Register, RegisterSnapshot, Response,
+    VcpuControl, VcpuId,
 };
 use vmi_legacy::{LegacyConfig, LegacyQemu};
 use vmi_tests::{Guest, GuestOptions, GuestPaths};
@@ -158,12 +159,12 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
 /// Breaks on `func`, shows the INT3 event, then single-steps three instructions.
 fn breakpoint_and_steps(vmi: &LegacyQemu, func: u64) -> Result {
     let gdb = vmi.gdb().ok_or("no GDB stub session")?;
-    vmi.enable(Monitor::Interrupt(InterruptKind::Int3))?;
-    gdb.set_breakpoint(Gva(func))?;
+    gdb.enable(&Monitor::Interrupt(InterruptKind::Int3))?;
+    gdb.set_breakpoint(Breakpoint::at(Gva(func)))?;
     println!("\nbreakpoint on do_sys_openat2 ({func:#x}); waiting for the guest to hit it");
     let start = Instant::now();
-    let Some(hit) = vmi.wait_event(Duration::from_secs(30))? else {
-        gdb.clear_breakpoint(Gva(func))?;
+    let Some(hit) = gdb.wait_event(Duration::from_secs(30))? else {
+        gdb.clear_breakpoint(Breakpoint::at(Gva(func)))?;
         return Err("the breakpoint was not hit within 30 s".into());
     };
     if let EventKind::Breakpoint {
@@ -171,27 +172,27 @@ fn breakpoint_and_steps(vmi: &LegacyQemu, func: u64) -> Result {
         gfn,
         offset,
         insn_length,
-    } = &hit.event.kind
+    } = &hit.kind
     {
         println!(
             "  INT3 event after {:.1?} on vCPU {}: gla {gla} gfn {gfn} offset {offset:#x} \
              insn_length {insn_length}",
             start.elapsed(),
-            hit.event.vcpu
+            hit.vcpu
         );
     }
     // Leave the breakpoint with single-stepping turned on.
-    gdb.clear_breakpoint(Gva(func))?;
-    vmi.reply(hit.token, Response::continue_().toggle_singlestep())?;
+    gdb.clear_breakpoint(Breakpoint::at(Gva(func)))?;
+    hit.reply(Response::continue_().toggle_singlestep())?;
     for step in 1..=3 {
-        let Some(ev) = vmi.wait_event(Duration::from_secs(10))? else {
+        let Some(ev) = gdb.wait_event(Duration::from_secs(10))? else {
             return Err("no single-step event within 10 s".into());
         };
-        let rip = ev.event.registers.get(Register::Rip);
-        if let EventKind::Singlestep { gla, .. } = &ev.event.kind {
+        let rip = ev.registers.get(Register::Rip);
+        if let EventKind::Singlestep { gla, .. } = &ev.kind {
             println!(
                 "  step {step}: vCPU {} at {gla} (rip {})",
-                ev.event.vcpu,
+                ev.vcpu,
                 rip.map_or("?".into(), |r| format!("{r:#x}"))
             );
         }
@@ -200,9 +201,9 @@ fn breakpoint_and_steps(vmi: &LegacyQemu, func: u64) -> Result {
         } else {
             Response::continue_()
         };
-        vmi.reply(ev.token, response)?;
+        ev.reply(response)?;
     }
-    vmi.disable(Monitor::Interrupt(InterruptKind::Int3))?;
+    gdb.disable(&Monitor::Interrupt(InterruptKind::Int3))?;
     println!("  single-stepping off, breakpoint removed, guest running");
     Ok(())
 }
@@ -229,7 +230,7 @@ fn print_registers(vcpu: u32, r: &RegisterSnapshot) {
             c.cr0, c.cr2, c.cr3, c.cr4, c.cr8
         );
     }
-    if let Some(efer) = r.efer {
+    if let Some(efer) = r.efer() {
         println!("  efer {efer:x}");
     }
     if let Some(s) = r.segments {

@@ -1,19 +1,17 @@
 //! gdbstub stops as `vmi-core` events: what a stop is ([`StopEvent`]), watchpoints
 //! ([`Watch`]), the translation of a stop into an [`Event`], and [`EventControl`]
-//! (enable, wait, reply).
+//! (enable, wait). Answers are in `park`.
 
 use std::time::{Duration, Instant};
 
 use vmi_core::event::InterruptKind;
 use vmi_core::paging::{translate, PagingMode};
-use vmi_core::registers::{ReadRegisters, RegisterGroups};
+use vmi_core::registers::RegisterGroups;
 use vmi_core::{
     Access, Error, Event, EventControl, EventKind, Gfn, Gpa, Gva, Monitor, PendingEvent,
-    RegisterSnapshot, ReplyToken, Response, Result, VcpuId, View,
+    RegisterSnapshot, Result, VcpuId, View,
 };
 
-use super::gpacket::write_snapshot;
-use super::policy::{check, unsupported_monitor_reason};
 use super::GdbSession;
 use crate::gdb::codec::WatchKind;
 
@@ -106,9 +104,11 @@ impl GdbSession {
         .map(|t| t.gpa)
     }
 
-    fn make_event(&self, id: u64, stop: &StopEvent) -> Result<PendingEvent> {
+    /// The `vmi-core` event of a stop, with the registers the stop left in the `g`
+    /// packet (they become the parked vCPU's cache).
+    fn build_event(&self, stop: &StopEvent) -> Result<Event> {
         let vcpu = stop.vcpu();
-        let registers = self.registers(
+        let registers = self.fetch_registers(
             vcpu,
             RegisterGroups::GPRS | RegisterGroups::CONTROL | RegisterGroups::EFER,
             &[],
@@ -149,98 +149,89 @@ impl GdbSession {
                 }
             }
         };
-        Ok(PendingEvent {
-            event: Event {
-                vcpu,
-                view: View::DEFAULT,
-                registers,
-                kind,
-            },
-            token: ReplyToken::new(self.session, id, vcpu),
+        Ok(Event {
+            vcpu,
+            view: View::DEFAULT,
+            registers,
+            kind,
         })
     }
 }
 
 impl EventControl for GdbSession {
-    /// Supported: [`Monitor::Interrupt`]`(Int3)` (hits of [`GdbSession::set_breakpoint`]),
+    /// Supported: [`Monitor::Interrupt`]`(Int3)` (hits of the session's
+    /// [`vmi_core::Breakpoints`]; setting a breakpoint enables it),
     /// [`Monitor::Singlestep`] and [`Monitor::MemoryAccess`] (hits of
-    /// [`GdbSession::watch`]; always delivered).
-    fn enable(&self, monitor: Monitor) -> Result<()> {
+    /// [`GdbSession::watch`]; always delivered). Everything else is refused by the
+    /// capability table with its reason.
+    fn enable(&self, monitor: &Monitor) -> Result<()> {
+        self.parking.capabilities().check_monitor(monitor)?;
+        let mut g = self.lock();
         match monitor {
-            Monitor::Interrupt(InterruptKind::Int3) => {
-                self.lock().int3 = true;
-                Ok(())
-            }
+            Monitor::Interrupt(InterruptKind::Int3) => g.int3 = true,
             Monitor::Singlestep(set) => {
-                let mut g = self.lock();
-                let all = if g.vcpus >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << g.vcpus) - 1
-                };
-                g.singlestep |= set.0 & all;
-                Ok(())
+                let mut set = set.clone();
+                set.truncate(g.vcpus);
+                g.singlestep.union_with(&set);
             }
-            Monitor::MemoryAccess => Ok(()),
-            other => Err(Error::unsupported(
-                format!("{other:?} events"),
-                unsupported_monitor_reason(&other),
-            )),
+            _ => {}
         }
+        Ok(())
     }
 
-    fn disable(&self, monitor: Monitor) -> Result<()> {
+    fn disable(&self, monitor: &Monitor) -> Result<()> {
+        self.parking.capabilities().check_monitor(monitor)?;
+        let mut g = self.lock();
         match monitor {
-            Monitor::Interrupt(InterruptKind::Int3) => {
-                self.lock().int3 = false;
-                Ok(())
-            }
+            Monitor::Interrupt(InterruptKind::Int3) => g.int3 = false,
             Monitor::Singlestep(set) => {
-                let mut g = self.lock();
-                g.singlestep &= !set.0;
+                g.singlestep.difference_with(set);
                 // The VM stays stopped between steps; with none left to step, run it.
-                if g.singlestep == 0 && g.outstanding.is_none() && g.queued.is_empty() && !g.held {
+                if g.singlestep.is_empty()
+                    && g.outstanding.is_none()
+                    && g.queued.is_empty()
+                    && !self.parking.is_paused()
+                {
                     g.resume()?;
                 }
-                Ok(())
             }
-            Monitor::MemoryAccess => Ok(()),
-            other => Err(Error::unsupported(
-                format!("{other:?} events"),
-                unsupported_monitor_reason(&other),
-            )),
+            _ => {}
         }
+        Ok(())
     }
 
     /// Runs the VM until a stop (or steps a single-stepping vCPU) and returns it as an
-    /// event; the VM stays stopped until [`EventControl::reply`]. `Ok(None)` on timeout,
-    /// the VM still running. The lock is held in slices of 20 ms, so other calls proceed
-    /// meanwhile.
+    /// event; the VM stays stopped until the event is answered. `Ok(None)` on timeout,
+    /// the VM still running (or paused, if a pause is held). The lock is held in slices
+    /// of 20 ms, so other calls proceed meanwhile. Fails while an earlier event of this
+    /// session is still pending: the stub stops the whole VM for one event at a time.
     fn wait_event(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
-        let deadline = Instant::now() + timeout;
+        // `None`: no deadline (the sum overflowed).
+        let deadline = Instant::now().checked_add(timeout);
+        let left = || deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()));
         loop {
             let mut g = self.lock();
             if g.outstanding.is_some() {
                 return Err(Error::InvalidArgument {
                     what: "wait_event",
-                    reason: "the previous event has not been replied to".into(),
+                    reason: "the previous event is still pending (answer or drop it first)".into(),
                 });
             }
+            let paused = self.parking.is_paused();
             // Single-stepping was enabled while the VM runs: stop it to step.
-            if g.singlestep != 0 && g.running && !g.held {
+            if !g.singlestep.is_empty() && g.running && !paused {
                 g.stop()?;
             }
             let mut found = g.queued.pop_front();
-            if found.is_none() && !g.running && !g.held {
-                if g.singlestep != 0 {
+            if found.is_none() && !g.running && !paused {
+                if !g.singlestep.is_empty() {
                     found = g.step_next()?;
                 } else {
                     g.resume()?;
                 }
             }
             if found.is_none() && g.running {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if let Some(stop) = g.client.wait_stop(left.min(WAIT_SLICE))? {
+                if let Some(stop) = g.client.wait_stop(left().min(WAIT_SLICE))? {
                     g.running = false;
                     found = g.classify(&stop, false)?;
                 }
@@ -250,92 +241,34 @@ impl EventControl for GdbSession {
                 g.next_id += 1;
                 g.outstanding = Some((id, ev.clone()));
                 drop(g);
-                return match self.make_event(id, &ev) {
-                    Ok(p) => Ok(Some(p)),
+                return match self.build_event(&ev) {
+                    Ok(event) => Ok(Some(self.parking.event(id, event))),
                     Err(e) => {
+                        // Not handed out: let the VM go on as an answer would.
                         let mut g = self.lock();
                         g.outstanding = None;
+                        if !self.parking.is_paused() && g.singlestep.is_empty() {
+                            let _ = g.resume();
+                        }
                         Err(e)
                     }
                 };
             }
+            let running = g.running;
             drop(g);
-            if Instant::now() >= deadline {
+            let rest = left();
+            if rest.is_zero() {
                 return Ok(None);
             }
-        }
-    }
-
-    /// Applies `set_registers` and `toggle_singlestep`, steps past a breakpoint, and
-    /// resumes the VM. Actions other than [`Action::Continue`] are refused with
-    /// [`Error::Unsupported`] — the event is still answered and the vCPU resumed.
-    ///
-    /// [`Action::Continue`]: vmi_core::Action::Continue
-    fn reply(&self, token: ReplyToken, response: Response) -> Result<()> {
-        let mut g = self.lock();
-        let Some((id, ev)) = g.outstanding.clone() else {
-            return Err(Error::InvalidArgument {
-                what: "reply token",
-                reason: "no event awaits a reply".into(),
-            });
-        };
-        if token.session() != self.session || token.id() != id {
-            return Err(Error::InvalidArgument {
-                what: "reply token",
-                reason: "not the token of this session's outstanding event".into(),
-            });
-        }
-        let refused = check(&ev, &response);
-        let vcpu = ev.vcpu();
-        let ok = refused.is_ok();
-        let mut result = refused;
-        if ok {
-            if let Some(regs) = &response.set_registers {
-                if let Err(e) = write_snapshot(&mut g, vcpu, regs) {
-                    result = Err(e);
-                }
-            }
-            if response.toggle_singlestep {
-                g.singlestep ^= 1 << vcpu.raw();
+            if !running {
+                // Paused: nothing can stop; wait a slice without spinning.
+                std::thread::sleep(rest.min(WAIT_SLICE));
             }
         }
-        g.outstanding = None;
-        // Get past the breakpoint (the step may itself be the next event).
-        if let StopEvent::Breakpoint { rip, .. } = ev {
-            let cur = g.rip(vcpu)?;
-            if cur == rip {
-                if let Some(next) = g.step_over(vcpu, rip)? {
-                    g.queued.push_back(next);
-                }
-            }
-        }
-        if g.singlestep == 0 && g.queued.is_empty() && !g.held {
-            g.resume()?;
-        }
-        result
     }
 
     fn pending_events(&self) -> Result<usize> {
         Ok(self.lock().queued.len())
-    }
-
-    fn check_response(&self, event: &Event, response: &Response) -> Result<()> {
-        let ev = match event.kind {
-            EventKind::Breakpoint { gla, .. } => StopEvent::Breakpoint {
-                vcpu: event.vcpu,
-                rip: gla.0,
-            },
-            EventKind::Singlestep { gla, .. } => StopEvent::Singlestep {
-                vcpu: event.vcpu,
-                rip: gla.0,
-            },
-            _ => StopEvent::Watch {
-                vcpu: event.vcpu,
-                kind: WatchKind::Access,
-                addr: 0,
-            },
-        };
-        check(&ev, response)
     }
 }
 

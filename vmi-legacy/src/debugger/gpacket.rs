@@ -48,8 +48,24 @@ impl ReadRegisters for GdbSession {
     /// From the `g` packet of thread `vcpu + 1`: GPRS, CONTROL, EFER, and the MSRs
     /// `IA32_EFER`, `FS_BASE`, `GS_BASE`, `KERNEL_GS_BASE`. Segments (the stub has
     /// selectors only: [`GdbSession::segments`]), descriptor tables and debug registers
-    /// are left out; [`crate::LegacyQemu`] adds them from `info registers`.
+    /// are left out; [`crate::LegacyQemu`] adds them from `info registers`. While the
+    /// vCPU is parked (in an event or a pause) what is known is served from the cache.
     fn registers(
+        &self,
+        vcpu: VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> Result<RegisterSnapshot> {
+        self.parking
+            .read_registers(vcpu, groups, msrs, |groups, msrs| {
+                self.fetch_registers(vcpu, groups, msrs)
+            })
+    }
+}
+
+impl GdbSession {
+    /// Reads registers from the stub, bypassing the parked-vCPU cache.
+    pub(crate) fn fetch_registers(
         &self,
         vcpu: VcpuId,
         groups: RegisterGroups,
@@ -94,7 +110,9 @@ impl ReadRegisters for GdbSession {
             });
         }
         if groups.contains(RegisterGroups::EFER) {
-            s.efer = v.get("efer").copied();
+            if let Some(efer) = v.get("efer") {
+                s.msrs.insert(msr::EFER, *efer);
+            }
         }
         if groups.contains(RegisterGroups::MSRS) {
             for (index, name) in [
@@ -122,38 +140,17 @@ const WRITABLE_MSRS: [(u32, &str); 4] = [
     (msr::KERNEL_GS_BASE, "k_gs_base"),
 ];
 
-/// Whether the stub can write every group of `regs`; the first one it cannot, if not.
+/// Whether the stub can write every MSR of `regs` (which groups it can write at all is
+/// the capability table's business: [`crate::capabilities`]).
 pub(super) fn check_writable(regs: &RegisterSnapshot) -> Result<()> {
-    let no = |what: &'static str, why: &'static str| Err(Error::unsupported(what, why));
-    if regs.debug.is_some() {
-        return no(
-            "debug register writes",
-            "QEMU's gdbstub has no debug registers",
-        );
-    }
-    if regs.segments.is_some() {
-        return no(
-            "segment register writes",
-            "QEMU's gdbstub writes selectors only, not bases, limits and attributes",
-        );
-    }
-    if regs.gdtr.is_some() || regs.idtr.is_some() {
-        return no(
-            "descriptor table writes",
-            "QEMU's gdbstub has no GDTR/IDTR registers",
-        );
-    }
-    if regs.xcr0.is_some() {
-        return no("XCR0 writes", "QEMU's gdbstub has no XCR0 register");
-    }
     if let Some(m) = regs
         .msrs
-        .keys()
-        .find(|m| !WRITABLE_MSRS.iter().any(|(i, _)| i == *m))
+        .indices()
+        .find(|m| !WRITABLE_MSRS.iter().any(|(i, _)| i == m))
     {
         return Err(Error::unsupported(
             format!("MSR {m:#x} write"),
-            "QEMU's gdbstub only has EFER, FS_BASE, GS_BASE and KERNEL_GS_BASE",
+            crate::capabilities::GDB_MSRS,
         ));
     }
     Ok(())
@@ -161,6 +158,9 @@ pub(super) fn check_writable(regs: &RegisterSnapshot) -> Result<()> {
 
 pub(super) fn write_snapshot(g: &mut Inner, vcpu: VcpuId, regs: &RegisterSnapshot) -> Result<()> {
     check_writable(regs)?;
+    if regs.groups().is_empty() {
+        return Ok(());
+    }
     let t = g.thread(vcpu)?;
     g.client.select_thread(t)?;
     if let Some(x) = regs.gprs {
@@ -198,12 +198,9 @@ pub(super) fn write_snapshot(g: &mut Inner, vcpu: VcpuId, regs: &RegisterSnapsho
             g.write_reg(n, v)?;
         }
     }
-    if let Some(e) = regs.efer {
-        g.write_reg("efer", e)?;
-    }
-    for (index, v) in &regs.msrs {
-        if let Some((_, n)) = WRITABLE_MSRS.iter().find(|(i, _)| i == index) {
-            g.write_reg(n, *v)?;
+    for (index, v) in regs.msrs.iter() {
+        if let Some((_, n)) = WRITABLE_MSRS.iter().find(|(i, _)| *i == index) {
+            g.write_reg(n, v)?;
         }
     }
     Ok(())
@@ -212,9 +209,10 @@ pub(super) fn write_snapshot(g: &mut Inner, vcpu: VcpuId, regs: &RegisterSnapsho
 impl WriteRegisters for GdbSession {
     /// Writes through `P`: GPRS (with RIP, RFLAGS), CONTROL, EFER and the MSRs EFER,
     /// FS_BASE, GS_BASE, KERNEL_GS_BASE. Any other group fails with
-    /// [`Error::Unsupported`] before anything is written.
+    /// [`Error::Unsupported`] before anything is written. A parked vCPU's write is
+    /// queued and applied when it is released (with its event's answer, or when the
+    /// last pause ends); otherwise the guest is paused for the write.
     fn set_registers(&self, vcpu: VcpuId, regs: &RegisterSnapshot) -> Result<()> {
-        check_writable(regs)?;
-        self.stopped(|g| write_snapshot(g, vcpu, regs))
+        self.parking.write_registers(vcpu, regs)
     }
 }

@@ -8,7 +8,8 @@
 //! * idle, the guest runs (`c` outstanding);
 //! * [`EventControl::wait_event`] waits for a stop; a breakpoint, watchpoint or single
 //!   step becomes a [`PendingEvent`] while the VM stays stopped (status `debug` in QMP);
-//! * [`EventControl::reply`] applies the response and resumes the VM.
+//! * [`PendingEvent::reply`] (or dropping the event) applies the response and resumes
+//!   the VM.
 //!
 //! While single-stepping is on for some vCPUs, only they run (one step at a time, with
 //! IRQs and timers masked by `qqemu.sstep`); the other vCPUs stay stopped.
@@ -17,44 +18,47 @@
 //! to the gdbstub as a stop (`T02`), and a QMP `cont` runs a VM the session believes
 //! stopped. [`crate::LegacyQemu`] routes its pause/resume here when given a GDB socket.
 //!
+//! Pausing, events and register writes follow `vmi-core`'s parked-vCPU model
+//! ([`vmi_core::park`]): the session's [`Parking`] is shared with the
+//! [`crate::LegacyQemu`] that owns it, so a pause through either counts once, and the
+//! stub resumes the VM only when no event, pause or queued register write holds it.
+//!
 //! The code is split by concern: `stop` holds the stop state machine (resume, stop,
-//! classify, step over), `events` turns stops into `vmi-core` events and implements
-//! `EventControl`, `gpacket` maps the `g` packet to and from `RegisterSnapshot`,
-//! `policy` says which responses and monitors the stub can honour, and `capabilities`
-//! is the capability table.
+//! classify, step over), `park` the primitives the parking calls (stop, run, answer an
+//! event), `events` turns stops into `vmi-core` events and implements `EventControl`,
+//! and `gpacket` maps the `g` packet to and from `RegisterSnapshot`. The capability
+//! table is [`crate::capabilities`].
 //!
 //! [`EventControl::wait_event`]: vmi_core::EventControl::wait_event
-//! [`EventControl::reply`]: vmi_core::EventControl::reply
+//! [`PendingEvent::reply`]: vmi_core::PendingEvent::reply
 //! [`PendingEvent`]: vmi_core::PendingEvent
 
-mod capabilities;
 mod events;
 mod gpacket;
-mod policy;
+mod park;
 mod stop;
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use vmi_core::park::Parking;
 use vmi_core::{
-    Access, Backend, CapabilityReport, Gpa, Gva, PauseCount, PhysicalMemory, PhysicalMemoryWrite,
-    Result, VcpuControl, VcpuId,
+    Access, Backend, Breakpoint, Breakpoints, CapabilityReport, Error, EventControl, Gpa, Gva,
+    PauseGuard, PauseScope, PhysicalMemory, PhysicalMemoryWrite, ReadRegisters, Result,
+    VcpuControl, VcpuId, VcpuSet, WriteRegisters,
 };
 
+use crate::capabilities::{legacy_capabilities, Parts, RamPath};
 use crate::gdb::{BreakpointKind, GdbClient};
 
-pub(crate) use capabilities::gdb_capabilities;
 use events::watch_for;
-use stop::Inner;
+use stop::{Inner, CR3_ROOT_MASK};
 
 /// QEMU single-step mask: enable, no IRQs, no timers.
 const SSTEP_MASK: u64 = 0x7;
-
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(0x6764_6200_0000);
 
 /// Selector and base registers the GDB stub has beyond [`RegisterSnapshot`]'s groups
 /// (which need limits and attributes for segments; see [`crate::LegacyQemu`]).
@@ -74,13 +78,25 @@ pub struct GdbSegments {
     pub k_gs_base: u64,
 }
 
+/// The state behind a session: the client and its stop state machine. Shared with the
+/// session's [`Parking`], which calls the primitives in `park`.
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A session with QEMU's GDB stub: registers, pause/resume, breakpoints, watchpoints and
 /// single steps, as `vmi-core` events. See the [module documentation](self).
 #[derive(Debug)]
 pub struct GdbSession {
-    inner: Mutex<Inner>,
-    session: u64,
-    pause: PauseCount,
+    shared: Arc<Shared>,
+    parking: Arc<Parking>,
 }
 
 impl GdbSession {
@@ -105,27 +121,37 @@ impl GdbSession {
             client,
             running: false,
             vcpus,
-            breakpoints: BTreeSet::new(),
-            watches: BTreeSet::new(),
+            breakpoints: BTreeMap::new(),
+            watches: Default::default(),
             int3: false,
-            singlestep: 0,
+            singlestep: VcpuSet::new(),
             queued: VecDeque::new(),
             outstanding: None,
             next_id: 1,
             next_step_vcpu: 0,
-            held: false,
             regnums,
+            client_detached: false,
         };
         inner.resume()?;
-        Ok(Self {
+        let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
-            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-            pause: PauseCount::new(),
-        })
+        });
+        let parts = Parts {
+            gdb: true,
+            qmp: false,
+            ram: RamPath::Gdbstub,
+        };
+        let parking = Parking::new(shared.clone(), legacy_capabilities(parts));
+        Ok(Self { shared, parking })
+    }
+
+    /// The parked-vCPU state this session shares with its [`crate::LegacyQemu`].
+    pub(crate) fn parking(&self) -> &Arc<Parking> {
+        &self.parking
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
     }
 
     /// Runs `f` with the VM stopped, restoring its run state afterwards.
@@ -134,7 +160,7 @@ impl GdbSession {
         let was_running = g.running;
         g.stop()?;
         let r = f(&mut g);
-        if was_running && g.outstanding.is_none() && !g.held {
+        if was_running && g.outstanding.is_none() && !self.parking.is_paused() {
             g.resume()?;
         }
         r
@@ -148,35 +174,6 @@ impl GdbSession {
     /// The number of vCPUs (gdbstub threads).
     pub fn vcpus(&self) -> u32 {
         self.lock().vcpus
-    }
-
-    /// Places a software breakpoint (`Z0`) at a guest-virtual address. Under TCG it is
-    /// invisible to the guest (no `0xCC` in memory). Hits are reported as
-    /// [`EventKind::Breakpoint`] once [`Monitor::Interrupt`]`(Int3)` is enabled.
-    ///
-    /// [`EventKind::Breakpoint`]: vmi_core::EventKind::Breakpoint
-    /// [`Monitor::Interrupt`]: vmi_core::Monitor::Interrupt
-    pub fn set_breakpoint(&self, gva: Gva) -> Result<()> {
-        self.stopped(|g| {
-            if g.breakpoints.contains(&gva.0) {
-                return Ok(());
-            }
-            g.client
-                .insert_breakpoint(BreakpointKind::Software, gva.0, 1)?;
-            g.breakpoints.insert(gva.0);
-            Ok(())
-        })
-    }
-
-    /// Removes a breakpoint placed with [`Self::set_breakpoint`].
-    pub fn clear_breakpoint(&self, gva: Gva) -> Result<()> {
-        self.stopped(|g| {
-            if g.breakpoints.remove(&gva.0) {
-                g.client
-                    .remove_breakpoint(BreakpointKind::Software, gva.0, 1)?;
-            }
-            Ok(())
-        })
     }
 
     /// Watches `len` bytes at a guest-virtual address (`Z2` write, `Z3` read, `Z4`
@@ -234,35 +231,13 @@ impl GdbSession {
         self.stopped(|g| g.client.monitor(cmd))
     }
 
-    /// Removes every breakpoint and watchpoint, turns single-stepping off, restores
-    /// virtual addressing and detaches; QEMU then resumes the guest.
+    /// Ends every pause, removes every breakpoint and watchpoint, turns
+    /// single-stepping off, restores virtual addressing and detaches; QEMU then resumes
+    /// the guest. Events still pending are answered by the detach (their guards become
+    /// inert).
     pub fn detach(&self) -> Result<()> {
-        let mut g = self.lock();
-        if g.running {
-            g.stop()?;
-        }
-        let mut first_err = None;
-        for bp in std::mem::take(&mut g.breakpoints) {
-            if let Err(e) = g.client.remove_breakpoint(BreakpointKind::Software, bp, 1) {
-                first_err.get_or_insert(e);
-            }
-        }
-        for w in std::mem::take(&mut g.watches) {
-            if let Err(e) =
-                g.client
-                    .remove_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)
-            {
-                first_err.get_or_insert(e);
-            }
-        }
-        g.singlestep = 0;
-        g.int3 = false;
-        g.outstanding = None;
-        g.queued.clear();
-        let _ = g.client.set_physical_mode(false);
-        g.client.detach()?;
-        g.running = true;
-        first_err.map_or(Ok(()), Err)
+        let _ = self.parking.shutdown();
+        self.shared.lock().detach()
     }
 }
 
@@ -286,27 +261,76 @@ impl VcpuControl for GdbSession {
     }
 
     /// Stops the VM through the stub (interrupt byte) if it runs. A breakpoint or
-    /// watchpoint hit racing with the interrupt is kept for [`EventControl::wait_event`].
-    ///
-    /// [`EventControl::wait_event`]: vmi_core::EventControl::wait_event
-    fn pause_vcpus(&self) -> Result<()> {
-        let mut g = self.lock();
-        g.held = true;
-        g.stop()
+    /// watchpoint hit racing with the interrupt is kept for
+    /// [`EventControl::wait_event`]. Counted with every pause of the
+    /// [`crate::LegacyQemu`] this session belongs to.
+    fn pause(&self) -> Result<PauseGuard<'_>> {
+        self.parking.pause(PauseScope::All)
     }
 
-    /// Continues (`c`) unless an event awaits its reply.
-    fn resume_vcpus(&self) -> Result<()> {
-        let mut g = self.lock();
-        g.held = false;
-        if g.outstanding.is_some() || !g.queued.is_empty() {
-            return Ok(());
-        }
-        g.resume()
+    fn is_paused(&self) -> bool {
+        self.parking.is_paused()
+    }
+}
+
+impl Breakpoints for GdbSession {
+    /// A `Z0` breakpoint at a linear address (under TCG invisible to the guest: no
+    /// `0xCC` in memory). With an address space ([`Breakpoint::in_space`]) hits in other
+    /// address spaces are stepped over silently. Physical breakpoints are refused: the
+    /// stub matches breakpoints on linear addresses only.
+    fn set_breakpoint(&self, bp: Breakpoint) -> Result<()> {
+        let (gva, space) = gdb_breakpoint(bp)?;
+        self.stopped(|g| {
+            g.int3 = true;
+            if let Some(spaces) = g.breakpoints.get_mut(&gva) {
+                spaces.insert(space);
+                return Ok(());
+            }
+            g.client
+                .insert_breakpoint(BreakpointKind::Software, gva, 1)?;
+            g.breakpoints.entry(gva).or_default().insert(space);
+            Ok(())
+        })
     }
 
-    fn pause_count(&self) -> &PauseCount {
-        &self.pause
+    fn clear_breakpoint(&self, bp: Breakpoint) -> Result<()> {
+        let (gva, space) = gdb_breakpoint(bp)?;
+        self.stopped(|g| {
+            let Some(spaces) = g.breakpoints.get_mut(&gva) else {
+                return Ok(());
+            };
+            spaces.remove(&space);
+            if spaces.is_empty() {
+                g.breakpoints.remove(&gva);
+                g.client
+                    .remove_breakpoint(BreakpointKind::Software, gva, 1)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn active_breakpoints(&self) -> Vec<Breakpoint> {
+        let g = self.lock();
+        g.breakpoints
+            .iter()
+            .flat_map(|(gva, spaces)| {
+                spaces.iter().map(move |s| Breakpoint::Virtual {
+                    gva: Gva(*gva),
+                    cr3: s.map(Gpa),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The stub's form of a breakpoint: a linear address and an optional CR3 root.
+fn gdb_breakpoint(bp: Breakpoint) -> Result<(u64, Option<u64>)> {
+    match bp {
+        Breakpoint::Virtual { gva, cr3 } => Ok((gva.0, cr3.map(|c| c.0 & CR3_ROOT_MASK))),
+        Breakpoint::Physical(_) => Err(Error::unsupported(
+            "physical breakpoints",
+            "QEMU's gdbstub matches breakpoints on linear addresses only",
+        )),
     }
 }
 
@@ -321,8 +345,36 @@ impl Backend for GdbSession {
         "legacy (QEMU gdbstub)".into()
     }
 
-    fn capabilities(&self) -> CapabilityReport {
-        gdb_capabilities("legacy (QEMU gdbstub)")
+    fn capabilities(&self) -> Arc<CapabilityReport> {
+        self.parking.capabilities()
+    }
+
+    fn physical_memory(&self) -> &dyn PhysicalMemory {
+        self
+    }
+
+    fn physical_memory_writer(&self) -> Option<&dyn PhysicalMemoryWrite> {
+        Some(self)
+    }
+
+    fn register_reader(&self) -> Option<&dyn ReadRegisters> {
+        Some(self)
+    }
+
+    fn register_writer(&self) -> Option<&dyn WriteRegisters> {
+        Some(self)
+    }
+
+    fn vcpu_control(&self) -> Option<&dyn VcpuControl> {
+        Some(self)
+    }
+
+    fn events(&self) -> Option<&dyn EventControl> {
+        Some(self)
+    }
+
+    fn breakpoints(&self) -> Option<&dyn Breakpoints> {
+        Some(self)
     }
 }
 
@@ -334,5 +386,21 @@ mod tests {
     fn session_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<GdbSession>();
+    }
+
+    #[test]
+    fn breakpoint_forms() {
+        assert_eq!(
+            gdb_breakpoint(Breakpoint::at(Gva(0x10))).unwrap(),
+            (0x10, None)
+        );
+        assert_eq!(
+            gdb_breakpoint(Breakpoint::in_space(Gva(0x10), Gpa(0x8000_0000_0123_4fff))).unwrap(),
+            (0x10, Some(0x1234000))
+        );
+        assert!(matches!(
+            gdb_breakpoint(Breakpoint::physical(Gpa(0x1000))),
+            Err(Error::Unsupported { .. })
+        ));
     }
 }

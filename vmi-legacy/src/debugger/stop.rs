@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use vmi_core::{Error, Result, VcpuId};
+use vmi_core::{Error, Result, VcpuId, VcpuSet};
 
 use super::events::{StopEvent, Watch};
 use crate::gdb::codec::StopReason;
@@ -12,24 +12,29 @@ use crate::gdb::{BreakpointKind, GdbClient};
 /// SIGTRAP: breakpoints, watchpoints and steps.
 const SIGTRAP: u8 = 5;
 
+/// The page-table root in CR3: without the PCID (11:0) and no-flush (63) bits.
+pub(super) const CR3_ROOT_MASK: u64 = 0x000f_ffff_ffff_f000;
+
 #[derive(Debug)]
 pub(super) struct Inner {
     pub(super) client: GdbClient,
     pub(super) running: bool,
     pub(super) vcpus: u32,
-    pub(super) breakpoints: BTreeSet<u64>,
+    /// Breakpoint addresses, each with the address spaces (CR3 page-table roots) its
+    /// hits are reported in; `None` among them: every address space.
+    pub(super) breakpoints: BTreeMap<u64, BTreeSet<Option<u64>>>,
     pub(super) watches: BTreeSet<Watch>,
     pub(super) int3: bool,
-    pub(super) singlestep: u64,
+    pub(super) singlestep: VcpuSet,
     /// Stops seen (e.g. while interrupting) and not yet handed out.
     pub(super) queued: VecDeque<StopEvent>,
     /// The event awaiting its reply: (id, event).
     pub(super) outstanding: Option<(u64, StopEvent)>,
     pub(super) next_id: u64,
     pub(super) next_step_vcpu: u32,
-    /// Paused through [`vmi_core::VcpuControl`]: stay stopped.
-    pub(super) held: bool,
     pub(super) regnums: BTreeMap<String, (usize, usize)>,
+    /// `D` was sent: the stub is no longer ours.
+    pub(super) client_detached: bool,
 }
 
 impl Inner {
@@ -99,12 +104,12 @@ impl Inner {
             }));
         }
         let rip = self.rip(vcpu)?;
-        if self.breakpoints.contains(&rip) {
-            if self.int3 {
+        if self.breakpoints.contains_key(&rip) {
+            if self.int3 && self.in_breakpoint_space(vcpu, rip)? {
                 return Ok(Some(StopEvent::Breakpoint { vcpu, rip }));
             }
             if !stepping {
-                // Not monitored: step over it silently.
+                // Not monitored, or another address space: step over it silently.
                 if let Some(ev) = self.step_over(vcpu, rip)? {
                     return Ok(Some(ev));
                 }
@@ -122,7 +127,7 @@ impl Inner {
     /// on for `vcpu`).
     pub(super) fn step_over(&mut self, vcpu: VcpuId, rip: u64) -> Result<Option<StopEvent>> {
         let t = self.thread(vcpu)?;
-        let had = self.breakpoints.contains(&rip);
+        let had = self.breakpoints.contains_key(&rip);
         if had {
             self.client
                 .remove_breakpoint(BreakpointKind::Software, rip, 1)?;
@@ -133,7 +138,7 @@ impl Inner {
                 .insert_breakpoint(BreakpointKind::Software, rip, 1)?;
         }
         let stop = stop?;
-        let stepping = self.singlestep & (1 << vcpu.raw()) != 0;
+        let stepping = self.singlestep.contains(vcpu);
         if let StopReason::Signal {
             watch: Some((kind, addr)),
             ..
@@ -148,20 +153,81 @@ impl Inner {
         Ok(None)
     }
 
+    /// Whether a hit of the breakpoint at `rip` on `vcpu` is in one of the address
+    /// spaces it was set for.
+    fn in_breakpoint_space(&mut self, vcpu: VcpuId, rip: u64) -> Result<bool> {
+        let Some(spaces) = self.breakpoints.get(&rip) else {
+            return Ok(false);
+        };
+        if spaces.contains(&None) {
+            return Ok(true);
+        }
+        let spaces = spaces.clone();
+        let t = self.thread(vcpu)?;
+        self.client.select_thread(t)?;
+        let cr3 = self.client.read_register_u64("cr3")? & CR3_ROOT_MASK;
+        Ok(spaces.contains(&Some(cr3)))
+    }
+
     /// One single step of the next vCPU that has single-stepping on.
     pub(super) fn step_next(&mut self) -> Result<Option<StopEvent>> {
         let n = self.vcpus.max(1);
         let v = (0..n)
             .map(|i| (self.next_step_vcpu + i) % n)
-            .find(|v| self.singlestep & (1 << v) != 0)
+            .find(|v| self.singlestep.contains(VcpuId(*v as u16)))
             .unwrap_or(0);
         self.next_step_vcpu = (v + 1) % n;
         let vcpu = VcpuId(v as u16);
         let rip = self.rip(vcpu)?;
-        if self.breakpoints.contains(&rip) {
+        if self.breakpoints.contains_key(&rip) {
             return self.step_over(vcpu, rip);
         }
         let stop = self.client.step_thread(u64::from(v) + 1)?;
         self.classify(&stop, true)
+    }
+}
+
+impl Inner {
+    /// Removes every breakpoint and watchpoint, turns single-stepping off, restores
+    /// virtual addressing and detaches (QEMU resumes the guest). Every step is tried;
+    /// the first failure is reported.
+    pub(super) fn detach(&mut self) -> Result<()> {
+        let mut first_err = None;
+        if self.running {
+            if let Err(e) = self.stop() {
+                first_err.get_or_insert(e);
+            }
+        }
+        for bp in std::mem::take(&mut self.breakpoints).into_keys() {
+            if let Err(e) = self
+                .client
+                .remove_breakpoint(BreakpointKind::Software, bp, 1)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        for w in std::mem::take(&mut self.watches) {
+            if let Err(e) =
+                self.client
+                    .remove_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.singlestep = VcpuSet::new();
+        self.int3 = false;
+        self.outstanding = None;
+        self.queued.clear();
+        let _ = self.client.set_physical_mode(false);
+        if self.client_detached {
+            return first_err.map_or(Ok(()), Err);
+        }
+        let detached = self.client.detach();
+        self.client_detached = true;
+        self.running = true;
+        match (first_err, detached) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
     }
 }
