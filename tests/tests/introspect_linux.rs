@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vmi_core::{
     translate, Gpa, Gva, MemoryLayout, PagingMode, PhysicalMemory, ReadRegisters, RegisterGroups,
-    TranslationCache, VcpuControl, VcpuId,
+    TranslationCache, VcpuControl, VcpuId, VirtualMemory,
 };
 use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
 use vmi_tests::Guest;
@@ -162,5 +162,23 @@ fn banner_virtual_address_translates_to_where_the_banner_is() {
         let again = cache.translate(&vmi, mode, cr3, Gva(va)).unwrap();
         assert_eq!(again.gpa, t.gpa);
         assert!(cache.hits() >= 1, "second translation is a cache hit");
+
+        // The one-call API: the C string at linux_banner in the vCPU's address space,
+        // and the same under an explicit CR3.
+        let v = VcpuId(vcpu as u16);
+        let text = vmi.read_va_cstr(v, Gva(va), 4096).unwrap();
+        assert!(text.starts_with(banner.as_bytes()), "{text:?}");
+        assert!(
+            text.len() <= banner.len() + 1,
+            "ends at its NUL (after a newline)"
+        );
+        let space = vmi.address_space(v).unwrap();
+        assert_eq!(space.cr3, cr3);
+        let word = vmi.read_va_u64(space, Gva(va)).unwrap();
+        assert_eq!(word.to_le_bytes(), bytes[..8]);
+        assert!(matches!(
+            vmi.read_va_cstr(v, Gva(va), 5),
+            Err(vmi_core::Error::InvalidArgument { .. })
+        ));
     }
 }
