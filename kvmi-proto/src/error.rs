@@ -35,7 +35,7 @@ pub enum ProtoError {
         max: usize,
     },
     /// The kernel answered a command with a non-zero error code.
-    #[error("command {id} failed with {} ({err})", kvm_error_name(*.err))]
+    #[error("command {} failed with {} ({err})", CommandName(*.id), kvm_error_name(*.err))]
     Kvm {
         /// Command id.
         id: u16,
@@ -46,7 +46,11 @@ pub enum ProtoError {
     #[error("malformed message: {0}")]
     Malformed(String),
     /// A reply arrived with an id that does not match the request with that seq.
-    #[error("reply id {got} does not match request id {expected} (seq {seq})")]
+    #[error(
+        "reply {} does not match request {} (seq {seq})",
+        CommandName(*.got),
+        CommandName(*.expected)
+    )]
     IdMismatch {
         /// Id of the request.
         expected: u16,
@@ -129,7 +133,13 @@ impl BatchFailure {
 
 impl std::fmt::Display for BatchFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "command {} (seq {}", self.id, self.seq)?;
+        write!(
+            f,
+            "command {} ({}, seq {}",
+            CommandName(self.id).name(),
+            self.id,
+            self.seq
+        )?;
         if let Some(i) = self.index {
             write!(f, ", batch index {i}")?;
         }
@@ -170,6 +180,43 @@ pub fn kvm_error_name(err: i32) -> &'static str {
         .iter()
         .find(|(v, _)| *v == pos)
         .map_or("unknown error", |(_, n)| *n)
+}
+
+/// Displays a message id as its C name and number, e.g. `KVMI_VM_READ_PHYSICAL (17)`
+/// (the kvmi-v7 name; the kvmi-v6 one for the v6-only ids; `unknown` otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandName(pub u16);
+
+impl CommandName {
+    /// The name alone.
+    pub fn name(self) -> &'static str {
+        kvmi_sys::command_name(self.0)
+            .or(kvmi_sys::v6::command_name(self.0))
+            .unwrap_or("unknown")
+    }
+}
+
+impl std::fmt::Display for CommandName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// Displays an event id as its C name and number, e.g. `KVMI_EVENT_PF (6)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventName(pub u8);
+
+impl EventName {
+    /// The name alone.
+    pub fn name(self) -> &'static str {
+        kvmi_sys::event_name(self.0).unwrap_or("unknown event")
+    }
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
 }
 
 /// Result alias of this crate.

@@ -55,7 +55,7 @@ pub use batch::Batch;
 pub use codec::Abi;
 pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
-pub use error::{BatchFailure, ProtoError, Result};
+pub use error::{BatchFailure, CommandName, EventName, ProtoError, Result};
 pub use event::{Action, Event, EventKind, EventResponse, PfInfo, PfReply, TrapInfo};
 pub use handshake::{HookupInfo, PeerCredentials};
 pub use listener::Listener;
