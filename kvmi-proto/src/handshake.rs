@@ -8,7 +8,6 @@
 
 use crate::error::{ProtoError, Result};
 use kvmi_sys as sys;
-use sha1::{Digest, Sha1};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -125,7 +124,7 @@ fn map_eof(e: std::io::Error) -> ProtoError {
 
 /// SHA-1 of the secret's bytes: the cookie QEMU checks when started with `key=`.
 pub fn cookie_hash(secret: &[u8]) -> [u8; 20] {
-    Sha1::digest(secret).into()
+    sha1_smol::Sha1::from(secret).digest().bytes()
 }
 
 /// The 24-byte reply: `struct_size = 24` and the cookie hash (zero without a secret).
