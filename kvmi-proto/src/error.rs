@@ -9,8 +9,9 @@ use std::time::Duration;
 pub enum ProtoError {
     /// An I/O error on the socket.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    /// A wait exceeded its timeout.
+    Io(std::io::Error),
+    /// A wait exceeded its timeout (also a socket read or write that ran into the
+    /// socket's timeout).
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// The connection is closed (peer hung up, protocol error, or closed locally).
@@ -62,6 +63,22 @@ pub enum ProtoError {
     /// The QEMU handshake was malformed.
     #[error("bad handshake: {0}")]
     Handshake(String),
+    /// A peer on the UNIX socket whose uid [`Config::allowed_peer_uids`] does not
+    /// allow; it was disconnected before the handshake.
+    ///
+    /// [`Config::allowed_peer_uids`]: crate::Config::allowed_peer_uids
+    #[error("peer uid {uid} (pid {pid}) is not allowed to connect")]
+    PeerRefused {
+        /// The peer's user id (`SO_PEERCRED`).
+        uid: u32,
+        /// The peer's process id.
+        pid: i32,
+    },
+    /// A [`Listener`](crate::Listener) already has
+    /// [`Config::max_pending_handshakes`](crate::Config::max_pending_handshakes)
+    /// connections handshaking or waiting to be accepted; the new one was closed.
+    #[error("{0} connections already pending, refused another")]
+    TooManyPending(usize),
     /// An argument supplied by the caller is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -149,6 +166,21 @@ impl std::fmt::Display for BatchFailure {
             kvm_error_name(self.err),
             self.err
         )
+    }
+}
+
+impl From<std::io::Error> for ProtoError {
+    /// A [`SocketTimeout`](crate::stream::SocketTimeout) (a socket read or write that ran
+    /// into its timeout) becomes [`ProtoError::Timeout`]; everything else
+    /// [`ProtoError::Io`].
+    fn from(e: std::io::Error) -> Self {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::stream::SocketTimeout>())
+        {
+            Some(t) => ProtoError::Timeout(t.0),
+            None => ProtoError::Io(e),
+        }
     }
 }
 

@@ -57,9 +57,9 @@ pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
 pub use error::{BatchFailure, CommandName, EventName, ProtoError, Result};
 pub use event::{Action, Event, EventKind, EventResponse, PfInfo, PfReply, TrapInfo};
-pub use handshake::{HookupInfo, PeerCredentials};
-pub use listener::Listener;
-pub use stream::{Stream, VsockStream};
+pub use handshake::{HookupInfo, PeerCredentials, PeerUids};
+pub use listener::{Listener, Rejected};
+pub use stream::{SocketTimeout, Stream, VsockStream};
 
 #[cfg(test)]
 mod tests;
