@@ -98,7 +98,8 @@ impl Stream {
 }
 
 /// The payload of the `TimedOut` [`io::Error`] a [`Stream`] returns when a blocking
-/// read or write ran into the socket's timeout (the duration set).
+/// read or write ran into the socket's timeout: the timeout as the kernel holds it
+/// (rounded up to its clock tick, e.g. 50 ms reads back as 52 ms at `HZ=250`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketTimeout(pub Duration);
 

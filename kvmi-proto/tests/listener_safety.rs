@@ -303,7 +303,8 @@ fn write_timeout_is_a_timeout() {
     }
     let e = err.expect("the writes never blocked");
     assert!(
-        matches!(e, ProtoError::Timeout(d) if d == write_timeout),
+        matches!(e, ProtoError::Timeout(d)
+            if d >= write_timeout && d <= write_timeout + Duration::from_millis(10)),
         "{e:?}"
     );
     assert!(c.is_closed());
@@ -346,5 +347,29 @@ fn error_messages_name_commands() {
     assert!(
         msg.contains("KVMI_VCPU_GET_REGISTERS (13)") && msg.contains("KVM_EPERM"),
         "{msg}"
+    );
+}
+
+/// A blocking read or write that runs into the socket timeout converts to
+/// `ProtoError::Timeout`; `WouldBlock` on a non-blocking socket stays an I/O error.
+#[test]
+fn socket_timeouts_convert_but_nonblocking_does_not() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let mut s = kvmi_proto::Stream::from(a);
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 1];
+    let e = ProtoError::from(s.read(&mut buf).unwrap_err());
+    // The kernel keeps socket timeouts in clock ticks (50 ms reads back as 52 ms at
+    // HZ=250).
+    let t = Duration::from_millis(50);
+    assert!(
+        matches!(e, ProtoError::Timeout(d) if d >= t && d <= t + Duration::from_millis(10)),
+        "{e:?}"
+    );
+    s.set_nonblocking(true).unwrap();
+    let e = ProtoError::from(s.read(&mut buf).unwrap_err());
+    assert!(
+        matches!(&e, ProtoError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock),
+        "{e:?}"
     );
 }
