@@ -349,8 +349,10 @@ fn bind_private(path: &Path, mode: u32) -> Result<(UnixListener, (u64, u64))> {
 impl Listener {
     /// Binds `path` with mode [`Config::socket_mode`] (0600 by default), race-free (see
     /// the [module docs](self)); a stale socket at `path` is replaced, any other file is
-    /// an error. The directory of `path` must be writable (a private directory is
-    /// created and removed there). Starts accepting at once.
+    /// an error. The directory of `path` must be writable: a private directory
+    /// `.kvmi-XXXXXXXX` is created and removed there, and the socket is first bound as
+    /// `.kvmi-XXXXXXXX/s` in it, so that path (the directory's path plus 17 bytes) must
+    /// fit a `sockaddr_un` (107 bytes) too. Starts accepting at once.
     pub fn bind(path: impl AsRef<Path>, config: Config) -> Result<Listener> {
         let path = path.as_ref().to_path_buf();
         let (listener, file) = bind_private(&path, config.socket_mode)?;

@@ -168,12 +168,13 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
 
 /// A `sockaddr_vm` for `cid:port`.
 pub(crate) fn sockaddr_vm(cid: u32, port: u32) -> libc::sockaddr_vm {
-    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
-    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    a.svm_cid = cid;
-    a.svm_port = port;
-    a
+    libc::sockaddr_vm {
+        svm_family: libc::AF_VSOCK as libc::sa_family_t,
+        svm_reserved1: 0,
+        svm_port: port,
+        svm_cid: cid,
+        svm_zero: [0; 4],
+    }
 }
 
 /// `getsockname`/`getpeername` on a vsock socket → `(cid, port)`.
