@@ -373,3 +373,29 @@ fn socket_timeouts_convert_but_nonblocking_does_not() {
         "{e:?}"
     );
 }
+
+#[test]
+fn command_and_event_name_display() {
+    use kvmi_proto::{CommandName, EventName};
+    assert_eq!(
+        CommandName(sys::KVMI_VM_READ_PHYSICAL).to_string(),
+        "KVMI_VM_READ_PHYSICAL (17)"
+    );
+    // v6-only ids fall back to their kvmi-v6 names.
+    assert_eq!(CommandName(12).to_string(), "KVMI_CONTROL_VE (12)");
+    assert_eq!(CommandName(999).to_string(), "unknown (999)");
+    assert_eq!(
+        EventName(sys::KVMI_EVENT_PF).to_string(),
+        "KVMI_EVENT_PF (6)"
+    );
+    assert_eq!(EventName(200).to_string(), "unknown event (200)");
+    let e = ProtoError::IdMismatch {
+        expected: sys::KVMI_VM_GET_INFO,
+        got: sys::KVMI_GET_VERSION,
+        seq: 4,
+    };
+    assert_eq!(
+        e.to_string(),
+        "reply KVMI_GET_VERSION (2) does not match request KVMI_VM_GET_INFO (5) (seq 4)"
+    );
+}
