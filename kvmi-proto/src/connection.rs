@@ -4,7 +4,7 @@
 use crate::codec::{self, Abi};
 use crate::error::{ProtoError, Result};
 use crate::event::{parse_event, Action, Event, EventKind, EventResponse};
-use crate::handshake::{self, HookupInfo, PeerCredentials};
+use crate::handshake::{self, HookupInfo, PeerCredentials, PeerUids};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use kvmi_sys as sys;
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use zerocopy::IntoBytes;
 pub struct Config {
     /// Shared secret whose SHA-1 is sent to QEMU (`None`: all-zero hash).
     pub secret: Option<Vec<u8>>,
-    /// Longest wait for QEMU's hookup struct.
+    /// Deadline of the whole QEMU handshake (hookup struct and reply), from accept.
     pub handshake_timeout: Duration,
     /// Timeout of the setup commands and of the typed command methods.
     pub request_timeout: Duration,
@@ -36,6 +36,12 @@ pub struct Config {
     pub probe: bool,
     /// Permission bits of the listening UNIX socket.
     pub socket_mode: u32,
+    /// Peer uids allowed on UNIX sockets (default: ours and root); see [`PeerUids`].
+    pub allowed_peer_uids: PeerUids,
+    /// Most connections a [`Listener`](crate::Listener) holds at once between `accept`
+    /// by the kernel and [`Listener::accept`](crate::Listener::accept) (handshaking or
+    /// established); more are closed at once.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for Config {
@@ -48,6 +54,8 @@ impl Default for Config {
             event_queue: 4096,
             probe: true,
             socket_mode: 0o600,
+            allowed_peer_uids: PeerUids::default(),
+            max_pending_handshakes: 64,
         }
     }
 }
@@ -140,7 +148,7 @@ impl Shared {
             let _ = w.shutdown(Shutdown::Both);
             drop(w);
             self.close(format!("write failed: {e}"));
-            return Err(ProtoError::Io(e));
+            return Err(e.into());
         }
         Ok(())
     }
@@ -275,16 +283,7 @@ impl Connection {
     /// is only available on UNIX sockets.
     pub fn establish_stream(stream: impl Into<Stream>, config: Config) -> Result<Connection> {
         let mut stream = stream.into();
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(config.handshake_timeout.max(Duration::from_millis(1))))?;
-        stream.set_write_timeout(Some(config.write_timeout.max(Duration::from_millis(1))))?;
-        let hookup = handshake::read_hookup(&mut stream)?;
-        let peer = match &stream {
-            Stream::Unix(s) => handshake::peer_credentials(s).ok(),
-            Stream::Vsock(_) => None,
-        };
-        stream.write_all(&handshake::reply_bytes(config.secret.as_deref()))?;
-        stream.set_read_timeout(None)?;
+        let (hookup, peer) = handshake::exchange(&mut stream, &config)?;
 
         let reader_stream = stream.try_clone()?;
         let shared = Arc::new(Shared {

@@ -9,8 +9,9 @@ use std::time::Duration;
 pub enum ProtoError {
     /// An I/O error on the socket.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    /// A wait exceeded its timeout.
+    Io(std::io::Error),
+    /// A wait exceeded its timeout (also a socket read or write that ran into the
+    /// socket's timeout).
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// The connection is closed (peer hung up, protocol error, or closed locally).
@@ -35,7 +36,7 @@ pub enum ProtoError {
         max: usize,
     },
     /// The kernel answered a command with a non-zero error code.
-    #[error("command {id} failed with {} ({err})", kvm_error_name(*.err))]
+    #[error("command {} failed with {} ({err})", CommandName(*.id), kvm_error_name(*.err))]
     Kvm {
         /// Command id.
         id: u16,
@@ -46,7 +47,11 @@ pub enum ProtoError {
     #[error("malformed message: {0}")]
     Malformed(String),
     /// A reply arrived with an id that does not match the request with that seq.
-    #[error("reply id {got} does not match request id {expected} (seq {seq})")]
+    #[error(
+        "reply {} does not match request {} (seq {seq})",
+        CommandName(*.got),
+        CommandName(*.expected)
+    )]
     IdMismatch {
         /// Id of the request.
         expected: u16,
@@ -58,6 +63,22 @@ pub enum ProtoError {
     /// The QEMU handshake was malformed.
     #[error("bad handshake: {0}")]
     Handshake(String),
+    /// A peer on the UNIX socket whose uid [`Config::allowed_peer_uids`] does not
+    /// allow; it was disconnected before the handshake.
+    ///
+    /// [`Config::allowed_peer_uids`]: crate::Config::allowed_peer_uids
+    #[error("peer uid {uid} (pid {pid}) is not allowed to connect")]
+    PeerRefused {
+        /// The peer's user id (`SO_PEERCRED`).
+        uid: u32,
+        /// The peer's process id.
+        pid: i32,
+    },
+    /// A [`Listener`](crate::Listener) already has
+    /// [`Config::max_pending_handshakes`](crate::Config::max_pending_handshakes)
+    /// connections handshaking or waiting to be accepted; the new one was closed.
+    #[error("{0} connections already pending, refused another")]
+    TooManyPending(usize),
     /// An argument supplied by the caller is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -129,7 +150,13 @@ impl BatchFailure {
 
 impl std::fmt::Display for BatchFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "command {} (seq {}", self.id, self.seq)?;
+        write!(
+            f,
+            "command {} ({}, seq {}",
+            CommandName(self.id).name(),
+            self.id,
+            self.seq
+        )?;
         if let Some(i) = self.index {
             write!(f, ", batch index {i}")?;
         }
@@ -139,6 +166,21 @@ impl std::fmt::Display for BatchFailure {
             kvm_error_name(self.err),
             self.err
         )
+    }
+}
+
+impl From<std::io::Error> for ProtoError {
+    /// A [`SocketTimeout`](crate::stream::SocketTimeout) (a socket read or write that ran
+    /// into its timeout) becomes [`ProtoError::Timeout`]; everything else
+    /// [`ProtoError::Io`].
+    fn from(e: std::io::Error) -> Self {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::stream::SocketTimeout>())
+        {
+            Some(t) => ProtoError::Timeout(t.0),
+            None => ProtoError::Io(e),
+        }
     }
 }
 
@@ -170,6 +212,43 @@ pub fn kvm_error_name(err: i32) -> &'static str {
         .iter()
         .find(|(v, _)| *v == pos)
         .map_or("unknown error", |(_, n)| *n)
+}
+
+/// Displays a message id as its C name and number, e.g. `KVMI_VM_READ_PHYSICAL (17)`
+/// (the kvmi-v7 name; the kvmi-v6 one for the v6-only ids; `unknown` otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandName(pub u16);
+
+impl CommandName {
+    /// The name alone.
+    pub fn name(self) -> &'static str {
+        kvmi_sys::command_name(self.0)
+            .or(kvmi_sys::v6::command_name(self.0))
+            .unwrap_or("unknown")
+    }
+}
+
+impl std::fmt::Display for CommandName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// Displays an event id as its C name and number, e.g. `KVMI_EVENT_PF (6)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventName(pub u8);
+
+impl EventName {
+    /// The name alone.
+    pub fn name(self) -> &'static str {
+        kvmi_sys::event_name(self.0).unwrap_or("unknown event")
+    }
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
 }
 
 /// Result alias of this crate.

@@ -5,12 +5,19 @@
 //! first 96 and answers with the 24-byte
 //! [`QemuFromIntrospector`](kvmi_sys::QemuFromIntrospector) carrying SHA-1 of the shared
 //! secret.
+//!
+//! [`exchange`] runs the whole handshake on an accepted socket under **one deadline**
+//! ([`Config::handshake_timeout`]), after checking the peer's uid
+//! ([`Config::allowed_peer_uids`]): a peer that trickles its hookup struct byte by
+//! byte cannot stretch it.
 
+use crate::connection::Config;
 use crate::error::{ProtoError, Result};
+use crate::stream::{SocketTimeout, Stream};
 use kvmi_sys as sys;
-use sha1::{Digest, Sha1};
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// What QEMU told about the VM.
@@ -112,6 +119,9 @@ pub fn read_hookup<R: Read>(r: &mut R) -> Result<HookupInfo> {
 }
 
 fn map_eof(e: std::io::Error) -> ProtoError {
+    if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<SocketTimeout>()) {
+        return ProtoError::Timeout(t.0);
+    }
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => {
             ProtoError::Handshake("peer closed during the handshake".into())
@@ -125,7 +135,7 @@ fn map_eof(e: std::io::Error) -> ProtoError {
 
 /// SHA-1 of the secret's bytes: the cookie QEMU checks when started with `key=`.
 pub fn cookie_hash(secret: &[u8]) -> [u8; 20] {
-    Sha1::digest(secret).into()
+    sha1_smol::Sha1::from(secret).digest().bytes()
 }
 
 /// The 24-byte reply: `struct_size = 24` and the cookie hash (zero without a secret).
@@ -150,19 +160,23 @@ pub struct PeerCredentials {
     pub gid: u32,
 }
 
-/// Reads `SO_PEERCRED` of a connected UNIX socket.
-pub fn peer_credentials(sock: &impl AsRawFd) -> Result<PeerCredentials> {
+/// Reads `SO_PEERCRED` of a connected UNIX socket: the process that called `connect`
+/// (its credentials at that time). `pid` is 0 when the peer is in a pid namespace this
+/// process cannot see (QEMU on the host, the tool in a container).
+pub fn peer_credentials(sock: &impl AsFd) -> Result<PeerCredentials> {
+    // Not rustix's `socket_peercred`: its `UCred` holds the pid as a non-zero type,
+    // and the kernel reports pid 0 across pid namespaces.
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
     let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the fd is owned
-    // by `sock` for the duration of the call.
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; every bit
+    // pattern is a valid `ucred`; the fd is borrowed from `sock` for the call.
     let rc = unsafe {
         libc::getsockopt(
-            sock.as_raw_fd(),
+            sock.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&mut cred as *mut libc::ucred).cast(),
@@ -177,4 +191,148 @@ pub fn peer_credentials(sock: &impl AsRawFd) -> Result<PeerCredentials> {
         uid: cred.uid,
         gid: cred.gid,
     })
+}
+
+/// Which peers may connect to a UNIX socket, by the uid `SO_PEERCRED` reports. Checked
+/// before a single handshake byte is read; a refused peer is disconnected with
+/// [`ProtoError::PeerRefused`]. Not applicable to vsock (no peer uid there).
+///
+/// The default, [`PeerUids::SameUserOrRoot`], admits exactly who the default socket mode
+/// (0600, owner = us) lets connect anyway, so a socket mode widened by mistake (or a
+/// socket passed to another process) does not let another user pose as QEMU. With
+/// libvirt, whose QEMU runs as its own user, list that uid with [`PeerUids::Only`] (and
+/// widen [`Config::socket_mode`] or the directory so it can reach the socket).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PeerUids {
+    /// This process's effective uid and root (uid 0).
+    #[default]
+    SameUserOrRoot,
+    /// Exactly these uids (root only if listed).
+    Only(Vec<u32>),
+    /// Anyone who can reach the socket (file mode and directories are the only barrier).
+    Any,
+}
+
+impl PeerUids {
+    /// Whether a peer with `uid` may connect.
+    pub fn allows(&self, uid: u32) -> bool {
+        match self {
+            PeerUids::SameUserOrRoot => uid == 0 || uid == rustix::process::geteuid().as_raw(),
+            PeerUids::Only(uids) => uids.contains(&uid),
+            PeerUids::Any => true,
+        }
+    }
+}
+
+/// Refuses a UNIX-socket peer that `policy` does not allow (vsock peers pass: they
+/// have no uid). Returns the peer's credentials when known.
+pub fn check_peer(stream: &Stream, policy: &PeerUids) -> Result<Option<PeerCredentials>> {
+    let Stream::Unix(s) = stream else {
+        return Ok(None);
+    };
+    let cred = peer_credentials(s)?;
+    if !policy.allows(cred.uid) {
+        return Err(ProtoError::PeerRefused {
+            uid: cred.uid,
+            pid: cred.pid,
+        });
+    }
+    Ok(Some(cred))
+}
+
+/// The instant `timeout` from now, or `None` ("never") if that is not representable
+/// (e.g. `Duration::MAX`): deadline arithmetic must not panic.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// Reads from the stream with every read's socket timeout set to the time left until
+/// one deadline, so the deadline holds for a whole sequence of reads (and writes).
+struct DeadlineIo<'a> {
+    stream: &'a mut Stream,
+    deadline: Option<Instant>,
+    /// The whole budget, reported in the error.
+    budget: Duration,
+}
+
+impl DeadlineIo<'_> {
+    /// Sets the socket timeout for the next call to the time left, or fails once the
+    /// deadline has passed.
+    fn arm(&mut self, write: bool) -> std::io::Result<()> {
+        let left = match self.deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        SocketTimeout(self.budget),
+                    ));
+                }
+                Some(left)
+            }
+        };
+        if write {
+            self.stream.set_write_timeout(left)
+        } else {
+            self.stream.set_read_timeout(left)
+        }
+    }
+
+    /// Maps a socket timeout of one call to the budget of the whole exchange.
+    fn budget_error(&self, e: std::io::Error) -> std::io::Error {
+        if e.get_ref().is_some_and(|i| i.is::<SocketTimeout>()) {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, SocketTimeout(self.budget))
+        } else {
+            e
+        }
+    }
+}
+
+impl Read for DeadlineIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm(false)?;
+        self.stream.read(buf).map_err(|e| self.budget_error(e))
+    }
+}
+
+impl Write for DeadlineIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm(true)?;
+        self.stream.write(buf).map_err(|e| self.budget_error(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The QEMU handshake on a freshly accepted stream: checks the peer's uid
+/// ([`Config::allowed_peer_uids`], UNIX sockets only), reads the hookup struct and
+/// writes the cookie reply, all within one deadline of [`Config::handshake_timeout`]
+/// from now (a `Duration` too large for an `Instant`, such as `Duration::MAX`, means no
+/// deadline). Leaves the stream blocking, without read timeout and with
+/// [`Config::write_timeout`] as write timeout.
+///
+/// Fails with [`ProtoError::PeerRefused`], [`ProtoError::Timeout`] (the budget
+/// exceeded), [`ProtoError::Handshake`] (malformed struct, peer closed) or
+/// [`ProtoError::Io`].
+pub fn exchange(
+    stream: &mut Stream,
+    config: &Config,
+) -> Result<(HookupInfo, Option<PeerCredentials>)> {
+    let deadline = deadline_after(config.handshake_timeout);
+    let peer = check_peer(stream, &config.allowed_peer_uids)?;
+    stream.set_nonblocking(false)?;
+    let mut io = DeadlineIo {
+        stream,
+        deadline,
+        budget: config.handshake_timeout,
+    };
+    let hookup = read_hookup(&mut io)?;
+    io.write_all(&reply_bytes(config.secret.as_deref()))
+        .map_err(map_eof)?;
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(Some(config.write_timeout.max(Duration::from_micros(1))))?;
+    Ok((hookup, peer))
 }

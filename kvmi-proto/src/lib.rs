@@ -7,7 +7,9 @@
 //! * [`codec`]: pure framing (encode/decode, reply error codes, event parsing for the
 //!   kvmi-v7 and kvmi-v6 layouts). Never panics, never allocates beyond the limits.
 //! * [`handshake`]: the QEMU hookup struct, the SHA-1 cookie reply, `SO_PEERCRED`.
-//! * [`Listener`] / [`Connection`]: accept VMs; per VM a reader thread routes replies by
+//! * [`Listener`] / [`Connection`]: accept VMs (handshakes run concurrently, each under
+//!   one deadline, after a peer-uid check; the UNIX socket is never reachable with a
+//!   wider mode than configured); per VM a reader thread routes replies by
 //!   sequence number to waiting callers and queues events in a bounded queue. Commands
 //!   may be issued from any thread, including event handlers; every wait has a timeout;
 //!   a disconnect wakes every waiter with [`ProtoError::Disconnected`].
@@ -55,11 +57,11 @@ pub use batch::Batch;
 pub use codec::Abi;
 pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
-pub use error::{BatchFailure, ProtoError, Result};
+pub use error::{BatchFailure, CommandName, EventName, ProtoError, Result};
 pub use event::{Action, Event, EventKind, EventResponse, PfInfo, PfReply, TrapInfo};
-pub use handshake::{HookupInfo, PeerCredentials};
-pub use listener::Listener;
-pub use stream::{Stream, VsockStream};
+pub use handshake::{HookupInfo, PeerCredentials, PeerUids};
+pub use listener::{Listener, Rejected};
+pub use stream::{SocketTimeout, Stream, VsockStream};
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,12 @@
 //! The connected socket a [`Connection`](crate::Connection) runs on: a UNIX stream
 //! socket or an `AF_VSOCK` stream socket (QEMU `-chardev socket,type=vsock,...`).
 
+use rustix::fs::OFlags;
+use rustix::net::sockopt::{self, Timeout};
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -74,21 +77,57 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// A blocking socket reports an expired `SO_RCVTIMEO`/`SO_SNDTIMEO` as `EAGAIN`,
+    /// the same code a non-blocking socket uses for "not ready". On a blocking socket
+    /// with a timeout set, `WouldBlock` becomes a `TimedOut` error carrying a
+    /// [`SocketTimeout`], which converts to [`ProtoError::Timeout`](crate::ProtoError).
+    /// Only the error path pays for the two extra syscalls.
+    fn timeout_error(&self, e: io::Error, which: Timeout) -> io::Error {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return e;
+        }
+        let blocking = rustix::fs::fcntl_getfl(self).is_ok_and(|f| !f.contains(OFlags::NONBLOCK));
+        match sockopt::socket_timeout(self, which) {
+            Ok(Some(after)) if blocking => {
+                io::Error::new(io::ErrorKind::TimedOut, SocketTimeout(after))
+            }
+            _ => e,
+        }
+    }
+}
+
+/// The payload of the `TimedOut` [`io::Error`] a [`Stream`] returns when a blocking
+/// read or write ran into the socket's timeout: the timeout as the kernel holds it
+/// (rounded up to its clock tick, e.g. 50 ms reads back as 52 ms at `HZ=250`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketTimeout(pub Duration);
+
+impl std::fmt::Display for SocketTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "socket timed out after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for SocketTimeout {}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
+        let r = match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Vsock(s) => s.read(buf),
-        }
+        };
+        r.map_err(|e| self.timeout_error(e, Timeout::Recv))
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
+        let r = match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Vsock(s) => s.write(buf),
-        }
+        };
+        r.map_err(|e| self.timeout_error(e, Timeout::Send))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -129,12 +168,13 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
 
 /// A `sockaddr_vm` for `cid:port`.
 pub(crate) fn sockaddr_vm(cid: u32, port: u32) -> libc::sockaddr_vm {
-    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
-    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    a.svm_cid = cid;
-    a.svm_port = port;
-    a
+    libc::sockaddr_vm {
+        svm_family: libc::AF_VSOCK as libc::sa_family_t,
+        svm_reserved1: 0,
+        svm_port: port,
+        svm_cid: cid,
+        svm_zero: [0; 4],
+    }
 }
 
 /// `getsockname`/`getpeername` on a vsock socket → `(cid, port)`.
@@ -155,44 +195,12 @@ pub(crate) fn vsock_name(fd: RawFd, peer: bool) -> io::Result<(u32, u32)> {
 
 /// A new `AF_VSOCK` `SOCK_STREAM` socket (close-on-exec).
 pub(crate) fn vsock_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; on success the fd is new and owned by us.
-    let fd =
-        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` is a freshly created descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_timeout(fd: RawFd, opt: libc::c_int, t: Option<Duration>) -> io::Result<()> {
-    let tv = match t {
-        Some(d) if d.is_zero() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cannot set a 0 duration timeout",
-            ))
-        }
-        Some(d) => libc::timeval {
-            tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
-            tv_usec: libc::suseconds_t::from(d.subsec_micros()).max(
-                // A sub-microsecond timeout must not become "no timeout".
-                libc::suseconds_t::from(d.as_secs() == 0),
-            ),
-        },
-        None => libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-    };
-    // SAFETY: `tv` is a valid timeval for the duration of the call.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&tv as *const libc::timeval).cast(),
-            core::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
+    Ok(rustix::net::socket_with(
+        AddressFamily::VSOCK,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 impl VsockStream {
@@ -238,59 +246,40 @@ impl VsockStream {
     /// Shuts down one or both directions.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         let how = match how {
-            Shutdown::Read => libc::SHUT_RD,
-            Shutdown::Write => libc::SHUT_WR,
-            Shutdown::Both => libc::SHUT_RDWR,
+            Shutdown::Read => rustix::net::Shutdown::Read,
+            Shutdown::Write => rustix::net::Shutdown::Write,
+            Shutdown::Both => rustix::net::Shutdown::Both,
         };
-        // SAFETY: plain syscall on a descriptor we own.
-        cvt(unsafe { libc::shutdown(self.fd.as_raw_fd(), how) }).map(drop)
+        Ok(rustix::net::shutdown(&self.fd, how)?)
     }
 
-    /// Sets the read timeout (`SO_RCVTIMEO`; `None`: block forever).
+    /// Sets the read timeout (`SO_RCVTIMEO`; `None`: block forever; a zero duration is
+    /// an error, a sub-microsecond one becomes 1 µs, a huge one saturates).
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        set_timeout(self.fd.as_raw_fd(), libc::SO_RCVTIMEO, t)
+        Ok(sockopt::set_socket_timeout(&self.fd, Timeout::Recv, t)?)
     }
 
-    /// Sets the write timeout (`SO_SNDTIMEO`; `None`: block forever).
+    /// Sets the write timeout (`SO_SNDTIMEO`; as [`set_read_timeout`](Self::set_read_timeout)).
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        set_timeout(self.fd.as_raw_fd(), libc::SO_SNDTIMEO, t)
+        Ok(sockopt::set_socket_timeout(&self.fd, Timeout::Send, t)?)
     }
 
     /// Switches non-blocking mode.
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        let mut v = libc::c_int::from(on);
-        // SAFETY: FIONBIO reads one c_int from the valid pointer given.
-        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONBIO, &mut v) }).map(drop)
+        Ok(rustix::io::ioctl_fionbio(&self.fd, on)?)
     }
 }
 
 impl Read for VsockStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(rustix::io::read(&self.fd, buf)?)
     }
 }
 
 impl Write for VsockStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL: a closed
-        // peer gives EPIPE instead of SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        // MSG_NOSIGNAL: a closed peer gives EPIPE instead of SIGPIPE.
+        Ok(rustix::net::send(&self.fd, buf, SendFlags::NOSIGNAL)?)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -795,8 +795,9 @@ fn batch_failure_display() {
     assert_eq!(
         e.to_string(),
         format!(
-            "2 batched command(s) failed: command {} (seq 7, batch index 2) failed with \
-             KVM_EINVAL (-22); command 27 (seq 5) failed with KVM_EPERM (-1)",
+            "2 batched command(s) failed: command KVMI_VCPU_SET_REGISTERS ({}, seq 7, batch \
+             index 2) failed with KVM_EINVAL (-22); command KVMI_VM_CONTROL_CMD_RESPONSE (27, \
+             seq 5) failed with KVM_EPERM (-1)",
             sys::KVMI_VCPU_SET_REGISTERS
         )
     );

@@ -440,77 +440,17 @@ impl Stats {
     }
 }
 
-/// Name of a kvmi-v7 command id (for summaries).
+/// Name of a command id for summaries: the kvmi-v7 C name (the kvmi-v6 one for the
+/// v6-only ids), or `"unknown"`; see [`kvmi_sys::command_name`].
 pub fn command_name(id: u16) -> &'static str {
-    match id {
-        0 => "EVENT_REPLY",
-        2 => "GET_VERSION",
-        3 => "VM_CHECK_COMMAND",
-        4 => "VM_CHECK_EVENT",
-        5 => "VM_GET_INFO",
-        6 => "VCPU_GET_INFO",
-        7 => "VCPU_PAUSE",
-        8 => "VM_CONTROL_EVENTS",
-        9 => "VCPU_CONTROL_EVENTS",
-        10 => "VCPU_CONTROL_CR",
-        11 => "VCPU_CONTROL_MSR",
-        12 => "CONTROL_VE(v6)",
-        13 => "VCPU_GET_REGISTERS",
-        14 => "VCPU_SET_REGISTERS",
-        15 => "VCPU_GET_CPUID",
-        16 => "VCPU_GET_XSAVE",
-        17 => "VM_READ_PHYSICAL",
-        18 => "VM_WRITE_PHYSICAL",
-        19 => "VCPU_INJECT_EXCEPTION",
-        20 => "GET_PAGE_ACCESS(v6)",
-        21 => "VM_SET_PAGE_ACCESS",
-        22 => "VM_GET_MAP_TOKEN",
-        23 => "VCPU_GET_MTRR_TYPE",
-        24 => "VM_CONTROL_SPP",
-        25 => "GET_PAGE_WRITE_BITMAP(v6)",
-        26 => "VM_SET_PAGE_WRITE_BITMAP",
-        27 => "VM_CONTROL_CMD_RESPONSE",
-        28 => "VCPU_SET_VE_INFO",
-        29 => "VM_GET_MAX_GFN",
-        30 => "VM_SET_PAGE_SVE",
-        31 => "GET_NEXT_AVAILABLE_GFN",
-        32 => "VCPU_SET_EPT_VIEW",
-        33 => "VCPU_DISABLE_VE",
-        34 => "VCPU_GET_EPT_VIEW",
-        35 => "VCPU_TRANSLATE_GVA",
-        36 => "VCPU_CONTROL_EPT_VIEW",
-        37 => "VCPU_GET_XCR",
-        38 => "VCPU_SET_XSAVE",
-        39 => "QUERY_PHYSICAL",
-        41 => "VCPU_ALLOC_GFN",
-        42 => "VCPU_FREE_GFN",
-        43 => "CREATE_EPT_VIEW",
-        44 => "DESTROY_EPT_VIEW",
-        60 => "VCPU_CHANGE_GFN",
-        63 => "VCPU_CONTROL_SINGLESTEP",
-        _ => "unknown",
-    }
+    sys::command_name(id)
+        .or(sys::v6::command_name(id))
+        .unwrap_or("unknown")
 }
 
-/// Name of an event id.
+/// Name of an event id for summaries (or `"unknown"`); see [`kvmi_sys::event_name`].
 pub fn event_name(id: u8) -> &'static str {
-    match id {
-        0 => "UNHOOK",
-        1 => "CR",
-        2 => "MSR",
-        3 => "XSETBV",
-        4 => "BREAKPOINT",
-        5 => "HYPERCALL",
-        6 => "PF",
-        7 => "TRAP",
-        8 => "DESCRIPTOR",
-        9 => "CREATE_VCPU",
-        10 => "PAUSE_VCPU",
-        11 => "SINGLESTEP",
-        12 => "CMD_ERROR",
-        13 => "CPUID",
-        _ => "unknown",
-    }
+    sys::event_name(id).unwrap_or("unknown")
 }
 
 impl std::fmt::Display for Stats {
@@ -522,16 +462,16 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(f, "commands received:")?;
         for (id, n) in &self.commands {
-            writeln!(f, "  {:>2} {:<26} {n}", id, command_name(*id))?;
+            writeln!(f, "  {:>2} {:<28} {n}", id, command_name(*id))?;
         }
         writeln!(f, "command replies (id, err):")?;
         for ((id, err), n) in &self.replies {
-            writeln!(f, "  {:>2} {:<26} err {err:<5} {n}", id, command_name(*id))?;
+            writeln!(f, "  {:>2} {:<28} err {err:<5} {n}", id, command_name(*id))?;
         }
         writeln!(f, "events sent / replies received:")?;
         for (id, n) in &self.events {
             let r = self.event_replies.get(id).copied().unwrap_or(0);
-            writeln!(f, "  {:>2} {:<12} {n} / {r}", id, event_name(*id))?;
+            writeln!(f, "  {:>2} {:<21} {n} / {r}", id, event_name(*id))?;
         }
         Ok(())
     }

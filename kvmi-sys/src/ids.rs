@@ -273,3 +273,82 @@ const _: () = {
     }
     assert!(KVMI_EVENT_IDS.len() == crate::KVMI_NUM_EVENTS);
 };
+
+// ---------------------------------------------------------------------------------------
+// Names (for messages and summaries)
+// ---------------------------------------------------------------------------------------
+
+/// The kvmi-v7 C name of message id `id` (a command, `KVMI_EVENT` or
+/// `KVMI_EVENT_REPLY`), e.g. `17` → `"KVMI_VM_READ_PHYSICAL"`; `None` for an id kvmi-v7
+/// does not define (the v6-only ids 12, 20 and 25 have names in
+/// [`v6::command_name`](crate::v6::command_name)).
+pub const fn command_name(id: u16) -> Option<&'static str> {
+    Some(match id {
+        KVMI_EVENT_REPLY => "KVMI_EVENT_REPLY",
+        KVMI_EVENT => "KVMI_EVENT",
+        KVMI_GET_VERSION => "KVMI_GET_VERSION",
+        KVMI_VM_CHECK_COMMAND => "KVMI_VM_CHECK_COMMAND",
+        KVMI_VM_CHECK_EVENT => "KVMI_VM_CHECK_EVENT",
+        KVMI_VM_GET_INFO => "KVMI_VM_GET_INFO",
+        KVMI_VCPU_GET_INFO => "KVMI_VCPU_GET_INFO",
+        KVMI_VCPU_PAUSE => "KVMI_VCPU_PAUSE",
+        KVMI_VM_CONTROL_EVENTS => "KVMI_VM_CONTROL_EVENTS",
+        KVMI_VCPU_CONTROL_EVENTS => "KVMI_VCPU_CONTROL_EVENTS",
+        KVMI_VCPU_CONTROL_CR => "KVMI_VCPU_CONTROL_CR",
+        KVMI_VCPU_CONTROL_MSR => "KVMI_VCPU_CONTROL_MSR",
+        KVMI_VCPU_GET_REGISTERS => "KVMI_VCPU_GET_REGISTERS",
+        KVMI_VCPU_SET_REGISTERS => "KVMI_VCPU_SET_REGISTERS",
+        KVMI_VCPU_GET_CPUID => "KVMI_VCPU_GET_CPUID",
+        KVMI_VCPU_GET_XSAVE => "KVMI_VCPU_GET_XSAVE",
+        KVMI_VM_READ_PHYSICAL => "KVMI_VM_READ_PHYSICAL",
+        KVMI_VM_WRITE_PHYSICAL => "KVMI_VM_WRITE_PHYSICAL",
+        KVMI_VCPU_INJECT_EXCEPTION => "KVMI_VCPU_INJECT_EXCEPTION",
+        KVMI_VM_SET_PAGE_ACCESS => "KVMI_VM_SET_PAGE_ACCESS",
+        KVMI_VM_GET_MAP_TOKEN => "KVMI_VM_GET_MAP_TOKEN",
+        KVMI_VCPU_GET_MTRR_TYPE => "KVMI_VCPU_GET_MTRR_TYPE",
+        KVMI_VM_CONTROL_SPP => "KVMI_VM_CONTROL_SPP",
+        KVMI_VM_SET_PAGE_WRITE_BITMAP => "KVMI_VM_SET_PAGE_WRITE_BITMAP",
+        KVMI_VM_CONTROL_CMD_RESPONSE => "KVMI_VM_CONTROL_CMD_RESPONSE",
+        KVMI_VCPU_SET_VE_INFO => "KVMI_VCPU_SET_VE_INFO",
+        KVMI_VM_GET_MAX_GFN => "KVMI_VM_GET_MAX_GFN",
+        KVMI_VM_SET_PAGE_SVE => "KVMI_VM_SET_PAGE_SVE",
+        KVMI_GET_NEXT_AVAILABLE_GFN => "KVMI_GET_NEXT_AVAILABLE_GFN",
+        KVMI_VCPU_SET_EPT_VIEW => "KVMI_VCPU_SET_EPT_VIEW",
+        KVMI_VCPU_DISABLE_VE => "KVMI_VCPU_DISABLE_VE",
+        KVMI_VCPU_GET_EPT_VIEW => "KVMI_VCPU_GET_EPT_VIEW",
+        KVMI_VCPU_TRANSLATE_GVA => "KVMI_VCPU_TRANSLATE_GVA",
+        KVMI_VCPU_CONTROL_EPT_VIEW => "KVMI_VCPU_CONTROL_EPT_VIEW",
+        KVMI_VCPU_GET_XCR => "KVMI_VCPU_GET_XCR",
+        KVMI_VCPU_SET_XSAVE => "KVMI_VCPU_SET_XSAVE",
+        KVMI_QUERY_PHYSICAL => "KVMI_QUERY_PHYSICAL",
+        KVMI_VCPU_ALLOC_GFN => "KVMI_VCPU_ALLOC_GFN",
+        KVMI_VCPU_FREE_GFN => "KVMI_VCPU_FREE_GFN",
+        KVMI_CREATE_EPT_VIEW => "KVMI_CREATE_EPT_VIEW",
+        KVMI_DESTROY_EPT_VIEW => "KVMI_DESTROY_EPT_VIEW",
+        KVMI_VCPU_CHANGE_GFN => "KVMI_VCPU_CHANGE_GFN",
+        KVMI_VCPU_CONTROL_SINGLESTEP => "KVMI_VCPU_CONTROL_SINGLESTEP",
+        _ => return None,
+    })
+}
+
+/// The kvmi-v7 C name of event id `id`, e.g. `6` → `"KVMI_EVENT_PF"`; `None` for an
+/// unknown id. kvmi-v6 uses the same names for its ids 0–11.
+pub const fn event_name(id: u8) -> Option<&'static str> {
+    Some(match id {
+        KVMI_EVENT_UNHOOK => "KVMI_EVENT_UNHOOK",
+        KVMI_EVENT_CR => "KVMI_EVENT_CR",
+        KVMI_EVENT_MSR => "KVMI_EVENT_MSR",
+        KVMI_EVENT_XSETBV => "KVMI_EVENT_XSETBV",
+        KVMI_EVENT_BREAKPOINT => "KVMI_EVENT_BREAKPOINT",
+        KVMI_EVENT_HYPERCALL => "KVMI_EVENT_HYPERCALL",
+        KVMI_EVENT_PF => "KVMI_EVENT_PF",
+        KVMI_EVENT_TRAP => "KVMI_EVENT_TRAP",
+        KVMI_EVENT_DESCRIPTOR => "KVMI_EVENT_DESCRIPTOR",
+        KVMI_EVENT_CREATE_VCPU => "KVMI_EVENT_CREATE_VCPU",
+        KVMI_EVENT_PAUSE_VCPU => "KVMI_EVENT_PAUSE_VCPU",
+        KVMI_EVENT_SINGLESTEP => "KVMI_EVENT_SINGLESTEP",
+        KVMI_EVENT_CMD_ERROR => "KVMI_EVENT_CMD_ERROR",
+        KVMI_EVENT_CPUID => "KVMI_EVENT_CPUID",
+        _ => return None,
+    })
+}

@@ -5,7 +5,8 @@
 //! sequence numbers, reply matching, typed commands and events) → `vmi-kvm` (the
 //! `vmi-core` backend). It has **no behaviour**: nothing here opens a socket, validates
 //! a message or allocates; it only says what the bytes are (its only functions are
-//! `const fn` lookups: ioctl-number encoding and per-event payload sizes).
+//! `const fn` lookups: ioctl-number encoding, per-event payload sizes and the C names of
+//! message and event ids).
 //!
 //! # Which ABI
 //!
@@ -22,7 +23,8 @@
 //!
 //! # Layout of the crate
 //!
-//! * [`ids`]: message ids (commands, `KVMI_EVENT`, `KVMI_EVENT_REPLY`) and event ids.
+//! * [`ids`]: message ids (commands, `KVMI_EVENT`, `KVMI_EVENT_REPLY`) and event ids,
+//!   with their names ([`command_name`], [`event_name`]; [`v6::command_name`]).
 //! * [`consts`]: version, size limits, event actions, page-access bits, descriptor ids,
 //!   error codes (`KVM_E*`), hypercall numbers and other fixed values.
 //! * [`hdr`]: message header, reply error code, vCPU header.

@@ -445,3 +445,37 @@ fn kvm_bindings_round_trip() {
     assert_eq!(ours.as_bytes().len(), KVM_XSAVE_SIZE);
     assert_eq!(kvm_bindings::kvm_xsave::from(ours).region, xs.region);
 }
+
+#[test]
+fn names_of_commands_and_events() {
+    use std::collections::BTreeSet;
+    let names: BTreeSet<_> = KVMI_COMMAND_IDS
+        .iter()
+        .map(|&id| command_name(id).expect("every kvmi-v7 command has a name"))
+        .collect();
+    assert_eq!(names.len(), KVMI_COMMAND_IDS.len(), "names are distinct");
+    assert!(names.iter().all(|n| n.starts_with("KVMI_")));
+    assert_eq!(
+        command_name(KVMI_VM_READ_PHYSICAL),
+        Some("KVMI_VM_READ_PHYSICAL")
+    );
+    assert_eq!(command_name(KVMI_EVENT_REPLY), Some("KVMI_EVENT_REPLY"));
+    // v6-only numbers, gaps and out-of-range ids have no kvmi-v7 name.
+    for id in [12, 20, 25, 40, 45, 59, 61, 62, 64, u16::MAX] {
+        assert_eq!(command_name(id), None, "{id}");
+    }
+    assert_eq!(
+        v6::command_name(v6::KVMI_GET_PAGE_ACCESS),
+        Some("KVMI_GET_PAGE_ACCESS")
+    );
+    assert_eq!(v6::command_name(5), Some("KVMI_GET_GUEST_INFO"));
+    for id in (2..v6::KVMI_NUM_COMMANDS as u16).chain([v6::KVMI_GET_MAX_GFN]) {
+        assert!(v6::command_name(id).is_some(), "{id}");
+    }
+    assert_eq!(v6::command_name(28), None);
+    for &id in &KVMI_EVENT_IDS {
+        assert!(event_name(id).unwrap().starts_with("KVMI_EVENT_"));
+    }
+    assert_eq!(event_name(KVMI_EVENT_PF), Some("KVMI_EVENT_PF"));
+    assert_eq!(event_name(KVMI_NUM_EVENTS as u8), None);
+}

@@ -124,6 +124,44 @@ pub const KVMI_NUM_EVENTS: usize = 12;
 /// keeps its messages within this limit is safe either way.
 pub const KVMI_MSG_SIZE_RFC_V6: usize = 4096 - crate::MSG_HDR_SIZE;
 
+/// The kvmi-v6 C name of message id `id`, e.g. `5` → `"KVMI_GET_GUEST_INFO"`; `None`
+/// for an id kvmi-v6 does not define. Event names are kvmi-v7's
+/// ([`event_name`](crate::event_name)), for ids below [`KVMI_NUM_EVENTS`].
+pub const fn command_name(id: u16) -> Option<&'static str> {
+    Some(match id {
+        KVMI_EVENT_REPLY => "KVMI_EVENT_REPLY",
+        KVMI_EVENT => "KVMI_EVENT",
+        KVMI_GET_VERSION => "KVMI_GET_VERSION",
+        KVMI_CHECK_COMMAND => "KVMI_CHECK_COMMAND",
+        KVMI_CHECK_EVENT => "KVMI_CHECK_EVENT",
+        KVMI_GET_GUEST_INFO => "KVMI_GET_GUEST_INFO",
+        KVMI_GET_VCPU_INFO => "KVMI_GET_VCPU_INFO",
+        KVMI_PAUSE_VCPU => "KVMI_PAUSE_VCPU",
+        KVMI_CONTROL_VM_EVENTS => "KVMI_CONTROL_VM_EVENTS",
+        KVMI_CONTROL_EVENTS => "KVMI_CONTROL_EVENTS",
+        KVMI_CONTROL_CR => "KVMI_CONTROL_CR",
+        KVMI_CONTROL_MSR => "KVMI_CONTROL_MSR",
+        KVMI_CONTROL_VE => "KVMI_CONTROL_VE",
+        KVMI_GET_REGISTERS => "KVMI_GET_REGISTERS",
+        KVMI_SET_REGISTERS => "KVMI_SET_REGISTERS",
+        KVMI_GET_CPUID => "KVMI_GET_CPUID",
+        KVMI_GET_XSAVE => "KVMI_GET_XSAVE",
+        KVMI_READ_PHYSICAL => "KVMI_READ_PHYSICAL",
+        KVMI_WRITE_PHYSICAL => "KVMI_WRITE_PHYSICAL",
+        KVMI_INJECT_EXCEPTION => "KVMI_INJECT_EXCEPTION",
+        KVMI_GET_PAGE_ACCESS => "KVMI_GET_PAGE_ACCESS",
+        KVMI_SET_PAGE_ACCESS => "KVMI_SET_PAGE_ACCESS",
+        KVMI_GET_MAP_TOKEN => "KVMI_GET_MAP_TOKEN",
+        KVMI_GET_MTRR_TYPE => "KVMI_GET_MTRR_TYPE",
+        KVMI_CONTROL_SPP => "KVMI_CONTROL_SPP",
+        KVMI_GET_PAGE_WRITE_BITMAP => "KVMI_GET_PAGE_WRITE_BITMAP",
+        KVMI_SET_PAGE_WRITE_BITMAP => "KVMI_SET_PAGE_WRITE_BITMAP",
+        KVMI_CONTROL_CMD_RESPONSE => "KVMI_CONTROL_CMD_RESPONSE",
+        KVMI_GET_MAX_GFN => "KVMI_GET_MAX_GFN",
+        _ => return None,
+    })
+}
+
 const _: () = {
     use crate::ids as v7;
     assert!(KVMI_GET_VERSION == v7::KVMI_GET_VERSION);
