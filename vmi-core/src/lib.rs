@@ -41,6 +41,7 @@
 pub mod addr;
 pub mod capability;
 pub mod cpu_state;
+pub mod deadline;
 pub mod error;
 pub mod event;
 pub mod memory;
@@ -52,6 +53,7 @@ pub mod vcpu;
 pub use addr::{Gfn, Gpa, Gva, VcpuId, View, PAGE_SHIFT, PAGE_SIZE};
 pub use capability::{Backend, Capability, CapabilityReport, Support};
 pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
+pub use deadline::Deadline;
 pub use error::{Error, PageFaultReason, Result};
 pub use event::{
     Access, Action, Event, EventControl, EventKind, Monitor, PendingEvent, ReplyToken, Response,
