@@ -49,8 +49,17 @@
 //!
 //! Entries come from the guest and are not trusted. The walk reads at most one entry per
 //! level (so at most five), never loops, never allocates and never panics: addresses are
-//! composed with masks and checked arithmetic. Unreadable entries fail with
+//! composed with masks and checked arithmetic. An entry where the guest has no memory
+//! ([`Error::UnmappedPhysical`] from the memory) fails with
 //! [`PageFaultReason::UnreadableTable`] at the level being read.
+//!
+//! # Memory errors are not page faults
+//!
+//! Only "not backed by guest memory" is a page fault. Any other error of the
+//! [`PhysicalMemory`] while reading a paging structure — [`Error::Disconnected`],
+//! [`Error::Timeout`], [`Error::Io`], a backend failure — is returned unchanged: the guest
+//! would not fault there, and a dead connection must not look like an unmapped page (a
+//! scanner would skip the page and go on against a dead session).
 //!
 //! # The translation cache and its invalidation contract
 //!
@@ -72,6 +81,8 @@
 mod cache;
 mod walker;
 
+#[cfg(test)]
+mod memory_error_tests;
 #[cfg(test)]
 mod tests;
 
@@ -442,8 +453,11 @@ impl From<PagingMode> for Translator {
 /// [`Error::PageFault`], with the level at which the walk stopped and the reason:
 /// [`NotPresent`](PageFaultReason::NotPresent), [`ReservedBit`](PageFaultReason::ReservedBit),
 /// [`NonCanonical`](PageFaultReason::NonCanonical) (also for addresses at or above 4 GiB
-/// outside IA-32e mode) or [`UnreadableTable`](PageFaultReason::UnreadableTable) (the
-/// memory's own error is not passed on).
+/// outside IA-32e mode) or [`UnreadableTable`](PageFaultReason::UnreadableTable) (a
+/// paging structure where `mem` reports [`Error::UnmappedPhysical`]).
+///
+/// Any other error of `mem` (disconnected, timed out, I/O) is passed on unchanged — see
+/// [Memory errors are not page faults](self#memory-errors-are-not-page-faults).
 pub fn translate<M: PhysicalMemory + ?Sized>(
     mem: &M,
     mode: impl Into<Translator>,
