@@ -301,9 +301,62 @@ fn pae_4k_and_2m() {
 }
 
 #[test]
+fn pae_pdpte_as_tcg_sets_it_translates() {
+    // A PDPTE of a 32-bit Debian 686-pae guest under QEMU TCG: present, PD at 0x13e94000,
+    // and bit 5 (accessed), which TCG sets on its walks. The SDM reserves bit 5, but the
+    // emulated CPU uses the entry, so the walk must too.
+    let pdpte = 0x13e9_4021u64;
+    let gva = 0xc100_0abcu64; // PDPTE 3, the kernel's quarter
+    let mut mem = SparseMemory::new();
+    chain(
+        &mut mem,
+        PAE,
+        gva,
+        &[0x1020, 0x13e9_4000, 0x3000],
+        &[P, PWU],
+        0x0100_0000 | PWU,
+    );
+    set(&mut mem, PAE, 3, 0x1020, gva, pdpte);
+    let t = translate(&mem, PAE, Gpa(0x1020), Gva(gva)).unwrap();
+    assert_eq!(t.gpa, Gpa(0x0100_0abc));
+    assert_eq!(t.entries()[0].value, pdpte);
+    assert!(t.writable && t.user, "a PDPTE carries no permissions");
+    // The same with a 2 MiB page, and through the cache.
+    set(&mut mem, PAE, 2, 0x13e9_4000, gva, 0x0120_0000 | PS | PWU);
+    let mut cache = TranslationCache::new();
+    for _ in 0..2 {
+        let t = cache.translate(&mem, PAE, Gpa(0x1020), Gva(gva)).unwrap();
+        assert_eq!((t.gpa, t.page_size), (Gpa(0x0120_0abc), PageSize::Size2M));
+    }
+    assert_eq!(cache.hits(), 1);
+}
+
+#[test]
+fn pae_pdpte_tolerated_bits() {
+    // Bits 2:1 and 8:5 (SDM-reserved, accepted by TCG) and PS are ignored, alone and
+    // together; they grant no permissions and never make a large page.
+    let gva = 0x8000_0000u64;
+    for extra in [RW, US, 1 << 5, 1 << 6, PS, 1 << 8, RW | US | 0x1e0] {
+        let mut mem = SparseMemory::new();
+        chain(
+            &mut mem,
+            PAE,
+            gva,
+            &[0x1000, 0x2000, 0x3000],
+            &[P | extra, P],
+            0x5000 | P,
+        );
+        let t = translate(&mem, PAE, Gpa(0x1000), Gva(gva))
+            .unwrap_or_else(|e| panic!("PDPTE bit {extra:#x}: {e}"));
+        assert_eq!((t.gpa, t.level), (Gpa(0x5000), 1), "PDPTE bits {extra:#x}");
+        assert!(!t.writable && !t.user, "PDPTE bits {extra:#x}");
+    }
+}
+
+#[test]
 fn pae_pdpte_reserved_bits() {
     let gva = 0x8000_0000u64;
-    for bad in [RW, US, PS, 1 << 5, 1 << 8, XD, 1 << 52] {
+    for bad in [XD, 1 << 62, 1 << 52] {
         let mut mem = SparseMemory::new();
         chain(
             &mut mem,
@@ -319,6 +372,21 @@ fn pae_pdpte_reserved_bits() {
             "PDPTE bit {bad:#x}"
         );
     }
+    // Bits 51:MAXPHYADDR of the PD address, with MAXPHYADDR = 36.
+    let mut mem = SparseMemory::new();
+    chain(
+        &mut mem,
+        PAE,
+        gva,
+        &[0x1000, 0x2000, 0x3000],
+        &[P | 1 << 40, PWU],
+        0x5000 | P,
+    );
+    let m36 = Translator::new(PAE).with_max_phys_bits(36);
+    assert_eq!(
+        pf(translate(&mem, m36, Gpa(0x1000), Gva(gva))),
+        (3, PageFaultReason::ReservedBit, 0x2000 | P | 1 << 40)
+    );
     // Bits 62:MAXPHYADDR are reserved in PAE PDEs and PTEs (IA-32e ignores 62:52).
     let mut mem = SparseMemory::new();
     chain(
@@ -1295,7 +1363,7 @@ mod reference {
         }
         let large = bit(e, 7) && (level == 2 || (level == 3 && !pae));
         let reserved = if pdpt {
-            bit(e, 1) || bit(e, 2) || any_bit(e, 5, 8) || any_bit(e, m, 63)
+            any_bit(e, m, 63)
         } else {
             (pae && any_bit(e, m, 62))
                 || (!pae && any_bit(e, m, 51))

@@ -150,7 +150,7 @@ fn step<M: PhysicalMemory + ?Sized>(
     if entry & reserved_bits(tr, level, is_large(mode, level, entry)) != 0 {
         return Err(Stop::Fault(entry, PageFaultReason::ReservedBit));
     }
-    // PAE PDPTEs have no permission bits (bits 2:1 are reserved and checked above).
+    // PAE PDPTEs have no permission bits: bits 2:1 (R/W, U/S elsewhere) are ignored.
     if !(matches!(mode, PagingMode::Pae { .. }) && level == 3) {
         w.writable &= entry & RW != 0;
         w.user &= entry & US != 0;
@@ -208,7 +208,12 @@ const fn reserved_bits(tr: Translator, level: u8, large: bool) -> u64 {
         }
         PagingMode::Pae { .. } => {
             if level == 3 {
-                bit_range(1, 2) | bit_range(5, 8) | bit_range(m, 63)
+                // Only the bits every implementation rejects: the SDM also reserves
+                // 2:1 and 8:5, but QEMU's TCG accepts them (and sets the accessed bit,
+                // 5, itself), and a CPU that rejects them does so at MOV CR3, so no
+                // running guest has them set in the PDPTEs it uses. See the module
+                // documentation of `paging`.
+                bit_range(m, 63)
             } else {
                 let page = if large { bit_range(13, 20) } else { 0 };
                 bit_range(m, 62) | xd | page
