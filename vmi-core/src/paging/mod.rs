@@ -29,6 +29,11 @@
 //! CR3 is seen earlier here), and 1 GiB pages are assumed to be supported in IA-32e
 //! mode (CPUID.80000001H:EDX.Page1GB, present on every 64-bit CPU KVM runs on).
 //!
+//! In the 32-bit modes (including `Disabled`), a linear address at or above 4 GiB does
+//! not exist: translating one fails with [`PageFaultReason::NonCanonical`], as does a
+//! non-canonical address in the IA-32e modes. Such faults report the mode's top level
+//! (0 for `Disabled`) and entry 0, since no table was read.
+//!
 //! # PAE PDPTEs: which bits fault
 //!
 //! The Intel SDM (vol. 3A, "PDPTE Registers") reserves PDPTE bits 2:1, 8:5 and 63:MAXPHYADDR;
@@ -38,17 +43,12 @@
 //! EFER.NXE); it ignores 2:1 and 8:5 and even sets the accessed bit, 5, in the guest's
 //! PDPTEs — a 32-bit Debian 686-pae guest under TCG has PDPTEs like `0x13e94021`.
 //!
-//! The walk here is the set both accept: a present PDPTE faults with
+//! The walk here faults only where both do: a present PDPTE fails with
 //! [`ReservedBit`](PageFaultReason::ReservedBit) only for bits 63:MAXPHYADDR; bits 2:1,
 //! 8:5 (and PS, 7) are ignored. This gives every guest the translation its CPU uses: on
 //! hardware, PDPTEs with those bits set cannot have been loaded, so they never reach a
-//! walk of a running guest's CR3 (except after the guest rewrote a loaded PDPTE in
-//! memory, which the CPU does not see before the next CR3 load either — see below).
-//!
-//! In the 32-bit modes (including `Disabled`), a linear address at or above 4 GiB does
-//! not exist: translating one fails with [`PageFaultReason::NonCanonical`], as does a
-//! non-canonical address in the IA-32e modes. Such faults report the mode's top level
-//! (0 for `Disabled`) and entry 0, since no table was read.
+//! walk of a running guest's CR3 (unless the guest rewrote a loaded PDPTE in memory,
+//! which the CPU does not see before the next CR3 load — the first simplification above).
 //!
 //! # Permissions
 //!
