@@ -98,8 +98,6 @@ mod cache;
 mod walker;
 
 #[cfg(test)]
-mod memory_error_tests;
-#[cfg(test)]
 mod tests;
 
 pub use cache::TranslationCache;
