@@ -102,6 +102,12 @@ impl Deadline {
             .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
+    /// Time left, but at most `slice`: for waits cut into slices (to release a lock, to
+    /// poll something else). `slice` without a deadline, zero once it has passed.
+    pub fn remaining_capped(&self, slice: Duration) -> Duration {
+        self.remaining().map_or(slice, |left| left.min(slice))
+    }
+
     /// The value for `set_read_timeout`/`set_write_timeout` (and any wait where zero is
     /// not "now"): `Ok(None)` to block without limit, `Ok(Some(d))` with `d > 0`.
     ///
@@ -237,6 +243,28 @@ mod tests {
         a.set_read_timeout(Deadline::never().io_timeout("x").unwrap())
             .unwrap();
         assert_eq!(a.read_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn remaining_capped_slices_every_kind_of_deadline() {
+        let slice = Duration::from_millis(20);
+        assert_eq!(Deadline::never().remaining_capped(slice), slice);
+        assert_eq!(
+            Deadline::after(Duration::MAX).remaining_capped(slice),
+            slice
+        );
+        assert_eq!(
+            Deadline::after(Duration::from_secs(60)).remaining_capped(slice),
+            slice
+        );
+        assert!(
+            Deadline::after(Duration::from_millis(5)).remaining_capped(slice)
+                <= Duration::from_millis(5)
+        );
+        assert_eq!(
+            Deadline::after(Duration::ZERO).remaining_capped(slice),
+            Duration::ZERO
+        );
     }
 
     #[test]
