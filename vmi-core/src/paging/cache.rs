@@ -126,7 +126,9 @@ impl FrameTag {
     }
 }
 
-/// One cached translation.
+/// One cached translation: what a hit reads, kept small (40 bytes) so that the slot
+/// table of a full default cache stays in the CPU's near caches. The frames it depends
+/// on, needed only to fill and invalidate, are in the parallel [`Deps`] table.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key: Key,
@@ -138,17 +140,30 @@ struct Slot {
     level: u8,
     /// Clock bit: used since the hand last passed.
     referenced: bool,
+}
+
+/// The physical ranges the translation in the slot of the same index depends on.
+#[derive(Debug, Clone, Copy)]
+struct Deps {
     frames: [FrameTag; MAX_FRAMES],
-    frame_count: u8,
+    count: u8,
+}
+
+impl Deps {
+    const NONE: Self = Self {
+        frames: [FrameTag {
+            base: Gfn(0),
+            size: PageSize::Size4K,
+        }; MAX_FRAMES],
+        count: 0,
+    };
+
+    fn frames(&self) -> &[FrameTag] {
+        self.frames.get(..usize::from(self.count)).unwrap_or(&[])
+    }
 }
 
 impl Slot {
-    fn frames(&self) -> &[FrameTag] {
-        self.frames
-            .get(..usize::from(self.frame_count))
-            .unwrap_or(&[])
-    }
-
     fn translation(&self, gva: Gva) -> Translation {
         Translation {
             gva,
@@ -188,6 +203,8 @@ impl Slot {
 pub struct TranslationCache {
     capacity: usize,
     slots: Vec<Option<Slot>>,
+    /// Parallel to `slots`.
+    deps: Vec<Deps>,
     free: Vec<usize>,
     index: HashMap<Key, usize, KeyHasherBuilder>,
     by_frame: HashMap<FrameTag, HashSet<usize>>,
@@ -217,6 +234,7 @@ impl TranslationCache {
         Self {
             capacity,
             slots: Vec::new(),
+            deps: Vec::new(),
             free: Vec::new(),
             index: HashMap::with_hasher(KeyHasherBuilder::random()),
             by_frame: HashMap::new(),
@@ -342,6 +360,7 @@ impl TranslationCache {
     /// Drops every translation (the hit and miss counters are kept).
     pub fn invalidate_all(&mut self) {
         self.slots.clear();
+        self.deps.clear();
         self.free.clear();
         self.index.clear();
         self.by_frame.clear();
@@ -376,15 +395,18 @@ impl TranslationCache {
             executable: t.executable,
             level: t.level,
             referenced: false,
-            frames,
-            frame_count,
         };
-        for &tag in slot.frames() {
+        let deps = Deps {
+            frames,
+            count: frame_count,
+        };
+        for &tag in deps.frames() {
             self.by_frame.entry(tag).or_default().insert(i);
         }
         self.index.insert(key, i);
-        if let Some(s) = self.slots.get_mut(i) {
+        if let (Some(s), Some(d)) = (self.slots.get_mut(i), self.deps.get_mut(i)) {
             *s = Some(slot);
+            *d = deps;
         }
     }
 
@@ -396,6 +418,7 @@ impl TranslationCache {
         }
         if self.slots.len() < self.capacity {
             self.slots.push(None);
+            self.deps.push(Deps::NONE);
             return Some(self.slots.len() - 1);
         }
         self.evict_one();
@@ -433,7 +456,8 @@ impl TranslationCache {
             return;
         };
         self.index.remove(&slot.key);
-        for tag in slot.frames() {
+        let deps = self.deps.get(i).copied().unwrap_or(Deps::NONE);
+        for tag in deps.frames() {
             if let Entry::Occupied(mut o) = self.by_frame.entry(*tag) {
                 o.get_mut().remove(&i);
                 if o.get().is_empty() {
@@ -450,3 +474,6 @@ impl TranslationCache {
         self.by_frame.values().map(HashSet::len).sum()
     }
 }
+
+// The hit path's footprint (see `Slot`).
+const _: () = assert!(core::mem::size_of::<Option<Slot>>() <= 40);
