@@ -65,6 +65,7 @@ pub mod addr;
 pub mod breakpoint;
 pub mod capability;
 pub mod cpu_state;
+pub mod deadline;
 pub mod error;
 pub mod event;
 pub mod memory;
@@ -79,6 +80,7 @@ pub use addr::{Gfn, Gpa, Gva, VcpuId, View, PAGE_SHIFT, PAGE_SIZE};
 pub use breakpoint::{Breakpoint, Breakpoints};
 pub use capability::{Backend, Capability, CapabilityReport, CapabilitySet, Support};
 pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
+pub use deadline::Deadline;
 pub use error::{Error, PageFaultReason, Result};
 pub use event::{Access, Action, Event, EventControl, EventKind, Monitor, Response};
 pub use memory::{

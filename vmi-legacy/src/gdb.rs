@@ -12,9 +12,9 @@
 //! (thread id = vCPU index + 1).
 
 use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vmi_core::{Error, Result};
+use vmi_core::{Deadline, Error, Result};
 
 /// Pure protocol logic: no I/O.
 pub mod codec {
@@ -517,7 +517,7 @@ impl GdbClient {
     }
 
     /// Reads more bytes into `buf`, honouring `deadline`.
-    fn fill(&mut self, deadline: Instant) -> Result<()> {
+    fn fill(&mut self, deadline: Deadline) -> Result<()> {
         let mut tmp = [0u8; 65536];
         loop {
             match self.io.read(&mut tmp) {
@@ -536,12 +536,7 @@ impl GdbClient {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    if Instant::now() >= deadline {
-                        return Err(Error::Timeout {
-                            what: "gdbstub reply".into(),
-                            after: self.timeout,
-                        });
-                    }
+                    deadline.check("gdbstub reply")?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io("reading from gdbstub", e)),
@@ -560,7 +555,7 @@ impl GdbClient {
         let framed = codec::encode_packet(payload);
         for _ in 0..ACK_RETRIES {
             self.send_raw(&framed)?;
-            let deadline = Instant::now() + self.timeout;
+            let deadline = Deadline::after(self.timeout);
             loop {
                 if let Some(pos) = self
                     .buf
@@ -639,7 +634,7 @@ impl GdbClient {
         Ok(())
     }
 
-    fn recv_packet(&mut self, deadline: Instant) -> Result<Vec<u8>> {
+    fn recv_packet(&mut self, deadline: Deadline) -> Result<Vec<u8>> {
         loop {
             if let Some(p) = self.try_take_packet()? {
                 return Ok(p);
@@ -651,7 +646,7 @@ impl GdbClient {
     /// Sends a command packet and returns its reply. `E nn` replies become errors.
     pub fn command(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
         self.send_packet(payload)?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Deadline::after(self.timeout);
         let reply = loop {
             let p = self.recv_packet(deadline)?;
             // Console output may precede the reply.
@@ -866,7 +861,7 @@ impl GdbClient {
         if let Some(s) = self.stashed_stop.take() {
             return Ok(Some(s));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         loop {
             if let Some(p) = self.try_take_packet()? {
                 match p.first() {
@@ -887,7 +882,7 @@ impl GdbClient {
     /// Runs a monitor (HMP) command through the stub (`qRcmd`) and returns its output.
     pub fn monitor(&mut self, cmd: &str) -> Result<String> {
         self.send_packet(format!("qRcmd,{}", codec::to_hex(cmd.as_bytes())).as_bytes())?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Deadline::after(self.timeout);
         let mut out = Vec::new();
         loop {
             let p = self.recv_packet(deadline)?;
@@ -1011,5 +1006,78 @@ mod tests {
         assert!(parse_hex_u64(b"").is_err());
         assert!(parse_hex_u64(b"11111111111111111").is_err());
         assert_eq!(to_hex(&[0xde, 0xad]), "dead");
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::codec::{encode_packet, StopReason};
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::thread;
+
+    /// A scripted gdbstub on the other end of a socket pair: acks every packet and
+    /// answers the handshake; `c` is acknowledged and followed, 150 ms later, by a stop.
+    fn stub() -> (UnixStream, thread::JoinHandle<()>) {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let h = thread::spawn(move || {
+            let mut pending = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                // One packet: `$payload#xx`.
+                let packet = loop {
+                    if let Some(start) = pending.iter().position(|&c| c == b'$') {
+                        if let Some(end) = pending[start..].iter().position(|&c| c == b'#') {
+                            if pending.len() >= start + end + 3 {
+                                let p = pending[start + 1..start + end].to_vec();
+                                pending.drain(..start + end + 3);
+                                break p;
+                            }
+                        }
+                    }
+                    match b.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let reply: Option<Vec<u8>> = if packet.starts_with(b"qSupported") {
+                    Some(b"PacketSize=1000;qXfer:features:read+".to_vec())
+                } else if packet == b"?" {
+                    Some(b"S05".to_vec())
+                } else if packet.starts_with(b"qXfer:features:read:target.xml:") {
+                    Some(br#"l<target><reg name="rax" bitsize="64"/></target>"#.to_vec())
+                } else if packet == b"c" {
+                    None
+                } else {
+                    Some(Vec::new())
+                };
+                if b.write_all(b"+").is_err() {
+                    return;
+                }
+                let reply = reply.unwrap_or_else(|| {
+                    thread::sleep(Duration::from_millis(150));
+                    b"T05thread:01;".to_vec()
+                });
+                if b.write_all(&encode_packet(&reply)).is_err() {
+                    return;
+                }
+            }
+        });
+        (a, h)
+    }
+
+    #[test]
+    fn duration_max_waits_without_a_deadline_instead_of_panicking() {
+        // `Instant::now() + Duration::MAX` used to panic in every wait of the client.
+        let (s, h) = stub();
+        let mut c = GdbClient::new(Box::new(s), Duration::MAX).unwrap();
+        assert_eq!(c.registers().len(), 1);
+        c.resume().unwrap();
+        assert!(matches!(
+            c.wait_stop(Duration::MAX).unwrap(),
+            Some(StopReason::Signal { signal: 5, .. })
+        ));
+        drop(c);
+        h.join().unwrap();
     }
 }

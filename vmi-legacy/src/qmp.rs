@@ -26,12 +26,12 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use vmi_core::{Error, Result};
+use vmi_core::{Deadline, Error, Result};
 
 /// Default time limit for a command's reply or an awaited event.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -261,8 +261,7 @@ impl QmpClient {
             },
             broken: None,
         };
-        let deadline = Instant::now() + timeout;
-        let line = client.read_line(deadline, "the QMP greeting")?;
+        let line = client.read_line(Deadline::after(timeout), "the QMP greeting")?;
         let v: Value = serde_json::from_slice(&line)
             .map_err(|e| client.poison(format!("greeting is not JSON: {e}")))?;
         let qmp = v
@@ -375,7 +374,7 @@ impl QmpClient {
     }
 
     /// Reads one line (without the newline), waiting at most until `deadline`.
-    fn read_line(&mut self, deadline: Instant, what: &str) -> Result<Vec<u8>> {
+    fn read_line(&mut self, deadline: Deadline, what: &str) -> Result<Vec<u8>> {
         self.check_usable()?;
         let mut scanned = 0;
         loop {
@@ -397,16 +396,10 @@ impl QmpClient {
                 let max = self.max_line;
                 return Err(self.poison(format!("a message exceeds {max} bytes")));
             }
-            let now = Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: what.to_owned().into(),
-                    after: self.timeout,
-                });
-            }
+            // `None` (no deadline) blocks; never `Some(ZERO)`, which the OS rejects.
+            let left = deadline.io_timeout(what.to_owned())?;
             self.stream
-                .set_read_timeout(Some(left))
+                .set_read_timeout(left)
                 .map_err(|e| Error::io("setting QMP read timeout", e))?;
             let mut chunk = [0u8; 64 * 1024];
             let room = (self.max_line + 1)
@@ -421,10 +414,7 @@ impl QmpClient {
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(Error::Timeout {
-                        what: what.to_owned().into(),
-                        after: self.timeout,
-                    });
+                    return Err(deadline.timeout_error(what.to_owned()));
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io("reading from QMP", e)),
@@ -534,7 +524,7 @@ impl QmpClient {
                 Error::io(format!("sending QMP {cmd}"), e)
             }
         })?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Deadline::after(self.timeout);
         let what = format!("the reply to QMP {cmd}");
         loop {
             let line = self.read_line(deadline, &what)?;
@@ -592,7 +582,7 @@ impl QmpClient {
         result?;
         // Handle every complete line now in the buffer.
         while self.buf.contains(&b'\n') || self.buf.len() > self.max_line {
-            let line = self.read_line(Instant::now(), "buffered QMP messages")?;
+            let line = self.read_line(Deadline::after(Duration::ZERO), "buffered QMP messages")?;
             match self.parse_message(&line)? {
                 Some(Message::Event(ev)) => self.push_event(ev),
                 Some(Message::Reply { .. }) | None => {}
@@ -616,16 +606,10 @@ impl QmpClient {
                 return Ok(ev);
             }
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let what = format!("QMP event {name}");
         loop {
-            let line = self.read_line(deadline, &what).map_err(|e| match e {
-                Error::Timeout { what, .. } => Error::Timeout {
-                    what,
-                    after: timeout,
-                },
-                e => e,
-            })?;
+            let line = self.read_line(deadline, &what)?;
             match self.parse_message(&line)? {
                 Some(Message::Event(ev)) if ev.event == name => return Ok(ev),
                 Some(Message::Event(ev)) => self.push_event(ev),
@@ -842,6 +826,24 @@ mod tests {
             c.wait_event("NEVER", Duration::from_millis(50)),
             Err(Error::Timeout { .. })
         ));
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn duration_max_waits_without_a_deadline_instead_of_panicking() {
+        // `Instant::now() + Duration::MAX` used to panic here; now MAX means "no deadline".
+        let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![ok(cmd, json!({}))],
+            "slow" => {
+                thread::sleep(Duration::from_millis(150));
+                vec![ok(cmd, json!("late")), "{\"event\": \"LATER\"}\n".into()]
+            }
+            _ => vec![],
+        });
+        let mut c = QmpClient::from_stream(s, Duration::MAX).unwrap();
+        assert_eq!(c.execute("slow", None).unwrap(), json!("late"));
+        assert_eq!(c.wait_event("LATER", Duration::MAX).unwrap().event, "LATER");
         drop(c);
         h.join().unwrap();
     }

@@ -1,7 +1,8 @@
 //! A bounded cache of page-granular translations.
 
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use super::{read_virtual_with, PageSize, PagingEntry, PagingMode, Translation, Translator};
 use crate::addr::{Gfn, Gpa, Gva};
@@ -13,7 +14,11 @@ use crate::memory::PhysicalMemory;
 const MAX_FRAMES: usize = 6;
 
 /// What a cached translation is looked up by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Hashed as two words ([`Key::hash`]) with [`KeyHasher`]: the hit path of the cache is
+/// one lookup, and SipHash over the derived field-by-field hash cost more than the rest
+/// of the hit together (see `benches/translate.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     /// The mode and MAXPHYADDR the walk used.
     translator: Translator,
@@ -23,6 +28,84 @@ struct Key {
     page: u64,
     /// The page size (a 2 MiB and a 4 KiB page may start at the same address).
     size: PageSize,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The page is 4 KiB aligned, so its low 12 bits carry the rest of the key: mode
+        // (3 bits), its flag (1), page size (2), MAXPHYADDR (6). Equality still compares
+        // every field, so this only has to spread keys, not be injective.
+        let (mode, flag) = match self.translator.mode() {
+            PagingMode::Disabled => (0u64, false),
+            PagingMode::Legacy32 { pse } => (1, pse),
+            PagingMode::Pae { nxe } => (2, nxe),
+            PagingMode::Ia32e { nxe } => (3, nxe),
+            PagingMode::Ia32e5 { nxe } => (4, nxe),
+        };
+        let size = match self.size {
+            PageSize::Size4K => 0u64,
+            PageSize::Size2M => 1,
+            PageSize::Size4M => 2,
+            PageSize::Size1G => 3,
+        };
+        let phys = u64::from(self.translator.max_phys_bits()) & 0x3f;
+        let low = mode | u64::from(flag) << 3 | size << 4 | phys << 6;
+        state.write_u64(self.page ^ low);
+        state.write_u64(self.root.0);
+    }
+}
+
+/// A multiply-rotate hash of whole words with a final avalanche, seeded per cache.
+///
+/// Keys come partly from the guest (the paging root), so the seed is random (taken from
+/// the standard library's [`RandomState`]) and unknown to the guest. Even keys that all
+/// collide only make a lookup probe the whole table: bounded by the capacity, never a
+/// hang.
+#[derive(Debug, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            if let Some(dst) = word.get_mut(..chunk.len()) {
+                dst.copy_from_slice(chunk);
+            }
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        // MurmurHash3's 64-bit finaliser: every input bit affects every output bit, so
+        // the table's bucket (low bits) and tag (high bits) both see the page number.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// Builds [`KeyHasher`]s with one random seed.
+#[derive(Debug, Clone, Copy)]
+struct KeyHasherBuilder(u64);
+
+impl KeyHasherBuilder {
+    fn random() -> Self {
+        Self(RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl BuildHasher for KeyHasherBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
 }
 
 /// A physical range a cached translation depends on: `size` bytes from frame `base`
@@ -43,7 +126,9 @@ impl FrameTag {
     }
 }
 
-/// One cached translation.
+/// One cached translation: what a hit reads, kept small (40 bytes) so that the slot
+/// table of a full default cache stays in the CPU's near caches. The frames it depends
+/// on, needed only to fill and invalidate, are in the parallel [`Deps`] table.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key: Key,
@@ -55,17 +140,30 @@ struct Slot {
     level: u8,
     /// Clock bit: used since the hand last passed.
     referenced: bool,
+}
+
+/// The physical ranges the translation in the slot of the same index depends on.
+#[derive(Debug, Clone, Copy)]
+struct Deps {
     frames: [FrameTag; MAX_FRAMES],
-    frame_count: u8,
+    count: u8,
+}
+
+impl Deps {
+    const NONE: Self = Self {
+        frames: [FrameTag {
+            base: Gfn(0),
+            size: PageSize::Size4K,
+        }; MAX_FRAMES],
+        count: 0,
+    };
+
+    fn frames(&self) -> &[FrameTag] {
+        self.frames.get(..usize::from(self.count)).unwrap_or(&[])
+    }
 }
 
 impl Slot {
-    fn frames(&self) -> &[FrameTag] {
-        self.frames
-            .get(..usize::from(self.frame_count))
-            .unwrap_or(&[])
-    }
-
     fn translation(&self, gva: Gva) -> Translation {
         Translation {
             gva,
@@ -105,8 +203,10 @@ impl Slot {
 pub struct TranslationCache {
     capacity: usize,
     slots: Vec<Option<Slot>>,
+    /// Parallel to `slots`.
+    deps: Vec<Deps>,
     free: Vec<usize>,
-    index: HashMap<Key, usize>,
+    index: HashMap<Key, usize, KeyHasherBuilder>,
     by_frame: HashMap<FrameTag, HashSet<usize>>,
     hand: usize,
     hits: u64,
@@ -134,8 +234,9 @@ impl TranslationCache {
         Self {
             capacity,
             slots: Vec::new(),
+            deps: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::with_hasher(KeyHasherBuilder::random()),
             by_frame: HashMap::new(),
             hand: 0,
             hits: 0,
@@ -259,6 +360,7 @@ impl TranslationCache {
     /// Drops every translation (the hit and miss counters are kept).
     pub fn invalidate_all(&mut self) {
         self.slots.clear();
+        self.deps.clear();
         self.free.clear();
         self.index.clear();
         self.by_frame.clear();
@@ -293,15 +395,18 @@ impl TranslationCache {
             executable: t.executable,
             level: t.level,
             referenced: false,
-            frames,
-            frame_count,
         };
-        for &tag in slot.frames() {
+        let deps = Deps {
+            frames,
+            count: frame_count,
+        };
+        for &tag in deps.frames() {
             self.by_frame.entry(tag).or_default().insert(i);
         }
         self.index.insert(key, i);
-        if let Some(s) = self.slots.get_mut(i) {
+        if let (Some(s), Some(d)) = (self.slots.get_mut(i), self.deps.get_mut(i)) {
             *s = Some(slot);
+            *d = deps;
         }
     }
 
@@ -313,6 +418,7 @@ impl TranslationCache {
         }
         if self.slots.len() < self.capacity {
             self.slots.push(None);
+            self.deps.push(Deps::NONE);
             return Some(self.slots.len() - 1);
         }
         self.evict_one();
@@ -350,7 +456,8 @@ impl TranslationCache {
             return;
         };
         self.index.remove(&slot.key);
-        for tag in slot.frames() {
+        let deps = self.deps.get(i).copied().unwrap_or(Deps::NONE);
+        for tag in deps.frames() {
             if let Entry::Occupied(mut o) = self.by_frame.entry(*tag) {
                 o.get_mut().remove(&i);
                 if o.get().is_empty() {
@@ -367,3 +474,6 @@ impl TranslationCache {
         self.by_frame.values().map(HashSet::len).sum()
     }
 }
+
+// The hit path's footprint (see `Slot`).
+const _: () = assert!(core::mem::size_of::<Option<Slot>>() <= 40);

@@ -34,6 +34,22 @@
 //! non-canonical address in the IA-32e modes. Such faults report the mode's top level
 //! (0 for `Disabled`) and entry 0, since no table was read.
 //!
+//! # PAE PDPTEs: which bits fault
+//!
+//! The Intel SDM (vol. 3A, "PDPTE Registers") reserves PDPTE bits 2:1, 8:5 and 63:MAXPHYADDR;
+//! a CPU checks them when it *loads* the PDPTEs (MOV to CR3, CR0 or CR4; KVM does the same
+//! for its guests) and refuses the load with #GP. QEMU's TCG instead reads the PDPTE on
+//! every walk and faults only on bits 51:MAXPHYADDR, 62:52 and 63 (XD, even with
+//! EFER.NXE); it ignores 2:1 and 8:5 and even sets the accessed bit, 5, in the guest's
+//! PDPTEs — a 32-bit Debian 686-pae guest under TCG has PDPTEs like `0x13e94021`.
+//!
+//! The walk here faults only where both do: a present PDPTE fails with
+//! [`ReservedBit`](PageFaultReason::ReservedBit) only for bits 63:MAXPHYADDR; bits 2:1,
+//! 8:5 (and PS, 7) are ignored. This gives every guest the translation its CPU uses: on
+//! hardware, PDPTEs with those bits set cannot have been loaded, so they never reach a
+//! walk of a running guest's CR3 (unless the guest rewrote a loaded PDPTE in memory,
+//! which the CPU does not see before the next CR3 load — the first simplification above).
+//!
 //! # Permissions
 //!
 //! A [`Translation`]'s permissions are the effective ones of the whole walk:
@@ -49,8 +65,17 @@
 //!
 //! Entries come from the guest and are not trusted. The walk reads at most one entry per
 //! level (so at most five), never loops, never allocates and never panics: addresses are
-//! composed with masks and checked arithmetic. Unreadable entries fail with
+//! composed with masks and checked arithmetic. An entry where the guest has no memory
+//! ([`Error::UnmappedPhysical`] from the memory) fails with
 //! [`PageFaultReason::UnreadableTable`] at the level being read.
+//!
+//! # Memory errors are not page faults
+//!
+//! Only "not backed by guest memory" is a page fault. Any other error of the
+//! [`PhysicalMemory`] while reading a paging structure — [`Error::Disconnected`],
+//! [`Error::Timeout`], [`Error::Io`], a backend failure — is returned unchanged: the guest
+//! would not fault there, and a dead connection must not look like an unmapped page (a
+//! scanner would skip the page and go on against a dead session).
 //!
 //! # The translation cache and its invalidation contract
 //!
@@ -442,8 +467,11 @@ impl From<PagingMode> for Translator {
 /// [`Error::PageFault`], with the level at which the walk stopped and the reason:
 /// [`NotPresent`](PageFaultReason::NotPresent), [`ReservedBit`](PageFaultReason::ReservedBit),
 /// [`NonCanonical`](PageFaultReason::NonCanonical) (also for addresses at or above 4 GiB
-/// outside IA-32e mode) or [`UnreadableTable`](PageFaultReason::UnreadableTable) (the
-/// memory's own error is not passed on).
+/// outside IA-32e mode) or [`UnreadableTable`](PageFaultReason::UnreadableTable) (a
+/// paging structure where `mem` reports [`Error::UnmappedPhysical`]).
+///
+/// Any other error of `mem` (disconnected, timed out, I/O) is passed on unchanged — see
+/// [Memory errors are not page faults](self#memory-errors-are-not-page-faults).
 pub fn translate<M: PhysicalMemory + ?Sized>(
     mem: &M,
     mode: impl Into<Translator>,

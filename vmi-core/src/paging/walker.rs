@@ -6,7 +6,7 @@
 
 use super::{fault, PageSize, PagingEntry, PagingMode, Translation, Translator};
 use crate::addr::{Gpa, Gva};
-use crate::error::{PageFaultReason, Result};
+use crate::error::{Error, PageFaultReason, Result};
 use crate::memory::PhysicalMemory;
 
 /// Present.
@@ -58,6 +58,26 @@ struct Walk {
     count: u8,
 }
 
+/// Why one level of the walk stopped.
+enum Stop {
+    /// The guest would take a page fault: the entry read (0 if none) and why.
+    Fault(u64, PageFaultReason),
+    /// The memory failed for another reason than "no guest memory there" (a dead
+    /// connection, a timeout, an I/O error): passed on as is, since the guest would not
+    /// fault and a retry may succeed.
+    Memory(Error),
+}
+
+impl Stop {
+    /// The error of the walk for `gva` that stopped at `level`.
+    fn into_error(self, gva: Gva, root: Gpa, level: u8) -> Error {
+        match self {
+            Self::Fault(entry, reason) => fault(gva, root, level, entry, reason),
+            Self::Memory(e) => e,
+        }
+    }
+}
+
 /// Walks the paging structures of `tr`'s mode for `gva` from the CR3 value `cr3`.
 pub(super) fn walk<M: PhysicalMemory + ?Sized>(
     mem: &M,
@@ -85,19 +105,22 @@ pub(super) fn walk<M: PhysicalMemory + ?Sized>(
     let mut table = root.0;
     for level in (2..=top).rev() {
         let entry = step(mem, tr, &mut w, level, table, gva)
-            .map_err(|(entry, reason)| fault(gva, root, level, entry, reason))?;
+            .map_err(|stop| stop.into_error(gva, root, level))?;
         if is_large(mode, level, entry) {
             return Ok(leaf(tr, &w, level, entry, gva));
         }
         table = next_table(tr, entry);
     }
-    let entry = step(mem, tr, &mut w, 1, table, gva)
-        .map_err(|(entry, reason)| fault(gva, root, 1, entry, reason))?;
+    let entry =
+        step(mem, tr, &mut w, 1, table, gva).map_err(|stop| stop.into_error(gva, root, 1))?;
     Ok(leaf(tr, &w, 1, entry, gva))
 }
 
 /// Reads and checks the entry for `gva` at `level` of the table at `table`, folding its
-/// permissions into `w`. On failure returns the entry (0 if unread) and the reason.
+/// permissions into `w`.
+///
+/// Only [`Error::UnmappedPhysical`] from `mem` is a fault (the table lies where the guest
+/// has no memory, as the CPU would find); every other memory error is passed on.
 fn step<M: PhysicalMemory + ?Sized>(
     mem: &M,
     tr: Translator,
@@ -105,26 +128,29 @@ fn step<M: PhysicalMemory + ?Sized>(
     level: u8,
     table: u64,
     gva: Gva,
-) -> core::result::Result<u64, (u64, PageFaultReason)> {
+) -> core::result::Result<u64, Stop> {
     let mode = tr.mode();
     let legacy = matches!(mode, PagingMode::Legacy32 { .. });
     let entry_bytes: u64 = if legacy { 4 } else { 8 };
     let addr = table
         .checked_add(index(mode, level, gva) * entry_bytes)
-        .ok_or((0, PageFaultReason::UnreadableTable))?;
+        .ok_or(Stop::Fault(0, PageFaultReason::UnreadableTable))?;
     let read = if legacy {
         mem.read_u32(Gpa(addr)).map(u64::from)
     } else {
         mem.read_u64(Gpa(addr))
     };
-    let entry = read.map_err(|_| (0, PageFaultReason::UnreadableTable))?;
+    let entry = read.map_err(|e| match e {
+        Error::UnmappedPhysical { .. } => Stop::Fault(0, PageFaultReason::UnreadableTable),
+        e => Stop::Memory(e),
+    })?;
     if entry & P == 0 {
-        return Err((entry, PageFaultReason::NotPresent));
+        return Err(Stop::Fault(entry, PageFaultReason::NotPresent));
     }
     if entry & reserved_bits(tr, level, is_large(mode, level, entry)) != 0 {
-        return Err((entry, PageFaultReason::ReservedBit));
+        return Err(Stop::Fault(entry, PageFaultReason::ReservedBit));
     }
-    // PAE PDPTEs have no permission bits (bits 2:1 are reserved and checked above).
+    // PAE PDPTEs have no permission bits: bits 2:1 (R/W, U/S elsewhere) are ignored.
     if !(matches!(mode, PagingMode::Pae { .. }) && level == 3) {
         w.writable &= entry & RW != 0;
         w.user &= entry & US != 0;
@@ -182,7 +208,12 @@ const fn reserved_bits(tr: Translator, level: u8, large: bool) -> u64 {
         }
         PagingMode::Pae { .. } => {
             if level == 3 {
-                bit_range(1, 2) | bit_range(5, 8) | bit_range(m, 63)
+                // Only the bits every implementation rejects: the SDM also reserves
+                // 2:1 and 8:5, but QEMU's TCG accepts them (and sets the accessed bit,
+                // 5, itself), and a CPU that rejects them does so at MOV CR3, so no
+                // running guest has them set in the PDPTEs it uses. See the module
+                // documentation of `paging`.
+                bit_range(m, 63)
             } else {
                 let page = if large { bit_range(13, 20) } else { 0 };
                 bit_range(m, 62) | xd | page
