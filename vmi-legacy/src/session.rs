@@ -5,8 +5,9 @@ use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use vmi_core::deadline::Deadline;
 use vmi_core::memory::{MapPhysical, MappedRegion, MemoryLayout};
 use vmi_core::park::{AfterAnswer, EventTicket, ParkOps, Parking};
 use vmi_core::registers::{msr, ReadRegisters, RegisterGroups, WriteRegisters};
@@ -169,21 +170,16 @@ impl QmpPause {
     }
 
     fn wait_running(&self, qmp: &mut QmpClient, running: bool) -> Result<()> {
-        let deadline = Instant::now().checked_add(self.timeout);
+        let deadline = Deadline::after(self.timeout);
         loop {
             if qmp.query_status()?.running == running {
                 return Ok(());
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout {
-                    what: if running {
-                        "the guest to run".into()
-                    } else {
-                        "the guest to stop".into()
-                    },
-                    after: self.timeout,
-                });
-            }
+            deadline.check(if running {
+                "the guest to run"
+            } else {
+                "the guest to stop"
+            })?;
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -2,7 +2,9 @@
 //! ([`Watch`]), the translation of a stop into an [`Event`], and [`EventControl`]
 //! (enable, wait). Answers are in `park`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vmi_core::deadline::Deadline;
 
 use vmi_core::event::InterruptKind;
 use vmi_core::paging::{translate, PagingMode};
@@ -206,9 +208,8 @@ impl EventControl for GdbSession {
     /// of 20 ms, so other calls proceed meanwhile. Fails while an earlier event of this
     /// session is still pending: the stub stops the whole VM for one event at a time.
     fn wait_event(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
-        // `None`: no deadline (the sum overflowed).
-        let deadline = Instant::now().checked_add(timeout);
-        let left = || deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(Instant::now()));
+        let deadline = Deadline::after(timeout);
+        let left = || deadline.remaining_capped(WAIT_SLICE);
         loop {
             let mut g = self.lock();
             if g.outstanding.is_some() {
@@ -231,7 +232,7 @@ impl EventControl for GdbSession {
                 }
             }
             if found.is_none() && g.running {
-                if let Some(stop) = g.client.wait_stop(left().min(WAIT_SLICE))? {
+                if let Some(stop) = g.client.wait_stop(left())? {
                     g.running = false;
                     found = g.classify(&stop, false)?;
                 }
@@ -256,13 +257,12 @@ impl EventControl for GdbSession {
             }
             let running = g.running;
             drop(g);
-            let rest = left();
-            if rest.is_zero() {
+            if deadline.expired() {
                 return Ok(None);
             }
             if !running {
                 // Paused: nothing can stop; wait a slice without spinning.
-                std::thread::sleep(rest.min(WAIT_SLICE));
+                std::thread::sleep(left());
             }
         }
     }
