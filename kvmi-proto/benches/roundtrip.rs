@@ -263,8 +263,7 @@ fn cr_event(c: &mut Criterion) {
                         let EventKind::Cr(cr) = ev.kind else {
                             panic!("unexpected event {:?}", ev.kind)
                         };
-                        conn.send_reply(&ev.reply_cr(Action::Continue, cr.new_value + 1))
-                            .unwrap();
+                        ev.reply_cr(Action::Continue, cr.new_value + 1).unwrap();
                         handled += 1;
                     }
                     Err(ProtoError::Timeout(_)) => {}

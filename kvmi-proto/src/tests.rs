@@ -1,7 +1,7 @@
 //! Tests against a minimal scripted QEMU + kernel peer.
 
 use crate::codec::{self, Abi};
-use crate::event::{Action, EventKind, PfReply};
+use crate::event::{Action, EventKind, PfReply, Reply};
 use crate::{Batch, Config, Connection, Listener, ProtoError};
 use kvmi_sys as sys;
 use proptest::prelude::*;
@@ -296,8 +296,7 @@ fn events_interleave_with_replies_and_cr_reply_bytes() {
         panic!("not a CR event: {:?}", ev.kind)
     };
     assert_eq!(cr.new_value, 0x2000);
-    c.send_reply(&ev.reply_cr(Action::Continue, 0x3000))
-        .unwrap();
+    ev.reply_cr(Action::Continue, 0x3000).unwrap();
     t.join().unwrap();
 }
 
@@ -331,7 +330,7 @@ fn request_from_event_handler_and_concurrent_vcpus() {
                 .translate_gva(ev.vcpu(), 0x100 * u64::from(ev.vcpu()))
                 .unwrap();
             assert_eq!(gpa, 0x100 * u64::from(ev.vcpu()) + 1);
-            c.send_reply(&ev.reply_continue()).unwrap();
+            ev.reply_continue().unwrap();
         }));
     }
     for t in handlers {
@@ -434,7 +433,7 @@ fn batch_is_one_write_and_one_round_trip() {
     .unwrap()
     .pause_vcpu(0, true)
     .unwrap()
-    .reply(&ev.reply_continue())
+    .reply(ev, Action::Continue)
     .unwrap();
     assert_eq!(b.len(), 3);
     b.commit(T).unwrap();
@@ -447,7 +446,7 @@ fn reply_only_batch_is_unwrapped() {
     let seq = h.event(0, sys::KVMI_EVENT_HYPERCALL, &[]);
     let ev = c.next_event(T).unwrap();
     let mut b = Batch::new(&c);
-    b.reply(&ev.reply(Action::Continue)).unwrap();
+    b.reply(ev, Action::Continue).unwrap();
     b.commit(T).unwrap();
     let (hdr, p) = h.recv();
     assert_eq!((hdr.id, hdr.seq, p.len()), (sys::KVMI_EVENT_REPLY, seq, 16));
@@ -484,8 +483,8 @@ fn event_queue_overflow_disconnects() {
     for v in 0..3 {
         h.event(v, sys::KVMI_EVENT_PAUSE_VCPU, &[]);
     }
-    // Let the reader take in all three before anything is consumed; otherwise popping
-    // the first event early makes room for the third and the queue never overflows.
+    // Let all three reach the socket before anything is read: the first read then
+    // routes all of them, and the third finds the queue full.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(c.next_event(T).is_ok());
     assert!(c.next_event(T).is_ok());
@@ -518,18 +517,16 @@ fn v6_event_layouts_and_pf_reply() {
             view: 1
         })
     );
-    let r = ev
-        .reply_pf(
-            Action::Retry,
-            &PfReply {
-                singlestep_v6: true,
-                ctx_data: &[9; 4],
-                ctx_addr: 0x7000,
-                rep_complete: false,
-            },
-        )
-        .unwrap();
-    c.send_reply(&r).unwrap();
+    ev.reply_pf(
+        Action::Retry,
+        &PfReply {
+            singlestep_v6: true,
+            ctx_data: &[9; 4],
+            ctx_addr: 0x7000,
+            rep_complete: false,
+        },
+    )
+    .unwrap();
     let (hdr, p) = h.recv();
     assert_eq!((hdr.seq, p.len()), (seq, 16 + 272));
     let pr = sys::v6::EventPfReply::read_from_bytes(&p[16..]).unwrap();
@@ -552,15 +549,19 @@ fn v6_event_layouts_and_pf_reply() {
             cr2: 0x1234
         })
     );
-    assert!(ev
-        .reply_pf(
+    assert!(matches!(
+        Reply::pf(
             Action::Continue,
             &PfReply {
                 ctx_data: &[0; 257],
                 ..Default::default()
             }
-        )
-        .is_err());
+        ),
+        Err(ProtoError::InvalidArgument(_))
+    ));
+    ev.reply_continue().unwrap();
+    let (hdr, p) = h.recv();
+    assert_eq!((hdr.id, p.len(), p[8]), (sys::KVMI_EVENT_REPLY, 16, 0));
 }
 
 #[test]
@@ -697,13 +698,13 @@ proptest! {
 
     #[test]
     fn prop_event_reply_round_trip(seq: u32, vcpu: u16, event in 0u8..14, new_val: u64) {
-        let ev = crate::Event {
+        let ev = crate::EventInfo {
             seq, abi: Abi::V7,
             common: sys::Event { vcpu, event, size: 544, ..Default::default() },
             kind: EventKind::Unknown(event),
         };
         let mut out = Vec::new();
-        ev.reply_msr(Action::Retry, new_val).encode_into(&mut out).unwrap();
+        ev.encode_reply(&Reply::with_new_value(Action::Retry, new_val), &mut out).unwrap();
         let (f, _) = codec::decode(&out).unwrap().unwrap();
         prop_assert_eq!((f.hdr.id, f.hdr.seq, f.hdr.size), (sys::KVMI_EVENT_REPLY, seq, 24));
         prop_assert_eq!(u16::from_ne_bytes([f.payload[0], f.payload[1]]), vcpu);

@@ -210,8 +210,7 @@ fn v7_events_and_replies() {
         panic!("{:?}", ev.kind)
     };
     assert_eq!((cr.cr, cr.old_value, cr.new_value), (3, 0x1000, 0x2000));
-    c.send_reply(&ev.reply_cr(Action::Continue, 0x3000))
-        .unwrap();
+    ev.reply_cr(Action::Continue, 0x3000).unwrap();
     let r = h.wait_reply(T).unwrap();
     assert_eq!(r.new_val, Some(0x3000));
 
@@ -228,7 +227,7 @@ fn v7_events_and_replies() {
         .unwrap();
     let ev = c.next_event(T).unwrap();
     assert!(matches!(ev.kind, EventKind::Msr(m) if m.msr == 0xc000_0082 && m.new_value == 2));
-    c.send_reply(&ev.reply_msr(Action::Continue, 5)).unwrap();
+    ev.reply_msr(Action::Continue, 5).unwrap();
     assert_eq!(h.wait_reply(T).unwrap().new_val, Some(5));
 
     // PF with context data, from a handler that reads memory first.
@@ -255,18 +254,16 @@ fn v7_events_and_replies() {
         .join()
         .unwrap();
     assert_eq!(data.len(), 16);
-    let reply = ev
-        .reply_pf(
-            Action::Continue,
-            &PfReply {
-                ctx_addr: pf.gva,
-                ctx_data: &[0xaa; 8],
-                rep_complete: true,
-                singlestep_v6: false,
-            },
-        )
-        .unwrap();
-    c.send_reply(&reply).unwrap();
+    ev.reply_pf(
+        Action::Continue,
+        &PfReply {
+            ctx_addr: pf.gva,
+            ctx_data: &[0xaa; 8],
+            rep_complete: true,
+            singlestep_v6: false,
+        },
+    )
+    .unwrap();
     let r = h.wait_reply(T).unwrap();
     let pr = r.pf.unwrap();
     assert_eq!(
@@ -289,7 +286,7 @@ fn v7_events_and_replies() {
     let mut regs = c.get_registers(0, &[]).unwrap().regs;
     regs.rip += 1;
     c.set_registers(0, &regs).unwrap();
-    c.send_reply(&ev.reply_breakpoint(false)).unwrap();
+    ev.reply_breakpoint(false).unwrap();
     let r = h.wait_reply(T).unwrap();
     assert_eq!(r.action, Some(sys::KVMI_EVENT_ACTION_RETRY));
     assert_eq!(r.regs_applied.map(|r| r.rip), Some(regs.rip));
@@ -306,7 +303,7 @@ fn v7_events_and_replies() {
         let h = sim.trigger(0, ev).unwrap();
         let e = c.next_event(T).unwrap();
         assert_eq!(e.kind, check);
-        c.send_reply(&e.reply_continue()).unwrap();
+        e.reply_continue().unwrap();
         assert_eq!(h.wait_reply(T).unwrap().action, Some(0));
     }
     let h = sim
@@ -320,7 +317,7 @@ fn v7_events_and_replies() {
         .unwrap();
     let e = c.next_event(T).unwrap();
     assert!(matches!(e.kind, EventKind::Cpuid(x) if x.function == 1));
-    c.send_reply(&e.reply_continue()).unwrap();
+    e.reply_continue().unwrap();
     h.wait_reply(T).unwrap();
     let h = sim
         .trigger(
@@ -335,7 +332,7 @@ fn v7_events_and_replies() {
     assert!(
         matches!(e.kind, EventKind::Descriptor(d) if d.descriptor == sys::KVMI_DESC_GDTR && d.write == 1)
     );
-    c.send_reply(&e.reply(Action::Retry)).unwrap();
+    e.reply(Action::Retry).unwrap();
     h.wait_reply(T).unwrap();
 }
 
@@ -362,8 +359,9 @@ fn v7_pause_inject_trap_and_batch() {
                 assert_eq!(e.kind, EventKind::PauseVcpu);
                 let n = c.get_guest_info().unwrap();
                 assert_eq!(n, 2);
-                c.send_reply(&e.reply_continue()).unwrap();
-                e.vcpu()
+                let vcpu = e.vcpu();
+                e.reply_continue().unwrap();
+                vcpu
             })
         })
         .collect();
@@ -382,14 +380,14 @@ fn v7_pause_inject_trap_and_batch() {
         (t.vector, t.error_code, t.cr2, e.vcpu()),
         (14, 2, 0xdead_0000, 1)
     );
-    c.send_reply(&e.reply_continue()).unwrap();
+    e.reply_continue().unwrap();
     // A batch with an event reply and commands.
     let h = sim.trigger(0, SimEvent::PauseVcpu).unwrap();
     let e = c.next_event(T).unwrap();
     let mut b = Batch::new(&c);
     b.set_page_access(0, &[(0x9000, sys::KVMI_PAGE_ACCESS_RWX)])
         .unwrap();
-    b.reply(&e.reply_continue()).unwrap();
+    b.reply(e, Action::Continue).unwrap();
     b.commit(T).unwrap();
     h.wait_reply(T).unwrap();
     assert!(!sim
@@ -414,7 +412,7 @@ fn v7_vm_events_and_unhook() {
     let h = sim.trigger(1, SimEvent::CreateVcpu).unwrap();
     let e = c.next_event(T).unwrap();
     assert_eq!(e.kind, EventKind::CreateVcpu);
-    c.send_reply(&e.reply_continue()).unwrap();
+    e.reply_continue().unwrap();
     h.wait_reply(T).unwrap();
     let _h = sim.trigger(0, SimEvent::Unhook).unwrap();
     let e = c.next_event(T).unwrap();
@@ -457,16 +455,14 @@ fn v6_mode() {
         panic!("{:?}", e.kind)
     };
     assert_eq!((pf.gpa, pf.view), (0x8000, 0));
-    let r = e
-        .reply_pf(
-            Action::Retry,
-            &PfReply {
-                singlestep_v6: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    c.send_reply(&r).unwrap();
+    e.reply_pf(
+        Action::Retry,
+        &PfReply {
+            singlestep_v6: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = h.wait_reply(T).unwrap();
     assert!(r.pf.unwrap().singlestep);
     // v6 INJECT_EXCEPTION carries has_error.
@@ -589,7 +585,7 @@ fn v7_batch_reports_the_failed_command() {
     // The pause went through: its PAUSE event is the only queued event.
     let ev = c.next_event(T).unwrap();
     assert_eq!(ev.kind, EventKind::PauseVcpu);
-    c.send_reply(&ev.reply_continue()).unwrap();
+    ev.reply_continue().unwrap();
     assert!(c.try_next_event().unwrap().is_none());
     // Replies are back on.
     assert_eq!(c.get_guest_info().unwrap(), 2);
