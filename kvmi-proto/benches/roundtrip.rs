@@ -1,15 +1,28 @@
-//! Round-trip costs of kvmi-proto against the `kvmi-sim` host simulator over a real
-//! UNIX socket, with the physical floor (raw `UnixStream` ping-pong between threads)
-//! measured in the same run (`cargo bench -p kvmi-proto --bench roundtrip`).
+//! Round-trip costs of kvmi-proto over a real UNIX socket, each beside the physical
+//! floor measured in the same run (`cargo xtask bench -p kvmi-proto --bench roundtrip`
+//! runs it with one idle-priority spinner per core, see the README).
 //!
-//! Every number includes the simulator's own work (it is a model of the kernel side,
-//! not a real host): frame parsing, the guest model, its wire statistics.
+//! * `floor/*`: raw `UnixStream` ping-pong with the same message sizes, between two
+//!   threads and between two processes (the peer is this executable re-run in a child
+//!   process).
+//! * `single/*`, `read_physical_64x4KiB/*`, `set_page_access_64/*`: commands against the
+//!   `kvmi-sim` host simulator (a thread, or a child process for `*_2proc`). Every number
+//!   includes the simulator's own work (frame parsing, the guest model, its statistics).
+//! * `event/cr_1vcpu`, `event_throughput/*`: the tool's event loop (`next_event` →
+//!   `reply_cr`) against a scripted raw host thread that writes a CR event and reads the
+//!   reply, i.e. the same two messages as `floor/event_pingpong`; with several vCPUs,
+//!   one event in flight per vCPU, handled by one event loop (`one_loop_vcpus_N`) or by
+//!   one handler thread per vCPU (`thread_per_vcpu_N`).
+//! * `event/cr_sim_trigger_to_wait_reply`: the same through the simulator (which adds a
+//!   thread hop: its server thread reads the reply and wakes the triggering thread).
 #![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -28,29 +41,44 @@ const PAGE: usize = 4096;
 const N: usize = 64;
 /// First GPA of the pre-filled pages (GFN 16…79, inside the simulator's default RAM).
 const BASE: u64 = 0x1_0000;
-/// The simulator keeps a transcript of the last 10 000 frames; a fresh connection has
-/// crossed ~112 frames, so this many 2-frame round trips stay below the cap.
-const FRESH_ROUND_TRIPS: u64 = 4_000;
+/// Environment variable that turns this executable into a benchmark peer process.
+const CHILD_ENV: &str = "KVMI_PROTO_BENCH_PEER";
+/// A CR event frame: header + common event part + `kvmi_event_cr`.
+const EVENT_FRAME: usize = sys::MSG_HDR_SIZE + sys::EVENT_SIZE + 24;
+/// A CR event reply frame: header + vCPU header + `kvmi_event_reply` + new value.
+const CR_REPLY_FRAME: usize = sys::MSG_HDR_SIZE + 8 + 8 + 8;
+
+fn sock_path(what: &str) -> PathBuf {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "kvmi-proto-bench-{what}-{}-{}.sock",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn sim_config() -> SimConfig {
+    let mut sc = SimConfig::default();
+    let pattern: Vec<u8> = (0..N * PAGE).map(|i| (i * 7 + 3) as u8).collect();
+    sc.memory.load(BASE, &pattern);
+    sc
+}
+
+fn tool_config(probe: bool) -> Config {
+    Config {
+        request_timeout: T,
+        probe,
+        ..Config::default()
+    }
+}
 
 /// A `Listener` + `Simulator::connect` pair over a fresh UNIX socket, with 64 pages of
 /// guest memory pre-filled with a pattern.
 fn setup() -> (Connection, Simulator) {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "kvmi-proto-bench-{}-{}.sock",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let cfg = Config {
-        request_timeout: T,
-        ..Config::default()
-    };
-    let listener = Listener::bind(&path, cfg).expect("bind");
-    let mut sc = SimConfig::default();
-    let pattern: Vec<u8> = (0..N * PAGE).map(|i| (i * 7 + 3) as u8).collect();
-    sc.memory.load(BASE, &pattern);
+    let path = sock_path("sim");
+    let listener = Listener::bind(&path, tool_config(true)).expect("bind");
     let p = path.clone();
-    let sim = thread::spawn(move || Simulator::connect(&p, sc).expect("simulator connect"));
+    let sim = thread::spawn(move || Simulator::connect(&p, sim_config()).expect("sim connect"));
     let conn = listener.accept(T).expect("accept");
     let sim = sim.join().expect("simulator thread");
     drop(listener);
@@ -58,43 +86,103 @@ fn setup() -> (Connection, Simulator) {
     (conn, sim)
 }
 
-/// Echo peer of the floor benches: reads 16-byte requests, answers `reply` bytes each.
-fn spawn_echo(mut s: UnixStream, reply: usize) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut req = [0u8; 16];
-        let out = vec![0x5au8; reply];
-        while s.read_exact(&mut req).is_ok() {
-            if s.write_all(&out).is_err() {
-                break;
-            }
-        }
-    })
+/// The same with the simulator in a child process.
+fn setup_2proc() -> (Connection, Child) {
+    let path = sock_path("sim2");
+    let listener = Listener::bind(&path, tool_config(true)).expect("bind");
+    let child = spawn_peer(&format!("sim:{}", path.display()));
+    let conn = listener.accept(T).expect("accept");
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    (conn, child)
 }
 
-/// Physical floor: a 16-byte request and a `reply`-byte answer between two threads over
-/// a `UnixStream` pair (two thread wake-ups per round trip).
-fn floor_direct(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, reply: usize) {
+fn spawn_peer(spec: &str) -> Child {
+    Command::new(std::env::current_exe().expect("current_exe"))
+        .env(CHILD_ENV, spec)
+        .spawn()
+        .expect("spawn peer process")
+}
+
+/// Body of a peer process: `echo:PATH:REQ:REPLY` (read REQ bytes, answer REPLY bytes)
+/// or `sim:PATH` (a simulator until the tool hangs up).
+fn peer_main(spec: &str) {
+    let mut parts = spec.splitn(2, ':');
+    let kind = parts.next().unwrap_or_default();
+    let rest = parts.next().unwrap_or_default();
+    match kind {
+        "echo" => {
+            let mut f = rest.rsplitn(3, ':');
+            let reply: usize = f.next().and_then(|v| v.parse().ok()).expect("reply size");
+            let req: usize = f.next().and_then(|v| v.parse().ok()).expect("request size");
+            let path = f.next().expect("path");
+            let s = UnixStream::connect(path).expect("connect");
+            echo_loop(s, req, reply);
+        }
+        "sim" => {
+            let sim = Simulator::connect(rest, sim_config()).expect("sim connect");
+            let _ = sim.wait_closed(Duration::from_secs(24 * 3600));
+        }
+        other => panic!("unknown peer kind {other:?}"),
+    }
+}
+
+/// Reads `req`-byte messages and answers each with `reply` bytes until EOF.
+fn echo_loop(mut s: UnixStream, req: usize, reply: usize) {
+    let mut buf = vec![0u8; req];
+    let out = vec![0x5au8; reply];
+    while s.read_exact(&mut buf).is_ok() {
+        if s.write_all(&out).is_err() {
+            break;
+        }
+    }
+}
+
+/// Floor: a `req`-byte message and a `reply`-byte answer between two threads over a
+/// `UnixStream` pair (two thread wake-ups per round trip).
+fn floor_threads(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, req: usize, reply: usize) {
     let (mut a, b) = UnixStream::pair().expect("socketpair");
-    let echo = spawn_echo(b, reply);
-    let req = [0xa5u8; 16];
-    let mut buf = vec![0u8; reply];
-    g.bench_function(name, |bch| {
-        bch.iter(|| {
-            a.write_all(&req).unwrap();
-            a.read_exact(&mut buf).unwrap();
-            black_box(&buf);
-        })
-    });
+    let echo = thread::spawn(move || echo_loop(b, req, reply));
+    pingpong(g, name, &mut a, req, reply);
     a.shutdown(Shutdown::Both).unwrap();
     echo.join().unwrap();
 }
 
-/// Floor with kvmi-proto's thread layout: the caller writes, the peer answers, a
-/// dedicated reader thread reads the answer and hands it over a crossbeam channel
-/// (three thread wake-ups per round trip).
+/// The same floor with the peer in another process.
+fn floor_2proc(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, req: usize, reply: usize) {
+    let path = sock_path("echo");
+    let l = UnixListener::bind(&path).expect("bind");
+    let mut child = spawn_peer(&format!("echo:{}:{req}:{reply}", path.display()));
+    let (mut a, _) = l.accept().expect("accept");
+    let _ = std::fs::remove_file(&path);
+    pingpong(g, name, &mut a, req, reply);
+    a.shutdown(Shutdown::Both).unwrap();
+    child.wait().expect("echo process");
+}
+
+fn pingpong(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    a: &mut UnixStream,
+    req: usize,
+    reply: usize,
+) {
+    let out = vec![0xa5u8; req];
+    let mut buf = vec![0u8; reply];
+    g.bench_function(name, |bch| {
+        bch.iter(|| {
+            a.write_all(&out).unwrap();
+            a.read_exact(&mut buf).unwrap();
+            black_box(&buf);
+        })
+    });
+}
+
+/// Floor with a reader thread between the socket and the caller (kvmi-proto's layout
+/// before the leader/follower receive path): three thread wake-ups per round trip.
 fn floor_reader_thread(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, reply: usize) {
     let (a, b) = UnixStream::pair().expect("socketpair");
-    let echo = spawn_echo(b, reply);
+    let echo = thread::spawn(move || echo_loop(b, 16, reply));
     let mut rd = a.try_clone().expect("clone");
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
     let reader = thread::spawn(move || loop {
@@ -123,13 +211,11 @@ fn read_req(i: usize) -> sys::VmReadPhysical {
     }
 }
 
-fn single(c: &mut Criterion) {
-    let (conn, sim) = setup();
-    let mut g = c.benchmark_group("single");
-    g.bench_function("get_version", |b| {
+fn single_benches(g: &mut BenchmarkGroup<'_, WallTime>, conn: &Connection, suffix: &str) {
+    g.bench_function(format!("get_version{suffix}"), |b| {
         b.iter(|| black_box(conn.get_version().unwrap()))
     });
-    g.bench_function("read_physical_4KiB", |b| {
+    g.bench_function(format!("read_physical_4k{suffix}"), |b| {
         let mut i = 0usize;
         b.iter(|| {
             let d = conn.read_physical(read_req(i % N).gpa, PAGE).unwrap();
@@ -137,36 +223,29 @@ fn single(c: &mut Criterion) {
             black_box(d)
         })
     });
-    // Same as `get_version`, but never letting the simulator's 10 000-record
-    // transcript fill up (a fresh pair every FRESH_ROUND_TRIPS; setup not timed).
-    g.bench_function("get_version_fresh_sim", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(FRESH_ROUND_TRIPS);
-                let (c2, s2) = setup();
-                let t0 = Instant::now();
-                for _ in 0..n {
-                    black_box(c2.get_version().unwrap());
-                }
-                total += t0.elapsed();
-                drop(c2);
-                drop(s2);
-                left -= n;
-            }
-            total
-        })
-    });
-    g.finish();
+}
+
+fn single(c: &mut Criterion) {
+    let mut g = c.benchmark_group("single");
+    let (conn, sim) = setup();
+    single_benches(&mut g, &conn, "");
     assert!(!conn.is_closed());
     drop(conn);
     drop(sim);
+    let (conn, mut child) = setup_2proc();
+    // Sanity: the child simulator serves the same pattern.
+    assert_eq!(
+        conn.read_physical(BASE + 5 * PAGE as u64, 4).unwrap(),
+        sim_config().memory.read(BASE + 5 * PAGE as u64, 4).unwrap()
+    );
+    single_benches(&mut g, &conn, "_2proc");
+    drop(conn);
+    child.wait().expect("simulator process");
+    g.finish();
 }
 
 fn read_64(c: &mut Criterion) {
     let (conn, sim) = setup();
-    // Sanity: the pattern is there and both paths return it.
     let want = sim.vm().memory.read(BASE + 5 * PAGE as u64, PAGE).unwrap();
     assert_eq!(
         conn.read_physical(BASE + 5 * PAGE as u64, PAGE).unwrap(),
@@ -197,8 +276,6 @@ fn read_64(c: &mut Criterion) {
         })
     });
     g.finish();
-    drop(conn);
-    drop(sim);
 }
 
 fn access_entry(i: usize, round: usize) -> (u64, u8) {
@@ -235,83 +312,249 @@ fn commands_64(c: &mut Criterion) {
         })
     });
     g.finish();
-    // A batch reaches the simulator's model.
     let mut batch = Batch::new(&conn);
     batch
         .set_page_access(0, &[(BASE, sys::KVMI_PAGE_ACCESS_R)])
         .unwrap();
     batch.commit(T).unwrap();
     assert!(sim.vm().access_restricted(0, BASE, sys::KVMI_PAGE_ACCESS_W));
-    drop(conn);
-    drop(sim);
 }
 
-fn cr_event(c: &mut Criterion) {
-    let (conn, sim) = setup();
-    conn.control_events(0, sys::KVMI_EVENT_CR, true).unwrap();
-    conn.control_cr(0, 3, true).unwrap();
-    let conn = Arc::new(conn);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tool = {
-        let conn = Arc::clone(&conn);
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            let mut handled = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                match conn.next_event(Duration::from_millis(50)) {
-                    Ok(ev) => {
-                        let EventKind::Cr(cr) = ev.kind else {
-                            panic!("unexpected event {:?}", ev.kind)
-                        };
-                        conn.send_reply(&ev.reply_cr(Action::Continue, cr.new_value + 1))
-                            .unwrap();
-                        handled += 1;
-                    }
-                    Err(ProtoError::Timeout(_)) => {}
-                    Err(e) => panic!("next_event: {e}"),
-                }
-            }
-            handled
-        })
-    };
-    let ev = SimEvent::Cr {
-        cr: 3,
-        old: 0x1000,
-        new: 0x2000,
-    };
-    let mut g = c.benchmark_group("event");
-    g.bench_function("cr_trigger_to_wait_reply", |b| {
-        b.iter(|| {
-            let h = sim.trigger(0, ev.clone()).unwrap();
-            let r = h.wait_reply(T).unwrap();
-            assert_eq!(r.new_val, Some(0x2001));
-        })
+/// A connection to a scripted raw host (handshake and `GET_VERSION` by hand, no probe):
+/// the host side is a bare `UnixStream` the bench drives itself.
+fn raw_host_pair() -> (Connection, UnixStream) {
+    let path = sock_path("raw");
+    let l = Listener::bind(&path, tool_config(false)).expect("bind");
+    let p = path.clone();
+    let host = thread::spawn(move || {
+        let mut s = UnixStream::connect(&p).expect("connect");
+        let hello = sys::QemuToIntrospector {
+            struct_size: sys::QEMU_TO_INTROSPECTOR_SIZE as u32,
+            ..Default::default()
+        };
+        s.write_all(hello.as_bytes()).unwrap();
+        let mut reply = [0u8; sys::QEMU_FROM_INTROSPECTOR_SIZE];
+        s.read_exact(&mut reply).unwrap();
+        let mut h = [0u8; sys::MSG_HDR_SIZE];
+        s.read_exact(&mut h).unwrap();
+        let hdr: sys::MsgHdr = zerocopy::FromBytes::read_from_bytes(&h[..]).unwrap();
+        assert_eq!((hdr.id, hdr.size), (sys::KVMI_GET_VERSION, 0));
+        let v = sys::GetVersionReply {
+            version: sys::KVMI_VERSION,
+            ..Default::default()
+        };
+        let m = kvmi_proto::codec::encode_reply(hdr.id, hdr.seq, 0, v.as_bytes()).unwrap();
+        s.write_all(&m).unwrap();
+        s
     });
+    let conn = l.accept(T).expect("accept");
+    drop(l);
+    let _ = std::fs::remove_file(&path);
+    (conn, host.join().unwrap())
+}
+
+fn cr_event_frame(seq: u32, vcpu: u16) -> Vec<u8> {
+    let ev = sys::Event {
+        size: sys::EVENT_SIZE as u16,
+        vcpu,
+        event: sys::KVMI_EVENT_CR,
+        ..Default::default()
+    };
+    let cr = sys::EventCr {
+        cr: 3,
+        old_value: 0x1000,
+        new_value: 0x2000,
+        ..Default::default()
+    };
+    let f = kvmi_proto::codec::encode(
+        sys::KVMI_EVENT,
+        seq,
+        &[ev.as_bytes(), cr.as_bytes()].concat(),
+    )
+    .unwrap();
+    assert_eq!(f.len(), EVENT_FRAME);
+    f
+}
+
+/// `handlers` tool threads answering CR events until `stop`.
+fn spawn_handlers(
+    conn: &Arc<Connection>,
+    handlers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<u64>> {
+    (0..handlers)
+        .map(|_| {
+            let conn = Arc::clone(conn);
+            let stop = Arc::clone(stop);
+            thread::spawn(move || {
+                let mut handled = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.next_event(Duration::from_millis(50)) {
+                        Ok(ev) => {
+                            let EventKind::Cr(cr) = ev.kind else {
+                                panic!("unexpected event {:?}", ev.kind)
+                            };
+                            ev.reply_cr(Action::Continue, cr.new_value + 1).unwrap();
+                            handled += 1;
+                        }
+                        Err(ProtoError::Timeout(_)) => {}
+                        Err(e) => panic!("next_event: {e}"),
+                    }
+                }
+                handled
+            })
+        })
+        .collect()
+}
+
+/// Raw host side: `n` CR events with `inflight` vCPUs busy at once (the next event for
+/// a vCPU is sent when its reply arrives); returns the elapsed time. Like a kernel with
+/// one thread per vCPU, it takes in every reply that has arrived in one `read` and
+/// sends the events that follow in one `write`.
+fn drive_events(
+    s: &mut UnixStream,
+    frames: &mut [Vec<u8>],
+    n: u64,
+    inflight: usize,
+    seq: &mut u32,
+) -> Duration {
+    let mut buf = vec![0u8; CR_REPLY_FRAME * 64];
+    let (mut have, mut received) = (0usize, 0u64);
+    let mut out = Vec::with_capacity(EVENT_FRAME * frames.len());
+    let queue = |out: &mut Vec<u8>, frames: &mut [Vec<u8>], vcpu: usize, seq: &mut u32| {
+        *seq = seq.wrapping_add(1);
+        frames[vcpu][4..8].copy_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&frames[vcpu]);
+    };
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    for v in 0..inflight.min(n as usize) {
+        queue(&mut out, frames, v, seq);
+        sent += 1;
+    }
+    s.write_all(&out).unwrap();
+    while received < n {
+        let got = s.read(&mut buf[have..]).unwrap();
+        assert!(got > 0, "tool closed the connection");
+        have += got;
+        out.clear();
+        let whole = have / CR_REPLY_FRAME * CR_REPLY_FRAME;
+        for r in buf[..whole].chunks_exact(CR_REPLY_FRAME) {
+            let vcpu = usize::from(u16::from_ne_bytes([r[8], r[9]]));
+            debug_assert_eq!(u64::from_ne_bytes(r[24..32].try_into().unwrap()), 0x2001);
+            received += 1;
+            if sent < n {
+                queue(&mut out, frames, vcpu, seq);
+                sent += 1;
+            }
+        }
+        buf.copy_within(whole..have, 0);
+        have -= whole;
+        if !out.is_empty() {
+            s.write_all(&out).unwrap();
+        }
+    }
+    t0.elapsed()
+}
+
+fn events(c: &mut Criterion) {
+    let mut g = c.benchmark_group("event");
+    // The tool's loop against a raw host: the same two messages as the floor below.
+    {
+        let (conn, mut host) = raw_host_pair();
+        let conn = Arc::new(conn);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handlers = spawn_handlers(&conn, 1, &stop);
+        let mut frames = vec![cr_event_frame(0, 0)];
+        let mut seq = 0u32;
+        // Sanity: the reply carries the handler's value.
+        drive_events(&mut host, &mut frames, 1, 1, &mut seq);
+        g.bench_function("cr_1vcpu", |b| {
+            b.iter_custom(|iters| drive_events(&mut host, &mut frames, iters, 1, &mut seq))
+        });
+        stop.store(true, Ordering::Relaxed);
+        for h in handlers {
+            black_box(h.join().unwrap());
+        }
+    }
+    // Through the simulator.
+    {
+        let (conn, sim) = setup();
+        conn.control_events(0, sys::KVMI_EVENT_CR, true).unwrap();
+        conn.control_cr(0, 3, true).unwrap();
+        let conn = Arc::new(conn);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handlers = spawn_handlers(&conn, 1, &stop);
+        let ev = SimEvent::Cr {
+            cr: 3,
+            old: 0x1000,
+            new: 0x2000,
+        };
+        g.bench_function("cr_sim_trigger_to_wait_reply", |b| {
+            b.iter(|| {
+                let h = sim.trigger(0, ev.clone()).unwrap();
+                let r = h.wait_reply(T).unwrap();
+                assert_eq!(r.new_val, Some(0x2001));
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        for h in handlers {
+            black_box(h.join().unwrap());
+        }
+    }
     g.finish();
-    stop.store(true, Ordering::Relaxed);
-    // (0 when the bench was filtered out.)
-    black_box(tool.join().unwrap());
-    drop(conn);
-    drop(sim);
+
+    // Several vCPUs in flight: one event loop for all of them, and one handler thread
+    // per vCPU.
+    let mut g = c.benchmark_group("event_throughput");
+    g.throughput(Throughput::Elements(1));
+    for (handlers, vcpus) in [(1usize, 1usize), (1, 2), (1, 4), (2, 2), (4, 4)] {
+        let (conn, mut host) = raw_host_pair();
+        let conn = Arc::new(conn);
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = spawn_handlers(&conn, handlers, &stop);
+        let mut frames: Vec<_> = (0..vcpus).map(|v| cr_event_frame(0, v as u16)).collect();
+        let mut seq = 0u32;
+        let name = if handlers == 1 {
+            format!("one_loop_vcpus_{vcpus}")
+        } else {
+            format!("thread_per_vcpu_{vcpus}")
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| drive_events(&mut host, &mut frames, iters, vcpus, &mut seq))
+        });
+        stop.store(true, Ordering::Relaxed);
+        let handled: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+        black_box(handled);
+    }
+    g.finish();
+}
+
+fn floors(c: &mut Criterion) {
+    let mut g = c.benchmark_group("floor");
+    floor_threads(&mut g, "unix_pingpong_16B", 16, 16);
+    floor_threads(&mut g, "unix_pingpong_4KiB_reply", 16, PAGE);
+    floor_threads(&mut g, "event_pingpong", EVENT_FRAME, CR_REPLY_FRAME);
+    floor_2proc(&mut g, "unix_pingpong_16B_2proc", 16, 16);
+    floor_2proc(&mut g, "unix_pingpong_4KiB_reply_2proc", 16, PAGE);
+    floor_reader_thread(&mut g, "reader_thread_16B", 16);
+    g.finish();
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        peer_main(&spec);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-
-    let mut g = c.benchmark_group("floor");
-    floor_direct(&mut g, "unix_pingpong_16B", 16);
-    floor_direct(&mut g, "unix_pingpong_4KiB_reply", PAGE);
-    floor_reader_thread(&mut g, "reader_thread_16B", 16);
-    floor_reader_thread(&mut g, "reader_thread_4KiB_reply", PAGE);
-    g.finish();
+    floors(&mut c);
     single(&mut c);
     read_64(&mut c);
     commands_64(&mut c);
-    cr_event(&mut c);
-
+    events(&mut c);
     c.final_summary();
 }

@@ -36,7 +36,7 @@ use crate::codec::{self, Abi};
 use crate::commands::{page_access_payload, vcpu_payload};
 use crate::connection::Connection;
 use crate::error::{BatchFailure, ProtoError, Result};
-use crate::event::EventResponse;
+use crate::event::{Event, Reply};
 use kvmi_sys as sys;
 use std::time::Duration;
 use zerocopy::IntoBytes;
@@ -48,7 +48,9 @@ pub struct Batch<'c> {
     msgs: Vec<u8>,
     /// `(seq, id, index)` of each queued command.
     commands: Vec<(u32, u16, usize)>,
-    replies: usize,
+    /// The events whose replies are queued: answered by the batch's write, or with
+    /// their default reply if the batch is dropped without a commit.
+    replies: Vec<Event>,
 }
 
 impl<'c> Batch<'c> {
@@ -58,7 +60,7 @@ impl<'c> Batch<'c> {
             conn,
             msgs: Vec::new(),
             commands: Vec::new(),
-            replies: 0,
+            replies: Vec::new(),
         }
     }
 
@@ -71,10 +73,14 @@ impl<'c> Batch<'c> {
         Ok(self)
     }
 
-    /// Queues an event reply.
-    pub fn reply(&mut self, reply: &EventResponse) -> Result<&mut Self> {
-        reply.encode_into(&mut self.msgs)?;
-        self.replies += 1;
+    /// Queues the reply to `event` (an [`Action`](crate::Action) or a [`Reply`]),
+    /// taking the event: it is answered by [`commit`](Self::commit), or with its
+    /// default reply if the batch is dropped uncommitted.
+    pub fn reply(&mut self, event: Event, reply: impl Into<Reply>) -> Result<&mut Self> {
+        if event.needs_reply() {
+            event.encode_reply(&reply.into(), &mut self.msgs)?;
+            self.replies.push(event);
+        }
         Ok(self)
     }
 
@@ -109,7 +115,7 @@ impl<'c> Batch<'c> {
 
     /// Number of queued commands and event replies.
     pub fn len(&self) -> usize {
-        self.commands.len() + self.replies
+        self.commands.len() + self.replies.len()
     }
 
     /// Whether nothing is queued.
@@ -174,13 +180,15 @@ impl<'c> Batch<'c> {
     /// Returns [`ProtoError::BatchFailed`] if the host reported failing commands (see
     /// the module docs; the other messages took effect), or the error of the final
     /// reply / the wait.
-    pub fn commit(self, timeout: Duration) -> Result<()> {
+    pub fn commit(mut self, timeout: Duration) -> Result<()> {
         if self.is_empty() {
             return Ok(());
         }
         let shared = &self.conn.shared;
         if self.commands.is_empty() {
-            return shared.write(&self.msgs);
+            let r = shared.write(&self.msgs);
+            self.replies.drain(..).for_each(Event::disarm);
+            return r;
         }
         let first = shared.next_seq();
         let last = shared.next_seq();
@@ -189,16 +197,18 @@ impl<'c> Batch<'c> {
         let mut msgs = Vec::with_capacity(self.commands.len() + 1);
         msgs.push((first, sys::KVMI_VM_CONTROL_CMD_RESPONSE));
         msgs.extend(self.commands.iter().map(|&(seq, id, _)| (seq, id)));
-        let rx = shared.register(last, sys::KVMI_VM_CONTROL_CMD_RESPONSE)?;
+        shared.register(last, sys::KVMI_VM_CONTROL_CMD_RESPONSE)?;
         let pending = crate::connection::PendingReply::new(
             std::sync::Arc::clone(shared),
             last,
             sys::KVMI_VM_CONTROL_CMD_RESPONSE,
-            rx,
         );
         shared.register_batch(&msgs)?;
-        let sent = shared.write(&bytes).and_then(|()| pending.wait(timeout));
-        // The reader routes in arrival order, so every CMD_ERROR event / error reply the
+        let written = shared.write(&bytes);
+        // Written (or the connection is gone): the replies are out, or nobody waits.
+        self.replies.drain(..).for_each(Event::disarm);
+        let sent = written.and_then(|()| pending.wait(timeout));
+        // Frames are routed in arrival order, so every CMD_ERROR event / error reply the
         // host sent before the final reply has been recorded by now.
         let found = shared.take_batch(msgs.iter().map(|&(seq, _)| seq));
         sent?;

@@ -351,7 +351,7 @@ impl Connection {
     /// `KVMI_VM_READ_PHYSICAL`: `size` in 1..=4096, not crossing a page.
     pub fn read_physical(&self, gpa: u64, size: usize) -> Result<Vec<u8>> {
         check_page_range(gpa, size)?;
-        let data = self.call_vm(
+        let mut data = self.call_vm(
             sys::KVMI_VM_READ_PHYSICAL,
             &sys::VmReadPhysical {
                 gpa,
@@ -365,7 +365,8 @@ impl Connection {
                 have: data.len(),
             });
         }
-        Ok(data[..size].to_vec())
+        data.truncate(size);
+        Ok(data)
     }
 
     /// `KVMI_VM_WRITE_PHYSICAL`: 1..=4096 bytes, not crossing a page.

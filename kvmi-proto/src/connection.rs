@@ -1,21 +1,18 @@
-//! One hooked VM: handshake, version/feature detection, the reader thread that routes
-//! replies by sequence number and queues events, and the request/reply plumbing.
+//! One hooked VM: handshake, version/feature detection, probing, and the request
+//! plumbing on top of the receive engine in [`crate::router`] (no reader thread: the
+//! waiting thread reads the socket itself).
 
 use crate::codec::{self, Abi};
 use crate::error::{ProtoError, Result};
-use crate::event::{parse_event, Action, Event, EventKind, EventResponse};
+use crate::event::Event;
 use crate::handshake::{self, HookupInfo, PeerCredentials, PeerUids};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crate::router::{lock, Shared};
 use kvmi_sys as sys;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 
 use crate::stream::Stream;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use zerocopy::IntoBytes;
 
@@ -60,145 +57,19 @@ impl Default for Config {
     }
 }
 
-type ReplyTx = Sender<Result<Vec<u8>>>;
-
-/// A message of a batch in flight: its command id and the first failure reported for
-/// it (by a `CMD_ERROR` event or an error reply), as `(id, err)`.
-pub(crate) struct BatchSlot {
-    id: u16,
-    failure: Option<(u16, i32)>,
-}
-
-struct State {
-    pending: HashMap<u32, (u16, ReplyTx)>,
-    /// Seqs of the messages of batches in flight (see [`crate::Batch`]).
-    batch: HashMap<u32, BatchSlot>,
-    closed: Option<String>,
-}
-
-pub(crate) struct Shared {
-    writer: Mutex<Stream>,
-    state: Mutex<State>,
-    seq: AtomicU32,
-    abi: AtomicU8,
-    stray_replies: AtomicU32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub(crate) fn next_seq(&self) -> u32 {
-        self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
-    }
-
-    fn abi(&self) -> Abi {
-        if self.abi.load(Ordering::Relaxed) == 6 {
-            Abi::V6
-        } else {
-            Abi::V7
-        }
-    }
-
-    /// Registers a waiter for `seq` (must happen before the request is written).
-    pub(crate) fn register(&self, seq: u32, id: u16) -> Result<Receiver<Result<Vec<u8>>>> {
-        let (tx, rx) = bounded(1);
-        let mut st = lock(&self.state);
-        if let Some(r) = &st.closed {
-            return Err(ProtoError::Disconnected(r.clone()));
-        }
-        st.pending.insert(seq, (id, tx));
-        Ok(rx)
-    }
-
-    pub(crate) fn unregister(&self, seq: u32) {
-        lock(&self.state).pending.remove(&seq);
-    }
-
-    /// Starts collecting failures of the batch messages `(seq, id)`: `CMD_ERROR` events
-    /// naming one of these seqs and error replies with one of them are recorded instead
-    /// of being queued as events or counted as stray replies.
-    pub(crate) fn register_batch(&self, msgs: &[(u32, u16)]) -> Result<()> {
-        let mut st = lock(&self.state);
-        if let Some(r) = &st.closed {
-            return Err(ProtoError::Disconnected(r.clone()));
-        }
-        for &(seq, id) in msgs {
-            st.batch.insert(seq, BatchSlot { id, failure: None });
-        }
-        Ok(())
-    }
-
-    /// Stops collecting for `seqs`; returns the failure recorded for each, in order.
-    pub(crate) fn take_batch(&self, seqs: impl Iterator<Item = u32>) -> Vec<Option<(u16, i32)>> {
-        let mut st = lock(&self.state);
-        seqs.map(|seq| st.batch.remove(&seq).and_then(|s| s.failure))
-            .collect()
-    }
-
-    /// Writes bytes as one `write` (under the writer lock). A failed write leaves the
-    /// stream in an unknown state, so it closes the connection.
-    pub(crate) fn write(&self, bytes: &[u8]) -> Result<()> {
-        if let Some(r) = &lock(&self.state).closed {
-            return Err(ProtoError::Disconnected(r.clone()));
-        }
-        let mut w = lock(&self.writer);
-        if let Err(e) = w.write_all(bytes) {
-            let _ = w.shutdown(Shutdown::Both);
-            drop(w);
-            self.close(format!("write failed: {e}"));
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    /// Marks the connection closed and wakes every waiter with an error.
-    fn close(&self, reason: String) {
-        let mut st = lock(&self.state);
-        if st.closed.is_none() {
-            st.closed = Some(reason.clone());
-        }
-        let reason = st.closed.clone().unwrap_or(reason);
-        for (_, (_, tx)) in st.pending.drain() {
-            let _ = tx.try_send(Err(ProtoError::Disconnected(reason.clone())));
-        }
-    }
-
-    fn closed_reason(&self) -> Option<String> {
-        lock(&self.state).closed.clone()
-    }
-}
-
-/// A reply not yet received; see [`Connection::send_request`].
+/// A reply not yet received; see [`Connection::send_request`]. Dropping it gives up
+/// the wait (a reply arriving later is counted as a stray reply).
 #[derive(Debug)]
 #[must_use = "a pending reply must be waited for"]
 pub struct PendingReply {
     shared: Arc<Shared>,
     seq: u32,
     id: u16,
-    rx: Receiver<Result<Vec<u8>>>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
 }
 
 impl PendingReply {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        seq: u32,
-        id: u16,
-        rx: Receiver<Result<Vec<u8>>>,
-    ) -> Self {
-        PendingReply {
-            shared,
-            seq,
-            id,
-            rx,
-        }
+    pub(crate) fn new(shared: Arc<Shared>, seq: u32, id: u16) -> Self {
+        PendingReply { shared, seq, id }
     }
 
     /// Sequence number of the request.
@@ -209,25 +80,16 @@ impl PendingReply {
     /// Waits for the reply; returns the reply data (after the error code), or
     /// [`ProtoError::Kvm`] for a non-zero error code.
     pub fn wait(self, timeout: Duration) -> Result<Vec<u8>> {
-        let payload = self.wait_raw(timeout)?;
-        let data = codec::reply_data(self.id, &payload)?;
-        Ok(data.to_vec())
+        let mut payload = self.wait_raw(timeout)?;
+        codec::reply_data(self.id, &payload)?;
+        payload.drain(..sys::ERROR_CODE_SIZE);
+        Ok(payload)
     }
 
-    /// Waits for the reply and returns its whole payload (error code included).
+    /// Waits for the reply and returns its whole payload (error code included). After
+    /// a timeout the request stays awaited: call again to keep waiting.
     pub fn wait_raw(&self, timeout: Duration) -> Result<Vec<u8>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => {
-                self.shared.unregister(self.seq);
-                Err(ProtoError::Timeout(timeout))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(ProtoError::Disconnected(
-                self.shared
-                    .closed_reason()
-                    .unwrap_or_else(|| "reply channel dropped".into()),
-            )),
-        }
+        self.shared.wait_reply(self.seq, timeout)
     }
 }
 
@@ -250,8 +112,6 @@ pub struct Probe {
 /// from any thread, including from event handlers.
 pub struct Connection {
     pub(crate) shared: Arc<Shared>,
-    events: Receiver<Event>,
-    reader: Option<JoinHandle<()>>,
     pub(crate) config: Config,
     hookup: HookupInfo,
     peer: Option<PeerCredentials>,
@@ -285,28 +145,17 @@ impl Connection {
         let mut stream = stream.into();
         let (hookup, peer) = handshake::exchange(&mut stream, &config)?;
 
-        let reader_stream = stream.try_clone()?;
-        let shared = Arc::new(Shared {
-            writer: Mutex::new(stream),
-            state: Mutex::new(State {
-                pending: HashMap::new(),
-                batch: HashMap::new(),
-                closed: None,
-            }),
-            seq: AtomicU32::new(0),
-            abi: AtomicU8::new(7),
-            stray_replies: AtomicU32::new(0),
-        });
-        let (ev_tx, ev_rx) = bounded(config.event_queue.max(1));
-        let sh = Arc::clone(&shared);
-        let cap = config.event_queue.max(1);
-        let reader = std::thread::Builder::new()
-            .name("kvmi-reader".into())
-            .spawn(move || reader_loop(reader_stream, sh, ev_tx, cap))?;
+        let reader = stream.try_clone()?;
+        let control = stream.try_clone()?;
+        let shared = Arc::new(Shared::new(
+            stream,
+            reader,
+            control,
+            config.event_queue,
+            config.write_timeout,
+        ));
         let mut conn = Connection {
             shared,
-            events: ev_rx,
-            reader: Some(reader),
             config,
             hookup,
             peer,
@@ -339,9 +188,7 @@ impl Connection {
                 "unsupported KVMi version {version}"
             )));
         }
-        self.shared
-            .abi
-            .store(if abi == Abi::V6 { 6 } else { 7 }, Ordering::Relaxed);
+        self.shared.set_abi(abi);
         self.version = version;
         self.features = features;
         Ok(())
@@ -459,17 +306,18 @@ impl Connection {
 
     /// Replies whose waiter had already given up (timed out) or that matched no request.
     pub fn stray_replies(&self) -> u32 {
-        self.shared.stray_replies.load(Ordering::Relaxed)
+        self.shared.stray_replies()
     }
 
     /// Sends a command without waiting: payload is the whole request payload (vCPU
-    /// header included for vCPU commands). Many requests may be in flight at once.
+    /// header included for vCPU commands). Many requests may be in flight at once. The
+    /// message (header and payload) goes out in one `write`.
     pub fn send_request(&self, id: u16, payload: &[u8]) -> Result<PendingReply> {
         let seq = self.shared.next_seq();
-        let mut msg = Vec::new();
+        let mut msg = Vec::with_capacity(sys::MSG_HDR_SIZE + payload.len());
         codec::encode_into(&mut msg, id, seq, &[payload])?;
-        let rx = self.shared.register(seq, id)?;
-        let pending = PendingReply::new(Arc::clone(&self.shared), seq, id, rx);
+        self.shared.register(seq, id)?;
+        let pending = PendingReply::new(Arc::clone(&self.shared), seq, id);
         self.shared.write(&msg)?;
         Ok(pending)
     }
@@ -479,70 +327,43 @@ impl Connection {
         self.send_request(id, payload)?.wait(timeout)
     }
 
-    /// Sends an event reply. Replies are single writes and never wait for each other,
-    /// so replies for different vCPUs proceed independently.
-    pub fn send_reply(&self, reply: &EventResponse) -> Result<()> {
-        let mut msg = Vec::new();
-        reply.encode_into(&mut msg)?;
-        self.shared.write(&msg)
-    }
-
-    /// Sends an event reply from its parts (`extra` = event-specific reply data).
-    pub fn reply_event(&self, seq: u32, vcpu: u16, action: Action, extra: &[u8]) -> Result<()> {
-        self.send_reply(&EventResponse {
-            seq,
-            vcpu,
-            event: 0,
-            action,
-            extra: extra.to_vec(),
-        })
-    }
-
-    /// Waits up to `timeout` for the next event. After a disconnect, events still queued
-    /// are returned first, then [`ProtoError::Disconnected`].
+    /// Waits up to `timeout` for the next event; the caller must answer it (see
+    /// [`Event`]: replying consumes it, dropping it sends its default reply). After a
+    /// disconnect, events still queued are returned first, then
+    /// [`ProtoError::Disconnected`].
+    ///
+    /// Several threads may wait at once (one per vCPU, say); each event goes to one of
+    /// them. While a thread waits here it reads the socket for everybody (replies to
+    /// other threads' requests included), so keep one waiting whenever events are
+    /// enabled: nothing reads the socket while no thread waits.
     pub fn next_event(&self, timeout: Duration) -> Result<Event> {
-        match self.events.recv_timeout(timeout) {
-            Ok(e) => Ok(e),
-            Err(RecvTimeoutError::Timeout) => Err(ProtoError::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(self.disconnected()),
-        }
+        let info = self.shared.wait_event(timeout)?;
+        Ok(Event::new(info, &self.shared))
     }
 
-    /// The next event if one is queued.
+    /// The next event if one has arrived (one non-blocking read when nobody else is
+    /// reading), without waiting.
     pub fn try_next_event(&self) -> Result<Option<Event>> {
-        match self.events.try_recv() {
-            Ok(e) => Ok(Some(e)),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(self.disconnected()),
-        }
+        Ok(self
+            .shared
+            .try_event()?
+            .map(|info| Event::new(info, &self.shared)))
     }
 
-    /// The event queue itself, e.g. for `crossbeam_channel::select!`.
-    pub fn event_receiver(&self) -> &Receiver<Event> {
-        &self.events
-    }
-
-    /// Number of queued events.
+    /// Number of events received and not yet taken.
     pub fn pending_events(&self) -> usize {
-        self.events.len()
+        self.shared.queued_events()
     }
 
-    fn disconnected(&self) -> ProtoError {
-        ProtoError::Disconnected(
-            self.shared
-                .closed_reason()
-                .unwrap_or_else(|| "reader stopped".into()),
-        )
-    }
-
-    /// Whether the connection is closed.
+    /// Whether the connection is closed (after one non-blocking read when nobody else
+    /// is reading, so a hang-up is noticed even while nobody waits).
     pub fn is_closed(&self) -> bool {
+        self.shared.pump();
         self.shared.closed_reason().is_some()
     }
 
     /// Closes the socket (QEMU then unhooks). Waiters get [`ProtoError::Disconnected`].
     pub fn close(&self) {
-        let _ = lock(&self.shared.writer).shutdown(Shutdown::Both);
         self.shared.close("closed locally".into());
     }
 }
@@ -550,9 +371,6 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
-        if let Some(h) = self.reader.take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -562,75 +380,4 @@ fn allowed(r: Result<Vec<u8>>) -> Result<bool> {
         Err(ProtoError::Kvm { .. }) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-fn read_full(s: &mut Stream, buf: &mut [u8]) -> std::io::Result<()> {
-    s.read_exact(buf)
-}
-
-fn reader_loop(mut s: Stream, shared: Arc<Shared>, ev_tx: Sender<Event>, cap: usize) {
-    let reason = loop {
-        let mut hbuf = [0u8; sys::MSG_HDR_SIZE];
-        if let Err(e) = read_full(&mut s, &mut hbuf) {
-            break format!("read failed: {e}");
-        }
-        let hdr = match codec::decode_header(&hbuf) {
-            Ok(h) => h,
-            Err(e) => break format!("protocol error: {e}"),
-        };
-        let mut payload = vec![0u8; usize::from(hdr.size)];
-        if let Err(e) = read_full(&mut s, &mut payload) {
-            break format!("read failed: {e}");
-        }
-        if hdr.id == sys::KVMI_EVENT {
-            let ev = match parse_event(hdr.seq, &payload, shared.abi()) {
-                Ok(ev) => ev,
-                Err(e) => break format!("protocol error: bad event: {e}"),
-            };
-            if let EventKind::CmdError(ce) = ev.kind {
-                let mut st = lock(&shared.state);
-                if let Some(slot) = st.batch.get_mut(&ce.msg_seq) {
-                    slot.failure.get_or_insert((ce.msg_id, ce.err));
-                    continue;
-                }
-            }
-            if ev_tx.try_send(ev).is_err() {
-                break ProtoError::EventQueueFull(cap).to_string();
-            }
-            continue;
-        }
-        let waiter = {
-            let mut st = lock(&shared.state);
-            let w = st.pending.remove(&hdr.seq);
-            if w.is_none() {
-                if let Some(slot) = st.batch.get_mut(&hdr.seq).filter(|s| s.id == hdr.id) {
-                    // A batch message answered although replies should be off (the
-                    // leading CONTROL_CMD_RESPONSE failed, so they stayed on).
-                    if let Ok(Err(err)) = codec::parse_reply(&payload) {
-                        slot.failure.get_or_insert((hdr.id, err));
-                    }
-                    continue;
-                }
-            }
-            w
-        };
-        match waiter {
-            Some((id, tx)) if id == hdr.id => {
-                let _ = tx.try_send(Ok(payload));
-            }
-            Some((id, tx)) => {
-                let _ = tx.try_send(Err(ProtoError::IdMismatch {
-                    expected: id,
-                    got: hdr.id,
-                    seq: hdr.seq,
-                }));
-            }
-            None => {
-                shared.stray_replies.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    };
-    let _ = s.shutdown(Shutdown::Both);
-    shared.close(reason);
-    drop(ev_tx);
 }

@@ -9,12 +9,16 @@
 //! * [`handshake`]: the QEMU hookup struct, the SHA-1 cookie reply, `SO_PEERCRED`.
 //! * [`Listener`] / [`Connection`]: accept VMs (handshakes run concurrently, each under
 //!   one deadline, after a peer-uid check; the UNIX socket is never reachable with a
-//!   wider mode than configured); per VM a reader thread routes replies by
-//!   sequence number to waiting callers and queues events in a bounded queue. Commands
-//!   may be issued from any thread, including event handlers; every wait has a timeout;
-//!   a disconnect wakes every waiter with [`ProtoError::Disconnected`].
-//! * [`commands`]: a typed method per command; [`event`]: the typed [`Event`] with a
-//!   reply helper per kind; [`Batch`]: many commands/replies in one round trip.
+//!   wider mode than configured). No reader thread: the thread that waits (for a reply
+//!   or an event) reads the socket itself while nobody else does and routes what is not
+//!   its own, by sequence number, to the other waiters or into the bounded event queue
+//!   (see [`router`]); a request costs one `write` and one `read`. Commands may be
+//!   issued from any thread, including event handlers; every wait has a timeout; a
+//!   disconnect or a desynchronised stream wakes every waiter with
+//!   [`ProtoError::Disconnected`].
+//! * [`commands`]: a typed method per command; [`event`]: a received [`Event`] is
+//!   answered exactly once (replying consumes it, dropping it sends its default
+//!   reply); [`Batch`]: many commands/replies in one round trip.
 //!
 //! * [`Listener::bind`] listens on a UNIX socket path, [`Listener::bind_vsock`] on an
 //!   `AF_VSOCK` port (any CID); both accept into the same [`Connection`], which runs on
@@ -38,8 +42,18 @@
 //! conn.control_cr(0, 3, true)?;
 //! let ev = conn.next_event(Duration::from_secs(5))?;
 //! if let EventKind::Cr(cr) = ev.kind {
-//!     conn.send_reply(&ev.reply_cr(Action::Continue, cr.new_value))?;
-//! }
+//!     ev.reply_cr(Action::Continue, cr.new_value)?;
+//! } // else: `ev` is dropped here and answered with its default reply
+//! # Ok(()) }
+//! ```
+//!
+//! An event is answered exactly once by construction: a second reply does not compile.
+//!
+//! ```compile_fail,E0382
+//! # fn f(conn: &kvmi_proto::Connection) -> kvmi_proto::Result<()> {
+//! let ev = conn.next_event(std::time::Duration::from_secs(5))?;
+//! ev.reply_continue()?;
+//! ev.reply(kvmi_proto::Action::Retry)?; // use of moved value: `ev`
 //! # Ok(()) }
 //! ```
 
@@ -51,6 +65,7 @@ pub mod error;
 pub mod event;
 pub mod handshake;
 pub mod listener;
+pub mod router;
 pub mod stream;
 
 pub use batch::Batch;
@@ -58,7 +73,7 @@ pub use codec::Abi;
 pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
 pub use error::{BatchFailure, CommandName, EventName, ProtoError, Result};
-pub use event::{Action, Event, EventKind, EventResponse, PfInfo, PfReply, TrapInfo};
+pub use event::{Action, Event, EventInfo, EventKind, PfInfo, PfReply, Reply, TrapInfo};
 pub use handshake::{HookupInfo, PeerCredentials, PeerUids};
 pub use listener::{Listener, Rejected};
 pub use stream::{SocketTimeout, Stream, VsockStream};

@@ -1,7 +1,7 @@
 //! Tests against a minimal scripted QEMU + kernel peer.
 
 use crate::codec::{self, Abi};
-use crate::event::{Action, EventKind, PfReply};
+use crate::event::{Action, EventKind, PfReply, Reply};
 use crate::{Batch, Config, Connection, Listener, ProtoError};
 use kvmi_sys as sys;
 use proptest::prelude::*;
@@ -296,8 +296,7 @@ fn events_interleave_with_replies_and_cr_reply_bytes() {
         panic!("not a CR event: {:?}", ev.kind)
     };
     assert_eq!(cr.new_value, 0x2000);
-    c.send_reply(&ev.reply_cr(Action::Continue, 0x3000))
-        .unwrap();
+    ev.reply_cr(Action::Continue, 0x3000).unwrap();
     t.join().unwrap();
 }
 
@@ -331,7 +330,7 @@ fn request_from_event_handler_and_concurrent_vcpus() {
                 .translate_gva(ev.vcpu(), 0x100 * u64::from(ev.vcpu()))
                 .unwrap();
             assert_eq!(gpa, 0x100 * u64::from(ev.vcpu()) + 1);
-            c.send_reply(&ev.reply_continue()).unwrap();
+            ev.reply_continue().unwrap();
         }));
     }
     for t in handlers {
@@ -434,7 +433,7 @@ fn batch_is_one_write_and_one_round_trip() {
     .unwrap()
     .pause_vcpu(0, true)
     .unwrap()
-    .reply(&ev.reply_continue())
+    .reply(ev, Action::Continue)
     .unwrap();
     assert_eq!(b.len(), 3);
     b.commit(T).unwrap();
@@ -447,7 +446,7 @@ fn reply_only_batch_is_unwrapped() {
     let seq = h.event(0, sys::KVMI_EVENT_HYPERCALL, &[]);
     let ev = c.next_event(T).unwrap();
     let mut b = Batch::new(&c);
-    b.reply(&ev.reply(Action::Continue)).unwrap();
+    b.reply(ev, Action::Continue).unwrap();
     b.commit(T).unwrap();
     let (hdr, p) = h.recv();
     assert_eq!((hdr.id, hdr.seq, p.len()), (sys::KVMI_EVENT_REPLY, seq, 16));
@@ -484,8 +483,8 @@ fn event_queue_overflow_disconnects() {
     for v in 0..3 {
         h.event(v, sys::KVMI_EVENT_PAUSE_VCPU, &[]);
     }
-    // Let the reader take in all three before anything is consumed; otherwise popping
-    // the first event early makes room for the third and the queue never overflows.
+    // Let all three reach the socket before anything is read: the first read then
+    // routes all of them, and the third finds the queue full.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(c.next_event(T).is_ok());
     assert!(c.next_event(T).is_ok());
@@ -518,18 +517,16 @@ fn v6_event_layouts_and_pf_reply() {
             view: 1
         })
     );
-    let r = ev
-        .reply_pf(
-            Action::Retry,
-            &PfReply {
-                singlestep_v6: true,
-                ctx_data: &[9; 4],
-                ctx_addr: 0x7000,
-                rep_complete: false,
-            },
-        )
-        .unwrap();
-    c.send_reply(&r).unwrap();
+    ev.reply_pf(
+        Action::Retry,
+        &PfReply {
+            singlestep_v6: true,
+            ctx_data: &[9; 4],
+            ctx_addr: 0x7000,
+            rep_complete: false,
+        },
+    )
+    .unwrap();
     let (hdr, p) = h.recv();
     assert_eq!((hdr.seq, p.len()), (seq, 16 + 272));
     let pr = sys::v6::EventPfReply::read_from_bytes(&p[16..]).unwrap();
@@ -552,15 +549,19 @@ fn v6_event_layouts_and_pf_reply() {
             cr2: 0x1234
         })
     );
-    assert!(ev
-        .reply_pf(
+    assert!(matches!(
+        Reply::pf(
             Action::Continue,
             &PfReply {
                 ctx_data: &[0; 257],
                 ..Default::default()
             }
-        )
-        .is_err());
+        ),
+        Err(ProtoError::InvalidArgument(_))
+    ));
+    ev.reply_continue().unwrap();
+    let (hdr, p) = h.recv();
+    assert_eq!((hdr.id, p.len(), p[8]), (sys::KVMI_EVENT_REPLY, 16, 0));
 }
 
 #[test]
@@ -697,13 +698,13 @@ proptest! {
 
     #[test]
     fn prop_event_reply_round_trip(seq: u32, vcpu: u16, event in 0u8..14, new_val: u64) {
-        let ev = crate::Event {
+        let ev = crate::EventInfo {
             seq, abi: Abi::V7,
             common: sys::Event { vcpu, event, size: 544, ..Default::default() },
             kind: EventKind::Unknown(event),
         };
         let mut out = Vec::new();
-        ev.reply_msr(Action::Retry, new_val).encode_into(&mut out).unwrap();
+        ev.encode_reply(&Reply::with_new_value(Action::Retry, new_val), &mut out).unwrap();
         let (f, _) = codec::decode(&out).unwrap().unwrap();
         prop_assert_eq!((f.hdr.id, f.hdr.seq, f.hdr.size), (sys::KVMI_EVENT_REPLY, seq, 24));
         prop_assert_eq!(u16::from_ne_bytes([f.payload[0], f.payload[1]]), vcpu);
@@ -801,4 +802,170 @@ fn batch_failure_display() {
             sys::KVMI_VCPU_SET_REGISTERS
         )
     );
+}
+
+#[test]
+fn reply_to_unsent_seq_or_with_wrong_id_closes_at_once() {
+    // A reply naming a seq never sent.
+    let (c, mut h) = pair(Abi::V7);
+    let c = Arc::new(c);
+    let c2 = Arc::clone(&c);
+    let waiter = thread::spawn(move || c2.get_max_gfn());
+    let (hdr, _) = h.recv();
+    let bogus = sys::MsgHdr {
+        seq: hdr.seq + 1000,
+        ..hdr
+    };
+    h.reply(&bogus, 0, &1u64.to_ne_bytes());
+    match waiter.join().unwrap() {
+        Err(ProtoError::Disconnected(r)) => assert!(r.contains("never sent"), "{r}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(c.is_closed());
+    // A reply whose id is not the request's.
+    let (c, mut h) = pair(Abi::V7);
+    let c = Arc::new(c);
+    let c2 = Arc::clone(&c);
+    let waiter = thread::spawn(move || c2.get_max_gfn());
+    let (hdr, _) = h.recv();
+    let wrong = sys::MsgHdr {
+        id: sys::KVMI_VM_GET_INFO,
+        ..hdr
+    };
+    h.reply(&wrong, 0, &1u64.to_ne_bytes());
+    match waiter.join().unwrap() {
+        Err(ProtoError::Disconnected(r)) => assert!(r.contains("does not match"), "{r}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // A reply shorter than its error code.
+    let (c, mut h) = pair(Abi::V7);
+    let c = Arc::new(c);
+    let c2 = Arc::clone(&c);
+    let waiter = thread::spawn(move || c2.get_max_gfn());
+    let (hdr, _) = h.recv();
+    h.s.write_all(&codec::encode(hdr.id, hdr.seq, &[0; 4]).unwrap())
+        .unwrap();
+    assert!(matches!(
+        waiter.join().unwrap(),
+        Err(ProtoError::Disconnected(_))
+    ));
+    assert!(matches!(c.get_max_gfn(), Err(ProtoError::Disconnected(_))));
+}
+
+/// Many requesters and two event loops at once, answered out of order with events in
+/// between: every reply reaches its own requester, every event one handler, whoever
+/// happens to be reading the socket.
+#[test]
+fn concurrent_requesters_and_event_loops_share_the_socket() {
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 50;
+    let (c, mut h) = pair(Abi::V7);
+    let c = Arc::new(c);
+    let host = thread::spawn(move || {
+        let total = (THREADS * PER_THREAD) as usize;
+        let mut answered = 0;
+        let mut held = Vec::new();
+        let mut events = 0u32;
+        let mut replies_seen = 0;
+        h.s.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        while answered < total || replies_seen < events {
+            let mut hb = [0u8; 8];
+            let got = match h.s.read(&mut hb[..1]) {
+                Ok(1) => {
+                    h.s.read_exact(&mut hb[1..]).unwrap();
+                    true
+                }
+                Ok(_) => panic!("tool closed the socket"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                Err(e) => panic!("{e}"),
+            };
+            if got {
+                let hdr = sys::MsgHdr::read_from_bytes(&hb[..]).unwrap();
+                let mut p = vec![0; hdr.size as usize];
+                h.s.read_exact(&mut p).unwrap();
+                if hdr.id == sys::KVMI_EVENT_REPLY {
+                    replies_seen += 1;
+                    continue;
+                }
+                assert_eq!(hdr.id, sys::KVMI_VCPU_TRANSLATE_GVA);
+                held.push((hdr, u64::from_ne_bytes(p[8..16].try_into().unwrap())));
+            }
+            // Answer in bursts (3 held, or the tool went quiet), newest first, with an
+            // event before each burst.
+            if held.len() >= 3 || (!got && !held.is_empty()) {
+                let vcpu = (events % 2) as u16;
+                h.event(vcpu, sys::KVMI_EVENT_PAUSE_VCPU, &[]);
+                events += 1;
+                while let Some((hdr, gva)) = held.pop() {
+                    h.reply(&hdr, 0, &(gva ^ 0xffff).to_ne_bytes());
+                    answered += 1;
+                }
+            }
+        }
+        (events, h)
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled = Arc::new(AtomicU32::new(0));
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, stop, handled) = (Arc::clone(&c), Arc::clone(&stop), Arc::clone(&handled));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match c.next_event(Duration::from_millis(20)) {
+                        Ok(ev) => {
+                            assert_eq!(ev.kind, EventKind::PauseVcpu);
+                            ev.reply_continue().unwrap();
+                            handled.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(ProtoError::Timeout(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let requesters: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    let gva = (t << 32) | i;
+                    assert_eq!(c.translate_gva(0, gva).unwrap(), gva ^ 0xffff);
+                }
+            })
+        })
+        .collect();
+    for r in requesters {
+        r.join().unwrap();
+    }
+    let (events, _h) = host.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.join().unwrap();
+    }
+    assert_eq!(handled.load(Ordering::Relaxed), events);
+    assert_eq!(c.stray_replies(), 0);
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn unbounded_timeouts_do_not_panic() {
+    let (c, mut h) = pair(Abi::V7);
+    h.event(0, sys::KVMI_EVENT_XSETBV, &[]);
+    let ev = c.next_event(Duration::MAX).unwrap();
+    assert_eq!(ev.kind, EventKind::Xsetbv);
+    drop(ev);
+    let (hdr, p) = h.recv();
+    assert_eq!((hdr.id, p.len(), p[8]), (sys::KVMI_EVENT_REPLY, 16, 0));
+    let t = thread::spawn(move || {
+        let (hdr, _) = h.recv();
+        h.reply(&hdr, 0, &3u64.to_ne_bytes());
+        h
+    });
+    let data = c
+        .request(sys::KVMI_VM_GET_MAX_GFN, &[], Duration::MAX)
+        .unwrap();
+    assert_eq!(data, 3u64.to_ne_bytes());
+    t.join().unwrap();
 }

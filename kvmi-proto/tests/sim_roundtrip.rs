@@ -210,8 +210,7 @@ fn v7_events_and_replies() {
         panic!("{:?}", ev.kind)
     };
     assert_eq!((cr.cr, cr.old_value, cr.new_value), (3, 0x1000, 0x2000));
-    c.send_reply(&ev.reply_cr(Action::Continue, 0x3000))
-        .unwrap();
+    ev.reply_cr(Action::Continue, 0x3000).unwrap();
     let r = h.wait_reply(T).unwrap();
     assert_eq!(r.new_val, Some(0x3000));
 
@@ -228,7 +227,7 @@ fn v7_events_and_replies() {
         .unwrap();
     let ev = c.next_event(T).unwrap();
     assert!(matches!(ev.kind, EventKind::Msr(m) if m.msr == 0xc000_0082 && m.new_value == 2));
-    c.send_reply(&ev.reply_msr(Action::Continue, 5)).unwrap();
+    ev.reply_msr(Action::Continue, 5).unwrap();
     assert_eq!(h.wait_reply(T).unwrap().new_val, Some(5));
 
     // PF with context data, from a handler that reads memory first.
@@ -255,18 +254,16 @@ fn v7_events_and_replies() {
         .join()
         .unwrap();
     assert_eq!(data.len(), 16);
-    let reply = ev
-        .reply_pf(
-            Action::Continue,
-            &PfReply {
-                ctx_addr: pf.gva,
-                ctx_data: &[0xaa; 8],
-                rep_complete: true,
-                singlestep_v6: false,
-            },
-        )
-        .unwrap();
-    c.send_reply(&reply).unwrap();
+    ev.reply_pf(
+        Action::Continue,
+        &PfReply {
+            ctx_addr: pf.gva,
+            ctx_data: &[0xaa; 8],
+            rep_complete: true,
+            singlestep_v6: false,
+        },
+    )
+    .unwrap();
     let r = h.wait_reply(T).unwrap();
     let pr = r.pf.unwrap();
     assert_eq!(
@@ -289,7 +286,7 @@ fn v7_events_and_replies() {
     let mut regs = c.get_registers(0, &[]).unwrap().regs;
     regs.rip += 1;
     c.set_registers(0, &regs).unwrap();
-    c.send_reply(&ev.reply_breakpoint(false)).unwrap();
+    ev.reply_breakpoint(false).unwrap();
     let r = h.wait_reply(T).unwrap();
     assert_eq!(r.action, Some(sys::KVMI_EVENT_ACTION_RETRY));
     assert_eq!(r.regs_applied.map(|r| r.rip), Some(regs.rip));
@@ -306,7 +303,7 @@ fn v7_events_and_replies() {
         let h = sim.trigger(0, ev).unwrap();
         let e = c.next_event(T).unwrap();
         assert_eq!(e.kind, check);
-        c.send_reply(&e.reply_continue()).unwrap();
+        e.reply_continue().unwrap();
         assert_eq!(h.wait_reply(T).unwrap().action, Some(0));
     }
     let h = sim
@@ -320,7 +317,7 @@ fn v7_events_and_replies() {
         .unwrap();
     let e = c.next_event(T).unwrap();
     assert!(matches!(e.kind, EventKind::Cpuid(x) if x.function == 1));
-    c.send_reply(&e.reply_continue()).unwrap();
+    e.reply_continue().unwrap();
     h.wait_reply(T).unwrap();
     let h = sim
         .trigger(
@@ -335,7 +332,7 @@ fn v7_events_and_replies() {
     assert!(
         matches!(e.kind, EventKind::Descriptor(d) if d.descriptor == sys::KVMI_DESC_GDTR && d.write == 1)
     );
-    c.send_reply(&e.reply(Action::Retry)).unwrap();
+    e.reply(Action::Retry).unwrap();
     h.wait_reply(T).unwrap();
 }
 
@@ -362,8 +359,9 @@ fn v7_pause_inject_trap_and_batch() {
                 assert_eq!(e.kind, EventKind::PauseVcpu);
                 let n = c.get_guest_info().unwrap();
                 assert_eq!(n, 2);
-                c.send_reply(&e.reply_continue()).unwrap();
-                e.vcpu()
+                let vcpu = e.vcpu();
+                e.reply_continue().unwrap();
+                vcpu
             })
         })
         .collect();
@@ -382,14 +380,14 @@ fn v7_pause_inject_trap_and_batch() {
         (t.vector, t.error_code, t.cr2, e.vcpu()),
         (14, 2, 0xdead_0000, 1)
     );
-    c.send_reply(&e.reply_continue()).unwrap();
+    e.reply_continue().unwrap();
     // A batch with an event reply and commands.
     let h = sim.trigger(0, SimEvent::PauseVcpu).unwrap();
     let e = c.next_event(T).unwrap();
     let mut b = Batch::new(&c);
     b.set_page_access(0, &[(0x9000, sys::KVMI_PAGE_ACCESS_RWX)])
         .unwrap();
-    b.reply(&e.reply_continue()).unwrap();
+    b.reply(e, Action::Continue).unwrap();
     b.commit(T).unwrap();
     h.wait_reply(T).unwrap();
     assert!(!sim
@@ -414,7 +412,7 @@ fn v7_vm_events_and_unhook() {
     let h = sim.trigger(1, SimEvent::CreateVcpu).unwrap();
     let e = c.next_event(T).unwrap();
     assert_eq!(e.kind, EventKind::CreateVcpu);
-    c.send_reply(&e.reply_continue()).unwrap();
+    e.reply_continue().unwrap();
     h.wait_reply(T).unwrap();
     let _h = sim.trigger(0, SimEvent::Unhook).unwrap();
     let e = c.next_event(T).unwrap();
@@ -457,16 +455,14 @@ fn v6_mode() {
         panic!("{:?}", e.kind)
     };
     assert_eq!((pf.gpa, pf.view), (0x8000, 0));
-    let r = e
-        .reply_pf(
-            Action::Retry,
-            &PfReply {
-                singlestep_v6: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    c.send_reply(&r).unwrap();
+    e.reply_pf(
+        Action::Retry,
+        &PfReply {
+            singlestep_v6: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = h.wait_reply(T).unwrap();
     assert!(r.pf.unwrap().singlestep);
     // v6 INJECT_EXCEPTION carries has_error.
@@ -589,7 +585,7 @@ fn v7_batch_reports_the_failed_command() {
     // The pause went through: its PAUSE event is the only queued event.
     let ev = c.next_event(T).unwrap();
     assert_eq!(ev.kind, EventKind::PauseVcpu);
-    c.send_reply(&ev.reply_continue()).unwrap();
+    ev.reply_continue().unwrap();
     assert!(c.try_next_event().unwrap().is_none());
     // Replies are back on.
     assert_eq!(c.get_guest_info().unwrap(), 2);
@@ -677,4 +673,214 @@ fn v6_batch_failures_are_not_reported() {
     );
     assert!(c.try_next_event().unwrap().is_none());
     assert_eq!(c.get_guest_info().unwrap(), 2);
+}
+
+#[test]
+fn dropped_events_get_their_default_reply() {
+    let (c, sim) = setup(kvmi_sim::Abi::V7, |_| {});
+    for ev in [
+        sys::KVMI_EVENT_CR,
+        sys::KVMI_EVENT_MSR,
+        sys::KVMI_EVENT_BREAKPOINT,
+        sys::KVMI_EVENT_PF,
+    ] {
+        c.control_events(0, ev, true).unwrap();
+    }
+    c.control_cr(0, 3, true).unwrap();
+    c.control_msr(0, 0xc000_0082, true).unwrap();
+    c.set_page_access(0, &[(0x8000, sys::KVMI_PAGE_ACCESS_R)])
+        .unwrap();
+    let cases = [
+        // CR/MSR: CONTINUE writing the guest's own value (not 0).
+        (
+            SimEvent::Cr {
+                cr: 3,
+                old: 0x1000,
+                new: 0x2000,
+            },
+            sys::KVMI_EVENT_ACTION_CONTINUE,
+            Some(0x2000),
+        ),
+        (
+            SimEvent::Msr {
+                msr: 0xc000_0082,
+                old: 1,
+                new: 0x4242,
+            },
+            sys::KVMI_EVENT_ACTION_CONTINUE,
+            Some(0x4242),
+        ),
+        // BREAKPOINT: RETRY (no #BP injected into the guest).
+        (
+            SimEvent::Breakpoint {
+                gpa: 0x1000,
+                insn_len: 1,
+            },
+            sys::KVMI_EVENT_ACTION_RETRY,
+            None,
+        ),
+        // PF: CONTINUE (emulate), no context data.
+        (
+            SimEvent::Pf {
+                gva: 0x10_8000,
+                gpa: 0x8000,
+                access: sys::KVMI_PAGE_ACCESS_W,
+            },
+            sys::KVMI_EVENT_ACTION_CONTINUE,
+            None,
+        ),
+        (SimEvent::PauseVcpu, sys::KVMI_EVENT_ACTION_CONTINUE, None),
+    ];
+    for (ev, action, new_val) in cases {
+        let h = sim.trigger(0, ev.clone()).unwrap();
+        let e = c.next_event(T).unwrap();
+        assert_eq!(e.id(), ev.id());
+        drop(e);
+        let r = h.wait_reply(T).unwrap();
+        assert_eq!(r.action, Some(action), "{ev:?}");
+        assert_eq!(r.new_val, new_val, "{ev:?}");
+        if let Some(pf) = r.pf {
+            assert_eq!((pf.ctx_data.len(), pf.rep_complete), (0, false));
+        }
+        assert!(r.action_supported, "{ev:?}");
+    }
+    // The vCPU runs on: the next event on it is delivered and the connection is fine.
+    assert_eq!(c.get_guest_info().unwrap(), 2);
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn panicking_handlers_on_4_vcpus_leave_no_vcpu_blocked() {
+    let (c, sim) = setup(kvmi_sim::Abi::V7, |s| s.vcpus = 4);
+    for v in 0..4 {
+        c.control_events(v, sys::KVMI_EVENT_CR, true).unwrap();
+        c.control_cr(v, 3, true).unwrap();
+    }
+    let c = Arc::new(c);
+    let handlers: Vec<_> = (0..4)
+        .map(|_| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || {
+                let ev = c.next_event(T).unwrap();
+                let _ = c.get_vcpu_info(ev.vcpu()).unwrap();
+                panic!("naive handler fails on vCPU {}", ev.vcpu());
+            })
+        })
+        .collect();
+    let pending: Vec<_> = (0..4)
+        .map(|v| {
+            sim.trigger(
+                v,
+                SimEvent::Cr {
+                    cr: 3,
+                    old: 0x1000,
+                    new: 0x5000 + v as u64,
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    for h in handlers {
+        assert!(h.join().is_err(), "the handler was meant to panic");
+    }
+    for (v, h) in pending.into_iter().enumerate() {
+        let r = h.wait_reply(T).unwrap();
+        assert_eq!(r.action, Some(sys::KVMI_EVENT_ACTION_CONTINUE));
+        assert_eq!(r.new_val, Some(0x5000 + v as u64));
+    }
+    // Every vCPU takes events again.
+    for v in 0..4 {
+        let h = sim
+            .trigger(
+                v,
+                SimEvent::Cr {
+                    cr: 3,
+                    old: 0x5000,
+                    new: 0x6000,
+                },
+            )
+            .unwrap();
+        c.next_event(T)
+            .unwrap()
+            .reply_cr(Action::Continue, 0x6000)
+            .unwrap();
+        assert_eq!(h.wait_reply(T).unwrap().new_val, Some(0x6000));
+    }
+}
+
+#[test]
+fn deferred_reply_from_another_thread_and_uncommitted_batch() {
+    let (c, sim) = setup(kvmi_sim::Abi::V7, |_| {});
+    c.control_events(0, sys::KVMI_EVENT_CR, true).unwrap();
+    c.control_cr(0, 3, true).unwrap();
+    let cr = |new| SimEvent::Cr {
+        cr: 3,
+        old: 0x1000,
+        new,
+    };
+    // Deferred: the event moves to a worker that answers later.
+    let h = sim.trigger(0, cr(0x2000)).unwrap();
+    let ev = c.next_event(T).unwrap();
+    let worker = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        ev.reply_cr(Action::Continue, 0x7000)
+    });
+    worker.join().unwrap().unwrap();
+    assert_eq!(h.wait_reply(T).unwrap().new_val, Some(0x7000));
+    // A batch holding an event reply, dropped without commit: the event still gets its
+    // default reply.
+    let h = sim.trigger(0, cr(0x3000)).unwrap();
+    let ev = c.next_event(T).unwrap();
+    let mut b = Batch::new(&c);
+    b.set_page_access(0, &[(0x9000, 0)]).unwrap();
+    b.reply(
+        ev,
+        kvmi_proto::Reply::with_new_value(Action::Continue, 0x9999),
+    )
+    .unwrap();
+    drop(b);
+    let r = h.wait_reply(T).unwrap();
+    assert_eq!(r.new_val, Some(0x3000));
+    assert!(!sim
+        .vm()
+        .access_restricted(0, 0x9000, sys::KVMI_PAGE_ACCESS_R));
+    // A committed batch answers with the queued reply, once.
+    let h = sim.trigger(0, cr(0x4000)).unwrap();
+    let ev = c.next_event(T).unwrap();
+    let mut b = Batch::new(&c);
+    b.reply(
+        ev,
+        kvmi_proto::Reply::with_new_value(Action::Continue, 0x4444),
+    )
+    .unwrap();
+    b.commit(T).unwrap();
+    assert_eq!(h.wait_reply(T).unwrap().new_val, Some(0x4444));
+    assert_eq!(sim.stats().event_replies.get(&sys::KVMI_EVENT_CR), Some(&3));
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn fault_corrupt_size_closes_at_once() {
+    // XOR 0x20 into the low byte of the size of the first reply after setup (VM_GET_INFO,
+    // 8 + 16 = 24 bytes -> 56): the frame can never complete, the stream is out of sync. The
+    // request fails with Disconnected (not a Timeout after its 5 s), and later requests
+    // fail at once.
+    let (c, _sim) = setup(kvmi_sim::Abi::V7, |s| {
+        s.faults.corrupt_frame = Some((1 + 41 + 14, 2, 0x20));
+    });
+    match c.get_guest_info() {
+        Err(ProtoError::Disconnected(r)) => assert!(r.contains("out of sync"), "{r}"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert!(c.is_closed());
+    assert!(matches!(c.get_max_gfn(), Err(ProtoError::Disconnected(_))));
+    // Shrunk instead (24 -> 16): the reply is too short for VM_GET_INFO, and its last
+    // 8 bytes read as a header with seq 0, never sent: closed on the spot.
+    let (c, _sim) = setup(kvmi_sim::Abi::V7, |s| {
+        s.faults.corrupt_frame = Some((1 + 41 + 14, 2, 0x08));
+    });
+    let r = c.get_guest_info();
+    assert!(r.is_err(), "{r:?}");
+    assert!(c.is_closed());
+    assert!(matches!(c.get_max_gfn(), Err(ProtoError::Disconnected(_))));
 }

@@ -2,25 +2,81 @@
 //! workload producing every event the tool enables, answer its commands, and print a
 //! summary of what crossed the wire.
 
-use kvmi_sim::{event_name, Abi, SimConfig, SimError, Simulator, Workload};
+use kvmi_sim::{event_name, Abi, SimConfig, SimError, Simulator};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: kvmi-sim --socket PATH [--v6] [--vcpus N] [--secret S] \
-[--duration SECS] [--name NAME]
+[--duration SECS] [--rate EVENTS_PER_SEC|unlimited] [--name NAME]
 
 Connects to the introspection tool listening on the UNIX socket PATH like KVM-VMI QEMU
 (hookup struct, cookie check against SHA-1 of S), then acts as the kvmi-v7 (or, with
 --v6, kvmi-v6) kernel: answers every command from a simulated guest and, for SECS
-seconds (default 10), raises every event the tool has enabled, round-robin over the N
-vCPUs (default 2). At the end it sends UNHOOK if the tool enabled it, and prints the
-wire statistics.";
+seconds (default 10), raises every event the tool has enabled. Each of the N vCPUs
+(default 2) runs on its own thread, raising its enabled events in turn and waiting
+for each reply, so up to N events are in flight at once. --rate paces the events of
+all vCPUs together to that many per second (default 20); `unlimited` raises the next
+event as soon as the previous one on that vCPU is answered. At the end it sends UNHOOK
+if the tool enabled it, and prints the wire statistics and the event rate reached.";
+
+/// Events per second over all vCPUs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rate {
+    PerSecond(f64),
+    Unlimited,
+}
+
+impl Rate {
+    fn parse(s: &str) -> Result<Rate, String> {
+        if s == "unlimited" {
+            return Ok(Rate::Unlimited);
+        }
+        match s.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 => Ok(Rate::PerSecond(r)),
+            _ => Err(format!(
+                "--rate: {s:?} is neither a positive number of events per second nor `unlimited`"
+            )),
+        }
+    }
+}
+
+/// Hands out event start times: the `k`-th event (over all vCPUs) starts at
+/// `start + k / rate`, so the total rate holds whatever the number of vCPUs.
+struct Pacer {
+    start: Instant,
+    rate: Rate,
+    next: AtomicU64,
+}
+
+impl Pacer {
+    /// Waits for the next slot; `false` if that slot is past `end`.
+    fn wait_turn(&self, end: Instant) -> bool {
+        let Rate::PerSecond(r) = self.rate else {
+            return Instant::now() < end;
+        };
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        let at = Duration::try_from_secs_f64(k as f64 / r)
+            .ok()
+            .and_then(|d| self.start.checked_add(d));
+        let Some(at) = at.filter(|at| *at < end) else {
+            return false;
+        };
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        true
+    }
+}
 
 struct Args {
     socket: String,
     cfg: SimConfig,
     duration: Duration,
+    rate: Rate,
 }
 
 fn parse() -> Result<Args, String> {
@@ -28,6 +84,7 @@ fn parse() -> Result<Args, String> {
     let mut socket = None;
     let mut cfg = SimConfig::default();
     let mut duration = Duration::from_secs(10);
+    let mut rate = Rate::PerSecond(20.0);
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
@@ -50,6 +107,7 @@ fn parse() -> Result<Args, String> {
                 duration =
                     Duration::try_from_secs_f64(s).map_err(|e| format!("--duration: {e}"))?;
             }
+            "--rate" => rate = Rate::parse(&val("--rate")?)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -59,7 +117,48 @@ fn parse() -> Result<Args, String> {
         socket,
         cfg,
         duration,
+        rate,
     })
+}
+
+/// What the vCPU threads did.
+#[derive(Default)]
+struct Tally {
+    answered: BTreeMap<u8, u64>,
+    failed: usize,
+}
+
+/// One guest vCPU: raise its enabled events in turn, each waited for, until `end` or
+/// the connection closes.
+fn run_vcpu(sim: &Simulator, vcpu: usize, pacer: &Pacer, end: Instant, tally: &Mutex<Tally>) {
+    while Instant::now() < end && sim.closed().is_none() {
+        let events = sim.enabled_events(vcpu);
+        if events.is_empty() {
+            // Nothing enabled (yet): look again soon.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        for ev in events {
+            if !pacer.wait_turn(end) || sim.closed().is_some() {
+                return;
+            }
+            let id = ev.id();
+            let r = sim.trigger_and_wait(vcpu, ev);
+            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+            match r {
+                Ok(_) => *t.answered.entry(id).or_default() += 1,
+                // Events the tool disabled meanwhile are simply not raised.
+                Err(SimError::NotDelivered(_)) => {}
+                Err(e) => {
+                    t.failed += 1;
+                    eprintln!(
+                        "kvmi-sim: vCPU {vcpu}: {} event failed: {e}",
+                        event_name(id)
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -86,20 +185,25 @@ fn main() -> ExitCode {
         "kvmi-sim: hooked to {} ({abi:?}), running for {:?}",
         args.socket, args.duration
     );
+    let vcpus = sim.config().vcpus;
     let start = Instant::now();
-    let mut answered: BTreeMap<u8, u64> = BTreeMap::new();
-    let mut failed = 0usize;
-    while start.elapsed() < args.duration && sim.closed().is_none() {
-        let rep = sim.run_workload(Workload::EveryEnabledEvent);
-        for (id, n) in rep.answered {
-            *answered.entry(id).or_default() += n;
+    let end = start
+        .checked_add(args.duration)
+        .unwrap_or(start + Duration::from_secs(365 * 86_400));
+    let pacer = Pacer {
+        start,
+        rate: args.rate,
+        next: AtomicU64::new(0),
+    };
+    let tally = Mutex::new(Tally::default());
+    std::thread::scope(|s| {
+        for vcpu in 0..vcpus {
+            let (sim, pacer, tally) = (&sim, &pacer, &tally);
+            s.spawn(move || run_vcpu(sim, vcpu, pacer, end, tally));
         }
-        for (id, e) in &rep.failed {
-            failed += 1;
-            eprintln!("kvmi-sim: {} event failed: {e}", event_name(*id));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
+    let elapsed = start.elapsed();
+    let Tally { answered, failed } = tally.into_inner().unwrap_or_else(|e| e.into_inner());
     if sim.closed().is_none() {
         match sim.unhook(unhook_timeout) {
             Ok(()) => eprintln!("kvmi-sim: sent UNHOOK, tool closed the socket"),
@@ -111,7 +215,17 @@ fn main() -> ExitCode {
     if let Some(reason) = sim.closed() {
         println!("connection: {reason}");
     }
-    println!("events answered during the workload:");
+    let total: u64 = answered.values().sum();
+    println!(
+        "events answered during the workload: {total} in {:.3} s ({:.0} events/s, {} vCPUs, rate {})",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64().max(1e-9),
+        vcpus,
+        match args.rate {
+            Rate::PerSecond(r) => format!("{r}/s"),
+            Rate::Unlimited => "unlimited".into(),
+        }
+    );
     for (id, n) in &answered {
         println!("  {:>2} {:<12} {n}", id, event_name(*id));
     }

@@ -13,14 +13,22 @@ fn frame(id: u16, seq: u32, p: &[u8]) -> Vec<u8> {
     f
 }
 
-#[test]
-fn binary_runs_workload_and_prints_summary() {
-    let path = std::env::temp_dir().join(format!("kvmi-sim-cli-{}.sock", std::process::id()));
+/// Runs the binary with `args` against a hand-rolled tool that enables UNHOOK and
+/// XSETBV on `vcpus` vCPUs and answers every event; returns the XSETBV events answered,
+/// the exit status and stdout.
+fn run_against_tool(vcpus: u16, args: &[&str]) -> (usize, std::process::ExitStatus, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "kvmi-sim-cli-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_file(&path);
     let l = UnixListener::bind(&path).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_kvmi-sim"))
-        .args(["--socket", path.to_str().unwrap(), "--vcpus", "1"])
-        .args(["--duration", "0.5"])
+        .args(["--socket", path.to_str().unwrap()])
+        .args(["--vcpus", &vcpus.to_string()])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -32,12 +40,15 @@ fn binary_runs_workload_and_prints_summary() {
     let mut reply = 24u32.to_le_bytes().to_vec();
     reply.extend_from_slice(&[0; 20]);
     s.write_all(&reply).unwrap();
-    // Enable UNHOOK (VM event 0) and XSETBV (3) on vCPU 0.
+    // Enable UNHOOK (VM event 0) and XSETBV (3) on every vCPU.
     s.write_all(&frame(8, 1, &[0, 0, 1, 0, 0, 0, 0, 0]))
         .unwrap();
-    let mut p = vec![0u8; 8];
-    p.extend_from_slice(&[3, 0, 1, 0, 0, 0, 0, 0]);
-    s.write_all(&frame(9, 2, &p)).unwrap();
+    for v in 0..vcpus {
+        let mut p = vec![0u8; 8];
+        p[..2].copy_from_slice(&v.to_le_bytes());
+        p.extend_from_slice(&[3, 0, 1, 0, 0, 0, 0, 0]);
+        s.write_all(&frame(9, 2 + u32::from(v), &p)).unwrap();
+    }
     let mut xsetbv = 0;
     loop {
         let mut h = [0u8; 8];
@@ -54,7 +65,9 @@ fn binary_runs_workload_and_prints_summary() {
                 0 => break, // UNHOOK: close.
                 ev => {
                     xsetbv += usize::from(ev == 3);
-                    let mut r = vec![0u8; 8];
+                    // Reply on the event's vCPU (kvmi_event.vcpu at offset 2).
+                    let mut r = d[2..4].to_vec();
+                    r.resize(8, 0);
                     r.extend_from_slice(&[0, ev, 0, 0, 0, 0, 0, 0]);
                     s.write_all(&frame(0, seq, &r)).unwrap();
                 }
@@ -66,9 +79,46 @@ fn binary_runs_workload_and_prints_summary() {
     drop(s);
     let out = child.wait_with_output().unwrap();
     let _ = std::fs::remove_file(&path);
-    assert!(out.status.success());
+    (xsetbv, out.status, String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn binary_runs_workload_and_prints_summary() {
+    let (xsetbv, status, text) = run_against_tool(1, &["--duration", "0.5"]);
+    assert!(status.success());
     assert!(xsetbv > 0);
-    let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("XSETBV"), "{text}");
     assert!(text.contains("VCPU_CONTROL_EVENTS"), "{text}");
+    assert!(text.contains("events/s"), "{text}");
+}
+
+#[test]
+fn rate_option_paces_or_unleashes_events() {
+    // Paced: 10 events/s over 2 vCPUs for 1 s is at most 10 events (the schedule has
+    // slots at 0, 0.1, ..., 0.9 s), and some get through.
+    let (paced, status, text) = run_against_tool(2, &["--duration", "1", "--rate", "10"]);
+    assert!(status.success(), "{text}");
+    assert!(
+        (1..=10).contains(&paced),
+        "{paced} events at --rate 10 in 1 s\n{text}"
+    );
+    assert!(text.contains("rate 10/s"), "{text}");
+    // Unlimited: well beyond the old cap of 20 events/s (one workload round per 100 ms,
+    // i.e. at most 10 here), even on a slow machine: each event is one local round trip.
+    let (fast, status, text) = run_against_tool(2, &["--duration", "0.5", "--rate", "unlimited"]);
+    assert!(status.success(), "{text}");
+    assert!(
+        fast > 40,
+        "only {fast} events in 0.5 s with --rate unlimited\n{text}"
+    );
+    assert!(text.contains("rate unlimited"), "{text}");
+    // Bad values are usage errors.
+    for bad in ["0", "-3", "fast", "NaN"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kvmi-sim"))
+            .args(["--socket", "/nonexistent", "--rate", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--rate {bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
+    }
 }

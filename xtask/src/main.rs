@@ -10,6 +10,7 @@ mod cpio;
 mod demo;
 mod image;
 mod provision;
+mod spinners;
 mod testguest;
 mod util;
 
@@ -29,7 +30,10 @@ commands:
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
-  bench [ARGS]   provision, then `cargo bench --workspace --exclude xtask ARGS`
+  bench [ARGS]   provision, then `cargo bench --workspace --exclude xtask ARGS` with one
+                 idle-priority spinner per core running (keeps the VM's vCPUs awake);
+                 with `-p kvmi-proto|kvmi-sim|kvmi-sys` only, `cargo bench ARGS` without
+                 provisioning the guest
   demo           provision, then boot the guest and introspect it
   lint           fmt check, clippy, docs (warnings are errors)
   ci             `lint`, then `test`
@@ -58,7 +62,7 @@ fn main() {
             Ok(())
         }),
         Some("test") => prepare().and_then(|paths| test(&paths, &rest)),
-        Some("bench") => prepare().and_then(|paths| bench(&paths, &rest)),
+        Some("bench") => bench(&rest),
         Some("demo") => no_args("demo", &rest)
             .and_then(|()| prepare())
             .and_then(|paths| demo::run(&paths)),
@@ -149,11 +153,55 @@ fn test(paths: &GuestPaths, args: &[OsString]) -> Result {
     run(&mut with_guest_env(cmd, paths))
 }
 
-fn bench(paths: &GuestPaths, args: &[OsString]) -> Result {
-    let mut cmd = cargo();
-    cmd.args(["bench", "--workspace", "--exclude", "xtask"])
-        .args(args);
-    run(&mut with_guest_env(cmd, paths))
+/// Packages whose benchmarks need no guest.
+const HOST_ONLY_PACKAGES: [&str; 3] = ["kvmi-sys", "kvmi-proto", "kvmi-sim"];
+
+/// The packages selected with `-p`/`--package` before any `--`.
+fn selected_packages(args: &[OsString]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--" => break,
+            "-p" | "--package" => out.extend(it.next()),
+            _ => {
+                if let Some(p) = a
+                    .strip_prefix("--package=")
+                    .or_else(|| a.strip_prefix("-p"))
+                {
+                    out.push(p.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Benchmarks: built first, then run with one idle-priority spinner per core (see
+/// [`spinners`]); the spinners stop on every exit path.
+fn bench(args: &[OsString]) -> Result {
+    let packages = selected_packages(args);
+    let host_only = !packages.is_empty()
+        && packages
+            .iter()
+            .all(|p| HOST_ONLY_PACKAGES.contains(&p.as_str()));
+    let paths = if host_only { None } else { Some(prepare()?) };
+    let cargo_bench = || {
+        let mut cmd = cargo();
+        cmd.arg("bench");
+        if packages.is_empty() {
+            cmd.args(["--workspace", "--exclude", "xtask"]);
+        }
+        match &paths {
+            Some(p) => with_guest_env(cmd, p),
+            None => cmd,
+        }
+    };
+    // Build without the spinners competing for the cores (`--no-run` before any `--`).
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    run(cargo_bench().args(&args[..split]).arg("--no-run"))?;
+    let _spinners = spinners::Spinners::start()?;
+    run(cargo_bench().args(args))
 }
 
 /// What `.ci/run` does.

@@ -13,10 +13,9 @@ fuzz_target!(|data: &[u8]| {
             for abi in [Abi::V7, Abi::V6] {
                 if let Ok(ev) = codec::parse_event(frame.hdr.seq, frame.payload, abi) {
                     let mut out = Vec::new();
-                    let _ = ev.reply_continue().encode_into(&mut out);
-                    let _ = ev
-                        .reply_cr(kvmi_proto::Action::Continue, 1)
-                        .encode_into(&mut out);
+                    let _ = ev.encode_reply(&ev.default_reply(), &mut out);
+                    let cr = kvmi_proto::Reply::with_new_value(kvmi_proto::Action::Continue, 1);
+                    let _ = ev.encode_reply(&cr, &mut out);
                     let _ = ev.needs_reply();
                 }
             }
