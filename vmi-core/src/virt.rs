@@ -183,3 +183,85 @@ fn resolve<T: PhysicalMemory + ReadRegisters + ?Sized>(
         Space::Vcpu(v) => vm.address_space(v),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registers::{msr, ControlRegs, RegisterSnapshot};
+    use crate::SparseMemory;
+
+    /// Guest memory with one 4-level mapping of two 4 KiB pages at `VA` (the page after
+    /// them unmapped), and a vCPU whose registers name those tables.
+    struct Vm {
+        mem: SparseMemory,
+        cr3: u64,
+    }
+
+    const VA: u64 = 0xffff_8000_0000_0000;
+
+    impl PhysicalMemory for Vm {
+        fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+            self.mem.read_physical(gpa, buf)
+        }
+    }
+
+    impl ReadRegisters for Vm {
+        fn registers(&self, _: VcpuId, _: RegisterGroups, _: &[u32]) -> Result<RegisterSnapshot> {
+            let mut s = RegisterSnapshot {
+                control: Some(ControlRegs {
+                    cr0: 0x8000_0011,
+                    cr4: 0x20,
+                    cr3: self.cr3,
+                    ..ControlRegs::default()
+                }),
+                ..RegisterSnapshot::default()
+            };
+            s.msrs.insert(msr::EFER, 0x500);
+            Ok(s)
+        }
+    }
+
+    fn vm() -> Vm {
+        let mut mem = SparseMemory::new();
+        mem.write_u64(Gpa(0x1000 + 256 * 8), 0x2003);
+        mem.write_u64(Gpa(0x2000), 0x3003);
+        mem.write_u64(Gpa(0x3000), 0x4003);
+        // Two 4 KiB pages, physically apart (0x9000 then 0x5000).
+        mem.write_u64(Gpa(0x4000), 0x9003);
+        mem.write_u64(Gpa(0x4008), 0x5003);
+        Vm { mem, cr3: 0x1000 }
+    }
+
+    #[test]
+    fn strings_cross_pages_and_stop_at_the_nul() {
+        let mut vm = vm();
+        vm.mem.write(Gpa(0x9ffc), b"spli");
+        vm.mem.write(Gpa(0x5000), b"t\0rest");
+        let s = vm.read_va_cstr(VcpuId(0), Gva(VA + 0xffc), 64).unwrap();
+        assert_eq!(s, b"split");
+        assert_eq!(vm.read_va_u8(VcpuId(0), Gva(VA + 0x1000)).unwrap(), b't');
+        let space = vm.address_space(VcpuId(0)).unwrap();
+        assert_eq!(space.cr3, Gpa(0x1000));
+        assert_eq!(
+            vm.read_va_u32(space, Gva(VA + 0xffe)).unwrap(),
+            u32::from_le_bytes(*b"lit\0")
+        );
+    }
+
+    #[test]
+    fn unterminated_and_unmapped_strings_fail() {
+        let mut vm = vm();
+        vm.mem.write(Gpa(0x5ffe), b"ab");
+        // Runs into the unmapped third page before a NUL.
+        assert!(matches!(
+            vm.read_va_cstr(VcpuId(0), Gva(VA + 0x1ffe), 64),
+            Err(Error::PageFault { .. })
+        ));
+        vm.mem.write(Gpa(0x9000), &[b'x'; 16]);
+        assert!(matches!(
+            vm.read_va_cstr(VcpuId(0), Gva(VA), 16),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert_eq!(vm.read_va_cstr(VcpuId(0), Gva(VA), 17).unwrap().len(), 16);
+    }
+}
