@@ -128,7 +128,11 @@ fn peer_main(spec: &str) {
         }
         "sim" => {
             let sim = Simulator::connect(rest, sim_config()).expect("sim connect");
-            let _ = sim.wait_closed(Duration::from_secs(24 * 3600));
+            // Poll instead of `wait_closed`: a thread blocked on the simulator's condition
+            // variable would be woken by every message the simulator handles.
+            while sim.closed().is_none() {
+                thread::sleep(Duration::from_millis(50));
+            }
         }
         other => panic!("unknown peer kind {other:?}"),
     }
