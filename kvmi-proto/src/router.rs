@@ -386,6 +386,7 @@ impl Shared {
     ) -> Result<T> {
         let deadline = deadline_after(timeout);
         let mut st = lock(&self.state);
+        let mut has_read = false;
         loop {
             if let Some(r) = take(&mut st) {
                 st.pass_token();
@@ -395,7 +396,8 @@ impl Shared {
                 return Err(ProtoError::Disconnected(reason.clone()));
             }
             let now = Instant::now();
-            if now >= deadline {
+            let expired = now >= deadline;
+            if expired && (has_read || st.reading) {
                 st.pass_token();
                 return Err(ProtoError::Timeout(timeout));
             }
@@ -403,9 +405,13 @@ impl Shared {
                 st.reading = true;
                 drop(st);
                 let mut rs = lock(&self.read);
-                let outcome = Self::read_once(&mut rs, Some(deadline - now));
+                // A wait that expired before reading at all (e.g. a zero timeout) still
+                // looks once at what has arrived, without blocking.
+                let remaining = (!expired).then(|| deadline - now);
+                let outcome = Self::read_once(&mut rs, remaining);
                 st = lock(&self.state);
                 self.finish_read(&mut rs, &mut st, outcome);
+                has_read = true;
                 continue;
             }
             let me = thread::current();

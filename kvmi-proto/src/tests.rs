@@ -966,5 +966,15 @@ fn unbounded_timeouts_do_not_panic() {
         .request(sys::KVMI_VM_GET_MAX_GFN, &[], Duration::MAX)
         .unwrap();
     assert_eq!(data, 3u64.to_ne_bytes());
-    t.join().unwrap();
+    let mut h = t.join().unwrap();
+    // A zero timeout still takes what has arrived (one non-blocking read).
+    assert!(matches!(
+        c.next_event(Duration::ZERO),
+        Err(ProtoError::Timeout(_))
+    ));
+    h.event(1, sys::KVMI_EVENT_HYPERCALL, &[]);
+    let ev = c.next_event(Duration::ZERO).unwrap();
+    assert_eq!((ev.kind, ev.vcpu()), (EventKind::Hypercall, 1));
+    ev.reply_continue().unwrap();
+    assert_eq!(h.recv().0.id, sys::KVMI_EVENT_REPLY);
 }
