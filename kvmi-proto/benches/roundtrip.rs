@@ -8,6 +8,13 @@
 //! * `single/*`, `read_physical_64x4KiB/*`, `set_page_access_64/*`: commands against the
 //!   `kvmi-sim` host simulator (a thread, or a child process for `*_2proc`). Every number
 //!   includes the simulator's own work (frame parsing, the guest model, its statistics).
+//!   `single/*_raw_host`: the same commands against a scripted host thread answering
+//!   with pre-built replies (one `read` and one `write` per request, like the floor's
+//!   echo), so the difference to the floor is kvmi-proto's own cost.
+//! * After the criterion benches, a paired comparison (floor and measured operation
+//!   back to back in each of 11 rounds, median of the per-round ratios) prints the ratio
+//!   table; it is what the README reports, being robust against load drifting on a
+//!   shared machine.
 //! * `event/cr_1vcpu`, `event_throughput/*`: the tool's event loop (`next_event` →
 //!   `reply_cr`) against a scripted raw host thread that writes a CR event and reads the
 //!   reply, i.e. the same two messages as `floor/event_pingpong`; with several vCPUs,
@@ -121,7 +128,11 @@ fn peer_main(spec: &str) {
         }
         "sim" => {
             let sim = Simulator::connect(rest, sim_config()).expect("sim connect");
-            let _ = sim.wait_closed(Duration::from_secs(24 * 3600));
+            // Poll instead of `wait_closed`: a thread blocked on the simulator's condition
+            // variable would be woken by every message the simulator handles.
+            while sim.closed().is_none() {
+                thread::sleep(Duration::from_millis(50));
+            }
         }
         other => panic!("unknown peer kind {other:?}"),
     }
@@ -241,6 +252,10 @@ fn single(c: &mut Criterion) {
     single_benches(&mut g, &conn, "_2proc");
     drop(conn);
     child.wait().expect("simulator process");
+    let (conn, host) = raw_command_host();
+    single_benches(&mut g, &conn, "_raw_host");
+    drop(conn);
+    host.join().expect("raw host");
     g.finish();
 }
 
@@ -353,6 +368,48 @@ fn raw_host_pair() -> (Connection, UnixStream) {
     (conn, host.join().unwrap())
 }
 
+/// A scripted raw host answering `GET_VERSION` and `VM_READ_PHYSICAL` (4 KiB of 0x5a)
+/// with pre-built replies: the cost of the host side is that of the floor's echo
+/// (one `read`, one `write` per request), so the difference to the floor is kvmi-proto's.
+fn raw_command_host() -> (Connection, JoinHandle<()>) {
+    let (conn, mut s) = raw_host_pair();
+    let host = thread::spawn(move || {
+        let v = sys::GetVersionReply {
+            version: sys::KVMI_VERSION,
+            ..Default::default()
+        };
+        let mut version =
+            kvmi_proto::codec::encode_reply(sys::KVMI_GET_VERSION, 0, 0, v.as_bytes()).unwrap();
+        let mut page =
+            kvmi_proto::codec::encode_reply(sys::KVMI_VM_READ_PHYSICAL, 0, 0, &[0x5a; PAGE])
+                .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut have = 0usize;
+        loop {
+            match s.read(&mut buf[have..]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+            let mut at = 0;
+            while let Ok(Some((f, used))) = kvmi_proto::codec::decode(&buf[at..have]) {
+                let reply = match f.hdr.id {
+                    sys::KVMI_GET_VERSION => &mut version,
+                    sys::KVMI_VM_READ_PHYSICAL => &mut page,
+                    other => panic!("raw host: unexpected command {other}"),
+                };
+                reply[4..8].copy_from_slice(&f.hdr.seq.to_ne_bytes());
+                if s.write_all(reply).is_err() {
+                    return;
+                }
+                at += used;
+            }
+            buf.copy_within(at..have, 0);
+            have -= at;
+        }
+    });
+    (conn, host)
+}
+
 fn cr_event_frame(seq: u32, vcpu: u16) -> Vec<u8> {
     let ev = sys::Event {
         size: sys::EVENT_SIZE as u16,
@@ -398,6 +455,8 @@ fn spawn_handlers(
                             handled += 1;
                         }
                         Err(ProtoError::Timeout(_)) => {}
+                        // The bench is over and its host hung up.
+                        Err(ProtoError::Disconnected(_)) if stop.load(Ordering::Relaxed) => break,
                         Err(e) => panic!("next_event: {e}"),
                     }
                 }
@@ -541,6 +600,9 @@ fn floors(c: &mut Criterion) {
     g.finish();
 }
 
+#[path = "roundtrip/paired.rs"]
+mod paired;
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         peer_main(&spec);
@@ -557,4 +619,5 @@ fn main() {
     commands_64(&mut c);
     events(&mut c);
     c.final_summary();
+    paired::paired();
 }

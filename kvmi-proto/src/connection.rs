@@ -131,7 +131,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Runs the QEMU handshake on a freshly accepted stream, starts the reader thread,
+    /// Runs the QEMU handshake on a freshly accepted stream, sets up the receive engine,
     /// sends `GET_VERSION` (detecting v6/v7 and the features) and probes commands and
     /// events if [`Config::probe`] is set.
     pub fn establish(stream: UnixStream, config: Config) -> Result<Connection> {

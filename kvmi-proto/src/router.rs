@@ -36,7 +36,6 @@ use kvmi_sys as sys;
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, Thread};
@@ -386,6 +385,7 @@ impl Shared {
     ) -> Result<T> {
         let deadline = deadline_after(timeout);
         let mut st = lock(&self.state);
+        let mut has_read = false;
         loop {
             if let Some(r) = take(&mut st) {
                 st.pass_token();
@@ -395,7 +395,8 @@ impl Shared {
                 return Err(ProtoError::Disconnected(reason.clone()));
             }
             let now = Instant::now();
-            if now >= deadline {
+            let expired = now >= deadline;
+            if expired && (has_read || st.reading) {
                 st.pass_token();
                 return Err(ProtoError::Timeout(timeout));
             }
@@ -403,9 +404,13 @@ impl Shared {
                 st.reading = true;
                 drop(st);
                 let mut rs = lock(&self.read);
-                let outcome = Self::read_once(&mut rs, Some(deadline - now));
+                // A wait that expired before reading at all (e.g. a zero timeout) still
+                // looks once at what has arrived, without blocking.
+                let remaining = (!expired).then(|| deadline - now);
+                let outcome = Self::read_once(&mut rs, remaining);
                 st = lock(&self.state);
                 self.finish_read(&mut rs, &mut st, outcome);
+                has_read = true;
                 continue;
             }
             let me = thread::current();
@@ -600,21 +605,8 @@ impl Shared {
 /// `recv(MSG_DONTWAIT)`: a non-blocking read that leaves the socket's (shared) file
 /// status flags alone, so a concurrent writer keeps blocking semantics.
 fn recv_dontwait(s: &Stream, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call and the
-    // descriptor is owned by `s`, which outlives the call.
-    let n = unsafe {
-        libc::recv(
-            s.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let (got, _) = rustix::net::recv(s, buf, rustix::net::RecvFlags::DONTWAIT)?;
+    Ok(got)
 }
 
 #[cfg(test)]

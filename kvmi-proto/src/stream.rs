@@ -11,8 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// A connected stream socket of either family. Everything [`Connection`] needs
-/// (read, write, timeouts, shutdown, a second handle for the reader thread) works the
-/// same on both.
+/// (read, write, timeouts, shutdown, non-blocking peeks) works the same on both.
 ///
 /// [`Connection`]: crate::Connection
 #[derive(Debug)]

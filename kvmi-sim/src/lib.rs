@@ -538,18 +538,22 @@ impl Shared {
     }
 
     /// Send one frame, applying the fault plan.
-    pub(crate) fn send(&self, st: &mut State, id: u16, seq: u32, payload: &[u8], rec: WireRecord) {
+    /// The payload is the concatenation of `parts` (copied once, into the frame).
+    pub(crate) fn send(&self, st: &mut State, id: u16, seq: u32, parts: &[&[u8]], rec: WireRecord) {
         if st.closed.is_some() {
             return;
         }
+        let size: usize = parts.iter().map(|p| p.len()).sum();
         let hdr = sys::MsgHdr {
             id,
-            size: payload.len() as u16,
+            size: size as u16,
             seq,
         };
-        let mut frame = Vec::with_capacity(8 + payload.len());
+        let mut frame = Vec::with_capacity(8 + size);
         frame.extend_from_slice(hdr.as_bytes());
-        frame.extend_from_slice(payload);
+        for p in parts {
+            frame.extend_from_slice(p);
+        }
         let n = st.sent;
         st.sent += 1;
         let faults = &self.cfg.faults;
@@ -615,7 +619,7 @@ impl Shared {
             event: Some(id),
             err: None,
         };
-        self.send(st, sys::KVMI_EVENT, seq, &payload, rec);
+        self.send(st, sys::KVMI_EVENT, seq, &[&payload], rec);
         seq
     }
 }

@@ -55,12 +55,14 @@ fn num_events(abi: Abi) -> usize {
     }
 }
 
-fn read_full(r: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<()> {
     r.read_exact(buf)
 }
 
-/// The receive thread.
-pub(crate) fn serve(sh: &Shared, mut reader: UnixStream) {
+/// The receive thread. Reads through a buffer, so a whole message (often several)
+/// costs one `read`, as for the kernel's receive path.
+pub(crate) fn serve(sh: &Shared, reader: UnixStream) {
+    let mut reader = std::io::BufReader::with_capacity(32 * 1024, reader);
     loop {
         let mut hb = [0u8; 8];
         if let Err(e) = read_full(&mut reader, &mut hb) {
@@ -160,20 +162,17 @@ fn reply(sh: &Shared, st: &mut State, hdr: sys::MsgHdr, err: i32, body: &[u8]) {
         err: -err,
         padding: 0,
     };
-    let mut p = ec.as_bytes().to_vec();
-    if err == 0 {
-        p.extend_from_slice(body);
-    }
+    let body = if err == 0 { body } else { &[][..] };
     *st.stats.replies.entry((hdr.id, -err)).or_default() += 1;
     let rec = WireRecord {
         outgoing: true,
         id: hdr.id,
         seq: hdr.seq,
-        size: p.len() as u16,
+        size: (ec.as_bytes().len() + body.len()) as u16,
         event: None,
         err: Some(-err),
     };
-    sh.send(st, hdr.id, hdr.seq, &p, rec);
+    sh.send(st, hdr.id, hdr.seq, &[ec.as_bytes(), body], rec);
 }
 
 fn handle_command(sh: &Shared, st: &mut State, hdr: sys::MsgHdr, p: &[u8]) {
