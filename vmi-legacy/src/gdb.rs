@@ -328,21 +328,89 @@ pub mod codec {
 
 use codec::{RegDesc, StopReason, WatchKind};
 
+/// Where QEMU's gdbstub listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GdbAddress {
+    /// A UNIX socket (`-chardev socket,path=…,server=on -gdb chardev:…`).
+    Unix(std::path::PathBuf),
+    /// TCP (`-gdb tcp:HOST:PORT`; QEMU's `-s` is `tcp::1234`, all interfaces).
+    Tcp {
+        /// Host name or address (`localhost` when QEMU's option leaves it empty).
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl GdbAddress {
+    /// Reads QEMU's notation: `tcp:HOST:PORT`, `tcp::PORT` (localhost), `tcp:[V6]:PORT`,
+    /// `unix:PATH`, or a plain UNIX socket path (write `./tcp:…` for a file named so).
+    pub fn parse(s: &std::path::Path) -> Result<Self> {
+        let Some(text) = s.to_str() else {
+            return Ok(Self::Unix(s.to_owned()));
+        };
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(Self::Unix(path.into()));
+        }
+        let Some(rest) = text.strip_prefix("tcp:") else {
+            return Ok(Self::Unix(s.to_owned()));
+        };
+        let bad = |why: &str| Error::InvalidArgument {
+            what: "gdbstub address",
+            reason: format!("{text:?}: {why} (expected tcp:HOST:PORT or tcp::PORT)").into(),
+        };
+        // QEMU options may follow (`tcp::1234,server=on`): ignore them.
+        let rest = rest.split(',').next().unwrap_or(rest);
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port = port.parse::<u16>().map_err(|_| bad("bad port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = if host.is_empty() { "localhost" } else { host };
+        Ok(Self::Tcp {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for GdbAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "{}", p.display()),
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+        }
+    }
+}
+
 /// A byte stream the client can talk over.
 pub trait Transport: Read + Write + Send {
     /// Sets the read timeout.
     fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+
+    /// A second handle on the same stream (keeps it open after the first is dropped),
+    /// if the transport can make one.
+    fn try_clone_transport(&self) -> io::Result<Box<dyn Transport>> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
 
 impl Transport for std::os::unix::net::UnixStream {
     fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(t)
     }
+
+    fn try_clone_transport(&self) -> io::Result<Box<dyn Transport>> {
+        Ok(Box::new(self.try_clone()?))
+    }
 }
 
 impl Transport for std::net::TcpStream {
     fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(t)
+    }
+
+    fn try_clone_transport(&self) -> io::Result<Box<dyn Transport>> {
+        Ok(Box::new(self.try_clone()?))
     }
 }
 
@@ -359,7 +427,7 @@ pub enum BreakpointKind {
 }
 
 impl BreakpointKind {
-    fn z_type(self) -> u8 {
+    pub(crate) fn z_type(self) -> u8 {
         match self {
             Self::Software => 0,
             Self::Hardware => 1,
@@ -381,6 +449,9 @@ pub struct GdbClient {
     regs: Vec<RegDesc>,
     /// Stop replies and console output that arrived while waiting for something else.
     stashed_stop: Option<StopReason>,
+    /// The process id in the stub's thread ids (`p01.02`) once it uses multiprocess
+    /// extensions, which QEMU does for every client after one negotiated them.
+    process: Option<u64>,
 }
 
 impl std::fmt::Debug for GdbClient {
@@ -394,6 +465,14 @@ impl std::fmt::Debug for GdbClient {
 
 const ACK_RETRIES: usize = 3;
 
+/// How long [`GdbClient::await_answer`] waits for more output once the stub started
+/// answering again.
+const QUIET_AFTER_WAKE: Duration = Duration::from_millis(300);
+
+/// The longest single TCP connect attempt (`connect_timeout` refuses a zero duration;
+/// a longer one than this is never needed).
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 impl GdbClient {
     /// Connects to a gdbstub listening on a UNIX socket.
     pub fn connect_unix(path: &std::path::Path, timeout: Duration) -> Result<Self> {
@@ -402,10 +481,42 @@ impl GdbClient {
         Self::new(Box::new(s), timeout)
     }
 
-    /// Connects to a gdbstub on TCP, with `TCP_NODELAY`.
+    /// Connects to a gdbstub at `addr`.
+    pub fn connect(addr: &GdbAddress, timeout: Duration) -> Result<Self> {
+        match addr {
+            GdbAddress::Unix(path) => Self::connect_unix(path, timeout),
+            GdbAddress::Tcp { host, port } => Self::connect_tcp(&format!("{host}:{port}"), timeout),
+        }
+    }
+
+    /// Connects to a gdbstub on TCP (`HOST:PORT`; each address the name resolves to is
+    /// tried, each for at most `timeout`), with `TCP_NODELAY`.
     pub fn connect_tcp(addr: &str, timeout: Duration) -> Result<Self> {
-        let s = std::net::TcpStream::connect(addr)
-            .map_err(|e| Error::io(format!("connecting to gdbstub {addr}"), e))?;
+        use std::net::ToSocketAddrs;
+        let context = || format!("connecting to gdbstub {addr}");
+        let mut last = None;
+        let mut stream = None;
+        for a in addr
+            .to_socket_addrs()
+            .map_err(|e| Error::io(context(), e))?
+        {
+            match std::net::TcpStream::connect_timeout(
+                &a,
+                timeout.clamp(Duration::from_millis(1), MAX_CONNECT_TIMEOUT),
+            ) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let s = stream.ok_or_else(|| {
+            Error::io(
+                context(),
+                last.unwrap_or_else(|| io::Error::other("the name resolves to no address")),
+            )
+        })?;
         s.set_nodelay(true)
             .map_err(|e| Error::io("setting TCP_NODELAY", e))?;
         Self::new(Box::new(s), timeout)
@@ -428,6 +539,7 @@ impl GdbClient {
             features: Vec::new(),
             regs: Vec::new(),
             stashed_stop: None,
+            process: None,
         };
         let sup = c.command(b"qSupported:multiprocess-;swbreak+;hwbreak+;xmlRegisters=i386")?;
         for f in sup.split(|&b| b == b';') {
@@ -667,7 +779,9 @@ impl GdbClient {
         Ok(reply)
     }
 
-    fn command_ok(&mut self, payload: &[u8]) -> Result<()> {
+    /// Sends a command packet that answers `OK`; an empty reply is
+    /// [`Error::Unsupported`], anything else [`Error::Malformed`].
+    pub fn command_ok(&mut self, payload: &[u8]) -> Result<()> {
         let r = self.command(payload)?;
         if r == b"OK" {
             Ok(())
@@ -752,6 +866,11 @@ impl GdbClient {
             match reply.split_first() {
                 Some((b'm', ids)) => {
                     for id in ids.split(|&b| b == b',') {
+                        // Multiprocess form `p<pid>.<tid>`, else `<tid>`.
+                        if let Some(rest) = id.strip_prefix(b"p") {
+                            let pid = rest.split(|&c| c == b'.').next().unwrap_or(rest);
+                            self.process = Some(codec::parse_hex_u64(pid)?);
+                        }
                         let id = id.rsplit(|&c| c == b'.').next().unwrap_or(id);
                         out.push(codec::parse_hex_u64(id.strip_prefix(b"p").unwrap_or(id))?);
                         if out.len() > 4096 {
@@ -909,9 +1028,67 @@ impl GdbClient {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Detaches (`D`): QEMU removes all breakpoints and resumes the guest.
+    /// The process id of the stub's multiprocess thread ids, if [`Self::threads`] saw
+    /// them.
+    pub fn multiprocess_id(&self) -> Option<u64> {
+        self.process
+    }
+
+    /// The detach packet in the form the stub expects: `D;<pid>` once it uses
+    /// multiprocess thread ids (QEMU keeps the mode an earlier client such as gdb
+    /// negotiated, although we send `qSupported:multiprocess-`, and then refuses a plain
+    /// `D` with `E22`), else `D`.
+    fn detach_packet(&self) -> Vec<u8> {
+        match self.process {
+            Some(pid) => format!("D;{pid:x}").into_bytes(),
+            None => b"D".to_vec(),
+        }
+    }
+
+    /// Detaches: QEMU removes all breakpoints and resumes the guest. Sends `D;<pid>` or
+    /// `D` (see [`Self::multiprocess_id`]); if the stub refuses that form (`E nn`), the
+    /// other one, with pid 1 (QEMU's only process in system emulation).
     pub fn detach(&mut self) -> Result<()> {
-        self.command_ok(b"D")
+        let first = self.detach_packet();
+        match self.command_ok(&first) {
+            Err(Error::Backend { .. }) => {
+                let other: &[u8] = if self.process.is_some() { b"D" } else { b"D;1" };
+                self.command_ok(other)
+            }
+            r => r,
+        }
+    }
+
+    /// A second client on the same connection (a duplicated descriptor, so the
+    /// connection stays open until both are dropped), with this one's settings and an
+    /// empty receive buffer; `None` if the transport cannot be duplicated.
+    pub(crate) fn duplicate(&self) -> Option<GdbClient> {
+        let io = self.io.try_clone_transport().ok()?;
+        Some(GdbClient {
+            io,
+            buf: Vec::new(),
+            timeout: self.timeout,
+            packet_size: self.packet_size,
+            features: self.features.clone(),
+            regs: self.regs.clone(),
+            stashed_stop: None,
+            process: self.process,
+        })
+    }
+
+    /// Waits up to `max` for the stub to send anything (a frozen QEMU that woke up
+    /// answering what was queued for it), then takes (and acknowledges) what it sends
+    /// until it has been quiet for [`QUIET_AFTER_WAKE`]. Returns whether it answered.
+    pub(crate) fn await_answer(&mut self, max: Duration) -> bool {
+        if self.fill(Deadline::after(max)).is_err() {
+            return false;
+        }
+        loop {
+            while let Ok(Some(_)) = self.try_take_packet() {}
+            if self.fill(Deadline::after(QUIET_AFTER_WAKE)).is_err() {
+                return true;
+            }
+        }
     }
 }
 
@@ -1019,6 +1196,14 @@ mod client_tests {
     /// A scripted gdbstub on the other end of a socket pair: acks every packet and
     /// answers the handshake; `c` is acknowledged and followed, 150 ms later, by a stop.
     fn stub() -> (UnixStream, thread::JoinHandle<()>) {
+        stub_with(|_| None)
+    }
+
+    /// [`stub`], with `custom` answering first (`Some(reply)`), e.g. as QEMU after gdb
+    /// negotiated multiprocess mode.
+    fn stub_with(
+        custom: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static,
+    ) -> (UnixStream, thread::JoinHandle<()>) {
         let (a, mut b) = UnixStream::pair().unwrap();
         let h = thread::spawn(move || {
             let mut pending = Vec::new();
@@ -1040,7 +1225,9 @@ mod client_tests {
                         Ok(n) => pending.extend_from_slice(&chunk[..n]),
                     }
                 };
-                let reply: Option<Vec<u8>> = if packet.starts_with(b"qSupported") {
+                let reply: Option<Vec<u8>> = if let Some(r) = custom(&packet) {
+                    Some(r)
+                } else if packet.starts_with(b"qSupported") {
                     Some(b"PacketSize=1000;qXfer:features:read+".to_vec())
                 } else if packet == b"?" {
                     Some(b"S05".to_vec())
@@ -1064,6 +1251,71 @@ mod client_tests {
             }
         });
         (a, h)
+    }
+
+    #[test]
+    fn detach_uses_the_form_of_a_stub_in_multiprocess_mode() {
+        // QEMU after a real gdb negotiated multiprocess+: `p01.01` ids, plain D refused.
+        let qemu = |p: &[u8]| match p {
+            b"qfThreadInfo" => Some(b"mp01.01,p01.02".to_vec()),
+            b"qsThreadInfo" => Some(b"l".to_vec()),
+            b"D" => Some(b"E22".to_vec()),
+            b"D;1" => Some(b"OK".to_vec()),
+            _ => None,
+        };
+        let (s, h) = stub_with(qemu);
+        let mut c = GdbClient::new(Box::new(s), Duration::from_secs(5)).unwrap();
+        assert_eq!(c.threads().unwrap(), vec![1, 2]);
+        assert_eq!(c.multiprocess_id(), Some(1));
+        c.detach().unwrap();
+        drop(c);
+        h.join().unwrap();
+
+        // A stub whose ids do not show the mode still gets the other form after E22.
+        let quiet = |p: &[u8]| match p {
+            b"D" => Some(b"E22".to_vec()),
+            b"D;1" => Some(b"OK".to_vec()),
+            _ => None,
+        };
+        let (s, h) = stub_with(quiet);
+        let mut c = GdbClient::new(Box::new(s), Duration::from_secs(5)).unwrap();
+        c.detach().unwrap();
+        drop(c);
+        h.join().unwrap();
+
+        // Refused in both forms: the error is reported.
+        let (s, h) = stub_with(|p| p.starts_with(b"D").then(|| b"E01".to_vec()));
+        let mut c = GdbClient::new(Box::new(s), Duration::from_secs(5)).unwrap();
+        assert!(matches!(c.detach(), Err(Error::Backend { .. })));
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn gdb_addresses_in_qemu_notation() {
+        use std::path::Path;
+        let tcp = |host: &str, port| GdbAddress::Tcp {
+            host: host.into(),
+            port,
+        };
+        let p = |s: &str| GdbAddress::parse(Path::new(s));
+        assert_eq!(p("tcp::1234").unwrap(), tcp("localhost", 1234));
+        assert_eq!(p("tcp:10.0.0.2:9000").unwrap(), tcp("10.0.0.2", 9000));
+        assert_eq!(p("tcp:[::1]:1234").unwrap(), tcp("::1", 1234));
+        assert_eq!(p("tcp::1234,server=on").unwrap(), tcp("localhost", 1234));
+        assert_eq!(
+            p("/run/gdb.sock").unwrap(),
+            GdbAddress::Unix("/run/gdb.sock".into())
+        );
+        assert_eq!(
+            p("unix:/run/gdb.sock").unwrap(),
+            GdbAddress::Unix("/run/gdb.sock".into())
+        );
+        assert_eq!(p("./tcp:1").unwrap(), GdbAddress::Unix("./tcp:1".into()));
+        assert!(p("tcp:").is_err());
+        assert!(p("tcp::99999").is_err());
+        assert!(p("tcp:host").is_err());
+        assert_eq!(tcp("::1", 1).to_string(), "tcp:[::1]:1");
     }
 
     #[test]

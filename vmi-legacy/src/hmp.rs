@@ -507,6 +507,15 @@ pub fn parse_mtree_flat(text: &str) -> Result<RamLayout> {
             ranges.push(r);
         }
     }
+    // ROM that lives in a RAM backend (the firmware's read-only shadow copies) is part
+    // of guest memory; ROM regions of their own (`pc.bios`, `pc.rom`) are not in any
+    // backend we map.
+    let ram_names: Vec<String> = ranges
+        .iter()
+        .filter(|r| !r.rom)
+        .map(|r| r.backend_name.clone())
+        .collect();
+    ranges.retain(|r| !r.rom || ram_names.contains(&r.backend_name));
     if !found {
         return Err(malformed(
             "info mtree -f has no flat view for address space \"memory\"",
@@ -515,9 +524,11 @@ pub fn parse_mtree_flat(text: &str) -> Result<RamLayout> {
     RamLayout::new(ranges).map_err(|e| malformed(format!("info mtree -f: {e}")))
 }
 
-/// Parses one region line of a flat view; `None` for regions that are not RAM.
+/// Parses one region line of a flat view; `None` for regions that are neither RAM nor
+/// ROM.
 ///
-/// `0000000000100000-0000000003ffffff (prio 0, ram): ram0 @0000000000100000 KVM`
+/// `0000000000100000-0000000003ffffff (prio 0, ram): ram0 @0000000000100000 KVM`,
+/// `00000000000f0000-00000000000fffff (prio 0, rom): ram0 @00000000000f0000`
 fn parse_flat_region(t: &str) -> Result<Option<RamRange>> {
     let bad = || malformed(format!("bad flat view line {:?}", clip(t)));
     let (range, rest) = t.split_once(' ').ok_or_else(bad)?;
@@ -527,9 +538,11 @@ fn parse_flat_region(t: &str) -> Result<Option<RamRange>> {
     let rest = rest.strip_prefix("(prio ").ok_or_else(bad)?;
     let (_prio, rest) = rest.split_once(", ").ok_or_else(bad)?;
     let (kind, rest) = rest.split_once("): ").ok_or_else(bad)?;
-    if kind != "ram" {
-        return Ok(None);
-    }
+    let rom = match kind {
+        "ram" => false,
+        "rom" => true,
+        _ => return Ok(None),
+    };
     let mut tokens = rest.split_ascii_whitespace();
     let name = tokens.next().ok_or_else(bad)?;
     let mut offset = 0;
@@ -547,6 +560,7 @@ fn parse_flat_region(t: &str) -> Result<Option<RamRange>> {
         len,
         backend_offset: offset,
         backend_name: name.to_owned(),
+        rom,
     }))
 }
 
@@ -864,6 +878,41 @@ mod tests {
         }
     }
 
+    /// `info mtree -f` of QEMU 7.2 after SeaBIOS ran (the test guest, 64 MiB): the
+    /// BIOS and option ROM areas are RAM of `ram0` made read-only.
+    const MTREE_AFTER_BIOS: &str = "FlatView #2
+ AS \"memory\", root: system
+ AS \"cpu-memory-0\", root: system
+ Root memory region: system
+  0000000000000000-00000000000c2fff (prio 0, ram): ram0
+  00000000000c3000-00000000000e7fff (prio 0, rom): ram0 @00000000000c3000
+  00000000000e8000-00000000000effff (prio 0, ram): ram0 @00000000000e8000
+  00000000000f0000-00000000000fffff (prio 0, rom): ram0 @00000000000f0000
+  0000000000100000-0000000003ffffff (prio 0, ram): ram0 @0000000000100000
+  00000000fec00000-00000000fec00fff (prio 0, i/o): ioapic
+  00000000fffc0000-00000000ffffffff (prio 0, rom): pc.bios
+";
+
+    #[test]
+    fn mtree_rom_of_a_ram_backend_is_guest_memory() {
+        let l = parse_mtree_flat(MTREE_AFTER_BIOS).unwrap();
+        let roms: Vec<_> = l.rom_ranges().map(|r| (r.gpa_start.0, r.len)).collect();
+        assert_eq!(roms, vec![(0xc3000, 0x25000), (0xf0000, 0x10000)]);
+        assert_eq!(
+            l.backend_names(),
+            vec!["ram0"],
+            "pc.bios is no backend of ours"
+        );
+        let info = l.memory_info();
+        assert_eq!(info.ranges.len(), 1, "{info:?}");
+        assert_eq!(info.ranges[0].len, 64 << 20);
+        assert_eq!(l.range_of(Gpa(0xf59d0)).unwrap().backend_offset, 0xf0000);
+        assert!(l.check_writable(Gpa(0xe8000), 0x8000).is_ok());
+        assert!(l.check_writable(Gpa(0xeffff), 2).is_err());
+        assert!(l.check_writable(Gpa(0xc2fff), 1).is_ok());
+        assert!(l.check_writable(Gpa(0xc2fff), 2).is_err());
+    }
+
     #[test]
     fn mtree_memory_backend_file() {
         for text in [MTREE.to_owned(), crlf(MTREE)] {
@@ -876,7 +925,8 @@ mod tests {
                     gpa_start: Gpa(0),
                     len: 0xc0000,
                     backend_offset: 0,
-                    backend_name: "ram0".into()
+                    backend_name: "ram0".into(),
+                    rom: false,
                 }
             );
             assert_eq!(r[1].gpa_start, Gpa(0x10_0000));

@@ -25,6 +25,10 @@ pub struct RamRange {
     /// Name of the RAM backend's memory region (`pc.ram`, a memory-backend id such as
     /// `ram0`, …).
     pub backend_name: String,
+    /// Read-only to the guest: RAM of the backend the firmware made ROM (`rom: ram0
+    /// @000f0000` in `info mtree -f`: SeaBIOS's shadowed BIOS and option ROMs). Readable
+    /// like RAM; writes are refused.
+    pub rom: bool,
 }
 
 impl RamRange {
@@ -94,6 +98,7 @@ impl RamLayout {
                 if r.gpa_start.0 == last.gpa_end()
                     && r.backend_name == last.backend_name
                     && r.backend_offset == last.backend_end()
+                    && r.rom == last.rom
                 {
                     last.len += r.len;
                     continue;
@@ -165,6 +170,32 @@ impl RamLayout {
     /// Total bytes of RAM.
     pub fn ram_size(&self) -> u64 {
         self.ranges.iter().map(|r| r.len).sum()
+    }
+
+    /// The ROM ranges (see [`RamRange::rom`]).
+    pub fn rom_ranges(&self) -> impl Iterator<Item = &RamRange> {
+        self.ranges.iter().filter(|r| r.rom)
+    }
+
+    /// [`Error::Unsupported`] if `[gpa, gpa+len)` touches a ROM range.
+    pub fn check_writable(&self, gpa: Gpa, len: usize) -> Result<()> {
+        let end = gpa.0.saturating_add(len as u64);
+        match self
+            .rom_ranges()
+            .find(|r| r.gpa_start.0 < end && gpa.0 < r.gpa_end())
+        {
+            Some(r) => Err(Error::unsupported(
+                "guest memory write",
+                format!(
+                    "{}+{:#x} is ROM to the guest ({}..{:#x})",
+                    gpa,
+                    len,
+                    r.gpa_start,
+                    r.gpa_end()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The range containing `gpa`.
@@ -266,6 +297,7 @@ mod tests {
             len,
             backend_offset: off,
             backend_name: name.into(),
+            rom: false,
         }
     }
 

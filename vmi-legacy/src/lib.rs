@@ -85,6 +85,7 @@ pub mod debugger;
 pub mod gdb;
 pub mod hmp;
 pub mod layout;
+pub mod liveness;
 pub mod pmemaccess;
 pub mod procfs;
 pub mod qmp;

@@ -261,7 +261,20 @@ impl QmpClient {
             },
             broken: None,
         };
-        let line = client.read_line(Deadline::after(timeout), "the QMP greeting")?;
+        // QEMU accepts a second connection to a QMP socket into the listen queue but
+        // greets it only once the client before it leaves: silence means "in use".
+        let line = client
+            .read_line(Deadline::after(timeout), "the QMP greeting")
+            .map_err(|e| match e {
+                Error::Timeout { after, .. } => Error::Timeout {
+                    what: "the QMP greeting; none came, so the monitor is probably in use by \
+                           another client (QEMU serves one client per QMP socket at a time: \
+                           close it, or give QEMU a second -qmp socket)"
+                        .into(),
+                    after,
+                },
+                e => e,
+            })?;
         let v: Value = serde_json::from_slice(&line)
             .map_err(|e| client.poison(format!("greeting is not JSON: {e}")))?;
         let qmp = v
@@ -923,11 +936,11 @@ mod tests {
             Err(Error::Disconnected { .. })
         ));
 
+        // A peer that never greets (QEMU with another client on the socket).
         let (a, _b) = UnixStream::pair().unwrap();
-        assert!(matches!(
-            QmpClient::from_stream(a, Duration::from_millis(50)),
-            Err(Error::Timeout { .. })
-        ));
+        let e = QmpClient::from_stream(a, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+        assert!(e.to_string().contains("probably in use"), "{e}");
     }
 
     #[test]

@@ -244,6 +244,7 @@ impl PhysicalMemoryWrite for SharedRam {
                 "the RAM backend is mapped read-only",
             ));
         }
+        self.layout.check_writable(gpa, data.len())?;
         self.layout.split(gpa, data.len(), |c| {
             let at = Gpa(gpa.0 + c.buf.start as u64);
             let region = self.region(at, c.backend_offset, c.buf.len())?;
@@ -506,6 +507,7 @@ impl PhysicalMemoryWrite for ProcMem {
                 "process memory access was opened read-only",
             ));
         }
+        self.layout.check_writable(gpa, data.len())?;
         let mut segs = Vec::new();
         // The pointer is only read from by process_vm_writev.
         self.segments(gpa, data.as_ptr().cast_mut(), data.len(), &mut segs)?;
@@ -698,6 +700,7 @@ mod tests {
             len,
             backend_offset: off,
             backend_name: "ram0".into(),
+            rom: false,
         }
     }
 

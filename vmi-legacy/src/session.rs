@@ -18,9 +18,11 @@ use vmi_core::{
 };
 
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
-use crate::debugger::GdbSession;
+use crate::debugger::{all_msrs, GdbSession};
+use crate::gdb::GdbAddress;
 use crate::hmp;
 use crate::layout::RamLayout;
+use crate::liveness::ProcessWatch;
 use crate::procfs;
 use crate::qmp::{CpuInfo, QemuVersion, QmpClient, StatusInfo, DEFAULT_TIMEOUT};
 use crate::ram::{ProcMem, QmpMemory, QmpReadMethod, SharedRam};
@@ -70,9 +72,12 @@ pub struct LegacyConfig {
     /// the one mapped at guest physical address 0. Only one backend is served: with
     /// several (NUMA nodes, hot-plugged DIMMs) the others' RAM reads as unmapped.
     pub ram_backend: Option<String>,
-    /// QEMU's GDB stub (`-gdb chardev:…` on a UNIX socket). When given, the session
-    /// attaches a [`GdbSession`]: registers are read (and written) through it, pause
-    /// and resume go through it, and it provides events ([`LegacyQemu::gdb`]).
+    /// QEMU's GDB stub: a UNIX socket path (`-gdb chardev:…`), or `tcp:HOST:PORT` /
+    /// `tcp::PORT` as QEMU writes it (`-s` is `-gdb tcp::1234`); see
+    /// [`GdbAddress::parse`]. When given, the session attaches a [`GdbSession`]:
+    /// registers are read (and written) through it, pause and resume go through it, and
+    /// it provides events ([`LegacyQemu::gdb`]). A guest that was stopped when the
+    /// session attached (QMP `stop`, `-S`) stays stopped: the session never resumes it.
     pub gdb_socket: Option<PathBuf>,
 }
 
@@ -132,13 +137,19 @@ pub struct BackendMapping {
 /// A session with an unpatched QEMU/KVM (or TCG) guest.
 ///
 /// Implements [`PhysicalMemory`], [`PhysicalMemoryWrite`], [`MemoryLayout`],
-/// [`MapPhysical`] (with shared RAM only), [`ReadRegisters`] and [`VcpuControl`].
-/// Register writes, events and breakpoints need QEMU's gdbstub
-/// ([`LegacyConfig::gdb_socket`]) and are reached through [`LegacyQemu::gdb`] or
-/// [`Backend`]'s accessors (`register_writer()`, `events()`, `breakpoints()`), which
-/// are `None` without it. Pauses through this session and through its gdbstub session
-/// are counted together. Dropping the session releases every pause it holds: the guest
-/// is never left paused by us.
+/// [`MapPhysical`] (with shared RAM only), [`ReadRegisters`] and [`VcpuControl`], and,
+/// with QEMU's gdbstub ([`LegacyConfig::gdb_socket`]), [`WriteRegisters`] (GPRS,
+/// CONTROL, EFER and the MSRs the stub has), events and breakpoints. Those are reached
+/// through [`LegacyQemu::gdb`] or [`Backend`]'s accessors (`register_writer()`,
+/// `events()`, `breakpoints()`), which are `None` without the stub; the capability
+/// report says what each part can do. Pauses through this session and through its
+/// gdbstub session are counted together. Dropping the session releases every pause it
+/// holds: the guest is never left paused by us.
+///
+/// When QEMU's pid is known, a watch on it makes every memory access fail with
+/// [`Error::Disconnected`] once QEMU has exited (shared RAM would otherwise go on
+/// returning the dead guest's last state). Regions the mapping hands out
+/// ([`MapPhysical`]) cannot be checked: test [`LegacyQemu::qemu_exited`] yourself.
 #[derive(Debug)]
 pub struct LegacyQemu {
     qmp: Arc<Mutex<QmpClient>>,
@@ -153,6 +164,8 @@ pub struct LegacyQemu {
     /// The parked-vCPU state of this guest, shared with the gdbstub session if any.
     parking: Arc<Parking>,
     gdb: Option<GdbSession>,
+    /// Set once QEMU exited (`None`: pid unknown, or pidfds unavailable).
+    watch: Option<ProcessWatch>,
 }
 
 /// Pausing through QMP `stop`/`cont` (the session without a gdbstub).
@@ -268,7 +281,18 @@ impl LegacyQemu {
             &mut fallbacks,
         )?;
         let gdb = match &config.gdb_socket {
-            Some(path) => Some(GdbSession::connect_unix(path, config.timeout)?),
+            Some(path) => {
+                let addr = GdbAddress::parse(path)?;
+                // The stub stops the guest on attach and cannot tell whether it ran:
+                // ask QMP first. `debug` is a stop at a breakpoint of an earlier gdb
+                // client, which is gone (the stub serves one client): let it run.
+                let status = qmp
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .query_status()?;
+                let was_running = status.running || status.status == "debug";
+                Some(GdbSession::connect(&addr, config.timeout, was_running)?)
+            }
             None => None,
         };
         let parts = Parts {
@@ -296,8 +320,10 @@ impl LegacyQemu {
                 legacy_capabilities(parts),
             ),
         };
+        let watch = pid.and_then(|p| ProcessWatch::new(p).ok());
         Ok(Self {
             gdb,
+            watch,
             parking,
             qmp,
             pid,
@@ -331,6 +357,19 @@ impl LegacyQemu {
     /// QEMU's pid in this PID namespace, if it could be found.
     pub fn pid(&self) -> Option<libc::pid_t> {
         self.pid
+    }
+
+    /// Whether QEMU is known to have exited (its pid is watched when known).
+    pub fn qemu_exited(&self) -> bool {
+        self.watch.as_ref().is_some_and(ProcessWatch::has_exited)
+    }
+
+    /// [`Error::Disconnected`] once QEMU has exited.
+    fn check_alive(&self) -> Result<()> {
+        match &self.watch {
+            Some(w) => w.check(),
+            None => Ok(()),
+        }
     }
 
     /// QEMU's version.
@@ -591,17 +630,28 @@ fn not_shared(path: &str) -> Error {
 }
 
 impl PhysicalMemory for LegacyQemu {
+    /// Reads guest RAM and ROM (the firmware's shadowed BIOS and option ROMs, `rom:` in
+    /// `info mtree -f`); [`Error::Disconnected`] once QEMU has exited.
     fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
-        self.ram.memory().read_physical(gpa, buf)
+        self.check_alive()?;
+        self.ram.memory().read_physical(gpa, buf)?;
+        // QEMU may have died during the read: do not hand out what it left behind.
+        self.check_alive()
     }
 
     fn read_physical_many(&self, requests: &mut [(Gpa, &mut [u8])]) -> Result<()> {
-        self.ram.memory().read_physical_many(requests)
+        self.check_alive()?;
+        self.ram.memory().read_physical_many(requests)?;
+        self.check_alive()
     }
 }
 
 impl PhysicalMemoryWrite for LegacyQemu {
+    /// Writes guest RAM; refuses ROM ranges (the guest cannot write them either) with
+    /// [`Error::Unsupported`], before writing anything.
     fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        self.check_alive()?;
+        self.layout.check_writable(gpa, data.len())?;
         match &self.ram {
             RamAccess::Shared(m) => m.write_physical(gpa, data),
             RamAccess::Proc(m) => m.write_physical(gpa, data),
@@ -643,7 +693,7 @@ impl ReadRegisters for LegacyQemu {
     ///
     /// Available: GPRS (not in compatibility mode), CONTROL, DEBUG, SEGMENTS,
     /// DESCRIPTOR_TABLES, EFER, and MSR `IA32_EFER` when listed. Absent: XCR0 and every
-    /// other MSR (QEMU does not print them; the GDB stub backend will supply them). The
+    /// other MSR (QEMU does not print them; with the gdbstub see below). The
     /// two monitor commands are not atomic: pause the guest for a consistent snapshot.
     ///
     /// With a GDB stub session, GPRS, CONTROL, EFER and the MSRs `FS_BASE`, `GS_BASE`,
@@ -667,6 +717,11 @@ impl ReadRegisters for LegacyQemu {
                 }
                 None => self.hmp_registers(vcpu, groups, msrs),
             })
+    }
+
+    /// Every group, [`msr::ESSENTIAL`], and with the gdbstub `FS_BASE` and `GS_BASE`.
+    fn all_registers(&self, vcpu: VcpuId) -> Result<RegisterSnapshot> {
+        self.registers(vcpu, RegisterGroups::all(), &all_msrs())
     }
 }
 

@@ -44,6 +44,14 @@ impl Inner {
     }
 }
 
+/// What [`ReadRegisters::all_registers`] asks for: vmi-core's [`msr::ESSENTIAL`] and the
+/// segment bases the stub also has.
+pub(crate) fn all_msrs() -> Vec<u32> {
+    let mut v = msr::ESSENTIAL.to_vec();
+    v.extend([msr::FS_BASE, msr::GS_BASE]);
+    v
+}
+
 impl ReadRegisters for GdbSession {
     /// From the `g` packet of thread `vcpu + 1`: GPRS, CONTROL, EFER, and the MSRs
     /// `IA32_EFER`, `FS_BASE`, `GS_BASE`, `KERNEL_GS_BASE`. Segments (the stub has
@@ -60,6 +68,11 @@ impl ReadRegisters for GdbSession {
             .read_registers(vcpu, groups, msrs, |groups, msrs| {
                 self.fetch_registers(vcpu, groups, msrs)
             })
+    }
+
+    /// Every group, [`msr::ESSENTIAL`], and `FS_BASE`/`GS_BASE`, which the stub gives.
+    fn all_registers(&self, vcpu: VcpuId) -> Result<RegisterSnapshot> {
+        self.registers(vcpu, RegisterGroups::all(), &all_msrs())
     }
 }
 

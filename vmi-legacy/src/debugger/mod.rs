@@ -52,7 +52,9 @@ use vmi_core::{
 };
 
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
-use crate::gdb::{BreakpointKind, GdbClient};
+use crate::gdb::{BreakpointKind, GdbAddress, GdbClient};
+
+pub(crate) use gpacket::all_msrs;
 
 use events::watch_for;
 use stop::{Inner, CR3_ROOT_MASK};
@@ -100,17 +102,44 @@ pub struct GdbSession {
 }
 
 impl GdbSession {
-    /// Connects to the gdbstub's UNIX socket (`-gdb chardev:…`), switches `m`/`M` to
-    /// guest-physical addresses, and lets the guest run (the stub stopped it on attach).
+    /// Connects to the gdbstub's UNIX socket (`-gdb chardev:…`) and lets the guest run
+    /// (the stub stopped it on attach). See [`Self::new`].
     pub fn connect_unix(path: &Path, timeout: Duration) -> Result<Self> {
         let client = GdbClient::connect_unix(path, timeout)?;
         Self::new(client)
     }
 
-    /// Wraps a connected client (the VM is stopped, as after attaching) and resumes it.
-    pub fn new(mut client: GdbClient) -> Result<Self> {
+    /// Connects to the gdbstub at `addr` (UNIX socket or TCP). `guest_was_running`: the
+    /// run state before attaching (e.g. from QMP `query-status`); see
+    /// [`Self::with_prior_state`].
+    pub fn connect(addr: &GdbAddress, timeout: Duration, guest_was_running: bool) -> Result<Self> {
+        let client = GdbClient::connect(addr, timeout)?;
+        Self::with_prior_state(client, guest_was_running)
+    }
+
+    /// Wraps a connected client (the VM is stopped, as after attaching) and resumes it:
+    /// [`Self::with_prior_state`] for a guest that was running.
+    pub fn new(client: GdbClient) -> Result<Self> {
+        Self::with_prior_state(client, true)
+    }
+
+    /// Wraps a connected client (the VM is stopped, as after attaching). The stub stops
+    /// the guest when a client attaches and cannot tell whether it ran before: with
+    /// `guest_was_running` the session lets it run; without, the guest was stopped by
+    /// someone else (QMP `stop`, `-S` prelaunch) and the session keeps it so — it never
+    /// resumes it, and its teardown closes without `D` (which would resume it).
+    ///
+    /// What QEMU keeps from an earlier client that died without detaching, and what this
+    /// recovers: breakpoints and watchpoints stay armed until the next client attaches
+    /// (QEMU removes them all on the `?` of our handshake); `Qqemu.PhyMemMode` stays as
+    /// it was left (switched off here; the session turns it on only around its own
+    /// physical accesses); the single-step mask stays (set here); the multiprocess mode a
+    /// client such as gdb negotiated stays for good (detected from the thread ids, and
+    /// detach uses the form it needs); a guest left stopped at a breakpoint stays in
+    /// `debug` ([`crate::LegacyQemu`] treats `debug` at connect as "was running").
+    pub fn with_prior_state(mut client: GdbClient, guest_was_running: bool) -> Result<Self> {
         let vcpus = client.threads()?.len() as u32;
-        client.set_physical_mode(true)?;
+        client.set_physical_mode(false)?;
         client.set_sstep_flags(SSTEP_MASK)?;
         let regnums = client
             .registers()
@@ -131,6 +160,7 @@ impl GdbSession {
             next_step_vcpu: 0,
             regnums,
             client_detached: false,
+            keep_stopped: !guest_was_running,
         };
         inner.resume()?;
         let shared = Arc::new(Shared {
@@ -242,17 +272,30 @@ impl GdbSession {
 }
 
 impl PhysicalMemory for GdbSession {
-    /// Reads through the stub in physical mode (`Qqemu.PhyMemMode:1`, `m`), stopping
-    /// the VM for the duration if it runs.
+    /// Reads through the stub in physical mode (`Qqemu.PhyMemMode:1`, `m`, then
+    /// `Qqemu.PhyMemMode:0`: QEMU keeps the mode after a client dies, and a later plain
+    /// gdb would read virtual addresses as physical ones), stopping the VM for the
+    /// duration if it runs.
     fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
-        self.stopped(|g| g.client.read_memory(gpa.0, buf))
+        self.stopped(|g| physical(&mut g.client, |c| c.read_memory(gpa.0, buf)))
     }
 }
 
 impl PhysicalMemoryWrite for GdbSession {
+    /// Writes through the stub in physical mode, as [`PhysicalMemory::read_physical`].
     fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
-        self.stopped(|g| g.client.write_memory(gpa.0, data))
+        self.stopped(|g| physical(&mut g.client, |c| c.write_memory(gpa.0, data)))
     }
+}
+
+/// Runs `f` with `m`/`M` in guest-physical mode, switching back to virtual addresses
+/// whatever `f` returns.
+fn physical<T>(client: &mut GdbClient, f: impl FnOnce(&mut GdbClient) -> Result<T>) -> Result<T> {
+    client.set_physical_mode(true)?;
+    let r = f(client);
+    let off = client.set_physical_mode(false);
+    let v = r?;
+    off.map(|()| v)
 }
 
 impl VcpuControl for GdbSession {

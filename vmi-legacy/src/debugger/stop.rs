@@ -9,6 +9,10 @@ use super::events::{StopEvent, Watch};
 use crate::gdb::codec::StopReason;
 use crate::gdb::{BreakpointKind, GdbClient};
 
+/// How long the teardown against an unresponsive (frozen) stub waits in the background
+/// for QEMU to wake up before giving up and closing the connection.
+pub(super) const DEFERRED_TEARDOWN_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// SIGTRAP: breakpoints, watchpoints and steps.
 const SIGTRAP: u8 = 5;
 
@@ -35,6 +39,9 @@ pub(super) struct Inner {
     pub(super) regnums: BTreeMap<String, (usize, usize)>,
     /// `D` was sent: the stub is no longer ours.
     pub(super) client_detached: bool,
+    /// Someone else had stopped the guest (QMP `stop`, `-S`) when the session attached:
+    /// the session never lets it run (`c`) and does not detach with `D`, which would.
+    pub(super) keep_stopped: bool,
 }
 
 impl Inner {
@@ -49,7 +56,7 @@ impl Inner {
     }
 
     pub(super) fn resume(&mut self) -> Result<()> {
-        if !self.running {
+        if !self.running && !self.keep_stopped && !self.client_detached {
             self.client.resume()?;
             self.running = true;
         }
@@ -58,6 +65,12 @@ impl Inner {
 
     /// Stops a running VM; a stop that is not our interrupt is queued as an event.
     pub(super) fn stop(&mut self) -> Result<()> {
+        if self.client_detached {
+            // An interrupt now would stop a guest that is no longer ours to resume.
+            return Err(Error::Disconnected {
+                reason: "the gdbstub session was detached".into(),
+            });
+        }
         if !self.running {
             return Ok(());
         }
@@ -188,46 +201,85 @@ impl Inner {
 }
 
 impl Inner {
-    /// Removes every breakpoint and watchpoint, turns single-stepping off, restores
-    /// virtual addressing and detaches (QEMU resumes the guest). Every step is tried;
-    /// the first failure is reported.
+    /// Removes every breakpoint and watchpoint, turns single-stepping off, leaves
+    /// virtual addressing on and detaches (QEMU resumes the guest) — or, when someone
+    /// else had stopped the guest before we attached, closes without `D` so it stays
+    /// stopped. A second call does nothing.
+    ///
+    /// Every step is tried; the first failure is reported. Once a step times out the
+    /// stub is taken as unresponsive (a frozen QEMU): the teardown returns after that
+    /// one timeout, and a background thread on the same connection finishes it when
+    /// QEMU wakes up (within [`DEFERRED_TEARDOWN_MAX`]): it waits for the answer to what
+    /// was already sent (an interrupt byte's stop reply), then removes the breakpoints
+    /// and detaches, one answered packet at a time. Queuing those packets blindly would
+    /// not do: QEMU handles the whole queue in one go, and a breakpoint hit the guest
+    /// made meanwhile then stops it again after the detach. If the stub refuses the
+    /// detach, the guest is resumed with `c` and the error returned.
     pub(super) fn detach(&mut self) -> Result<()> {
-        let mut first_err = None;
+        if self.client_detached {
+            return Ok(());
+        }
+        let mut first_err: Option<Error> = None;
         if self.running {
             if let Err(e) = self.stop() {
                 first_err.get_or_insert(e);
             }
         }
+        let mut packets: VecDeque<Vec<u8>> = VecDeque::new();
         for bp in std::mem::take(&mut self.breakpoints).into_keys() {
-            if let Err(e) = self
-                .client
-                .remove_breakpoint(BreakpointKind::Software, bp, 1)
-            {
-                first_err.get_or_insert(e);
-            }
+            packets.push_back(format!("z0,{bp:x},1").into_bytes());
         }
         for w in std::mem::take(&mut self.watches) {
-            if let Err(e) =
-                self.client
-                    .remove_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)
-            {
-                first_err.get_or_insert(e);
-            }
+            let z = BreakpointKind::Watch(w.kind()).z_type();
+            packets.push_back(format!("z{z},{:x},{:x}", w.gva, w.len).into_bytes());
         }
+        // Connect and every physical access switch it off already; this covers an
+        // access cut short by an error.
+        packets.push_back(b"Qqemu.PhyMemMode:0".to_vec());
         self.singlestep = VcpuSet::new();
         self.int3 = false;
         self.outstanding = None;
         self.queued.clear();
-        let _ = self.client.set_physical_mode(false);
-        if self.client_detached {
+        self.client_detached = true;
+        let detach = !self.keep_stopped;
+        self.running = detach;
+        let frozen = |e: &Option<Error>| matches!(e, Some(Error::Timeout { .. }));
+        while !frozen(&first_err) {
+            let Some(p) = packets.pop_front() else { break };
+            if let Err(e) = self.client.command_ok(&p) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if frozen(&first_err) {
+            if let Some(mut client) = self.client.duplicate() {
+                let spawned = std::thread::Builder::new()
+                    .name("vmi-gdb-teardown".into())
+                    .spawn(move || {
+                        if !client.await_answer(DEFERRED_TEARDOWN_MAX) {
+                            return;
+                        }
+                        for p in &packets {
+                            let _ = client.command_ok(p);
+                        }
+                        if detach && client.detach().is_err() {
+                            let _ = client.resume();
+                        }
+                    });
+                if let Err(e) = spawned {
+                    first_err = Some(Error::io("starting the deferred gdbstub teardown", e));
+                }
+            }
             return first_err.map_or(Ok(()), Err);
         }
-        let detached = self.client.detach();
-        self.client_detached = true;
-        self.running = true;
-        match (first_err, detached) {
-            (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(())) => Ok(()),
+        if detach {
+            if let Err(e) = self.client.detach() {
+                if !matches!(e, Error::Timeout { .. }) {
+                    // Refused: never leave the guest stopped silently.
+                    let _ = self.client.resume();
+                }
+                first_err.get_or_insert(e);
+            }
         }
+        first_err.map_or(Ok(()), Err)
     }
 }
