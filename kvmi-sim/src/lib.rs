@@ -43,9 +43,12 @@ use std::time::{Duration, Instant};
 use kvmi_sys as sys;
 use zerocopy::{FromBytes, IntoBytes};
 
+mod exec;
+pub mod guest;
 pub mod model;
 mod server;
 
+pub use exec::{Executed, GuestOp, MAX_RETRIES, MAX_TOUCHED_PAGES};
 pub use model::{GuestMemory, Injection, Vcpu, Vm};
 
 /// Which kernel ABI the simulator speaks.
@@ -132,7 +135,8 @@ pub struct SimConfig {
     pub start_time: i64,
     /// Number of vCPUs.
     pub vcpus: usize,
-    /// Guest memory (initial contents; `max_gfn`).
+    /// Guest memory (initial contents; `max_gfn`). The default is the guest of
+    /// [`guest`] with [`guest::DEFAULT_RAM_SIZE`]; [`SimConfig::with_ram`] sizes it.
     pub memory: GuestMemory,
     /// ABI spoken.
     pub abi: Abi,
@@ -163,10 +167,7 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        let mut memory = GuestMemory::new(0x4_0000);
-        for gfn in 0..256 {
-            memory.add_frame(gfn);
-        }
+        let memory = guest::build_memory(guest::DEFAULT_RAM_SIZE);
         Self {
             uuid: *b"kvmi-sim-uuid-01",
             name: "kvmi-sim".into(),
@@ -184,6 +185,18 @@ impl Default for SimConfig {
             unhook_timeout: Duration::from_secs(60),
             event_timeout: Duration::from_secs(15),
             faults: FaultPlan::default(),
+        }
+    }
+}
+
+impl SimConfig {
+    /// The default configuration with `ram_size` bytes of guest RAM (see
+    /// [`guest::build_memory`] for the rounding): a full-memory scan then walks exactly
+    /// the backed frames `VM_GET_MAX_GFN` reports.
+    pub fn with_ram(ram_size: u64) -> Self {
+        Self {
+            memory: guest::build_memory(ram_size),
+            ..Self::default()
         }
     }
 }
@@ -503,6 +516,8 @@ pub(crate) struct State {
     pub(crate) crossed: u64,
     pub(crate) sent: u64,
     pub(crate) armed: Option<Fault>,
+    /// `trigger` calls waiting for a busy vCPU (tests observe it).
+    pub(crate) busy_waiters: usize,
 }
 
 /// State shared between the API and the server thread.
@@ -654,7 +669,7 @@ impl EventHandle {
     /// For events without a reply (UNHOOK, CMD_ERROR) this returns at once with
     /// `action: None`, except UNHOOK, which waits for the tool to close the socket.
     pub fn wait_reply(&self, timeout: Duration) -> Result<SimReply> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut st = self.shared.lock();
         loop {
             if let Some(r) = st.completed.remove(&self.seq) {
@@ -693,9 +708,10 @@ impl EventHandle {
 /// Built-in guest activity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
-    /// One round: every event kind the tool has enabled (and intercepted, for CR, MSR,
-    /// PF and singlestep), round-robin over the vCPUs, each waited for. UNHOOK is not
-    /// included.
+    /// One round of [`Simulator::workload_ops`] on every vCPU (round-robin), each op
+    /// run with [`Simulator::execute`]: every event kind the tool has enabled (and
+    /// intercepted, for CR, MSR, PF and singlestep) from an instruction of the guest
+    /// kernel, each waited for. UNHOOK is not included.
     EveryEnabledEvent,
 }
 
@@ -704,8 +720,8 @@ pub enum Workload {
 pub struct WorkloadReport {
     /// Events delivered and answered, by event id.
     pub answered: BTreeMap<u8, u64>,
-    /// Events that failed (timeout, closed…), with the error text.
-    pub failed: Vec<(u8, String)>,
+    /// Ops that failed (timeout, closed…), with the error text.
+    pub failed: Vec<(String, String)>,
 }
 
 impl Simulator {
@@ -790,6 +806,7 @@ impl Simulator {
             crossed: 0,
             sent: 0,
             armed: None,
+            busy_waiters: 0,
         };
         let reader = stream.try_clone()?;
         let shared = Arc::new(Shared {
@@ -846,7 +863,7 @@ impl Simulator {
 
     /// Wait until the connection is closed; returns the reason.
     pub fn wait_closed(&self, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut st = self.shared.lock();
         loop {
             if let Some(c) = &st.closed {
@@ -882,61 +899,13 @@ impl Simulator {
     pub fn trigger(&self, vcpu: usize, ev: SimEvent) -> Result<EventHandle> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let deadline = Instant::now() + cfg.event_timeout;
+        let deadline = deadline_after(cfg.event_timeout);
         let mut st = sh.lock();
         if vcpu >= st.vm.vcpus.len() {
             return Err(SimError::NoSuchVcpu(vcpu));
         }
         let id = ev.id();
-        if cfg.abi == Abi::V6 && usize::from(id) >= sys::v6::KVMI_NUM_EVENTS {
-            return Err(SimError::NotDelivered("event does not exist in kvmi-v6"));
-        }
-        if !server::event_allowed(cfg, id) {
-            return Err(SimError::NotDelivered("event disallowed by QEMU"));
-        }
-        {
-            let vm = &st.vm;
-            let v = &vm.vcpus[vcpu];
-            let enabled = match &ev {
-                SimEvent::Unhook | SimEvent::CreateVcpu | SimEvent::CmdError { .. } => {
-                    vm.vm_events.contains(&id)
-                        || (matches!(ev, SimEvent::CmdError { .. }) && st.cmd_error_flag)
-                }
-                SimEvent::PauseVcpu => true,
-                SimEvent::Trap { .. } => cfg.abi == Abi::V7 || v.events.contains(&id),
-                _ => v.events.contains(&id),
-            };
-            if !enabled {
-                return Err(SimError::NotDelivered("event not enabled"));
-            }
-            match &ev {
-                SimEvent::Cr { cr, old, new } => {
-                    if !v.cr_intercepts.contains(cr) {
-                        return Err(SimError::NotDelivered("CR not intercepted"));
-                    }
-                    if old == new {
-                        return Err(SimError::NotDelivered("CR value unchanged"));
-                    }
-                }
-                SimEvent::Msr { msr, old, new } => {
-                    if !v.msr_intercepts.contains(msr) {
-                        return Err(SimError::NotDelivered("MSR not intercepted"));
-                    }
-                    if old == new {
-                        return Err(SimError::NotDelivered("MSR value unchanged"));
-                    }
-                }
-                SimEvent::Pf { gpa, access, .. }
-                    if !vm.access_restricted(v.view, *gpa, *access) =>
-                {
-                    return Err(SimError::NotDelivered("access not restricted"));
-                }
-                SimEvent::Singlestep { .. } if cfg.abi == Abi::V7 && !v.singlestep => {
-                    return Err(SimError::NotDelivered("singlestep not armed"));
-                }
-                _ => {}
-            }
-        }
+        deliverable(cfg, &st, vcpu, &ev)?;
         if st.closed.is_some() {
             return Err(SimError::Closed(st.closed.clone().unwrap_or_default()));
         }
@@ -950,13 +919,15 @@ impl Simulator {
                 no_reply: true,
             });
         }
+        st.busy_waiters += 1;
         while st.pending[vcpu].is_some() {
-            if let Some(c) = &st.closed {
-                return Err(SimError::Closed(c.clone()));
-            }
             let now = Instant::now();
-            if now >= deadline {
-                return Err(SimError::Busy);
+            if st.closed.is_some() || now >= deadline {
+                st.busy_waiters -= 1;
+                return Err(match &st.closed {
+                    Some(c) => SimError::Closed(c.clone()),
+                    None => SimError::Busy,
+                });
             }
             st = sh
                 .cond
@@ -964,11 +935,21 @@ impl Simulator {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        st.busy_waiters -= 1;
+        // The tool may have paused the vCPU, removed the intercept and resumed while
+        // this vCPU waited: a real kernel would no longer exit, so check again.
+        deliverable(cfg, &st, vcpu, &ev)?;
         if let SimEvent::Hypercall = ev {
             let r = &mut st.vm.vcpus[vcpu].regs;
             r.rax = sys::KVM_HC_XEN_HVM_OP;
             r.rdi = sys::KVM_HC_XEN_HVM_OP_GUEST_REQUEST_VM_EVENT;
             r.rsi = 0;
+        }
+        if let SimEvent::Cpuid { leaf, subleaf } = ev {
+            // CPUID exits with the leaf in EAX and the subleaf in ECX.
+            let r = &mut st.vm.vcpus[vcpu].regs;
+            r.rax = u64::from(leaf);
+            r.rcx = u64::from(subleaf);
         }
         let seq = sh.send_event(&mut st, vcpu, &ev);
         st.pending[vcpu] = Some(Pending {
@@ -991,7 +972,9 @@ impl Simulator {
         h.wait_reply(self.shared.cfg.event_timeout)
     }
 
-    /// Events the workload would generate now on `vcpu` (enabled and intercepted).
+    /// Raw events (for [`Simulator::trigger`]) of every kind enabled and intercepted on
+    /// `vcpu`, with addresses of the default guest. The built-in workload runs
+    /// [`Simulator::workload_ops`] instead, which also set RIP and the operands.
     pub fn enabled_events(&self, vcpu: usize) -> Vec<SimEvent> {
         let st = self.shared.lock();
         let cfg = &self.shared.cfg;
@@ -1026,7 +1009,7 @@ impl Simulator {
         }
         if on(sys::KVMI_EVENT_BREAKPOINT) {
             out.push(SimEvent::Breakpoint {
-                gpa: 0x1000,
+                gpa: guest::SYM_INT3_SELFTEST_PA,
                 insn_len: 1,
             });
         }
@@ -1039,7 +1022,7 @@ impl Simulator {
                     gva: if access == sys::KVMI_PAGE_ACCESS_X {
                         v.regs.rip
                     } else {
-                        0xffff_8880_0000_0000 + gpa
+                        guest::dva(gpa)
                     },
                     gpa,
                     access,
@@ -1083,15 +1066,18 @@ impl Simulator {
         match w {
             Workload::EveryEnabledEvent => {
                 let n = self.shared.cfg.vcpus;
-                let per: Vec<Vec<SimEvent>> = (0..n).map(|v| self.enabled_events(v)).collect();
+                let per: Vec<Vec<GuestOp>> = (0..n).map(|v| self.workload_ops(v)).collect();
                 let rounds = per.iter().map(Vec::len).max().unwrap_or(0);
                 for i in 0..rounds {
-                    for (vcpu, evs) in per.iter().enumerate() {
-                        let Some(ev) = evs.get(i) else { continue };
-                        let id = ev.id();
-                        match self.trigger_and_wait(vcpu, ev.clone()) {
-                            Ok(_) => *rep.answered.entry(id).or_default() += 1,
-                            Err(e) => rep.failed.push((id, e.to_string())),
+                    for (vcpu, ops) in per.iter().enumerate() {
+                        let Some(op) = ops.get(i) else { continue };
+                        match self.execute(vcpu, op) {
+                            Ok(ex) => {
+                                for r in &ex.events {
+                                    *rep.answered.entry(r.event).or_default() += 1;
+                                }
+                            }
+                            Err(e) => rep.failed.push((format!("{op:?}"), e.to_string())),
                         }
                     }
                 }
@@ -1106,6 +1092,60 @@ impl Simulator {
         let h = self.trigger(0, SimEvent::Unhook)?;
         h.wait_reply(timeout).map(|_| ())
     }
+}
+
+/// Whether the kernel would send `ev` on `vcpu` now (ABI, QEMU's allow list, enables,
+/// CR/MSR intercepts, page restrictions, armed singlestep).
+fn deliverable(cfg: &SimConfig, st: &State, vcpu: usize, ev: &SimEvent) -> Result<()> {
+    let id = ev.id();
+    if cfg.abi == Abi::V6 && usize::from(id) >= sys::v6::KVMI_NUM_EVENTS {
+        return Err(SimError::NotDelivered("event does not exist in kvmi-v6"));
+    }
+    if !server::event_allowed(cfg, id) {
+        return Err(SimError::NotDelivered("event disallowed by QEMU"));
+    }
+    {
+        let vm = &st.vm;
+        let v = &vm.vcpus[vcpu];
+        let enabled = match ev {
+            SimEvent::Unhook | SimEvent::CreateVcpu | SimEvent::CmdError { .. } => {
+                vm.vm_events.contains(&id)
+                    || (matches!(ev, SimEvent::CmdError { .. }) && st.cmd_error_flag)
+            }
+            SimEvent::PauseVcpu => true,
+            SimEvent::Trap { .. } => cfg.abi == Abi::V7 || v.events.contains(&id),
+            _ => v.events.contains(&id),
+        };
+        if !enabled {
+            return Err(SimError::NotDelivered("event not enabled"));
+        }
+        match ev {
+            SimEvent::Cr { cr, old, new } => {
+                if !v.cr_intercepts.contains(cr) {
+                    return Err(SimError::NotDelivered("CR not intercepted"));
+                }
+                if old == new {
+                    return Err(SimError::NotDelivered("CR value unchanged"));
+                }
+            }
+            SimEvent::Msr { msr, old, new } => {
+                if !v.msr_intercepts.contains(msr) {
+                    return Err(SimError::NotDelivered("MSR not intercepted"));
+                }
+                if old == new {
+                    return Err(SimError::NotDelivered("MSR value unchanged"));
+                }
+            }
+            SimEvent::Pf { gpa, access, .. } if !vm.access_restricted(v.view, *gpa, *access) => {
+                return Err(SimError::NotDelivered("access not restricted"));
+            }
+            SimEvent::Singlestep { .. } if cfg.abi == Abi::V7 && !v.singlestep => {
+                return Err(SimError::NotDelivered("singlestep not armed"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl Drop for EventHandle {
@@ -1156,3 +1196,11 @@ pub(crate) fn rd<T: FromBytes>(p: &[u8], off: usize) -> T {
 
 #[cfg(test)]
 mod tests;
+
+/// `now + d`, saturating at a year for huge `d` (`Duration::MAX` must not panic).
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}

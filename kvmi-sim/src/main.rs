@@ -132,29 +132,27 @@ struct Tally {
 /// the connection closes.
 fn run_vcpu(sim: &Simulator, vcpu: usize, pacer: &Pacer, end: Instant, tally: &Mutex<Tally>) {
     while Instant::now() < end && sim.closed().is_none() {
-        let events = sim.enabled_events(vcpu);
-        if events.is_empty() {
+        let ops = sim.workload_ops(vcpu);
+        if ops.is_empty() {
             // Nothing enabled (yet): look again soon.
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        for ev in events {
+        for op in ops {
             if !pacer.wait_turn(end) || sim.closed().is_some() {
                 return;
             }
-            let id = ev.id();
-            let r = sim.trigger_and_wait(vcpu, ev);
+            let r = sim.execute(vcpu, &op);
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
             match r {
-                Ok(_) => *t.answered.entry(id).or_default() += 1,
-                // Events the tool disabled meanwhile are simply not raised.
-                Err(SimError::NotDelivered(_)) => {}
+                Ok(ex) => {
+                    for r in &ex.events {
+                        *t.answered.entry(r.event).or_default() += 1;
+                    }
+                }
                 Err(e) => {
                     t.failed += 1;
-                    eprintln!(
-                        "kvmi-sim: vCPU {vcpu}: {} event failed: {e}",
-                        event_name(id)
-                    );
+                    eprintln!("kvmi-sim: vCPU {vcpu}: {op:?} failed: {e}");
                 }
             }
         }

@@ -284,7 +284,9 @@ fn read_write_physical_rules() {
     // Max gfn and guest info.
     let (e, d) = t.cmd(sys::KVMI_VM_GET_MAX_GFN, &[]);
     assert_eq!(e, 0);
-    assert_eq!(u64::read_from_bytes(&d).unwrap(), 0x4_0000);
+    // The real size: 2 MiB of backed frames, not a 1 GiB space of holes.
+    assert_eq!(u64::read_from_bytes(&d).unwrap(), 0x200);
+    assert_eq!(sim.vm().memory.gfns().count(), 0x200);
     let (e, d) = t.cmd(sys::KVMI_VM_GET_INFO, &[]);
     assert_eq!(e, 0);
     assert_eq!(
@@ -827,11 +829,12 @@ fn workload_generates_every_enabled_event() {
             let ev = sys::Event::read_from_prefix(&p).unwrap().0;
             seen.push(ev.event);
             let extra = match ev.event {
-                1 | 2 => 7u64.to_le_bytes().to_vec(),
+                // Let the written value through (CR/MSR new_value at offset 16).
+                1 | 2 => p[sys::EVENT_SIZE + 16..sys::EVENT_SIZE + 24].to_vec(),
                 _ => vec![],
             };
             tool.reply_event(h.seq, ev.vcpu, ev.event, 0, &extra);
-            if seen.len() == 4 {
+            if seen.len() == 5 {
                 break;
             }
         }
@@ -841,10 +844,15 @@ fn workload_generates_every_enabled_event() {
     assert!(rep.failed.is_empty(), "{:?}", rep.failed);
     let mut seen = th.join().unwrap();
     seen.sort();
-    assert_eq!(seen, vec![1, 2, 11, 13]);
-    assert_eq!(rep.answered.values().sum::<u64>(), 4);
-    assert_eq!(sim.vm().vcpus[0].sregs.cr4, 7);
-    assert_eq!(sim.vm().vcpus[1].msrs[&0xc000_0082], 7);
+    // vCPU 1 single-steps both its WRMSR and its idle-loop step.
+    assert_eq!(seen, vec![1, 2, 11, 11, 13]);
+    assert_eq!(rep.answered.values().sum::<u64>(), 5);
+    // CR4.PGE toggled; LSTAR written with the value the workload chose.
+    assert_eq!(sim.vm().vcpus[0].sregs.cr4, 0x6a0 ^ 0x80);
+    assert_eq!(
+        sim.vm().vcpus[1].msrs[&0xc000_0082],
+        crate::guest::SYM_ENTRY_SYSCALL ^ 0x1000
+    );
     let summary = sim.stats().to_string();
     assert!(summary.contains("SINGLESTEP"), "{summary}");
 }
@@ -1048,12 +1056,12 @@ fn remaining_commands_round_trip() {
     assert_eq!((e, d.len()), (0, 32));
     let (e, d) = t.cmd(sys::KVMI_QUERY_PHYSICAL, &5u64.to_le_bytes());
     let q = sys::QueryPhysicalReply::read_from_bytes(&d).unwrap();
-    assert_eq!((e, q.gfn, q.size), (0, 0, 256));
+    assert_eq!((e, q.gfn, q.size), (0, 0, 0x200));
     let (e, d) = t.cmd(sys::KVMI_GET_NEXT_AVAILABLE_GFN, &[]);
-    assert_eq!((e, u64_of(&d)), (0, 0x4_0000));
-    let g = sys::VcpuAllocGfn { gfn: 0x4_0000 };
+    assert_eq!((e, u64_of(&d)), (0, 0x200));
+    let g = sys::VcpuAllocGfn { gfn: 0x200 };
     assert_eq!(t.vcmd(sys::KVMI_VCPU_ALLOC_GFN, 0, &g).0, 0);
-    assert!(sim.vm().memory.is_backed(0x4_0000));
+    assert!(sim.vm().memory.is_backed(0x200));
     assert_eq!(t.vcmd(sys::KVMI_VCPU_ALLOC_GFN, 0, &g).0, -sys::KVM_EINVAL);
     assert_eq!(t.vcmd(sys::KVMI_VCPU_FREE_GFN, 0, &g).0, 0);
     let cg = |new_gfn| sys::VcpuChangeGfn {
@@ -1165,3 +1173,5 @@ fn v6_pf_retry_with_singlestep_sends_singlestep_event() {
     t.reply_event(hd.seq, 0, ev.event, 0, &[]);
     assert_eq!(t.cmd(sys::KVMI_GET_VERSION, &[]).0, 0);
 }
+
+mod guest;
