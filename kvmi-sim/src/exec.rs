@@ -2,24 +2,10 @@
 //! image, and the events they raise carry the state a real exit would (RIP at the
 //! instruction, the operands in their registers, gla/gpa from the page tables).
 //!
-//! One [`GuestOp`] sets RIP to an instruction site and its operand registers, then
-//! executes one instruction at RIP:
-//! 1. instruction fetch: RIP is translated with the vCPU's CR3; if X is restricted on
-//!    that page in its view, a PF event (gva = RIP, access X);
-//! 2. if the byte at the fetched gpa is 0xCC: a BREAKPOINT event (gpa, insn_len 1,
-//!    RIP = the INT3); RETRY re-executes at RIP (the tool restored the byte or moved
-//!    RIP), CONTINUE reinjects #BP: the guest's #BP handler runs and returns past the
-//!    INT3; without the event enabled the guest takes #BP itself;
-//! 3. the instruction's effect, with its event (CR, MSR, XSETBV, hypercall, CPUID,
-//!    descriptor, or PF for a restricted data access; RETRY re-executes, CONTINUE lets
-//!    the access or write happen, PF context data is what the guest reads);
-//! 4. RIP advances past the instruction and, if singlestep is armed, SINGLESTEP.
-//!
-//! A RETRY that changes nothing would loop forever in a real guest; here an
-//! instruction is retried at most [`MAX_RETRIES`] times.
+//! See [`GuestOp`] for how one instruction runs.
 
 use crate::guest::{self, Op};
-use crate::{server, Abi, SimError, SimEvent, SimReply, Simulator};
+use crate::{server, Abi, PfReply, SimError, SimEvent, SimReply, Simulator};
 use kvmi_sys as sys;
 
 /// How often one instruction is re-executed after RETRY replies.
@@ -29,6 +15,22 @@ pub const MAX_RETRIES: usize = 8;
 pub const MAX_TOUCHED_PAGES: usize = 16;
 
 /// Something the guest does: one instruction at a site of the kernel image.
+///
+/// One `GuestOp` sets RIP to an instruction site and its operand registers, then
+/// executes one instruction at RIP:
+/// 1. instruction fetch: RIP is translated with the vCPU's CR3; if X is restricted on
+///    that page in its view, a PF event (gva = RIP, access X);
+/// 2. if the byte at the fetched gpa is 0xCC: a BREAKPOINT event (gpa, insn_len 1,
+///    RIP = the INT3); RETRY re-executes at RIP (the tool restored the byte or moved
+///    RIP), CONTINUE reinjects #BP: the guest's #BP handler runs and returns past the
+///    INT3; without the event enabled the guest takes #BP itself;
+/// 3. the instruction's effect, with its event (CR, MSR, XSETBV, hypercall, CPUID,
+///    descriptor, or PF for a restricted data access; RETRY re-executes, CONTINUE lets
+///    the access or write happen, PF context data is what the guest reads);
+/// 4. RIP advances past the instruction and, if singlestep is armed, SINGLESTEP.
+///
+/// A RETRY that changes nothing would loop forever in a real guest; here an
+/// instruction is retried at most [`MAX_RETRIES`] times.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestOp {
     /// Execute the instruction at the vCPU's current RIP.
@@ -125,6 +127,18 @@ enum Attempt {
     Retry,
 }
 
+/// Outcome of a data access's PF check.
+enum Access {
+    /// The access happens (`pf`: the PF-specific part of the PF event's reply).
+    Go {
+        gva: u64,
+        gpa: u64,
+        pf: Option<PfReply>,
+    },
+    /// The instruction stops here.
+    Stop(Attempt),
+}
+
 fn is_retry(r: &SimReply) -> bool {
     r.action == Some(sys::KVMI_EVENT_ACTION_RETRY) && !r.pf.as_ref().is_some_and(|p| p.singlestep)
 }
@@ -147,7 +161,7 @@ impl Simulator {
         }
     }
 
-    /// Have `vcpu` perform `op` (see the [module docs](self)): set RIP and the operand
+    /// Have `vcpu` perform `op` (see [`GuestOp`] for what one instruction does): set RIP and the operand
     /// registers, execute one instruction, raise the events a real kernel would and
     /// apply the replies. Errors are those of [`Simulator::trigger`] other than
     /// `NotDelivered` (an event not enabled is simply not raised).
@@ -298,21 +312,20 @@ impl Simulator {
     }
 
     /// A data access of `access` to RDI; `Retry` if the tool answered its PF with RETRY.
-    fn data_access(
-        &self,
-        vcpu: usize,
-        access: u8,
-        ex: &mut Executed,
-    ) -> Result<Result<(u64, u64, Option<SimReply>), Attempt>, SimError> {
+    fn data_access(&self, vcpu: usize, access: u8, ex: &mut Executed) -> Result<Access, SimError> {
         let gva = self.vm().vcpus[vcpu].regs.rdi;
         let Some(gpa) = self.translate_or_fault(vcpu, gva, ex) else {
-            return Ok(Err(Attempt::Done));
+            return Ok(Access::Stop(Attempt::Done));
         };
         let reply = self.raise(vcpu, SimEvent::Pf { gva, gpa, access }, ex)?;
         if reply.as_ref().is_some_and(is_retry) {
-            return Ok(Err(Attempt::Retry));
+            return Ok(Access::Stop(Attempt::Retry));
         }
-        Ok(Ok((gva, gpa, reply)))
+        Ok(Access::Go {
+            gva,
+            gpa,
+            pf: reply.and_then(|r| r.pf),
+        })
     }
 
     /// The instruction's own effect and event.
@@ -380,12 +393,12 @@ impl Simulator {
             }
             Op::Load => {
                 let (gva, gpa, reply) = match self.data_access(vcpu, sys::KVMI_PAGE_ACCESS_R, ex)? {
-                    Ok(x) => x,
-                    Err(a) => return Ok(a),
+                    Access::Go { gva, gpa, pf } => (gva, gpa, pf),
+                    Access::Stop(a) => return Ok(a),
                 };
                 let real = self.vm().memory.read(gpa, 8).unwrap_or_else(|| vec![0; 8]);
                 // CONTINUE with context data: the emulated read returns it.
-                let ctx = reply.and_then(|r| r.pf).filter(|p| !p.ctx_data.is_empty());
+                let ctx = reply.filter(|p| !p.ctx_data.is_empty());
                 let data = match ctx {
                     Some(p) => {
                         let skip = gva.wrapping_sub(p.ctx_addr) as usize;
@@ -403,8 +416,8 @@ impl Simulator {
             }
             Op::Touch | Op::Inc => {
                 let (_, gpa, _) = match self.data_access(vcpu, sys::KVMI_PAGE_ACCESS_W, ex)? {
-                    Ok(x) => x,
-                    Err(a) => return Ok(a),
+                    Access::Go { gva, gpa, pf } => (gva, gpa, pf),
+                    Access::Stop(a) => return Ok(a),
                 };
                 if op == Op::Inc {
                     let mut vm = self.vm();

@@ -1019,8 +1019,9 @@ impl Simulator {
         if on(sys::KVMI_EVENT_PF) {
             if let Some((gpa, access)) = model::first_restricted(&st.vm, v.view) {
                 out.push(SimEvent::Pf {
+                    // Addresses that translate to `gpa` in the default guest.
                     gva: if access == sys::KVMI_PAGE_ACCESS_X {
-                        v.regs.rip
+                        guest::kva(gpa)
                     } else {
                         guest::dva(gpa)
                     },
