@@ -589,3 +589,28 @@ fn v6_guest_breakpoint_and_pf_from_memory() {
         assert_eq!(b.read.as_deref(), Some(&BANNER[..8]));
     });
 }
+
+#[test]
+fn breakpoint_retry_after_set_registers_resumes_at_the_new_rip() {
+    let (sim, mut t) = connect(SimConfig::default());
+    t.enable_event(0, sys::KVMI_EVENT_BREAKPOINT);
+    write_phys(&mut t, SYM_BP_TARGET_PA, &[0xcc]);
+    std::thread::scope(|s| {
+        let ex = s.spawn(|| sim.execute(0, &GuestOp::Call { gva: SYM_BP_TARGET }));
+        let (hd, ev, _) = t.read_event();
+        // Emulate `push rbp` by hand: skip it (RIP + 1) and RETRY, leaving the INT3.
+        let set = sys::VcpuSetRegisters {
+            regs: sys::KvmRegs {
+                rip: ev.arch.regs.rip + 1,
+                ..ev.arch.regs
+            },
+        };
+        assert_eq!(t.vcmd(sys::KVMI_VCPU_SET_REGISTERS, 0, &set).0, 0);
+        t.reply_event(hd.seq, 0, ev.event, sys::KVMI_EVENT_ACTION_RETRY, &[]);
+        // The guest resumes at `mov rbp, rsp` (3 bytes): no second breakpoint.
+        let ex = ex.join().unwrap().unwrap();
+        assert_eq!((ex.events.len(), ex.rip), (1, SYM_BP_TARGET + 4));
+        assert!(!ex.bp_delivered);
+    });
+    assert_eq!(read_phys(&mut t, SYM_BP_TARGET_PA, 1), [0xcc]);
+}
