@@ -326,7 +326,13 @@ impl Simulator {
 
     /// Have the guest cause `ev` on `vcpu`. The event is sent only if the kernel would
     /// send it (enabled, allowed, intercepted); the vCPU then waits for the reply. If
-    /// the vCPU is busy with another event, waits up to `event_timeout` for it.
+    /// the vCPU is busy with another event, waits up to `event_timeout` for it, then
+    /// checks again (the tool may have disabled the event or intercept meanwhile).
+    ///
+    /// The registers are the vCPU's as they are, except what the exit defines: RAX/RDI/
+    /// RSI for the hypercall, EAX/ECX = leaf/subleaf for CPUID. To raise events from
+    /// the guest's instructions (RIP, operands and addresses consistent with the page
+    /// tables), use [`Simulator::execute`].
     pub fn trigger(&self, vcpu: usize, ev: SimEvent) -> Result<EventHandle> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
@@ -418,7 +424,8 @@ impl Simulator {
             for cr in &v.cr_intercepts {
                 let old = v.cr(*cr);
                 let new = match cr {
-                    3 => old ^ 0x1000,
+                    3 if old == guest::KERNEL_CR3 => guest::USER_CR3,
+                    3 => guest::KERNEL_CR3,
                     4 => old ^ (1 << 7),
                     _ => old ^ (1 << 16),
                 };
