@@ -5,8 +5,10 @@
 //! See [`GuestOp`] for how one instruction runs.
 
 use crate::guest::{self, Op};
-use crate::{server, Abi, PfReply, SimError, SimEvent, SimReply, Simulator};
+use crate::{server, Abi, PfReply, SimError, SimEvent, SimReply, Simulator, State};
 use kvmi_sys as sys;
+use std::sync::MutexGuard;
+use std::time::Instant;
 
 /// How often one instruction is re-executed after RETRY replies.
 pub const MAX_RETRIES: usize = 8;
@@ -163,15 +165,15 @@ impl Simulator {
 
     /// Have `vcpu` perform `op` (see [`GuestOp`] for what one instruction does): set RIP and the operand
     /// registers, execute one instruction, raise the events a real kernel would and
-    /// apply the replies. Errors are those of [`Simulator::trigger`] other than
-    /// `NotDelivered` (an event not enabled is simply not raised).
+    /// apply the replies. A paused vCPU (or one in an event) runs nothing: this waits
+    /// until it runs again, up to `event_timeout`. Errors are those of
+    /// [`Simulator::trigger`] other than `NotDelivered` (an event not enabled is simply
+    /// not raised). Run one caller per vCPU, as a vCPU runs one instruction at a time.
     pub fn execute(&self, vcpu: usize, op: &GuestOp) -> Result<Executed, SimError> {
         let mut ex = Executed::default();
         {
-            let mut vm = self.vm();
-            let Some(v) = vm.vcpus.get_mut(vcpu) else {
-                return Err(SimError::NoSuchVcpu(vcpu));
-            };
+            let mut st = self.runnable(vcpu)?;
+            let v = &mut st.vm.vcpus[vcpu];
             let r = &mut v.regs;
             let lo_hi = |x: u64| (x & 0xffff_ffff, x >> 32);
             match *op {
@@ -249,9 +251,40 @@ impl Simulator {
         Some(gpa)
     }
 
+    /// The state, once `vcpu` runs: not paused, not waiting for an event's reply (up to
+    /// `event_timeout`, then [`SimError::Busy`]). A stopped vCPU executes nothing.
+    fn runnable(&self, vcpu: usize) -> Result<MutexGuard<'_, State>, SimError> {
+        let sh = &self.shared;
+        let deadline = crate::deadline_after(sh.cfg.event_timeout);
+        let mut st = sh.lock();
+        if vcpu >= st.vm.vcpus.len() {
+            return Err(SimError::NoSuchVcpu(vcpu));
+        }
+        st.busy_waiters += 1;
+        let res = loop {
+            let now = Instant::now();
+            if let Some(c) = &st.closed {
+                break Err(SimError::Closed(c.clone()));
+            }
+            if st.pending[vcpu].is_none() {
+                break Ok(());
+            }
+            if now >= deadline {
+                break Err(SimError::Busy);
+            }
+            st = sh
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        st.busy_waiters -= 1;
+        res.map(|()| st)
+    }
+
     /// One try at the instruction at RIP.
     fn attempt(&self, vcpu: usize, ex: &mut Executed) -> Result<Attempt, SimError> {
-        let rip = self.vm().vcpus[vcpu].regs.rip;
+        let rip = self.runnable(vcpu)?.vm.vcpus[vcpu].regs.rip;
         let Some(gpa) = self.translate_or_fault(vcpu, rip, ex) else {
             return Ok(Attempt::Done);
         };

@@ -637,7 +637,7 @@ pub(crate) fn rd<T: FromBytes>(p: &[u8], off: usize) -> T {
 mod tests;
 
 /// `now + d`, saturating at a year for huge `d` (`Duration::MAX` must not panic).
-fn deadline_after(d: Duration) -> Instant {
+pub(crate) fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))

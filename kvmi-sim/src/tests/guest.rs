@@ -614,3 +614,65 @@ fn breakpoint_retry_after_set_registers_resumes_at_the_new_rip() {
     });
     assert_eq!(read_phys(&mut t, SYM_BP_TARGET_PA, 1), [0xcc]);
 }
+
+#[test]
+fn cr3_write_behind_a_pause_is_not_raised_once_the_intercept_is_gone() {
+    let (sim, mut t) = connect(SimConfig::default());
+    t.enable_event(1, sys::KVMI_EVENT_CR);
+    let ccr = |enable| sys::VcpuControlCr {
+        enable,
+        cr: 3,
+        ..Default::default()
+    };
+    assert_eq!(t.vcmd(sys::KVMI_VCPU_CONTROL_CR, 1, &ccr(1)).0, 0);
+    // The tool pauses vCPU 1 (wait = low byte of the vCPU index under the v7 quirk).
+    let pause = sys::VcpuPause {
+        wait: 1,
+        ..Default::default()
+    };
+    assert_eq!(t.vcmd(sys::KVMI_VCPU_PAUSE, 1, &pause).0, 0);
+    let (hd, ev, _) = t.read_event();
+    assert_eq!(ev.event, sys::KVMI_EVENT_PAUSE_VCPU);
+    std::thread::scope(|s| {
+        // The guest's CR3 write is held behind the pause.
+        let ex = s.spawn(|| sim.execute(1, &GuestOp::SwitchMm { cr3: USER_CR3 }));
+        while sim.shared.lock().busy_waiters == 0 {
+            std::thread::yield_now();
+        }
+        // Remove the intercept, resume.
+        assert_eq!(t.vcmd(sys::KVMI_VCPU_CONTROL_CR, 1, &ccr(0)).0, 0);
+        t.reply_event(hd.seq, 1, ev.event, 0, &[]);
+        let ex = ex.join().unwrap().unwrap();
+        // No exit: the write simply happened.
+        assert!(ex.events.is_empty(), "{:?}", ex.events);
+    });
+    assert_eq!(t.cmd(sys::KVMI_GET_VERSION, &[]).0, 0);
+    assert_eq!(sim.vm().vcpus[1].sregs.cr3, USER_CR3);
+    assert_eq!(sim.stats().events.get(&sys::KVMI_EVENT_CR), None);
+}
+
+#[test]
+fn a_paused_vcpu_executes_nothing_until_resumed() {
+    let (sim, mut t) = connect(SimConfig::default());
+    let pause = sys::VcpuPause {
+        wait: 0,
+        ..Default::default()
+    };
+    assert_eq!(t.vcmd(sys::KVMI_VCPU_PAUSE, 0, &pause).0, 0);
+    let (hd, ev, _) = t.read_event();
+    assert_eq!(ev.event, sys::KVMI_EVENT_PAUSE_VCPU);
+    let j0 = sim.vm().memory.read_u64(JIFFIES_PA).unwrap();
+    std::thread::scope(|s| {
+        let ex = s.spawn(|| sim.execute(0, &GuestOp::Tick));
+        while sim.shared.lock().busy_waiters == 0 {
+            std::thread::yield_now();
+        }
+        // Blocked on the pause: neither RIP nor memory moved.
+        let r = get_regs(&mut t, 0);
+        assert_eq!(r.regs.rip, SYM_IDLE);
+        assert_eq!(read_phys(&mut t, JIFFIES_PA, 8), j0.to_le_bytes());
+        t.reply_event(hd.seq, 0, ev.event, 0, &[]);
+        assert_eq!(ex.join().unwrap().unwrap().rip, SYM_TICK + 4);
+    });
+    assert_eq!(read_phys(&mut t, JIFFIES_PA, 8), (j0 + 1).to_le_bytes());
+}
