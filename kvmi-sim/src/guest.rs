@@ -23,6 +23,8 @@
 //! | `0x14_0000` | per-CPU areas, 4 KiB each (GS_BASE, direct map) | [`percpu_va`] |
 //! | `0x18_0000` | kernel stacks, 8 KiB each (RSP) | [`stack_top_va`] |
 //!
+//! Symbols: [`SYMBOLS`] (a `System.map`; [`symbol`] looks one up).
+//!
 //! Virtual mappings (4-level IA-32e paging, CR0.PG|PE, CR4.PAE|PGE, EFER.LME|LMA|NXE|SCE):
 //! * identity low map (kernel CR3 only): VA = PA, 4 KiB pages for the first 2 MiB (page
 //!   0 is not present, like a kernel's NULL guard), 2 MiB pages above;
@@ -225,6 +227,44 @@ pub const SYM_EXC_DEFAULT: u64 = TEXT_VA + off::EXC_DEFAULT;
 pub const SYM_EXC_INT3: u64 = TEXT_VA + off::EXC_INT3;
 /// `entry_SYSCALL_64` (LSTAR): `swapgs; sysretq`.
 pub const SYM_ENTRY_SYSCALL: u64 = TEXT_VA + off::SYSCALL;
+
+/// The guest's symbol table (a `System.map`): Linux-like names and their VAs, sorted
+/// by address.
+pub const SYMBOLS: &[(&str, u64)] = &[
+    ("_text", TEXT_VA),
+    ("default_idle", SYM_IDLE),
+    ("switch_mm", SYM_SWITCH_MM),
+    ("native_write_cr4", SYM_WRITE_CR4),
+    ("native_write_cr0", SYM_WRITE_CR0),
+    ("native_write_msr", SYM_WRMSR),
+    ("xsetbv", SYM_XSETBV),
+    ("kvm_hypercall", SYM_VMCALL),
+    ("native_cpuid", SYM_CPUID),
+    ("store_idt", SYM_SIDT),
+    ("native_store_gdt", SYM_SGDT),
+    ("store_ldt", SYM_SLDT),
+    ("store_tr", SYM_STR),
+    ("native_load_gdt", SYM_LGDT),
+    ("read_word", SYM_LOAD),
+    ("touch_word", SYM_TOUCH),
+    ("do_timer", SYM_TICK),
+    ("__x64_sys_getpid", SYM_BP_TARGET),
+    ("int3_selftest", SYM_INT3_SELFTEST),
+    ("asm_exc_default", SYM_EXC_DEFAULT),
+    ("asm_exc_int3", SYM_EXC_INT3),
+    ("entry_SYSCALL_64", SYM_ENTRY_SYSCALL),
+    ("linux_banner", BANNER_VA),
+    ("idt_table", IDT_VA),
+    ("gdt_page", GDT_VA),
+    ("cpu_tss_rw", kva(TSS_PA)),
+    ("jiffies", JIFFIES_VA),
+    ("init_top_pgt", kva(KERNEL_CR3)),
+];
+
+/// The VA of a symbol of [`SYMBOLS`].
+pub fn symbol(name: &str) -> Option<u64> {
+    SYMBOLS.iter().find(|(n, _)| *n == name).map(|(_, va)| *va)
+}
 
 /// Every instruction the simulator knows in the kernel text.
 #[rustfmt::skip]

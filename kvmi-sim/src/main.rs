@@ -16,8 +16,10 @@ Connects to the introspection tool listening on the UNIX socket PATH like KVM-VM
 (hookup struct, cookie check against SHA-1 of S), then acts as the kvmi-v7 (or, with
 --v6, kvmi-v6) kernel: answers every command from a simulated guest and, for SECS
 seconds (default 10), raises every event the tool has enabled. Each of the N vCPUs
-(default 2) runs on its own thread, raising its enabled events in turn and waiting
-for each reply, so up to N events are in flight at once. --rate paces the events of
+(default 2) runs on its own thread, executing the simulated guest kernel's instructions
+for each enabled event in turn (RIP, operands and addresses consistent with its page
+tables; a 0xCC written into guest memory is a breakpoint) and waiting for each reply,
+so up to N events are in flight at once. --rate paces the events of
 all vCPUs together to that many per second (default 20); `unlimited` raises the next
 event as soon as the previous one on that vCPU is answered. At the end it sends UNHOOK
 if the tool enabled it, and prints the wire statistics and the event rate reached.";

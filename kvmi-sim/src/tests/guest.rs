@@ -676,3 +676,17 @@ fn a_paused_vcpu_executes_nothing_until_resumed() {
     });
     assert_eq!(read_phys(&mut t, JIFFIES_PA, 8), (j0 + 1).to_le_bytes());
 }
+
+#[test]
+fn symbol_table_is_sorted_and_every_symbol_translates_into_the_kernel_image() {
+    let (_sim, mut t) = connect(SimConfig::default());
+    assert!(SYMBOLS.windows(2).all(|w| w[0].1 <= w[1].1), "sorted");
+    assert_eq!(symbol("linux_banner"), Some(BANNER_VA));
+    assert_eq!(symbol("__x64_sys_getpid"), Some(SYM_BP_TARGET));
+    assert_eq!(symbol("nope"), None);
+    for (name, va) in SYMBOLS {
+        let pa = walk(&mut t, KERNEL_CR3, *va);
+        assert_eq!(pa, Some(va - KERNEL_MAP_VA), "{name}");
+        assert!((TEXT_PA..PERCPU_PA).contains(&pa.unwrap()), "{name}");
+    }
+}
