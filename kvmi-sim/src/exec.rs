@@ -31,6 +31,10 @@ pub const MAX_TOUCHED_PAGES: usize = 16;
 ///    the access or write happen, PF context data is what the guest reads);
 /// 4. RIP advances past the instruction and, if singlestep is armed, SINGLESTEP.
 ///
+/// The guest's fetches, reads and writes go to the frame `VCPU_CHANGE_GFN` put behind
+/// a GFN in the vCPU's view (so a breakpoint can live in a remapped copy only);
+/// page-table walks and the tool's READ/WRITE_PHYSICAL see guest-physical memory.
+///
 /// A RETRY that changes nothing would loop forever in a real guest; here an
 /// instruction is retried at most [`MAX_RETRIES`] times.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +143,16 @@ enum Access {
     },
     /// The instruction stops here.
     Stop(Attempt),
+}
+
+/// The frame that backs `gpa` for `vcpu`'s accesses: `VCPU_CHANGE_GFN` remaps a GFN in
+/// an EPT view (the events still report the guest-physical address).
+fn backing(vm: &crate::Vm, vcpu: usize, gpa: u64) -> u64 {
+    let view = vm.vcpus[vcpu].view;
+    match vm.gfn_remap.get(&(view, gpa >> 12)) {
+        Some(new_gfn) => (new_gfn << 12) | (gpa & 0xfff),
+        None => gpa,
+    }
 }
 
 fn is_retry(r: &SimReply) -> bool {
@@ -296,7 +310,12 @@ impl Simulator {
         if self.raise(vcpu, fetch, ex)?.is_some_and(|r| is_retry(&r)) {
             return Ok(Attempt::Retry);
         }
-        let byte = self.vm().memory.read(gpa, 1).map_or(0, |b| b[0]);
+        let byte = {
+            let vm = self.vm();
+            vm.memory
+                .read(backing(&vm, vcpu, gpa), 1)
+                .map_or(0, |b| b[0])
+        };
         if byte == 0xcc {
             let bp = SimEvent::Breakpoint { gpa, insn_len: 1 };
             match self.raise(vcpu, bp, ex)? {
@@ -429,7 +448,11 @@ impl Simulator {
                     Access::Go { gva, gpa, pf } => (gva, gpa, pf),
                     Access::Stop(a) => return Ok(a),
                 };
-                let real = self.vm().memory.read(gpa, 8).unwrap_or_else(|| vec![0; 8]);
+                let real = {
+                    let vm = self.vm();
+                    vm.memory.read(backing(&vm, vcpu, gpa), 8)
+                }
+                .unwrap_or_else(|| vec![0; 8]);
                 // CONTINUE with context data: the emulated read returns it.
                 let ctx = reply.filter(|p| !p.ctx_data.is_empty());
                 let data = match ctx {
@@ -454,8 +477,9 @@ impl Simulator {
                 };
                 if op == Op::Inc {
                     let mut vm = self.vm();
-                    if let Some(n) = vm.memory.read_u64(gpa) {
-                        vm.memory.write(gpa, &n.wrapping_add(1).to_le_bytes());
+                    let at = backing(&vm, vcpu, gpa);
+                    if let Some(n) = vm.memory.read_u64(at) {
+                        vm.memory.write(at, &n.wrapping_add(1).to_le_bytes());
                     }
                 }
             }

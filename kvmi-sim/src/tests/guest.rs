@@ -690,3 +690,42 @@ fn symbol_table_is_sorted_and_every_symbol_translates_into_the_kernel_image() {
         assert!((TEXT_PA..PERCPU_PA).contains(&pa.unwrap()), "{name}");
     }
 }
+
+#[test]
+fn change_gfn_hides_a_breakpoint_in_a_remapped_copy() {
+    let (sim, mut t) = connect(SimConfig::default());
+    t.enable_event(0, sys::KVMI_EVENT_BREAKPOINT);
+    // A copy of the text page at a free frame, with an INT3 at the target.
+    let copy = 0x8_0000;
+    let text = read_phys(&mut t, TEXT_PA, 4096);
+    write_phys(&mut t, copy, &text);
+    write_phys(&mut t, copy + (SYM_BP_TARGET_PA & 0xfff), &[0xcc]);
+    let (e, d) = t.cmd(sys::KVMI_CREATE_EPT_VIEW, &[]);
+    assert_eq!(e, 0);
+    let view = u16::from(d[0]);
+    let cg = sys::VcpuChangeGfn {
+        view,
+        old_gfn: TEXT_PA >> 12,
+        new_gfn: copy >> 12,
+        ..Default::default()
+    };
+    assert_eq!(t.vcmd(sys::KVMI_VCPU_CHANGE_GFN, 0, &cg).0, 0);
+    // In view 0 the original runs; READ_PHYSICAL sees no INT3 in either view.
+    let call = GuestOp::Call { gva: SYM_BP_TARGET };
+    assert!(sim.execute(0, &call).unwrap().events.is_empty());
+    let sv = sys::VcpuSetEptView {
+        view,
+        ..Default::default()
+    };
+    assert_eq!(t.vcmd(sys::KVMI_VCPU_SET_EPT_VIEW, 0, &sv).0, 0);
+    assert_eq!(read_phys(&mut t, SYM_BP_TARGET_PA, 1), [0x55]);
+    std::thread::scope(|s| {
+        let ex = s.spawn(|| sim.execute(0, &call));
+        let (hd, ev, spec) = t.read_event();
+        let b = sys::EventBreakpoint::read_from_bytes(&spec).unwrap();
+        // The event names the guest-physical address and the view.
+        assert_eq!((b.gpa, ev.arch.view), (SYM_BP_TARGET_PA, view));
+        t.reply_event(hd.seq, 0, ev.event, 0, &[]);
+        assert!(ex.join().unwrap().unwrap().bp_delivered);
+    });
+}
