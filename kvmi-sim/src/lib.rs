@@ -11,9 +11,14 @@
 //! limits, which errors close the socket, `SET_REGISTERS` only while an event is pending,
 //! TRAP after `INJECT_EXCEPTION`, reply suppression with `CONTROL_CMD_RESPONSE`).
 //!
-//! Events are raised on demand with [`Simulator::trigger`] (the vCPU then blocks until
-//! the tool replies, and the reply is applied as the kernel would), or by a built-in
-//! [`Workload`]. A [`FaultPlan`] can drop the connection, corrupt or truncate frames and
+//! The default guest ([`guest`]) is a small but real x86-64 kernel: 4-level page
+//! tables with identity, kernel (high-half) and direct maps, GDT/IDT, a banner and
+//! kernel text whose instruction sites the vCPUs execute ([`Simulator::execute`] with a
+//! [`GuestOp`]): the events they raise carry consistent RIPs, operands and gla/gpa, a
+//! 0xCC written into guest memory is a breakpoint, and restricted pages the guest
+//! touches raise PF events. Raw events can also be raised with [`Simulator::trigger`]
+//! (the vCPU then blocks until the tool replies, and the reply is applied as the kernel
+//! would); the built-in [`Workload`] executes every enabled kind. A [`FaultPlan`] can drop the connection, corrupt or truncate frames and
 //! delay replies. [`Stats`] counts what crossed the wire.
 //!
 //! The crate depends only on `kvmi-sys` for the wire layouts and is written from the
@@ -43,586 +48,23 @@ use std::time::{Duration, Instant};
 use kvmi_sys as sys;
 use zerocopy::{FromBytes, IntoBytes};
 
+mod config;
+mod event;
+mod exec;
+pub mod guest;
 pub mod model;
 mod server;
+mod shared;
+mod stats;
 
+pub use config::{Abi, Fault, FaultPlan, Result, SimConfig, SimError, SimFeatures};
+pub use event::{PfReply, SimEvent, SimReply};
+pub use shared::RECENT_MAX;
+pub(crate) use shared::{Pending, Shared, State};
+pub use stats::{command_name, event_name, Stats, WireRecord};
+
+pub use exec::{Executed, GuestOp, MAX_RETRIES, MAX_TOUCHED_PAGES};
 pub use model::{GuestMemory, Injection, Vcpu, Vm};
-
-/// Which kernel ABI the simulator speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Abi {
-    /// KVM-VMI `kvmi-v7` (libkvmi master, LibVMI).
-    #[default]
-    V7,
-    /// KVM-VMI `kvmi-v6` (libkvmi branch `kvmi-v6`).
-    V6,
-}
-
-/// Faults injected on the simulator's side of the wire.
-#[derive(Clone, Debug, Default)]
-pub struct FaultPlan {
-    /// Close the socket once this many frames crossed the wire after the handshake
-    /// (both directions counted).
-    pub drop_after_messages: Option<u64>,
-    /// XOR `mask` into byte `offset` of the `n`-th frame the simulator sends (0-based,
-    /// counted after the handshake): `(n, offset, mask)`.
-    pub corrupt_frame: Option<(u64, usize, u8)>,
-    /// Send only the first `keep` bytes of the `n`-th frame the simulator sends, then
-    /// close the socket: `(n, keep)`.
-    pub truncate_frame: Option<(u64, usize)>,
-    /// Delay every command reply by this much.
-    pub reply_delay: Option<Duration>,
-}
-
-/// A fault armed at run time with [`Simulator::arm_fault`]; it hits the next frame the
-/// simulator sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// XOR `mask` into byte `offset` of the next frame.
-    CorruptNext {
-        /// Byte offset in the frame (header included).
-        offset: usize,
-        /// XOR mask.
-        mask: u8,
-    },
-    /// Send only the first `keep` bytes of the next frame, then close.
-    TruncateNext {
-        /// Bytes kept.
-        keep: usize,
-    },
-    /// Close the socket after the next frame.
-    DropAfterNext,
-}
-
-/// Host features reported by `GET_VERSION` (kvmi-v7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SimFeatures {
-    /// Sub-page protection.
-    pub spp: bool,
-    /// VMFUNC.
-    pub vmfunc: bool,
-    /// EPTP switching (EPT views).
-    pub eptp: bool,
-    /// #VE.
-    pub ve: bool,
-    /// MTF single-stepping.
-    pub singlestep: bool,
-}
-
-impl Default for SimFeatures {
-    fn default() -> Self {
-        Self {
-            spp: false,
-            vmfunc: true,
-            eptp: true,
-            ve: true,
-            singlestep: true,
-        }
-    }
-}
-
-/// Everything the simulated VM and host are made of.
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    /// VM UUID sent in the hookup struct.
-    pub uuid: [u8; 16],
-    /// VM name (truncated to 63 bytes; kvmi-v6 QEMU sends none).
-    pub name: String,
-    /// VM start time in seconds (kvmi-v6 QEMU sends 0).
-    pub start_time: i64,
-    /// Number of vCPUs.
-    pub vcpus: usize,
-    /// Guest memory (initial contents; `max_gfn`).
-    pub memory: GuestMemory,
-    /// ABI spoken.
-    pub abi: Abi,
-    /// QEMU secret: when set (kvmi-v7), the tool's cookie hash must be its SHA-1.
-    pub secret: Option<Vec<u8>>,
-    /// Allowed command ids (QEMU `command=`); `None` = all.
-    pub allowed_commands: Option<BTreeSet<u16>>,
-    /// Allowed event ids (QEMU `event=`); `None` = all.
-    pub allowed_events: Option<BTreeSet<u8>>,
-    /// Host features.
-    pub features: SimFeatures,
-    /// Whether the DESCRIPTOR event can be enabled (needs UMIP emulation on real hosts).
-    pub descriptor_supported: bool,
-    /// Model the kvmi-v7 `VCPU_PAUSE` quirk: the pause struct is read from offset 0 of
-    /// the payload (so `wait` is the low byte of the vCPU index).
-    pub pause_quirk: bool,
-    /// Handshake timeout (QEMU default 10 s).
-    pub handshake_timeout: Duration,
-    /// How long [`Simulator::unhook`] callers (the binary) wait for the tool to close
-    /// after UNHOOK (QEMU default 60 s).
-    pub unhook_timeout: Duration,
-    /// Default time `Simulator::trigger` waits for a busy vCPU and the workload waits
-    /// for event replies.
-    pub event_timeout: Duration,
-    /// Faults to inject.
-    pub faults: FaultPlan,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        let mut memory = GuestMemory::new(0x4_0000);
-        for gfn in 0..256 {
-            memory.add_frame(gfn);
-        }
-        Self {
-            uuid: *b"kvmi-sim-uuid-01",
-            name: "kvmi-sim".into(),
-            start_time: 1_700_000_000,
-            vcpus: 2,
-            memory,
-            abi: Abi::V7,
-            secret: None,
-            allowed_commands: None,
-            allowed_events: None,
-            features: SimFeatures::default(),
-            descriptor_supported: true,
-            pause_quirk: true,
-            handshake_timeout: Duration::from_secs(10),
-            unhook_timeout: Duration::from_secs(60),
-            event_timeout: Duration::from_secs(15),
-            faults: FaultPlan::default(),
-        }
-    }
-}
-
-/// Errors of the simulator API.
-#[derive(Debug)]
-pub enum SimError {
-    /// Socket I/O failed.
-    Io(std::io::Error),
-    /// The handshake reply was malformed.
-    Handshake(String),
-    /// The tool's cookie hash did not match SHA-1 of the secret (socket closed).
-    BadCookie,
-    /// No such vCPU.
-    NoSuchVcpu(usize),
-    /// The event is not enabled/intercepted/allowed, so the kernel would not send it.
-    NotDelivered(&'static str),
-    /// The vCPU is still waiting for the reply to another event.
-    Busy,
-    /// Timed out waiting.
-    Timeout,
-    /// The connection is closed (reason).
-    Closed(String),
-}
-
-impl std::fmt::Display for SimError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "I/O error: {e}"),
-            Self::Handshake(s) => write!(f, "handshake failed: {s}"),
-            Self::BadCookie => write!(f, "cookie hash mismatch"),
-            Self::NoSuchVcpu(v) => write!(f, "no vCPU {v}"),
-            Self::NotDelivered(s) => write!(f, "event not delivered: {s}"),
-            Self::Busy => write!(f, "vCPU busy with another event"),
-            Self::Timeout => write!(f, "timed out"),
-            Self::Closed(s) => write!(f, "connection closed: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for SimError {}
-
-impl From<std::io::Error> for SimError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-/// Result alias.
-pub type Result<T, E = SimError> = std::result::Result<T, E>;
-
-/// An event the guest can cause (argument of [`Simulator::trigger`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SimEvent {
-    /// Write of CR0/3/4 (sent only if intercepted and `old != new`).
-    Cr {
-        /// Register number.
-        cr: u32,
-        /// Current value.
-        old: u64,
-        /// Value the guest writes.
-        new: u64,
-    },
-    /// Write of an MSR (sent only if intercepted and `old != new`).
-    Msr {
-        /// MSR index.
-        msr: u32,
-        /// Current value.
-        old: u64,
-        /// Value the guest writes.
-        new: u64,
-    },
-    /// XSETBV writing XCR0.
-    Xsetbv {
-        /// New XCR0 value (applied on CONTINUE).
-        xcr0: u64,
-    },
-    /// INT3 hit.
-    Breakpoint {
-        /// Guest-physical address of the INT3.
-        gpa: u64,
-        /// Instruction length.
-        insn_len: u8,
-    },
-    /// The introspection hypercall (RAX/RDI/RSI are set accordingly).
-    Hypercall,
-    /// EPT violation on a restricted page (sent only if `access` is restricted in the
-    /// vCPU's current view).
-    Pf {
-        /// Linear address.
-        gva: u64,
-        /// Guest-physical address.
-        gpa: u64,
-        /// The violated access bit (R=1, W=2, X=4).
-        access: u8,
-    },
-    /// A TRAP report (normally generated after `INJECT_EXCEPTION`).
-    Trap {
-        /// Vector.
-        vector: u8,
-        /// Error code.
-        error_code: u32,
-        /// CR2.
-        cr2: u64,
-    },
-    /// Descriptor-table register access.
-    Descriptor {
-        /// `KVMI_DESC_*`.
-        descriptor: u8,
-        /// Write access.
-        write: bool,
-    },
-    /// A vCPU was created (VM event, delivered on this vCPU).
-    CreateVcpu,
-    /// A PAUSE_VCPU event (normally generated by `VCPU_PAUSE`).
-    PauseVcpu,
-    /// One instruction was single-stepped.
-    Singlestep {
-        /// The step failed.
-        failed: bool,
-    },
-    /// The guest executed CPUID.
-    Cpuid {
-        /// Leaf.
-        leaf: u32,
-        /// Subleaf.
-        subleaf: u32,
-    },
-    /// QEMU is about to unhook (VM event, no reply; the tool should close).
-    Unhook,
-    /// A CMD_ERROR report (VM event, no reply).
-    CmdError {
-        /// Negative error code.
-        err: i32,
-        /// Seq of the failed command.
-        msg_seq: u32,
-        /// Id of the failed command.
-        msg_id: u16,
-    },
-}
-
-impl SimEvent {
-    /// The kvmi event id.
-    pub fn id(&self) -> u8 {
-        match self {
-            Self::Cr { .. } => sys::KVMI_EVENT_CR,
-            Self::Msr { .. } => sys::KVMI_EVENT_MSR,
-            Self::Xsetbv { .. } => sys::KVMI_EVENT_XSETBV,
-            Self::Breakpoint { .. } => sys::KVMI_EVENT_BREAKPOINT,
-            Self::Hypercall => sys::KVMI_EVENT_HYPERCALL,
-            Self::Pf { .. } => sys::KVMI_EVENT_PF,
-            Self::Trap { .. } => sys::KVMI_EVENT_TRAP,
-            Self::Descriptor { .. } => sys::KVMI_EVENT_DESCRIPTOR,
-            Self::CreateVcpu => sys::KVMI_EVENT_CREATE_VCPU,
-            Self::PauseVcpu => sys::KVMI_EVENT_PAUSE_VCPU,
-            Self::Singlestep { .. } => sys::KVMI_EVENT_SINGLESTEP,
-            Self::Cpuid { .. } => sys::KVMI_EVENT_CPUID,
-            Self::Unhook => sys::KVMI_EVENT_UNHOOK,
-            Self::CmdError { .. } => sys::KVMI_EVENT_CMD_ERROR,
-        }
-    }
-
-    /// Whether the tool must not reply (UNHOOK, CMD_ERROR).
-    pub fn is_no_reply(&self) -> bool {
-        matches!(self, Self::Unhook | Self::CmdError { .. })
-    }
-}
-
-/// The PF-specific part of an event reply.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PfReply {
-    /// Start of the linear range whose reads are served from `ctx_data`.
-    pub ctx_addr: u64,
-    /// The `ctx_size` bytes of custom read data.
-    pub ctx_data: Vec<u8>,
-    /// Complete a REP instruction without further events.
-    pub rep_complete: bool,
-    /// kvmi-v6 only: single-step the faulting instruction.
-    pub singlestep: bool,
-}
-
-/// A decoded event reply, as applied by the simulator.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SimReply {
-    /// Event seq.
-    pub seq: u32,
-    /// vCPU.
-    pub vcpu: u16,
-    /// Event id sent.
-    pub event: u8,
-    /// Action the tool chose (`None` for events without reply).
-    pub action: Option<u8>,
-    /// `kvmi_event_reply.event` as sent by the tool (informational).
-    pub reply_event: u8,
-    /// CR/MSR reply `new_val`.
-    pub new_val: Option<u64>,
-    /// PF reply data.
-    pub pf: Option<PfReply>,
-    /// Registers set with `VCPU_SET_REGISTERS` during the event (applied).
-    pub regs_applied: Option<sys::KvmRegs>,
-    /// Whether the action was one this event supports (else "not continued").
-    pub action_supported: bool,
-}
-
-/// Counters and a bounded transcript of what crossed the wire.
-#[derive(Clone, Debug, Default)]
-pub struct Stats {
-    /// Commands received, by id.
-    pub commands: BTreeMap<u16, u64>,
-    /// Command replies sent, by (id, err).
-    pub replies: BTreeMap<(u16, i32), u64>,
-    /// Events sent, by id.
-    pub events: BTreeMap<u8, u64>,
-    /// Event replies received, by event id.
-    pub event_replies: BTreeMap<u8, u64>,
-    /// Frames received / sent after the handshake.
-    pub frames_in: u64,
-    /// Frames sent.
-    pub frames_out: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// Last frames (at most [`Stats::TRANSCRIPT_MAX`]).
-    pub transcript: std::collections::VecDeque<WireRecord>,
-}
-
-/// One frame in the transcript.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WireRecord {
-    /// `true` if sent by the simulator.
-    pub outgoing: bool,
-    /// Header id.
-    pub id: u16,
-    /// Header seq.
-    pub seq: u32,
-    /// Payload size.
-    pub size: u16,
-    /// Event id (events and event replies).
-    pub event: Option<u8>,
-    /// Error code (command replies).
-    pub err: Option<i32>,
-}
-
-impl Stats {
-    /// Maximum transcript length kept.
-    pub const TRANSCRIPT_MAX: usize = 10_000;
-
-    pub(crate) fn record(&mut self, r: WireRecord) {
-        if self.transcript.len() >= Self::TRANSCRIPT_MAX {
-            self.transcript.pop_front();
-        }
-        self.transcript.push_back(r);
-    }
-}
-
-/// Name of a command id for summaries: the kvmi-v7 C name (the kvmi-v6 one for the
-/// v6-only ids), or `"unknown"`; see [`kvmi_sys::command_name`].
-pub fn command_name(id: u16) -> &'static str {
-    sys::command_name(id)
-        .or(sys::v6::command_name(id))
-        .unwrap_or("unknown")
-}
-
-/// Name of an event id for summaries (or `"unknown"`); see [`kvmi_sys::event_name`].
-pub fn event_name(id: u8) -> &'static str {
-    sys::event_name(id).unwrap_or("unknown")
-}
-
-impl std::fmt::Display for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "frames in/out: {}/{}, bytes in/out: {}/{}",
-            self.frames_in, self.frames_out, self.bytes_in, self.bytes_out
-        )?;
-        writeln!(f, "commands received:")?;
-        for (id, n) in &self.commands {
-            writeln!(f, "  {:>2} {:<28} {n}", id, command_name(*id))?;
-        }
-        writeln!(f, "command replies (id, err):")?;
-        for ((id, err), n) in &self.replies {
-            writeln!(f, "  {:>2} {:<28} err {err:<5} {n}", id, command_name(*id))?;
-        }
-        writeln!(f, "events sent / replies received:")?;
-        for (id, n) in &self.events {
-            let r = self.event_replies.get(id).copied().unwrap_or(0);
-            writeln!(f, "  {:>2} {:<21} {n} / {r}", id, event_name(*id))?;
-        }
-        Ok(())
-    }
-}
-
-/// Per-vCPU outstanding event.
-#[derive(Clone, Debug)]
-pub(crate) struct Pending {
-    pub(crate) seq: u32,
-    pub(crate) event: SimEvent,
-    /// An `EventHandle` waits for this reply.
-    pub(crate) waited: bool,
-}
-
-/// How many recent event replies [`Simulator::recent_replies`] keeps.
-pub const RECENT_MAX: usize = 256;
-
-/// Mutable simulator state (behind one mutex).
-pub(crate) struct State {
-    pub(crate) vm: Vm,
-    pub(crate) pending: Vec<Option<Pending>>,
-    pub(crate) completed: BTreeMap<u32, SimReply>,
-    pub(crate) recent: std::collections::VecDeque<SimReply>,
-    pub(crate) seq: u32,
-    pub(crate) replies_enabled: bool,
-    pub(crate) cmd_error_flag: bool,
-    pub(crate) stats: Stats,
-    pub(crate) closed: Option<String>,
-    pub(crate) crossed: u64,
-    pub(crate) sent: u64,
-    pub(crate) armed: Option<Fault>,
-}
-
-/// State shared between the API and the server thread.
-pub(crate) struct Shared {
-    pub(crate) cfg: SimConfig,
-    pub(crate) state: Mutex<State>,
-    pub(crate) cond: Condvar,
-    pub(crate) stream: UnixStream,
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Close the connection (idempotent).
-    pub(crate) fn close(&self, st: &mut State, reason: impl Into<String>) {
-        if st.closed.is_none() {
-            st.closed = Some(reason.into());
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        }
-        self.cond.notify_all();
-    }
-
-    /// Count a frame crossing the wire and apply `drop_after_messages`.
-    pub(crate) fn crossed(&self, st: &mut State) {
-        st.crossed += 1;
-        if let Some(n) = self.cfg.faults.drop_after_messages {
-            if st.crossed >= n {
-                self.close(st, "fault plan: dropped connection");
-            }
-        }
-    }
-
-    /// Send one frame, applying the fault plan.
-    /// The payload is the concatenation of `parts` (copied once, into the frame).
-    pub(crate) fn send(&self, st: &mut State, id: u16, seq: u32, parts: &[&[u8]], rec: WireRecord) {
-        if st.closed.is_some() {
-            return;
-        }
-        let size: usize = parts.iter().map(|p| p.len()).sum();
-        let hdr = sys::MsgHdr {
-            id,
-            size: size as u16,
-            seq,
-        };
-        let mut frame = Vec::with_capacity(8 + size);
-        frame.extend_from_slice(hdr.as_bytes());
-        for p in parts {
-            frame.extend_from_slice(p);
-        }
-        let n = st.sent;
-        st.sent += 1;
-        let faults = &self.cfg.faults;
-        if let Some((at, off, mask)) = faults.corrupt_frame {
-            if at == n {
-                if let Some(b) = frame.get_mut(off) {
-                    *b ^= mask;
-                }
-            }
-        }
-        let mut truncate = false;
-        if let Some((at, keep)) = faults.truncate_frame {
-            if at == n {
-                frame.truncate(keep);
-                truncate = true;
-            }
-        }
-        let mut drop_after = false;
-        match st.armed.take() {
-            Some(Fault::CorruptNext { offset, mask }) => {
-                if let Some(b) = frame.get_mut(offset) {
-                    *b ^= mask;
-                }
-            }
-            Some(Fault::TruncateNext { keep }) => {
-                frame.truncate(keep);
-                truncate = true;
-            }
-            Some(Fault::DropAfterNext) => drop_after = true,
-            None => {}
-        }
-        let res = (&self.stream).write_all(&frame);
-        st.stats.frames_out += 1;
-        st.stats.bytes_out += frame.len() as u64;
-        st.stats.record(rec);
-        if truncate {
-            self.close(st, "fault plan: truncated frame");
-            return;
-        }
-        if let Err(e) = res {
-            self.close(st, format!("write failed: {e}"));
-            return;
-        }
-        if drop_after {
-            self.close(st, "fault: dropped connection");
-            return;
-        }
-        self.crossed(st);
-    }
-
-    /// Build and send an event for `vcpu`; returns its seq.
-    pub(crate) fn send_event(&self, st: &mut State, vcpu: usize, ev: &SimEvent) -> u32 {
-        st.seq = st.seq.wrapping_add(1);
-        let seq = st.seq;
-        let payload = server::event_payload(&self.cfg, &st.vm, vcpu, ev);
-        let id = ev.id();
-        *st.stats.events.entry(id).or_default() += 1;
-        let rec = WireRecord {
-            outgoing: true,
-            id: sys::KVMI_EVENT,
-            seq,
-            size: payload.len() as u16,
-            event: Some(id),
-            err: None,
-        };
-        self.send(st, sys::KVMI_EVENT, seq, &[&payload], rec);
-        seq
-    }
-}
 
 /// A connected simulator (one VM).
 pub struct Simulator {
@@ -658,7 +100,7 @@ impl EventHandle {
     /// For events without a reply (UNHOOK, CMD_ERROR) this returns at once with
     /// `action: None`, except UNHOOK, which waits for the tool to close the socket.
     pub fn wait_reply(&self, timeout: Duration) -> Result<SimReply> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut st = self.shared.lock();
         loop {
             if let Some(r) = st.completed.remove(&self.seq) {
@@ -697,9 +139,10 @@ impl EventHandle {
 /// Built-in guest activity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
-    /// One round: every event kind the tool has enabled (and intercepted, for CR, MSR,
-    /// PF and singlestep), round-robin over the vCPUs, each waited for. UNHOOK is not
-    /// included.
+    /// One round of [`Simulator::workload_ops`] on every vCPU (round-robin), each op
+    /// run with [`Simulator::execute`]: every event kind the tool has enabled (and
+    /// intercepted, for CR, MSR, PF and singlestep) from an instruction of the guest
+    /// kernel, each waited for. UNHOOK is not included.
     EveryEnabledEvent,
 }
 
@@ -708,8 +151,8 @@ pub enum Workload {
 pub struct WorkloadReport {
     /// Events delivered and answered, by event id.
     pub answered: BTreeMap<u8, u64>,
-    /// Events that failed (timeout, closed…), with the error text.
-    pub failed: Vec<(u8, String)>,
+    /// Ops that failed (timeout, closed…), with the error text.
+    pub failed: Vec<(String, String)>,
 }
 
 impl Simulator {
@@ -794,6 +237,7 @@ impl Simulator {
             crossed: 0,
             sent: 0,
             armed: None,
+            busy_waiters: 0,
         };
         let reader = stream.try_clone()?;
         let shared = Arc::new(Shared {
@@ -850,7 +294,7 @@ impl Simulator {
 
     /// Wait until the connection is closed; returns the reason.
     pub fn wait_closed(&self, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut st = self.shared.lock();
         loop {
             if let Some(c) = &st.closed {
@@ -882,65 +326,23 @@ impl Simulator {
 
     /// Have the guest cause `ev` on `vcpu`. The event is sent only if the kernel would
     /// send it (enabled, allowed, intercepted); the vCPU then waits for the reply. If
-    /// the vCPU is busy with another event, waits up to `event_timeout` for it.
+    /// the vCPU is busy with another event, waits up to `event_timeout` for it, then
+    /// checks again (the tool may have disabled the event or intercept meanwhile).
+    ///
+    /// The registers are the vCPU's as they are, except what the exit defines: RAX/RDI/
+    /// RSI for the hypercall, EAX/ECX = leaf/subleaf for CPUID. To raise events from
+    /// the guest's instructions (RIP, operands and addresses consistent with the page
+    /// tables), use [`Simulator::execute`].
     pub fn trigger(&self, vcpu: usize, ev: SimEvent) -> Result<EventHandle> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let deadline = Instant::now() + cfg.event_timeout;
+        let deadline = deadline_after(cfg.event_timeout);
         let mut st = sh.lock();
         if vcpu >= st.vm.vcpus.len() {
             return Err(SimError::NoSuchVcpu(vcpu));
         }
         let id = ev.id();
-        if cfg.abi == Abi::V6 && usize::from(id) >= sys::v6::KVMI_NUM_EVENTS {
-            return Err(SimError::NotDelivered("event does not exist in kvmi-v6"));
-        }
-        if !server::event_allowed(cfg, id) {
-            return Err(SimError::NotDelivered("event disallowed by QEMU"));
-        }
-        {
-            let vm = &st.vm;
-            let v = &vm.vcpus[vcpu];
-            let enabled = match &ev {
-                SimEvent::Unhook | SimEvent::CreateVcpu | SimEvent::CmdError { .. } => {
-                    vm.vm_events.contains(&id)
-                        || (matches!(ev, SimEvent::CmdError { .. }) && st.cmd_error_flag)
-                }
-                SimEvent::PauseVcpu => true,
-                SimEvent::Trap { .. } => cfg.abi == Abi::V7 || v.events.contains(&id),
-                _ => v.events.contains(&id),
-            };
-            if !enabled {
-                return Err(SimError::NotDelivered("event not enabled"));
-            }
-            match &ev {
-                SimEvent::Cr { cr, old, new } => {
-                    if !v.cr_intercepts.contains(cr) {
-                        return Err(SimError::NotDelivered("CR not intercepted"));
-                    }
-                    if old == new {
-                        return Err(SimError::NotDelivered("CR value unchanged"));
-                    }
-                }
-                SimEvent::Msr { msr, old, new } => {
-                    if !v.msr_intercepts.contains(msr) {
-                        return Err(SimError::NotDelivered("MSR not intercepted"));
-                    }
-                    if old == new {
-                        return Err(SimError::NotDelivered("MSR value unchanged"));
-                    }
-                }
-                SimEvent::Pf { gpa, access, .. }
-                    if !vm.access_restricted(v.view, *gpa, *access) =>
-                {
-                    return Err(SimError::NotDelivered("access not restricted"));
-                }
-                SimEvent::Singlestep { .. } if cfg.abi == Abi::V7 && !v.singlestep => {
-                    return Err(SimError::NotDelivered("singlestep not armed"));
-                }
-                _ => {}
-            }
-        }
+        deliverable(cfg, &st, vcpu, &ev)?;
         if st.closed.is_some() {
             return Err(SimError::Closed(st.closed.clone().unwrap_or_default()));
         }
@@ -954,13 +356,15 @@ impl Simulator {
                 no_reply: true,
             });
         }
+        st.busy_waiters += 1;
         while st.pending[vcpu].is_some() {
-            if let Some(c) = &st.closed {
-                return Err(SimError::Closed(c.clone()));
-            }
             let now = Instant::now();
-            if now >= deadline {
-                return Err(SimError::Busy);
+            if st.closed.is_some() || now >= deadline {
+                st.busy_waiters -= 1;
+                return Err(match &st.closed {
+                    Some(c) => SimError::Closed(c.clone()),
+                    None => SimError::Busy,
+                });
             }
             st = sh
                 .cond
@@ -968,11 +372,21 @@ impl Simulator {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        st.busy_waiters -= 1;
+        // The tool may have paused the vCPU, removed the intercept and resumed while
+        // this vCPU waited: a real kernel would no longer exit, so check again.
+        deliverable(cfg, &st, vcpu, &ev)?;
         if let SimEvent::Hypercall = ev {
             let r = &mut st.vm.vcpus[vcpu].regs;
             r.rax = sys::KVM_HC_XEN_HVM_OP;
             r.rdi = sys::KVM_HC_XEN_HVM_OP_GUEST_REQUEST_VM_EVENT;
             r.rsi = 0;
+        }
+        if let SimEvent::Cpuid { leaf, subleaf } = ev {
+            // CPUID exits with the leaf in EAX and the subleaf in ECX.
+            let r = &mut st.vm.vcpus[vcpu].regs;
+            r.rax = u64::from(leaf);
+            r.rcx = u64::from(subleaf);
         }
         let seq = sh.send_event(&mut st, vcpu, &ev);
         st.pending[vcpu] = Some(Pending {
@@ -995,7 +409,9 @@ impl Simulator {
         h.wait_reply(self.shared.cfg.event_timeout)
     }
 
-    /// Events the workload would generate now on `vcpu` (enabled and intercepted).
+    /// Raw events (for [`Simulator::trigger`]) of every kind enabled and intercepted on
+    /// `vcpu`, with addresses of the default guest. The built-in workload runs
+    /// [`Simulator::workload_ops`] instead, which also set RIP and the operands.
     pub fn enabled_events(&self, vcpu: usize) -> Vec<SimEvent> {
         let st = self.shared.lock();
         let cfg = &self.shared.cfg;
@@ -1008,7 +424,8 @@ impl Simulator {
             for cr in &v.cr_intercepts {
                 let old = v.cr(*cr);
                 let new = match cr {
-                    3 => old ^ 0x1000,
+                    3 if old == guest::KERNEL_CR3 => guest::USER_CR3,
+                    3 => guest::KERNEL_CR3,
                     4 => old ^ (1 << 7),
                     _ => old ^ (1 << 16),
                 };
@@ -1030,7 +447,7 @@ impl Simulator {
         }
         if on(sys::KVMI_EVENT_BREAKPOINT) {
             out.push(SimEvent::Breakpoint {
-                gpa: 0x1000,
+                gpa: guest::SYM_INT3_SELFTEST_PA,
                 insn_len: 1,
             });
         }
@@ -1040,10 +457,11 @@ impl Simulator {
         if on(sys::KVMI_EVENT_PF) {
             if let Some((gpa, access)) = model::first_restricted(&st.vm, v.view) {
                 out.push(SimEvent::Pf {
+                    // Addresses that translate to `gpa` in the default guest.
                     gva: if access == sys::KVMI_PAGE_ACCESS_X {
-                        v.regs.rip
+                        guest::kva(gpa)
                     } else {
-                        0xffff_8880_0000_0000 + gpa
+                        guest::dva(gpa)
                     },
                     gpa,
                     access,
@@ -1087,15 +505,18 @@ impl Simulator {
         match w {
             Workload::EveryEnabledEvent => {
                 let n = self.shared.cfg.vcpus;
-                let per: Vec<Vec<SimEvent>> = (0..n).map(|v| self.enabled_events(v)).collect();
+                let per: Vec<Vec<GuestOp>> = (0..n).map(|v| self.workload_ops(v)).collect();
                 let rounds = per.iter().map(Vec::len).max().unwrap_or(0);
                 for i in 0..rounds {
-                    for (vcpu, evs) in per.iter().enumerate() {
-                        let Some(ev) = evs.get(i) else { continue };
-                        let id = ev.id();
-                        match self.trigger_and_wait(vcpu, ev.clone()) {
-                            Ok(_) => *rep.answered.entry(id).or_default() += 1,
-                            Err(e) => rep.failed.push((id, e.to_string())),
+                    for (vcpu, ops) in per.iter().enumerate() {
+                        let Some(op) = ops.get(i) else { continue };
+                        match self.execute(vcpu, op) {
+                            Ok(ex) => {
+                                for r in &ex.events {
+                                    *rep.answered.entry(r.event).or_default() += 1;
+                                }
+                            }
+                            Err(e) => rep.failed.push((format!("{op:?}"), e.to_string())),
                         }
                     }
                 }
@@ -1110,6 +531,60 @@ impl Simulator {
         let h = self.trigger(0, SimEvent::Unhook)?;
         h.wait_reply(timeout).map(|_| ())
     }
+}
+
+/// Whether the kernel would send `ev` on `vcpu` now (ABI, QEMU's allow list, enables,
+/// CR/MSR intercepts, page restrictions, armed singlestep).
+fn deliverable(cfg: &SimConfig, st: &State, vcpu: usize, ev: &SimEvent) -> Result<()> {
+    let id = ev.id();
+    if cfg.abi == Abi::V6 && usize::from(id) >= sys::v6::KVMI_NUM_EVENTS {
+        return Err(SimError::NotDelivered("event does not exist in kvmi-v6"));
+    }
+    if !server::event_allowed(cfg, id) {
+        return Err(SimError::NotDelivered("event disallowed by QEMU"));
+    }
+    {
+        let vm = &st.vm;
+        let v = &vm.vcpus[vcpu];
+        let enabled = match ev {
+            SimEvent::Unhook | SimEvent::CreateVcpu | SimEvent::CmdError { .. } => {
+                vm.vm_events.contains(&id)
+                    || (matches!(ev, SimEvent::CmdError { .. }) && st.cmd_error_flag)
+            }
+            SimEvent::PauseVcpu => true,
+            SimEvent::Trap { .. } => cfg.abi == Abi::V7 || v.events.contains(&id),
+            _ => v.events.contains(&id),
+        };
+        if !enabled {
+            return Err(SimError::NotDelivered("event not enabled"));
+        }
+        match ev {
+            SimEvent::Cr { cr, old, new } => {
+                if !v.cr_intercepts.contains(cr) {
+                    return Err(SimError::NotDelivered("CR not intercepted"));
+                }
+                if old == new {
+                    return Err(SimError::NotDelivered("CR value unchanged"));
+                }
+            }
+            SimEvent::Msr { msr, old, new } => {
+                if !v.msr_intercepts.contains(msr) {
+                    return Err(SimError::NotDelivered("MSR not intercepted"));
+                }
+                if old == new {
+                    return Err(SimError::NotDelivered("MSR value unchanged"));
+                }
+            }
+            SimEvent::Pf { gpa, access, .. } if !vm.access_restricted(v.view, *gpa, *access) => {
+                return Err(SimError::NotDelivered("access not restricted"));
+            }
+            SimEvent::Singlestep { .. } if cfg.abi == Abi::V7 && !v.singlestep => {
+                return Err(SimError::NotDelivered("singlestep not armed"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl Drop for EventHandle {
@@ -1160,3 +635,11 @@ pub(crate) fn rd<T: FromBytes>(p: &[u8], off: usize) -> T {
 
 #[cfg(test)]
 mod tests;
+
+/// `now + d`, saturating at a year for huge `d` (`Duration::MAX` must not panic).
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}

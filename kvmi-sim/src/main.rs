@@ -16,8 +16,10 @@ Connects to the introspection tool listening on the UNIX socket PATH like KVM-VM
 (hookup struct, cookie check against SHA-1 of S), then acts as the kvmi-v7 (or, with
 --v6, kvmi-v6) kernel: answers every command from a simulated guest and, for SECS
 seconds (default 10), raises every event the tool has enabled. Each of the N vCPUs
-(default 2) runs on its own thread, raising its enabled events in turn and waiting
-for each reply, so up to N events are in flight at once. --rate paces the events of
+(default 2) runs on its own thread, executing the simulated guest kernel's instructions
+for each enabled event in turn (RIP, operands and addresses consistent with its page
+tables; a 0xCC written into guest memory is a breakpoint) and waiting for each reply,
+so up to N events are in flight at once. --rate paces the events of
 all vCPUs together to that many per second (default 20); `unlimited` raises the next
 event as soon as the previous one on that vCPU is answered. At the end it sends UNHOOK
 if the tool enabled it, and prints the wire statistics and the event rate reached.";
@@ -132,29 +134,27 @@ struct Tally {
 /// the connection closes.
 fn run_vcpu(sim: &Simulator, vcpu: usize, pacer: &Pacer, end: Instant, tally: &Mutex<Tally>) {
     while Instant::now() < end && sim.closed().is_none() {
-        let events = sim.enabled_events(vcpu);
-        if events.is_empty() {
+        let ops = sim.workload_ops(vcpu);
+        if ops.is_empty() {
             // Nothing enabled (yet): look again soon.
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        for ev in events {
+        for op in ops {
             if !pacer.wait_turn(end) || sim.closed().is_some() {
                 return;
             }
-            let id = ev.id();
-            let r = sim.trigger_and_wait(vcpu, ev);
+            let r = sim.execute(vcpu, &op);
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
             match r {
-                Ok(_) => *t.answered.entry(id).or_default() += 1,
-                // Events the tool disabled meanwhile are simply not raised.
-                Err(SimError::NotDelivered(_)) => {}
+                Ok(ex) => {
+                    for r in &ex.events {
+                        *t.answered.entry(r.event).or_default() += 1;
+                    }
+                }
                 Err(e) => {
                     t.failed += 1;
-                    eprintln!(
-                        "kvmi-sim: vCPU {vcpu}: {} event failed: {e}",
-                        event_name(id)
-                    );
+                    eprintln!("kvmi-sim: vCPU {vcpu}: {op:?} failed: {e}");
                 }
             }
         }

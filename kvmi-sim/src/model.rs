@@ -1,6 +1,6 @@
 //! The guest model: sparse guest-physical memory and vCPU state.
 
-use kvmi_sys::{KvmRegs, KvmSegment, KvmSregs, KvmXsave, KVMI_UNMAPPED_GPA};
+use kvmi_sys::{KvmRegs, KvmSregs, KvmXsave, KVMI_UNMAPPED_GPA};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Size of a guest page frame.
@@ -280,66 +280,13 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// A 64-bit long-mode vCPU with plausible defaults.
+    /// vCPU `index` of the default guest ([`crate::guest::initial_vcpu`]).
     pub fn new_long_mode(index: usize) -> Self {
-        let code = KvmSegment {
-            selector: 0x10,
-            limit: 0xffff_ffff,
-            type_: 11,
-            present: 1,
-            s: 1,
-            l: 1,
-            g: 1,
-            ..Default::default()
-        };
-        let data = KvmSegment {
-            selector: 0x18,
-            limit: 0xffff_ffff,
-            type_: 3,
-            present: 1,
-            s: 1,
-            db: 1,
-            g: 1,
-            ..Default::default()
-        };
-        let sregs = KvmSregs {
-            cs: code,
-            ds: data,
-            es: data,
-            ss: data,
-            fs: data,
-            gs: data,
-            cr0: 0x8005_0033,
-            cr3: 0x0010_0000,
-            cr4: 0x0000_06a0,
-            efer: 0xd01,
-            apic_base: 0xfee0_0900,
-            ..Default::default()
-        };
-        let regs = KvmRegs {
-            rip: 0xffff_ffff_8100_0000,
-            rsp: 0xffff_c900_0000_8000,
-            rflags: 0x202,
-            rax: index as u64,
-            ..Default::default()
-        };
-        let msrs = [
-            (msr::SYSENTER_CS, 0x10),
-            (msr::SYSENTER_ESP, 0),
-            (msr::SYSENTER_EIP, 0xffff_ffff_8100_1000),
-            (msr::EFER, 0xd01),
-            (msr::STAR, 0x0023_0010_0000_0000),
-            (msr::LSTAR, 0xffff_ffff_8180_0000),
-            (msr::CSTAR, 0xffff_ffff_8180_1000),
-            (msr::PAT, 0x0007_0406_0007_0406),
-            (msr::FS_BASE, 0),
-            (msr::GS_BASE, 0xffff_8880_0000_0000 + index as u64 * 0x1000),
-            (msr::KERNEL_GS_BASE, 0),
-            (msr::TSC, 0),
-            (msr::APIC_BASE, 0xfee0_0900),
-        ]
-        .into_iter()
-        .collect();
+        crate::guest::initial_vcpu(index)
+    }
+
+    /// A vCPU with the given registers and MSRs, everything else at reset values.
+    pub fn with_state(regs: KvmRegs, sregs: KvmSregs, msrs: BTreeMap<u32, u64>) -> Self {
         Self {
             regs,
             sregs,

@@ -122,3 +122,84 @@ fn rate_option_paces_or_unleashes_events() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
     }
 }
+
+/// The binary's workload executes the guest kernel: a breakpoint the tool writes into
+/// guest memory and the guest's own int3 both come back as BREAKPOINT events at their
+/// documented addresses.
+#[test]
+fn binary_workload_hits_breakpoints_written_into_guest_memory() {
+    use kvmi_sim::guest;
+    use kvmi_sys as sys;
+    use zerocopy::FromBytes;
+    let path = std::env::temp_dir().join(format!("kvmi-sim-cli-bp-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_kvmi-sim"))
+        .args(["--socket", path.to_str().unwrap(), "--vcpus", "1"])
+        .args(["--duration", "0.5", "--rate", "unlimited"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut hello = [0u8; 96];
+    s.read_exact(&mut hello).unwrap();
+    let mut reply = 24u32.to_le_bytes().to_vec();
+    reply.extend_from_slice(&[0; 20]);
+    s.write_all(&reply).unwrap();
+    // INT3 at the documented breakpoint target, then UNHOOK and BREAKPOINT on vCPU 0.
+    let mut w = guest::SYM_BP_TARGET_PA.to_le_bytes().to_vec();
+    w.extend_from_slice(&1u64.to_le_bytes());
+    w.push(0xcc);
+    s.write_all(&frame(sys::KVMI_VM_WRITE_PHYSICAL, 1, &w))
+        .unwrap();
+    s.write_all(&frame(8, 2, &[0, 0, 1, 0, 0, 0, 0, 0]))
+        .unwrap();
+    let mut p = vec![0u8; 8];
+    p.extend_from_slice(&[sys::KVMI_EVENT_BREAKPOINT, 0, 1, 0, 0, 0, 0, 0]);
+    s.write_all(&frame(9, 3, &p)).unwrap();
+    let (mut at_target, mut at_selftest) = (0, 0);
+    loop {
+        let mut h = [0u8; 8];
+        if s.read_exact(&mut h).is_err() {
+            break;
+        }
+        let id = u16::from_le_bytes([h[0], h[1]]);
+        let size = u16::from_le_bytes([h[2], h[3]]) as usize;
+        let seq = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let mut d = vec![0u8; size];
+        s.read_exact(&mut d).unwrap();
+        if id != sys::KVMI_EVENT {
+            assert_eq!(&d[..4], &[0; 4], "command {id} failed");
+            continue;
+        }
+        let ev = sys::Event::read_from_prefix(&d).unwrap().0;
+        if ev.event == sys::KVMI_EVENT_UNHOOK {
+            break;
+        }
+        assert_eq!(ev.event, sys::KVMI_EVENT_BREAKPOINT);
+        let bp = sys::EventBreakpoint::read_from_prefix(&d[sys::EVENT_SIZE..])
+            .unwrap()
+            .0;
+        match (bp.gpa, ev.arch.regs.rip) {
+            (guest::SYM_BP_TARGET_PA, guest::SYM_BP_TARGET) => at_target += 1,
+            (guest::SYM_INT3_SELFTEST_PA, guest::SYM_INT3_SELFTEST) => at_selftest += 1,
+            other => panic!("breakpoint at {other:x?}"),
+        }
+        assert_eq!(bp.insn_len, 1);
+        // CONTINUE: reinject #BP.
+        let mut r = d[2..4].to_vec();
+        r.resize(8, 0);
+        r.extend_from_slice(&[0, ev.event, 0, 0, 0, 0, 0, 0]);
+        s.write_all(&frame(0, seq, &r)).unwrap();
+    }
+    drop(s);
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success());
+    assert!(
+        at_target > 0 && at_selftest > 0,
+        "{at_target} {at_selftest}"
+    );
+}
