@@ -91,7 +91,7 @@ pub mod qmp;
 pub mod ram;
 pub mod session;
 
-pub use debugger::{GdbSegments, GdbSession};
+pub use debugger::{Accelerator, GdbSegments, GdbSession};
 pub use layout::{RamLayout, RamRange};
 pub use pmemaccess::PmemAccess;
 pub use qmp::{QmpClient, QmpError, QmpEvent};

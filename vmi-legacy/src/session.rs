@@ -18,6 +18,7 @@ use vmi_core::{
 };
 
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
+use crate::debugger::Accelerator;
 use crate::debugger::GdbSession;
 use crate::hmp;
 use crate::layout::RamLayout;
@@ -279,6 +280,9 @@ impl LegacyQemu {
                 RamAccess::Proc(_) => RamPath::Proc,
                 RamAccess::Qmp(_) => RamPath::Qmp,
             },
+            kvm: gdb
+                .as_ref()
+                .is_some_and(|g| g.accelerator() == Accelerator::Kvm),
         };
         let parking = match &gdb {
             // One count for both paths: the gdbstub stops the VM for QMP's pauses too.

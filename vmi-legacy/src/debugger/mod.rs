@@ -57,8 +57,60 @@ use crate::gdb::{BreakpointKind, GdbClient};
 use events::watch_for;
 use stop::{Inner, CR3_ROOT_MASK};
 
-/// QEMU single-step mask: enable, no IRQs, no timers.
-const SSTEP_MASK: u64 = 0x7;
+/// QEMU single-step masks, best first: enable, no IRQs, no timers (TCG); enable and no
+/// IRQs (KVM with `KVM_GUESTDBG_BLOCKIRQ`; KVM has no timer mask and QEMU answers `E22`
+/// to 7); enable only (older KVM).
+const SSTEP_MASKS: [u64; 3] = [0x7, 0x3, 0x1];
+
+/// The accelerator running the guest, as the gdbstub's monitor reports it (`info kvm`).
+/// It decides how breakpoints are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// QEMU's binary translator: `Z0` breakpoints are kept in QEMU (no `0xCC` in guest
+    /// memory), any number of them.
+    Tcg,
+    /// KVM: breakpoints are hardware breakpoints (`Z1`) in the vCPU's 4 debug registers,
+    /// shared with watchpoints. QEMU's software breakpoints under KVM write `0xCC` into
+    /// guest memory and rely on KVM intercepting `#BP`; on a nested/paravirtual KVM
+    /// (measured on this project's CI machine) the `0xCC` instead ends in a KVM emulation
+    /// failure that leaves the VM in `internal-error` (real gdb reports `SIGABRT`), so
+    /// they are never used.
+    Kvm,
+}
+
+impl Accelerator {
+    /// How breakpoints are placed under this accelerator.
+    pub(crate) fn breakpoint_kind(self) -> BreakpointKind {
+        match self {
+            Self::Tcg => BreakpointKind::Software,
+            Self::Kvm => BreakpointKind::Hardware,
+        }
+    }
+}
+
+/// Asks the stub's monitor which accelerator runs the guest. A monitor that cannot tell
+/// counts as KVM: hardware breakpoints work under both, software ones can stop a KVM
+/// guest for good.
+fn detect_accelerator(client: &mut GdbClient) -> Accelerator {
+    match client.monitor("info kvm") {
+        Ok(out) if out.contains("kvm support: disabled") || out.contains("not compiled") => {
+            Accelerator::Tcg
+        }
+        _ => Accelerator::Kvm,
+    }
+}
+
+/// Sets the best single-step mask the accelerator accepts; returns it.
+fn set_best_sstep(client: &mut GdbClient) -> Result<u64> {
+    let mut last = None;
+    for mask in SSTEP_MASKS {
+        match client.set_sstep_flags(mask) {
+            Ok(()) => return Ok(mask),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("SSTEP_MASKS is not empty"))
+}
 
 /// Selector and base registers the GDB stub has beyond [`RegisterSnapshot`]'s groups
 /// (which need limits and attributes for segments; see [`crate::LegacyQemu`]).
@@ -111,7 +163,8 @@ impl GdbSession {
     pub fn new(mut client: GdbClient) -> Result<Self> {
         let vcpus = client.threads()?.len() as u32;
         client.set_physical_mode(true)?;
-        client.set_sstep_flags(SSTEP_MASK)?;
+        let accelerator = detect_accelerator(&mut client);
+        let sstep_mask = set_best_sstep(&mut client)?;
         let regnums = client
             .registers()
             .iter()
@@ -124,6 +177,8 @@ impl GdbSession {
             breakpoints: BTreeMap::new(),
             watches: Default::default(),
             int3: false,
+            accelerator,
+            sstep_mask,
             singlestep: VcpuSet::new(),
             queued: VecDeque::new(),
             outstanding: None,
@@ -140,6 +195,7 @@ impl GdbSession {
             gdb: true,
             qmp: false,
             ram: RamPath::Gdbstub,
+            kvm: accelerator == Accelerator::Kvm,
         };
         let parking = Parking::new(shared.clone(), legacy_capabilities(parts));
         Ok(Self { shared, parking })
@@ -171,6 +227,17 @@ impl GdbSession {
         self.lock().running
     }
 
+    /// The accelerator running the guest (decides the breakpoint kind).
+    pub fn accelerator(&self) -> Accelerator {
+        self.lock().accelerator
+    }
+
+    /// The single-step mask in use (`Qqemu.sstep`: 1 enable, 2 no IRQs, 4 no timers);
+    /// under KVM timers are not masked.
+    pub fn sstep_mask(&self) -> u64 {
+        self.lock().sstep_mask
+    }
+
     /// The number of vCPUs (gdbstub threads).
     pub fn vcpus(&self) -> u32 {
         self.lock().vcpus
@@ -187,8 +254,8 @@ impl GdbSession {
             if g.watches.contains(&w) {
                 return Ok(());
             }
-            g.client
-                .insert_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)?;
+            let kind = BreakpointKind::Watch(w.kind());
+            g.insert(kind, w.gva, w.len)?;
             g.watches.insert(w);
             Ok(())
         })
@@ -274,8 +341,9 @@ impl VcpuControl for GdbSession {
 }
 
 impl Breakpoints for GdbSession {
-    /// A `Z0` breakpoint at a linear address (under TCG invisible to the guest: no
-    /// `0xCC` in memory). With an address space ([`Breakpoint::in_space`]) hits in other
+    /// A breakpoint at a linear address, invisible to the guest (no `0xCC` in memory):
+    /// `Z0` kept by QEMU under TCG, a hardware breakpoint (`Z1`, one of 4 debug registers
+    /// shared with watchpoints) under KVM ([`Accelerator`]). With an address space ([`Breakpoint::in_space`]) hits in other
     /// address spaces are stepped over silently. Physical breakpoints are refused: the
     /// stub matches breakpoints on linear addresses only.
     fn set_breakpoint(&self, bp: Breakpoint) -> Result<()> {
@@ -286,8 +354,8 @@ impl Breakpoints for GdbSession {
                 spaces.insert(space);
                 return Ok(());
             }
-            g.client
-                .insert_breakpoint(BreakpointKind::Software, gva, 1)?;
+            let kind = g.accelerator.breakpoint_kind();
+            g.insert(kind, gva, 1)?;
             g.breakpoints.entry(gva).or_default().insert(space);
             Ok(())
         })
@@ -302,8 +370,8 @@ impl Breakpoints for GdbSession {
             spaces.remove(&space);
             if spaces.is_empty() {
                 g.breakpoints.remove(&gva);
-                g.client
-                    .remove_breakpoint(BreakpointKind::Software, gva, 1)?;
+                let kind = g.accelerator.breakpoint_kind();
+                g.client.remove_breakpoint(kind, gva, 1)?;
             }
             Ok(())
         })

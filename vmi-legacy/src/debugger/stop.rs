@@ -11,6 +11,8 @@ use crate::gdb::{BreakpointKind, GdbClient};
 
 /// SIGTRAP: breakpoints, watchpoints and steps.
 const SIGTRAP: u8 = 5;
+/// SIGABRT: QEMU reports the run state `internal-error` (e.g. a KVM emulation failure).
+const SIGABRT: u8 = 6;
 
 /// The page-table root in CR3: without the PCID (11:0) and no-flush (63) bits.
 pub(super) const CR3_ROOT_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -25,6 +27,8 @@ pub(super) struct Inner {
     pub(super) breakpoints: BTreeMap<u64, BTreeSet<Option<u64>>>,
     pub(super) watches: BTreeSet<Watch>,
     pub(super) int3: bool,
+    pub(super) accelerator: super::Accelerator,
+    pub(super) sstep_mask: u64,
     pub(super) singlestep: VcpuSet,
     /// Stops seen (e.g. while interrupting) and not yet handed out.
     pub(super) queued: VecDeque<StopEvent>,
@@ -92,6 +96,13 @@ impl Inner {
                 reason: format!("the gdbstub target ended: {stop:?}").into(),
             });
         };
+        if *signal == SIGABRT {
+            return Err(Error::Disconnected {
+                reason: "the VM stopped in QEMU's internal-error state (SIGABRT from the \
+                         gdbstub; under KVM typically an emulation failure: see QEMU's stderr)"
+                    .into(),
+            });
+        }
         if *signal != SIGTRAP {
             return Ok(None);
         }
@@ -129,13 +140,13 @@ impl Inner {
         let t = self.thread(vcpu)?;
         let had = self.breakpoints.contains_key(&rip);
         if had {
-            self.client
-                .remove_breakpoint(BreakpointKind::Software, rip, 1)?;
+            let kind = self.accelerator.breakpoint_kind();
+            self.client.remove_breakpoint(kind, rip, 1)?;
         }
         let stop = self.client.step_thread(t);
         if had {
-            self.client
-                .insert_breakpoint(BreakpointKind::Software, rip, 1)?;
+            let kind = self.accelerator.breakpoint_kind();
+            self.client.insert_breakpoint(kind, rip, 1)?;
         }
         let stop = stop?;
         let stepping = self.singlestep.contains(vcpu);
@@ -188,6 +199,28 @@ impl Inner {
 }
 
 impl Inner {
+    /// Inserts a breakpoint or watchpoint; under KVM a refusal means the 4 debug
+    /// registers are taken, said so in the error.
+    pub(super) fn insert(&mut self, kind: BreakpointKind, addr: u64, len: u64) -> Result<()> {
+        match self.client.insert_breakpoint(kind, addr, len) {
+            Err(Error::Backend { source, .. }) if self.accelerator == super::Accelerator::Kvm => {
+                Err(Error::unsupported(
+                    format!("{kind:?} at {addr:#x} under KVM"),
+                    format!(
+                        "QEMU refused it ({source}): under KVM breakpoints and watchpoints \
+                         share the vCPU's 4 debug registers ({} breakpoints and {} \
+                         watchpoints are set), watchpoints must be 1, 2, 4 or 8 bytes \
+                         aligned to their length, and software breakpoints are not used \
+                         (see vmi_legacy::Accelerator::Kvm)",
+                        self.breakpoints.len(),
+                        self.watches.len()
+                    ),
+                ))
+            }
+            r => r,
+        }
+    }
+
     /// Removes every breakpoint and watchpoint, turns single-stepping off, restores
     /// virtual addressing and detaches (QEMU resumes the guest). Every step is tried;
     /// the first failure is reported.
@@ -199,10 +232,8 @@ impl Inner {
             }
         }
         for bp in std::mem::take(&mut self.breakpoints).into_keys() {
-            if let Err(e) = self
-                .client
-                .remove_breakpoint(BreakpointKind::Software, bp, 1)
-            {
+            let kind = self.accelerator.breakpoint_kind();
+            if let Err(e) = self.client.remove_breakpoint(kind, bp, 1) {
                 first_err.get_or_insert(e);
             }
         }
