@@ -74,9 +74,21 @@ impl Inner {
     }
 
     pub(super) fn rip(&mut self, vcpu: VcpuId) -> Result<u64> {
+        self.read_reg(vcpu, "rip")
+    }
+
+    /// One register of `vcpu`. Under KVM QEMU's `p` answers from its copy of the vCPU
+    /// state without fetching it from KVM (stale since the last sync: measured `rip`
+    /// 0x18 at a breakpoint), while `g` synchronises it first, so KVM reads use `g`.
+    pub(super) fn read_reg(&mut self, vcpu: VcpuId, name: &str) -> Result<u64> {
+        if self.accelerator == super::Accelerator::Kvm {
+            return self.read_g(vcpu)?.get(name).copied().ok_or_else(|| {
+                Error::malformed("gdbstub g packet", format!("no register {name}"))
+            });
+        }
         let t = self.thread(vcpu)?;
         self.client.select_thread(t)?;
-        self.client.read_register_u64("rip")
+        self.client.read_register_u64(name)
     }
     /// Turns a stop reply into an event, or `None` for a stop that is not one (our own
     /// interrupt, a breakpoint hit without the INT3 monitor — stepped over here).
@@ -174,9 +186,7 @@ impl Inner {
             return Ok(true);
         }
         let spaces = spaces.clone();
-        let t = self.thread(vcpu)?;
-        self.client.select_thread(t)?;
-        let cr3 = self.client.read_register_u64("cr3")? & CR3_ROOT_MASK;
+        let cr3 = self.read_reg(vcpu, "cr3")? & CR3_ROOT_MASK;
         Ok(spaces.contains(&Some(cr3)))
     }
 
