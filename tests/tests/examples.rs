@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use vmi_tests::{Guest, GuestOptions, Markers};
+use vmi_tests::{Accel, Guest, GuestOptions, Markers};
 
 const HIGH: u64 = 0xffff_8000_0000_0000;
 /// How long one example may run (a busy TCG host).
@@ -241,6 +241,12 @@ fn singlestep_prints_consecutive_instructions() {
         .map(|l| hex_after(l, "rip ").unwrap())
         .collect();
     assert_eq!(rips.len(), 6, "{stdout}");
+    // The best mask the accelerator accepts: KVM has no timer mask.
+    let mask = match guest.accel() {
+        Accel::Kvm => "step mask 0x3",
+        Accel::Tcg => "step mask 0x7",
+    };
+    assert!(stdout.contains(mask), "{stdout}");
     assert!(
         rips.iter().all(|r| *r >= HIGH),
         "the loop runs in the higher half: {rips:x?}"

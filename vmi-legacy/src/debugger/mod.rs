@@ -12,7 +12,12 @@
 //!   the VM.
 //!
 //! While single-stepping is on for some vCPUs, only they run (one step at a time, with
-//! IRQs and timers masked by `qqemu.sstep`); the other vCPUs stay stopped.
+//! IRQs and timers masked by `qqemu.sstep` — under KVM IRQs only); the other vCPUs stay
+//! stopped.
+//!
+//! Under KVM ([`Accelerator::Kvm`], asked of the stub's monitor at connect) breakpoints
+//! are hardware breakpoints in the 4 debug registers and registers are read with `g`,
+//! which fetches the vCPU state from KVM (QEMU's `p` does not).
 //!
 //! Do not mix with QMP `stop`/`cont` while a session is attached: a QMP stop is reported
 //! to the gdbstub as a stop (`T02`), and a QMP `cont` runs a VM the session believes
