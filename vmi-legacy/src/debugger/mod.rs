@@ -59,7 +59,7 @@ use vmi_core::{
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
 use crate::gdb::{BreakpointKind, GdbClient};
 
-use events::watch_for;
+use events::{watch_for, StopEvent};
 use stop::{Inner, CR3_ROOT_MASK};
 
 /// QEMU single-step masks, best first: enable, no IRQs, no timers (TCG); enable and no
@@ -377,6 +377,12 @@ impl Breakpoints for GdbSession {
                 g.breakpoints.remove(&gva);
                 let kind = g.accelerator.breakpoint_kind();
                 g.client.remove_breakpoint(kind, gva, 1)?;
+                // A hit caught by the interrupt that stopped the VM for this call is
+                // not reported after the clear (never handed out, so it needs no
+                // reply: the vCPU runs the instruction when the VM resumes). Under KVM
+                // the guest runs at full speed and such a hit is the rule, not a race.
+                g.queued
+                    .retain(|e| !matches!(e, StopEvent::Breakpoint { rip, .. } if *rip == gva));
             }
             Ok(())
         })
