@@ -461,6 +461,103 @@ impl Backend for GdbSession {
 mod tests {
     use super::*;
 
+    /// A stub over a socket pair that answers like QEMU under KVM (`kvm` true) or TCG:
+    /// `info kvm` through `qRcmd`, and `Qqemu.sstep` accepting only what the
+    /// accelerator supports. Returns the client end and the packets it received.
+    fn accel_stub(kvm: bool) -> (GdbClient, std::thread::JoinHandle<Vec<String>>) {
+        use crate::gdb::codec::{encode_packet, to_hex};
+        use std::io::{Read, Write};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut pending = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let packet = loop {
+                    let start = pending.iter().position(|&c| c == b'$');
+                    if let Some(start) = start {
+                        if let Some(end) = pending[start..].iter().position(|&c| c == b'#') {
+                            if pending.len() >= start + end + 3 {
+                                let p = pending[start + 1..start + end].to_vec();
+                                pending.drain(..start + end + 3);
+                                break String::from_utf8(p).unwrap();
+                            }
+                        }
+                    }
+                    match b.read(&mut chunk) {
+                        Ok(0) | Err(_) => return seen,
+                        Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let supported = if kvm { 3 } else { 7 };
+                let replies: Vec<Vec<u8>> = match packet.as_str() {
+                    p if p.starts_with("qSupported") => {
+                        vec![b"PacketSize=1000;qXfer:features:read+".to_vec()]
+                    }
+                    p if p.starts_with("qXfer:features:read:target.xml:") => {
+                        vec![br#"l<target><reg name="rip" bitsize="64"/></target>"#.to_vec()]
+                    }
+                    "?" => vec![b"T02thread:01;".to_vec()],
+                    p if p.starts_with("qRcmd,") => {
+                        let out = if kvm {
+                            "kvm support: enabled\r\n"
+                        } else {
+                            "kvm support: disabled\r\n"
+                        };
+                        vec![
+                            format!("O{}", to_hex(out.as_bytes())).into_bytes(),
+                            b"OK".to_vec(),
+                        ]
+                    }
+                    p if p.starts_with("Qqemu.sstep=") => {
+                        let v = u64::from_str_radix(&p["Qqemu.sstep=".len()..], 16).unwrap();
+                        if v & !supported == 0 {
+                            vec![b"OK".to_vec()]
+                        } else {
+                            vec![b"E22".to_vec()]
+                        }
+                    }
+                    _ => vec![Vec::new()],
+                };
+                seen.push(packet);
+                let mut out = b"+".to_vec();
+                for r in replies {
+                    out.extend(encode_packet(&r));
+                }
+                if b.write_all(&out).is_err() {
+                    return seen;
+                }
+            }
+        });
+        let client = GdbClient::new(Box::new(a), Duration::from_secs(5)).unwrap();
+        (client, h)
+    }
+
+    #[test]
+    fn the_accelerator_decides_breakpoints_and_the_step_mask() {
+        for (kvm, accel, mask, kind) in [
+            (true, Accelerator::Kvm, 3, BreakpointKind::Hardware),
+            (false, Accelerator::Tcg, 7, BreakpointKind::Software),
+        ] {
+            let (mut client, h) = accel_stub(kvm);
+            assert_eq!(detect_accelerator(&mut client), accel);
+            assert_eq!(set_best_sstep(&mut client).unwrap(), mask);
+            assert_eq!(accel.breakpoint_kind(), kind);
+            drop(client);
+            let seen = h.join().unwrap();
+            let tried: Vec<&String> = seen
+                .iter()
+                .filter(|p| p.starts_with("Qqemu.sstep"))
+                .collect();
+            let want: &[&str] = if kvm {
+                &["Qqemu.sstep=7", "Qqemu.sstep=3"]
+            } else {
+                &["Qqemu.sstep=7"]
+            };
+            assert_eq!(tried, want, "best mask first, then the next");
+        }
+    }
+
     #[test]
     fn session_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
