@@ -40,6 +40,10 @@ pub const ENV_QEMU: &str = "VMI_QEMU";
 /// Environment variable: path of the purpose-built test guest (see
 /// [`GuestOptions::test_guest`]).
 pub const ENV_TEST_GUEST: &str = "VMI_TEST_GUEST";
+/// Environment variable: the accelerator of the test guest (`kvm` or `tcg`), decided by
+/// `cargo xtask` from a trial boot of the test guest itself (it boots under KVM on hosts
+/// where a Linux guest does not). Unset: the Linux guest's [`crate::paths::ENV_ACCEL`].
+pub const ENV_TEST_GUEST_ACCEL: &str = "VMI_TEST_GUEST_ACCEL";
 
 /// How long QEMU gets to create its sockets and guest RAM.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,7 +131,8 @@ impl GuestOptions {
     }
 
     /// Options for the purpose-built test guest (`xtask/guest/testguest.S`, path in
-    /// `VMI_TEST_GUEST`, set by `cargo xtask test`): one vCPU, 64 MiB, no command line.
+    /// `VMI_TEST_GUEST`, set by `cargo xtask test`): one vCPU, 64 MiB, no command line,
+    /// on the accelerator `VMI_TEST_GUEST_ACCEL` names ([`ENV_TEST_GUEST_ACCEL`]).
     /// It prints the same `VMI-TEST` markers as the Linux guest, with its sites and
     /// variables as `kallsyms` entries.
     #[track_caller]
@@ -140,6 +145,13 @@ impl GuestOptions {
             });
         let mut paths = GuestPaths::from_env_or_panic();
         paths.kernel = kernel;
+        if let Ok(v) = std::env::var(ENV_TEST_GUEST_ACCEL) {
+            if !v.trim().is_empty() {
+                paths.accel = v
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{ENV_TEST_GUEST_ACCEL}: {e}"));
+            }
+        }
         let mut opts = Self::new(paths);
         opts.memory_mib = 64;
         opts.cpus = 1;

@@ -28,6 +28,9 @@ pub struct Parts {
     pub qmp: bool,
     /// How guest RAM is reached.
     pub ram: RamPath,
+    /// The guest runs under KVM (as the gdbstub reports it): breakpoints and watchpoints
+    /// share the 4 debug registers.
+    pub kvm: bool,
 }
 
 /// The MSRs QEMU's gdbstub has (read and written through `g`/`P`).
@@ -43,6 +46,11 @@ const NO_REINJECT: &str =
 const NO_INSN_TRAP: &str = "QEMU's gdbstub has no instruction traps (KVMi only)";
 const NO_EMULATION: &str = "QEMU's gdbstub cannot emulate, deny or retry instructions";
 const NO_SLAT: &str = "unpatched QEMU has no SLAT views";
+const KVM_DEBUG_REGS: &str = "under KVM: hardware breakpoints only, at most 4 breakpoints and \
+     watchpoints together (the vCPU's debug registers); QEMU's 0xCC software breakpoints are \
+     not used (on nested/paravirtual KVM they end in an emulation failure)";
+const KVM_WATCH: &str = "under KVM: gdbstub watchpoints in the 4 debug registers (shared with \
+     breakpoints), 1, 2, 4 or 8 bytes aligned to their length, on guest-virtual ranges";
 const WATCH_ONLY: &str =
     "memory events come from gdbstub watchpoints on guest-virtual ranges (≤ 8 bytes), not page permissions";
 
@@ -83,6 +91,7 @@ pub fn support(cap: Capability, parts: Parts) -> Support {
         C::WriteSegmentRegisters | C::WriteDescriptorTables => {
             no("QEMU's gdbstub cannot write segment caches or GDTR/IDTR")
         }
+        C::EventMemOutAccess if parts.kvm => with_gdb(Support::partly(KVM_WATCH)),
         C::EventSinglestep
         | C::EventInterruptInt3
         | C::EventInterruptInsnLength
@@ -97,8 +106,9 @@ pub fn support(cap: Capability, parts: Parts) -> Support {
         | C::EventMemGptw
         | C::ResponseNone
         | C::ResponseToggleSinglestep
-        | C::ResponseSetRegisters
-        | C::SoftwareBreakpoints => with_gdb(yes),
+        | C::ResponseSetRegisters => with_gdb(yes),
+        C::SoftwareBreakpoints if parts.kvm => with_gdb(Support::partly(KVM_DEBUG_REGS)),
+        C::SoftwareBreakpoints => with_gdb(yes),
         C::EventRegisterCr
         | C::EventRegisterEqual
         | C::EventRegisterAsync
@@ -161,26 +171,36 @@ pub fn legacy_capabilities(parts: Parts) -> CapabilityReport {
 mod tests {
     use super::*;
 
-    const ALL_PARTS: [Parts; 4] = [
+    const ALL_PARTS: [Parts; 5] = [
         Parts {
             gdb: true,
             qmp: true,
             ram: RamPath::Shared,
+            kvm: true,
+        },
+        Parts {
+            gdb: true,
+            qmp: true,
+            ram: RamPath::Shared,
+            kvm: false,
         },
         Parts {
             gdb: false,
             qmp: true,
             ram: RamPath::Proc,
+            kvm: false,
         },
         Parts {
             gdb: false,
             qmp: true,
             ram: RamPath::Qmp,
+            kvm: false,
         },
         Parts {
             gdb: true,
             qmp: false,
             ram: RamPath::Gdbstub,
+            kvm: false,
         },
     ];
 
@@ -203,7 +223,17 @@ mod tests {
 
     #[test]
     fn gdbstub_rows_follow_the_stub() {
-        let [full, qmp_only, ..] = ALL_PARTS;
+        let [kvm, full, qmp_only, ..] = ALL_PARTS;
+        let kvm = legacy_capabilities(kvm);
+        for c in [
+            Capability::SoftwareBreakpoints,
+            Capability::EventMemOutAccess,
+        ] {
+            assert!(
+                matches!(kvm.get(c), Support::Partial(why) if why.contains("4")),
+                "{c} under KVM names the 4 debug registers"
+            );
+        }
         let full = legacy_capabilities(full);
         let qmp_only = legacy_capabilities(qmp_only);
         for c in [

@@ -40,6 +40,11 @@
 //! instruction traps, page-permission events, views, XCR0 and other MSRs (KVMi only);
 //! `Backend::capabilities` lists every row with its reason.
 //!
+//! Under KVM ([`Accelerator`]) breakpoints are hardware breakpoints: at most 4
+//! breakpoints and watchpoints together, no `0xCC` in guest memory; the fifth fails with
+//! an error that says so. The `vmi-legacy/examples/` (`dump-memory`, `map-addr`,
+//! `breakpoint`, `singlestep`) show the API end to end.
+//!
 //! # Requirements
 //!
 //! * QEMU ≥ 2.12 (`query-cpus-fast`; `gpa2hva`, used to find QEMU's RAM mapping,
@@ -92,7 +97,7 @@ pub mod qmp;
 pub mod ram;
 pub mod session;
 
-pub use debugger::{GdbSegments, GdbSession};
+pub use debugger::{Accelerator, GdbSegments, GdbSession};
 pub use layout::{RamLayout, RamRange};
 pub use pmemaccess::PmemAccess;
 pub use qmp::{QmpClient, QmpError, QmpEvent};

@@ -18,7 +18,7 @@ use vmi_core::{
 };
 
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
-use crate::debugger::{all_msrs, GdbSession};
+use crate::debugger::{all_msrs, Accelerator, GdbSession};
 use crate::gdb::GdbAddress;
 use crate::hmp;
 use crate::layout::RamLayout;
@@ -303,6 +303,9 @@ impl LegacyQemu {
                 RamAccess::Proc(_) => RamPath::Proc,
                 RamAccess::Qmp(_) => RamPath::Qmp,
             },
+            kvm: gdb
+                .as_ref()
+                .is_some_and(|g| g.accelerator() == Accelerator::Kvm),
         };
         let parking = match &gdb {
             // One count for both paths: the gdbstub stops the VM for QMP's pauses too.

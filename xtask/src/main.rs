@@ -39,7 +39,12 @@ commands:
   ci             `lint`, then `test`
 
 environment:
-  VMI_ACCEL=kvm|tcg       force the accelerator (default: cached trial boot with KVM)
+  VMI_ACCEL=kvm|tcg       force the Linux guest's accelerator (default: cached trial boot
+                          of that guest with KVM)
+  VMI_TEST_GUEST_ACCEL=kvm|tcg
+                          force the test guest's accelerator (default: cached trial boot
+                          of the test guest with KVM); `test` runs the test-guest suites
+                          under TCG and, when it boots under KVM, again under KVM
   VMI_GUEST_KERNEL=PATH   use this kernel instead of Debian's cloud kernel
   VMI_BUSYBOX=PATH        use this static busybox instead of Debian's busybox-static
   VMI_MAX_GUESTS=N        guests running at once per test process (default 2)
@@ -106,8 +111,15 @@ fn prepare() -> Result<GuestPaths> {
     let accel = accel::choose(&guest_dir.join("accel"), &p.kernel, &initrd, &key)?;
 
     let test_guest = testguest::build(&guest_dir)?;
+    let test_guest_accel = accel::choose_test_guest(
+        &guest_dir.join("accel-testguest"),
+        &test_guest,
+        &initrd,
+        &key,
+    )?;
     // Inherited by every cargo command xtask runs, and printed by `env`.
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
+    std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
     Ok(GuestPaths {
         kernel: p.kernel,
         initrd,
@@ -116,8 +128,9 @@ fn prepare() -> Result<GuestPaths> {
 }
 
 fn print_env(paths: &GuestPaths, shell: bool) {
-    let test_guest =
-        std::env::var_os(testguest::ENV_TEST_GUEST).map(|v| (testguest::ENV_TEST_GUEST, v));
+    let test_guest = [testguest::ENV_TEST_GUEST, accel::ENV_TEST_GUEST_ACCEL]
+        .into_iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
     for (name, value) in paths.env_vars().into_iter().chain(test_guest) {
         let value = value.to_string_lossy();
         if shell {
@@ -144,12 +157,53 @@ fn with_guest_env(mut cmd: Command, paths: &GuestPaths) -> Command {
     cmd
 }
 
-/// All tests of the workspace except xtask's, with the guest environment. Guest tests
-/// limit themselves to `VMI_MAX_GUESTS` concurrent guests (see `vmi_tests::Guest`).
+/// The suites that run on the test guest: run a second time under KVM when the test
+/// guest boots with it.
+const TEST_GUEST_SUITES: [&str; 4] = [
+    "legacy_test_guest",
+    "legacy_parked",
+    "test_guest",
+    "examples",
+];
+
+/// All tests of the workspace except xtask's, with the guest environment, the test guest
+/// under TCG; then, if the test guest boots under KVM, the test-guest suites again under
+/// KVM (with the test filters after `--` in `args`). Guest tests limit themselves to
+/// `VMI_MAX_GUESTS` concurrent guests (see `vmi_tests::Guest`).
 fn test(paths: &GuestPaths, args: &[OsString]) -> Result {
+    let test_guest_accel = std::env::var(accel::ENV_TEST_GUEST_ACCEL).unwrap_or_default();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "xtask"])
-        .args(args);
+        .args(args)
+        .env(accel::ENV_TEST_GUEST_ACCEL, "tcg");
+    eprintln!(
+        "xtask: all tests (Linux guest under {}, test guest under tcg)",
+        paths.accel
+    );
+    run(&mut with_guest_env(cmd, paths))?;
+    let packages = selected_packages(args);
+    if !packages.is_empty() && !packages.iter().any(|p| p == "vmi-tests") {
+        return Ok(());
+    }
+    if test_guest_accel != "kvm" {
+        eprintln!(
+            "xtask: the test guest does not boot under KVM here: its suites ran under TCG only"
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: test-guest suites again, under kvm: {}",
+        TEST_GUEST_SUITES.join(", ")
+    );
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "vmi-tests"]);
+    for suite in TEST_GUEST_SUITES {
+        cmd.args(["--test", suite]);
+    }
+    if let Some(split) = args.iter().position(|a| a == "--") {
+        cmd.args(&args[split..]);
+    }
+    cmd.env(accel::ENV_TEST_GUEST_ACCEL, "kvm");
     run(&mut with_guest_env(cmd, paths))
 }
 

@@ -176,6 +176,11 @@ pub(super) fn write_snapshot(g: &mut Inner, vcpu: VcpuId, regs: &RegisterSnapsho
     }
     let t = g.thread(vcpu)?;
     g.client.select_thread(t)?;
+    if g.accelerator == super::Accelerator::Kvm {
+        // `P` writes QEMU's copy of the vCPU state; under KVM only a `g` first fetches
+        // it from KVM and marks it to be written back when the vCPU runs again.
+        g.client.read_all_registers()?;
+    }
     if let Some(x) = regs.gprs {
         for (n, v) in [
             ("rax", x.rax),

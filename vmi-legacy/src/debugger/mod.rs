@@ -12,7 +12,12 @@
 //!   the VM.
 //!
 //! While single-stepping is on for some vCPUs, only they run (one step at a time, with
-//! IRQs and timers masked by `qqemu.sstep`); the other vCPUs stay stopped.
+//! IRQs and timers masked by `qqemu.sstep` — under KVM IRQs only); the other vCPUs stay
+//! stopped.
+//!
+//! Under KVM ([`Accelerator::Kvm`], asked of the stub's monitor at connect) breakpoints
+//! are hardware breakpoints in the 4 debug registers and registers are read with `g`,
+//! which fetches the vCPU state from KVM (QEMU's `p` does not).
 //!
 //! Do not mix with QMP `stop`/`cont` while a session is attached: a QMP stop is reported
 //! to the gdbstub as a stop (`T02`), and a QMP `cont` runs a VM the session believes
@@ -56,11 +61,63 @@ use crate::gdb::{BreakpointKind, GdbAddress, GdbClient};
 
 pub(crate) use gpacket::all_msrs;
 
-use events::watch_for;
+use events::{watch_for, StopEvent};
 use stop::{Inner, CR3_ROOT_MASK};
 
-/// QEMU single-step mask: enable, no IRQs, no timers.
-const SSTEP_MASK: u64 = 0x7;
+/// QEMU single-step masks, best first: enable, no IRQs, no timers (TCG); enable and no
+/// IRQs (KVM with `KVM_GUESTDBG_BLOCKIRQ`; KVM has no timer mask and QEMU answers `E22`
+/// to 7); enable only (older KVM).
+const SSTEP_MASKS: [u64; 3] = [0x7, 0x3, 0x1];
+
+/// The accelerator running the guest, as the gdbstub's monitor reports it (`info kvm`).
+/// It decides how breakpoints are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// QEMU's binary translator: `Z0` breakpoints are kept in QEMU (no `0xCC` in guest
+    /// memory), any number of them.
+    Tcg,
+    /// KVM: breakpoints are hardware breakpoints (`Z1`) in the vCPU's 4 debug registers,
+    /// shared with watchpoints. QEMU's software breakpoints under KVM write `0xCC` into
+    /// guest memory and rely on KVM intercepting `#BP`; on a nested/paravirtual KVM
+    /// (measured on this project's CI machine) the `0xCC` instead ends in a KVM emulation
+    /// failure that leaves the VM in `internal-error` (real gdb reports `SIGABRT`), so
+    /// they are never used.
+    Kvm,
+}
+
+impl Accelerator {
+    /// How breakpoints are placed under this accelerator.
+    pub(crate) fn breakpoint_kind(self) -> BreakpointKind {
+        match self {
+            Self::Tcg => BreakpointKind::Software,
+            Self::Kvm => BreakpointKind::Hardware,
+        }
+    }
+}
+
+/// Asks the stub's monitor which accelerator runs the guest. A monitor that cannot tell
+/// counts as KVM: hardware breakpoints work under both, software ones can stop a KVM
+/// guest for good.
+fn detect_accelerator(client: &mut GdbClient) -> Accelerator {
+    match client.monitor("info kvm") {
+        Ok(out) if out.contains("kvm support: disabled") || out.contains("not compiled") => {
+            Accelerator::Tcg
+        }
+        _ => Accelerator::Kvm,
+    }
+}
+
+/// Sets the best single-step mask the accelerator accepts; returns it.
+fn set_best_sstep(client: &mut GdbClient) -> Result<u64> {
+    let mut last = None;
+    for mask in SSTEP_MASKS {
+        match client.set_sstep_flags(mask) {
+            Ok(()) => return Ok(mask),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("SSTEP_MASKS is not empty"))
+}
 
 /// Selector and base registers the GDB stub has beyond [`RegisterSnapshot`]'s groups
 /// (which need limits and attributes for segments; see [`crate::LegacyQemu`]).
@@ -140,7 +197,8 @@ impl GdbSession {
     pub fn with_prior_state(mut client: GdbClient, guest_was_running: bool) -> Result<Self> {
         let vcpus = client.threads()?.len() as u32;
         client.set_physical_mode(false)?;
-        client.set_sstep_flags(SSTEP_MASK)?;
+        let accelerator = detect_accelerator(&mut client);
+        let sstep_mask = set_best_sstep(&mut client)?;
         let regnums = client
             .registers()
             .iter()
@@ -153,6 +211,8 @@ impl GdbSession {
             breakpoints: BTreeMap::new(),
             watches: Default::default(),
             int3: false,
+            accelerator,
+            sstep_mask,
             singlestep: VcpuSet::new(),
             queued: VecDeque::new(),
             outstanding: None,
@@ -170,6 +230,7 @@ impl GdbSession {
             gdb: true,
             qmp: false,
             ram: RamPath::Gdbstub,
+            kvm: accelerator == Accelerator::Kvm,
         };
         let parking = Parking::new(shared.clone(), legacy_capabilities(parts));
         Ok(Self { shared, parking })
@@ -201,6 +262,17 @@ impl GdbSession {
         self.lock().running
     }
 
+    /// The accelerator running the guest (decides the breakpoint kind).
+    pub fn accelerator(&self) -> Accelerator {
+        self.lock().accelerator
+    }
+
+    /// The single-step mask in use (`Qqemu.sstep`: 1 enable, 2 no IRQs, 4 no timers);
+    /// under KVM timers are not masked.
+    pub fn sstep_mask(&self) -> u64 {
+        self.lock().sstep_mask
+    }
+
     /// The number of vCPUs (gdbstub threads).
     pub fn vcpus(&self) -> u32 {
         self.lock().vcpus
@@ -217,8 +289,8 @@ impl GdbSession {
             if g.watches.contains(&w) {
                 return Ok(());
             }
-            g.client
-                .insert_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)?;
+            let kind = BreakpointKind::Watch(w.kind());
+            g.insert(kind, w.gva, w.len)?;
             g.watches.insert(w);
             Ok(())
         })
@@ -317,8 +389,9 @@ impl VcpuControl for GdbSession {
 }
 
 impl Breakpoints for GdbSession {
-    /// A `Z0` breakpoint at a linear address (under TCG invisible to the guest: no
-    /// `0xCC` in memory). With an address space ([`Breakpoint::in_space`]) hits in other
+    /// A breakpoint at a linear address, invisible to the guest (no `0xCC` in memory):
+    /// `Z0` kept by QEMU under TCG, a hardware breakpoint (`Z1`, one of 4 debug registers
+    /// shared with watchpoints) under KVM ([`Accelerator`]). With an address space ([`Breakpoint::in_space`]) hits in other
     /// address spaces are stepped over silently. Physical breakpoints are refused: the
     /// stub matches breakpoints on linear addresses only.
     fn set_breakpoint(&self, bp: Breakpoint) -> Result<()> {
@@ -329,8 +402,8 @@ impl Breakpoints for GdbSession {
                 spaces.insert(space);
                 return Ok(());
             }
-            g.client
-                .insert_breakpoint(BreakpointKind::Software, gva, 1)?;
+            let kind = g.accelerator.breakpoint_kind();
+            g.insert(kind, gva, 1)?;
             g.breakpoints.entry(gva).or_default().insert(space);
             Ok(())
         })
@@ -345,8 +418,14 @@ impl Breakpoints for GdbSession {
             spaces.remove(&space);
             if spaces.is_empty() {
                 g.breakpoints.remove(&gva);
-                g.client
-                    .remove_breakpoint(BreakpointKind::Software, gva, 1)?;
+                let kind = g.accelerator.breakpoint_kind();
+                g.client.remove_breakpoint(kind, gva, 1)?;
+                // A hit caught by the interrupt that stopped the VM for this call is
+                // not reported after the clear (never handed out, so it needs no
+                // reply: the vCPU runs the instruction when the VM resumes). Under KVM
+                // the guest runs at full speed and such a hit is the rule, not a race.
+                g.queued
+                    .retain(|e| !matches!(e, StopEvent::Breakpoint { rip, .. } if *rip == gva));
             }
             Ok(())
         })
@@ -424,6 +503,103 @@ impl Backend for GdbSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stub over a socket pair that answers like QEMU under KVM (`kvm` true) or TCG:
+    /// `info kvm` through `qRcmd`, and `Qqemu.sstep` accepting only what the
+    /// accelerator supports. Returns the client end and the packets it received.
+    fn accel_stub(kvm: bool) -> (GdbClient, std::thread::JoinHandle<Vec<String>>) {
+        use crate::gdb::codec::{encode_packet, to_hex};
+        use std::io::{Read, Write};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut pending = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let packet = loop {
+                    let start = pending.iter().position(|&c| c == b'$');
+                    if let Some(start) = start {
+                        if let Some(end) = pending[start..].iter().position(|&c| c == b'#') {
+                            if pending.len() >= start + end + 3 {
+                                let p = pending[start + 1..start + end].to_vec();
+                                pending.drain(..start + end + 3);
+                                break String::from_utf8(p).unwrap();
+                            }
+                        }
+                    }
+                    match b.read(&mut chunk) {
+                        Ok(0) | Err(_) => return seen,
+                        Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let supported = if kvm { 3 } else { 7 };
+                let replies: Vec<Vec<u8>> = match packet.as_str() {
+                    p if p.starts_with("qSupported") => {
+                        vec![b"PacketSize=1000;qXfer:features:read+".to_vec()]
+                    }
+                    p if p.starts_with("qXfer:features:read:target.xml:") => {
+                        vec![br#"l<target><reg name="rip" bitsize="64"/></target>"#.to_vec()]
+                    }
+                    "?" => vec![b"T02thread:01;".to_vec()],
+                    p if p.starts_with("qRcmd,") => {
+                        let out = if kvm {
+                            "kvm support: enabled\r\n"
+                        } else {
+                            "kvm support: disabled\r\n"
+                        };
+                        vec![
+                            format!("O{}", to_hex(out.as_bytes())).into_bytes(),
+                            b"OK".to_vec(),
+                        ]
+                    }
+                    p if p.starts_with("Qqemu.sstep=") => {
+                        let v = u64::from_str_radix(&p["Qqemu.sstep=".len()..], 16).unwrap();
+                        if v & !supported == 0 {
+                            vec![b"OK".to_vec()]
+                        } else {
+                            vec![b"E22".to_vec()]
+                        }
+                    }
+                    _ => vec![Vec::new()],
+                };
+                seen.push(packet);
+                let mut out = b"+".to_vec();
+                for r in replies {
+                    out.extend(encode_packet(&r));
+                }
+                if b.write_all(&out).is_err() {
+                    return seen;
+                }
+            }
+        });
+        let client = GdbClient::new(Box::new(a), Duration::from_secs(5)).unwrap();
+        (client, h)
+    }
+
+    #[test]
+    fn the_accelerator_decides_breakpoints_and_the_step_mask() {
+        for (kvm, accel, mask, kind) in [
+            (true, Accelerator::Kvm, 3, BreakpointKind::Hardware),
+            (false, Accelerator::Tcg, 7, BreakpointKind::Software),
+        ] {
+            let (mut client, h) = accel_stub(kvm);
+            assert_eq!(detect_accelerator(&mut client), accel);
+            assert_eq!(set_best_sstep(&mut client).unwrap(), mask);
+            assert_eq!(accel.breakpoint_kind(), kind);
+            drop(client);
+            let seen = h.join().unwrap();
+            let tried: Vec<&String> = seen
+                .iter()
+                .filter(|p| p.starts_with("Qqemu.sstep"))
+                .collect();
+            let want: &[&str] = if kvm {
+                &["Qqemu.sstep=7", "Qqemu.sstep=3"]
+            } else {
+                &["Qqemu.sstep=7"]
+            };
+            assert_eq!(tried, want, "best mask first, then the next");
+        }
+    }
 
     #[test]
     fn session_is_send_and_sync() {

@@ -15,6 +15,8 @@ pub(super) const DEFERRED_TEARDOWN_MAX: std::time::Duration = std::time::Duratio
 
 /// SIGTRAP: breakpoints, watchpoints and steps.
 const SIGTRAP: u8 = 5;
+/// SIGABRT: QEMU reports the run state `internal-error` (e.g. a KVM emulation failure).
+const SIGABRT: u8 = 6;
 
 /// The page-table root in CR3: without the PCID (11:0) and no-flush (63) bits.
 pub(super) const CR3_ROOT_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -29,6 +31,8 @@ pub(super) struct Inner {
     pub(super) breakpoints: BTreeMap<u64, BTreeSet<Option<u64>>>,
     pub(super) watches: BTreeSet<Watch>,
     pub(super) int3: bool,
+    pub(super) accelerator: super::Accelerator,
+    pub(super) sstep_mask: u64,
     pub(super) singlestep: VcpuSet,
     /// Stops seen (e.g. while interrupting) and not yet handed out.
     pub(super) queued: VecDeque<StopEvent>,
@@ -83,9 +87,21 @@ impl Inner {
     }
 
     pub(super) fn rip(&mut self, vcpu: VcpuId) -> Result<u64> {
+        self.read_reg(vcpu, "rip")
+    }
+
+    /// One register of `vcpu`. Under KVM QEMU's `p` answers from its copy of the vCPU
+    /// state without fetching it from KVM (stale since the last sync: measured `rip`
+    /// 0x18 at a breakpoint), while `g` synchronises it first, so KVM reads use `g`.
+    pub(super) fn read_reg(&mut self, vcpu: VcpuId, name: &str) -> Result<u64> {
+        if self.accelerator == super::Accelerator::Kvm {
+            return self.read_g(vcpu)?.get(name).copied().ok_or_else(|| {
+                Error::malformed("gdbstub g packet", format!("no register {name}"))
+            });
+        }
         let t = self.thread(vcpu)?;
         self.client.select_thread(t)?;
-        self.client.read_register_u64("rip")
+        self.client.read_register_u64(name)
     }
     /// Turns a stop reply into an event, or `None` for a stop that is not one (our own
     /// interrupt, a breakpoint hit without the INT3 monitor — stepped over here).
@@ -105,6 +121,13 @@ impl Inner {
                 reason: format!("the gdbstub target ended: {stop:?}").into(),
             });
         };
+        if *signal == SIGABRT {
+            return Err(Error::Disconnected {
+                reason: "the VM stopped in QEMU's internal-error state (SIGABRT from the \
+                         gdbstub; under KVM typically an emulation failure: see QEMU's stderr)"
+                    .into(),
+            });
+        }
         if *signal != SIGTRAP {
             return Ok(None);
         }
@@ -142,13 +165,13 @@ impl Inner {
         let t = self.thread(vcpu)?;
         let had = self.breakpoints.contains_key(&rip);
         if had {
-            self.client
-                .remove_breakpoint(BreakpointKind::Software, rip, 1)?;
+            let kind = self.accelerator.breakpoint_kind();
+            self.client.remove_breakpoint(kind, rip, 1)?;
         }
         let stop = self.client.step_thread(t);
         if had {
-            self.client
-                .insert_breakpoint(BreakpointKind::Software, rip, 1)?;
+            let kind = self.accelerator.breakpoint_kind();
+            self.client.insert_breakpoint(kind, rip, 1)?;
         }
         let stop = stop?;
         let stepping = self.singlestep.contains(vcpu);
@@ -176,9 +199,7 @@ impl Inner {
             return Ok(true);
         }
         let spaces = spaces.clone();
-        let t = self.thread(vcpu)?;
-        self.client.select_thread(t)?;
-        let cr3 = self.client.read_register_u64("cr3")? & CR3_ROOT_MASK;
+        let cr3 = self.read_reg(vcpu, "cr3")? & CR3_ROOT_MASK;
         Ok(spaces.contains(&Some(cr3)))
     }
 
@@ -201,6 +222,28 @@ impl Inner {
 }
 
 impl Inner {
+    /// Inserts a breakpoint or watchpoint; under KVM a refusal means the 4 debug
+    /// registers are taken, said so in the error.
+    pub(super) fn insert(&mut self, kind: BreakpointKind, addr: u64, len: u64) -> Result<()> {
+        match self.client.insert_breakpoint(kind, addr, len) {
+            Err(Error::Backend { source, .. }) if self.accelerator == super::Accelerator::Kvm => {
+                Err(Error::unsupported(
+                    format!("{kind:?} at {addr:#x} under KVM"),
+                    format!(
+                        "QEMU refused it ({source}): under KVM breakpoints and watchpoints \
+                         share the vCPU's 4 debug registers ({} breakpoints and {} \
+                         watchpoints are set), watchpoints must be 1, 2, 4 or 8 bytes \
+                         aligned to their length, and software breakpoints are not used \
+                         (see vmi_legacy::Accelerator::Kvm)",
+                        self.breakpoints.len(),
+                        self.watches.len()
+                    ),
+                ))
+            }
+            r => r,
+        }
+    }
+
     /// Removes every breakpoint and watchpoint, turns single-stepping off, leaves
     /// virtual addressing on and detaches (QEMU resumes the guest) — or, when someone
     /// else had stopped the guest before we attached, closes without `D` so it stays
@@ -227,7 +270,8 @@ impl Inner {
         }
         let mut packets: VecDeque<Vec<u8>> = VecDeque::new();
         for bp in std::mem::take(&mut self.breakpoints).into_keys() {
-            packets.push_back(format!("z0,{bp:x},1").into_bytes());
+            let z = self.accelerator.breakpoint_kind().z_type();
+            packets.push_back(format!("z{z},{bp:x},1").into_bytes());
         }
         for w in std::mem::take(&mut self.watches) {
             let z = BreakpointKind::Watch(w.kind()).z_type();

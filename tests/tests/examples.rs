@@ -1,0 +1,293 @@
+//! The `vmi-legacy` examples (`vmi-legacy/examples/`), built and run as a user would run
+//! them against the test guest (`xtask/guest/testguest.S`), their output checked against
+//! what the guest reports and what its RAM holds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use vmi_tests::{Accel, Guest, GuestOptions, Markers};
+
+const HIGH: u64 = 0xffff_8000_0000_0000;
+/// How long one example may run (a busy TCG host).
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The examples' directory, after building them once per test process.
+fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--quiet", "-p", "vmi-legacy", "--examples"])
+            .status()
+            .expect("running cargo build --examples");
+        assert!(status.success(), "building the vmi-legacy examples");
+        // This test binary is target/<profile>/deps/examples-…; the examples sit in
+        // target/<profile>/examples.
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("examples")
+    })
+}
+
+/// Runs example `name` with `args`, killing it after [`RUN_TIMEOUT`].
+fn run(name: &str, args: &[&str]) -> Output {
+    let exe = examples_dir().join(name);
+    let mut child = Command::new(&exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{name} {args:?} ran longer than {RUN_TIMEOUT:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `name` and returns its stdout; fails the test with its output if it failed.
+fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn boot() -> (Guest, Markers) {
+    let guest = Guest::launch(GuestOptions::test_guest()).expect("launching the test guest");
+    let m = guest.wait_ready().expect("test guest ready");
+    (guest, m)
+}
+
+fn sym(m: &Markers, name: &str) -> u64 {
+    m.kallsyms(name)
+        .unwrap_or_else(|| panic!("test guest did not report {name}"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// `0x…` after `key` in `line`.
+fn hex_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest
+        .trim_start_matches("0x")
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    u64::from_str_radix(&digits, 16).ok()
+}
+
+fn ticks(guest: &Guest) -> usize {
+    guest
+        .serial_lines()
+        .iter()
+        .filter(|l| l.contains("VMI-TEST tick"))
+        .count()
+}
+
+fn assert_ticks_on(guest: &Guest, what: &str) {
+    let before = ticks(guest);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks(guest) <= before {
+        assert!(Instant::now() < deadline, "no tick after {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dump_memory_writes_every_range_at_its_address() {
+    let (guest, m) = boot();
+    let out = guest.dir().join("dump.bin");
+    let stdout = run_ok("dump-memory", &[path(guest.qmp_socket()), path(&out)]);
+    // Every range it lists is in the file at its address.
+    let ranges: Vec<(u64, u64)> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  0x"))
+        .map(|l| {
+            let (a, b) = l.trim().split_once(' ').unwrap().0.split_once('-').unwrap();
+            let p = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+            (p(a), p(b))
+        })
+        .collect();
+    assert!(!ranges.is_empty(), "{stdout}");
+    let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    assert!(total >= guest.ram_size() - (1 << 20), "{stdout}");
+    assert!(stdout.contains(&format!("wrote {total} bytes")), "{stdout}");
+    let dump = std::fs::read(&out).unwrap();
+    assert_eq!(dump.len() as u64, ranges.last().unwrap().1);
+    // Stable contents, as guest RAM holds them: the pattern page and the loop's code
+    // (the rest of the code page holds the variables the loop changes).
+    for (gpa, len) in [
+        (sym(&m, "pattern_phys"), 4096),
+        (sym(&m, "site_1") - HIGH, 64),
+    ] {
+        let mut want = vec![0u8; len];
+        guest.read_ram(gpa, &mut want).unwrap();
+        let got = &dump[gpa as usize..gpa as usize + len];
+        assert!(got == want, "{len} bytes at {gpa:#x} differ in the dump");
+    }
+    assert!(dump[sym(&m, "pattern_phys") as usize..].starts_with(b"VMI-TESTGUEST-PATTERN"));
+    assert_ticks_on(&guest, "the dump (the guest was paused only for it)");
+}
+
+#[test]
+fn map_addr_shows_the_four_level_walk() {
+    let (guest, m) = boot();
+    let site_1 = sym(&m, "site_1");
+    let stdout = run_ok(
+        "map-addr",
+        &[path(guest.qmp_socket()), &format!("{site_1:#x}")],
+    );
+    let levels: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.ends_with('E'))
+        .collect();
+    assert_eq!(levels, ["PML4E", "PDPTE", "PDE", "PTE"], "{stdout}");
+    // Each entry's address lies in one of the guest's page tables.
+    let cr3 = stdout
+        .lines()
+        .find_map(|l| hex_after(l, "CR3 "))
+        .expect("CR3 line");
+    assert!(
+        cr3 == sym(&m, "pml4_a") || cr3 == sym(&m, "pml4_b"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{site_1:#x} -> {:#x} (Size4K", site_1 - HIGH)),
+        "{stdout}"
+    );
+    let mut bytes = [0u8; 16];
+    guest.read_ram(site_1 - HIGH, &mut bytes).unwrap();
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(stdout.contains(&hex.join(" ")), "{stdout}");
+}
+
+#[test]
+fn breakpoint_by_symbol_prints_each_hit_and_leaves_no_trace() {
+    let (guest, m) = boot();
+    let site_1 = sym(&m, "site_1");
+    let kallsyms = guest.dir().join("kallsyms");
+    let text: String = ["site_1", "site_2", "site_3", "watched"]
+        .iter()
+        .map(|n| format!("{:016x} T {n}\n", sym(&m, n)))
+        .collect();
+    std::fs::write(&kallsyms, text).unwrap();
+    let mut code = [0u8; 8];
+    guest.read_ram(site_1 - HIGH, &mut code).unwrap();
+    let stdout = run_ok(
+        "breakpoint",
+        &[
+            path(guest.qmp_socket()),
+            path(guest.gdb_socket()),
+            "site_1",
+            "--kallsyms",
+            path(&kallsyms),
+            "--hits",
+            "3",
+        ],
+    );
+    let hits: Vec<&str> = stdout.lines().filter(|l| l.starts_with("hit ")).collect();
+    assert_eq!(hits.len(), 3, "{stdout}");
+    let mut r12 = Vec::new();
+    for h in &hits {
+        assert_eq!(hex_after(h, "rip "), Some(site_1), "{h}");
+        assert_eq!(hex_after(h, "gfn "), Some((site_1 - HIGH) >> 12), "{h}");
+        r12.push(hex_after(h, "r12 ").unwrap());
+    }
+    // r12 counts loop iterations: one per hit.
+    assert!(r12.windows(2).all(|w| w[1] == w[0] + 1), "{stdout}");
+    assert!(stdout.contains("breakpoint removed"), "{stdout}");
+    let mut after = [0u8; 8];
+    guest.read_ram(site_1 - HIGH, &mut after).unwrap();
+    assert_eq!(after, code, "no 0xCC left in guest RAM");
+    assert_ticks_on(&guest, "the breakpoint example");
+}
+
+#[test]
+fn singlestep_prints_consecutive_instructions() {
+    let (guest, _m) = boot();
+    let stdout = run_ok(
+        "singlestep",
+        &[
+            path(guest.qmp_socket()),
+            path(guest.gdb_socket()),
+            "--steps",
+            "6",
+        ],
+    );
+    let rips: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| hex_after(l, "rip ").unwrap())
+        .collect();
+    assert_eq!(rips.len(), 6, "{stdout}");
+    // The best mask the accelerator accepts: KVM has no timer mask.
+    let mask = match guest.accel() {
+        Accel::Kvm => "step mask 0x3",
+        Accel::Tcg => "step mask 0x7",
+    };
+    assert!(stdout.contains(mask), "{stdout}");
+    assert!(
+        rips.iter().all(|r| *r >= HIGH),
+        "the loop runs in the higher half: {rips:x?}"
+    );
+    assert!(
+        rips.windows(2).all(|w| w[0] != w[1]),
+        "RIP moves: {rips:x?}"
+    );
+    // Each step's bytes are what guest RAM holds at that RIP.
+    for l in stdout.lines().filter(|l| l.starts_with("step ")) {
+        let rip = hex_after(l, "rip ").unwrap();
+        let mut b = [0u8; 8];
+        guest.read_ram(rip - HIGH, &mut b).unwrap();
+        let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+        assert!(l.ends_with(&hex.join(" ")), "{l}");
+    }
+    assert_ticks_on(&guest, "single-stepping");
+}
+
+#[test]
+fn a_missing_part_names_the_qemu_option_to_add() {
+    let (guest, m) = boot();
+    let qmp = path(guest.qmp_socket());
+    let nowhere = guest.dir().join("no-such.sock");
+    let site_1 = format!("{:#x}", sym(&m, "site_1"));
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        (
+            "breakpoint",
+            vec![qmp, path(&nowhere), &site_1],
+            "-gdb chardev:gdb0",
+        ),
+        ("singlestep", vec![qmp, path(&nowhere)], "-gdb chardev:gdb0"),
+        ("dump-memory", vec![path(&nowhere), "out"], "-qmp unix:"),
+    ];
+    for (name, args, option) in cases {
+        let out = run(name, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(option), "{name} names {option:?}: {stderr}");
+    }
+    let out = run("map-addr", &[]);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: map-addr"));
+}
