@@ -36,6 +36,7 @@
 mod events;
 mod gpacket;
 mod park;
+mod skip;
 mod stop;
 
 use std::borrow::Cow;
@@ -52,10 +53,10 @@ use vmi_core::{
 };
 
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
-use crate::gdb::{BreakpointKind, GdbClient};
+use crate::gdb::{BreakpointKind, GdbClient, GdbCounters};
 
 use events::watch_for;
-use stop::{Inner, CR3_ROOT_MASK};
+use stop::{FastMemory, Inner, CR3_ROOT_MASK};
 
 /// QEMU single-step mask: enable, no IRQs, no timers.
 const SSTEP_MASK: u64 = 0x7;
@@ -131,6 +132,7 @@ impl GdbSession {
             next_step_vcpu: 0,
             regnums,
             client_detached: false,
+            fast_memory: None,
         };
         inner.resume()?;
         let shared = Arc::new(Shared {
@@ -164,6 +166,23 @@ impl GdbSession {
             g.resume()?;
         }
         r
+    }
+
+    /// Reads guest RAM through `memory` instead of the stub where the session reads it
+    /// for itself: the page walks of events and the instruction at a breakpoint (with
+    /// it, a breakpoint on a NOP is passed by moving RIP instead of a single step).
+    /// `memory` must read the same guest's physical memory (e.g. its [`SharedRam`]);
+    /// [`crate::LegacyQemu`] passes its own when it has shared RAM or ProcMem.
+    ///
+    /// [`SharedRam`]: crate::SharedRam
+    pub fn use_memory(&self, memory: Arc<dyn PhysicalMemory + Send + Sync>) {
+        self.lock().fast_memory = Some(FastMemory(memory));
+    }
+
+    /// What the session's client has sent to the stub so far and how long it held the
+    /// VM stopped: the cost of events, for benchmarks and tests.
+    pub fn counters(&self) -> GdbCounters {
+        self.lock().client.counters()
     }
 
     /// Whether the session believes the VM runs.
