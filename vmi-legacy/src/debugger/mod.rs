@@ -55,7 +55,7 @@ use vmi_core::{
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
 use crate::gdb::{BreakpointKind, GdbClient, GdbCounters};
 
-use events::watch_for;
+use events::{watch_for, StopEvent};
 use stop::{FastMemory, Inner, CR3_ROOT_MASK};
 
 /// QEMU single-step mask: enable, no IRQs, no timers.
@@ -323,6 +323,10 @@ impl Breakpoints for GdbSession {
                 g.breakpoints.remove(&gva);
                 g.client
                     .remove_breakpoint(BreakpointKind::Software, gva, 1)?;
+                // A hit caught while stopping for this call is no longer wanted; the
+                // vCPU just executes the instruction when the VM runs.
+                g.queued
+                    .retain(|e| !matches!(e, StopEvent::Breakpoint { rip, .. } if *rip == gva));
             }
             Ok(())
         })
