@@ -14,6 +14,16 @@
 //! While single-stepping is on for some vCPUs, only they run (one step at a time, with
 //! IRQs and timers masked by `qqemu.sstep`); the other vCPUs stay stopped.
 //!
+//! What a hit costs: under TCG, QEMU drops its whole translated-code cache at every
+//! breakpoint or single-step stop and at every breakpoint insert or removal, and the
+//! guest then runs slowly until its code is translated again; that, not this session,
+//! is most of the time between hits. Watchpoint stops do not flush it, so watching a
+//! variable is the fast way to trace a TCG guest. The session keeps its own share small
+//! (see [`GdbClient`] and `skip`): one `g` per stop and no thread selection when the
+//! stop already selected the vCPU; page walks through [`GdbSession::use_memory`]'s
+//! memory; a breakpoint on a NOP is passed by moving RIP (one stop, no re-insertion),
+//! any other by remove, step, reinsert. [`GdbSession::counters`] counts the requests.
+//!
 //! Do not mix with QMP `stop`/`cont` while a session is attached: a QMP stop is reported
 //! to the gdbstub as a stop (`T02`), and a QMP `cont` runs a VM the session believes
 //! stopped. [`crate::LegacyQemu`] routes its pause/resume here when given a GDB socket.
@@ -197,7 +207,8 @@ impl GdbSession {
 
     /// Watches `len` bytes at a guest-virtual address (`Z2` write, `Z3` read, `Z4`
     /// access): `access` W, R, or both. Hits are reported as [`EventKind::MemoryAccess`]
-    /// (after the accessing instruction completed).
+    /// (after the accessing instruction completed). Under TCG a watchpoint stop keeps
+    /// QEMU's translated code (a breakpoint stop flushes it): the fast way to trace.
     ///
     /// [`EventKind::MemoryAccess`]: vmi_core::EventKind::MemoryAccess
     pub fn watch(&self, gva: Gva, len: u64, access: Access) -> Result<()> {
