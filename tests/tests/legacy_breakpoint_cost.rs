@@ -14,8 +14,10 @@
 //!   3 requests and 1 stop per hit. On any other instruction: remove (`z0`), step
 //!   (`vCont;s`), reinsert (`Z0`), continue (`c`): 5 requests and 2 stops.
 //! * Without shared RAM (a bare `GdbSession`), the walk reads one entry per level through
-//!   the stub (the test guest maps its code with 4 KiB pages: 4 `m`) and nothing is
-//!   skipped: 1 + 4 + 4 = 9.
+//!   the stub (the test guest maps its code with 4 KiB pages: 4 levels) and nothing is
+//!   skipped. Each read is an `m`, plus the two `Qqemu.PhyMemMode` switches around it
+//!   where the session keeps physical mode off between its accesses (issue 11, item 7):
+//!   at most 1 + 4 × 3 + 4 = 17 (9 while the mode stays on).
 //!
 //! Real gdb sends 6–11 requests for such a hit (issue 11); before this bound the backend
 //! sent 16 (`Hg`+`Hc` before each of three register accesses, RIP read twice with `p`,
@@ -103,7 +105,7 @@ fn test_guest_hits_cost_at_most_3_requests_on_a_nop_and_5_elsewhere() {
     }
     // A bare session reads the walk through the stub and steps every hit.
     let gdb = GdbSession::connect_unix(guest.gdb_socket(), T).expect("gdbstub session");
-    assert_per_hit("site_1 without shared RAM", hit_cost(&gdb, site_1), 9, 2);
+    assert_per_hit("site_1 without shared RAM", hit_cost(&gdb, site_1), 17, 2);
 }
 
 #[test]
