@@ -328,6 +328,10 @@ pub mod codec {
 
 use codec::{RegDesc, StopReason, WatchKind};
 
+#[cfg(test)]
+#[path = "gdb_cache_tests.rs"]
+mod cache_tests;
+
 /// A byte stream the client can talk over.
 pub trait Transport: Read + Write + Send {
     /// Sets the read timeout.
