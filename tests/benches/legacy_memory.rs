@@ -30,8 +30,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use vmi_core::event::InterruptKind;
 use vmi_core::{
-    Breakpoint, Breakpoints, EventControl, EventKind, Gpa, Gva, Monitor, PhysicalMemory, Response,
-    VcpuControl,
+    Access, Breakpoint, Breakpoints, EventControl, EventKind, Gpa, Gva, Monitor, PhysicalMemory,
+    Response, VcpuControl,
 };
 use vmi_legacy::{
     GdbSession, LegacyConfig, LegacyQemu, ProcMem, QmpMemory, QmpReadMethod, RamSource, SharedRam,
@@ -231,6 +231,32 @@ fn main() {
             }
         }
         g.finish();
+
+        // A write watchpoint on `watched`, written once per loop iteration like site_2
+        // is executed once: a watchpoint stop keeps QEMU's translated code.
+        let gdb = GdbSession::connect_unix(guest.gdb_socket(), Duration::from_secs(30))
+            .expect("gdbstub session");
+        gdb.use_memory(shared.clone());
+        let watched = m.kallsyms("watched").expect("watched");
+        gdb.watch(Gva(watched), 8, Access::W).unwrap();
+        let mut g = c.benchmark_group("watchpoint");
+        g.sampling_mode(SamplingMode::Flat);
+        g.bench_function(BenchmarkId::new("hit", "shared-testguest_watched"), |b| {
+            b.iter(|| {
+                let p = gdb
+                    .wait_event(Duration::from_secs(10))
+                    .unwrap()
+                    .expect("watchpoint hit");
+                assert!(
+                    matches!(p.kind, EventKind::MemoryAccess { .. }),
+                    "{:?}",
+                    p.kind
+                );
+                p.reply(Response::continue_()).unwrap();
+            })
+        });
+        g.finish();
+        gdb.unwatch(Gva(watched), 8, Access::W).unwrap();
     }
     c.final_summary();
 }
