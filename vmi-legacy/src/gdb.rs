@@ -12,7 +12,7 @@
 //! (thread id = vCPU index + 1).
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmi_core::{Deadline, Error, Result};
 
@@ -382,6 +382,10 @@ impl std::fmt::Display for GdbAddress {
     }
 }
 
+#[cfg(test)]
+#[path = "gdb_cache_tests.rs"]
+mod cache_tests;
+
 /// A byte stream the client can talk over.
 pub trait Transport: Read + Write + Send {
     /// Sets the read timeout.
@@ -438,7 +442,30 @@ impl BreakpointKind {
     }
 }
 
+/// What a client has sent and how long it held the target stopped, for benchmarks and
+/// tests that bound the cost of an event (see [`GdbClient::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GdbCounters {
+    /// Packets sent (each request once; retransmissions after a `-` are not counted).
+    /// The `0x03` interrupt byte is not a packet and is counted in `interrupts`.
+    pub requests: u64,
+    /// Interrupt bytes sent.
+    pub interrupts: u64,
+    /// Stop replies received.
+    pub stops: u64,
+    /// Time from receiving a stop reply to sending the packet that lets the whole
+    /// target run again (`c`, `C`, `vCont;c`, `D`), summed: how long this client held
+    /// the target stopped, including single steps it made meanwhile and whatever its
+    /// user did.
+    pub stopped_time: Duration,
+}
+
 /// A GDB remote-protocol client.
+///
+/// It remembers which thread the stub has selected for register access (`Hg`; QEMU
+/// also selects the thread a stop reply names) and the last `g` packet of that thread
+/// until something may change it (the target runs, a register or monitor command), so
+/// repeated register reads of one stop cost one `g` and no `Hg`.
 pub struct GdbClient {
     io: Box<dyn Transport>,
     /// Received bytes not yet consumed.
@@ -452,6 +479,15 @@ pub struct GdbClient {
     /// The process id in the stub's thread ids (`p01.02`) once it uses multiprocess
     /// extensions, which QEMU does for every client after one negotiated them.
     process: Option<u64>,
+    /// The stub's thread for register access (`Hg`), when known.
+    g_thread: Option<u64>,
+    /// The stub's thread for plain `s`/`c` (`Hc`), when known.
+    c_thread: Option<u64>,
+    /// The `g` packet of a thread, valid while the target has not run since.
+    g_cache: Option<(u64, Vec<u8>)>,
+    counters: GdbCounters,
+    /// When the last stop reply arrived, while the target is still stopped.
+    stopped_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for GdbClient {
@@ -540,6 +576,11 @@ impl GdbClient {
             regs: Vec::new(),
             stashed_stop: None,
             process: None,
+            g_thread: None,
+            c_thread: None,
+            g_cache: None,
+            counters: GdbCounters::default(),
+            stopped_since: None,
         };
         let sup = c.command(b"qSupported:multiprocess-;swbreak+;hwbreak+;xmlRegisters=i386")?;
         for f in sup.split(|&b| b == b';') {
@@ -566,6 +607,11 @@ impl GdbClient {
     /// The largest packet the stub accepts.
     pub fn packet_size(&self) -> usize {
         self.packet_size
+    }
+
+    /// Packets sent, stops received and time spent stopped so far.
+    pub fn counters(&self) -> GdbCounters {
+        self.counters
     }
 
     /// The register map from the target description.
@@ -665,6 +711,8 @@ impl GdbClient {
             });
         }
         let framed = codec::encode_packet(payload);
+        self.counters.requests += 1;
+        self.before_send(payload);
         for _ in 0..ACK_RETRIES {
             self.send_raw(&framed)?;
             let deadline = Deadline::after(self.timeout);
@@ -700,6 +748,43 @@ impl GdbClient {
             "gdbstub",
             "packet rejected repeatedly (bad checksum?)",
         ))
+    }
+
+    /// Bookkeeping before `payload` goes out: what it may change is forgotten, and a
+    /// packet that lets the target run ends the current stop.
+    fn before_send(&mut self, payload: &[u8]) {
+        let runs = matches!(payload.first(), Some(b'c' | b's' | b'C' | b'S' | b'D'))
+            || payload.starts_with(b"vCont;");
+        let releases =
+            matches!(payload.first(), Some(b'c' | b'C' | b'D')) || payload.starts_with(b"vCont;c");
+        if releases {
+            if let Some(t) = self.stopped_since.take() {
+                self.counters.stopped_time += t.elapsed();
+            }
+        }
+        if !keeps_registers(payload) {
+            self.g_cache = None;
+        }
+        if runs || payload.first() == Some(&b'D') {
+            // The next stop reply says which thread is selected.
+            self.g_thread = None;
+            self.c_thread = None;
+        }
+    }
+
+    /// A stop reply arrived: QEMU selects the reporting thread for `g` and `c`
+    /// (`gdb_set_stop_cpu`), and registers read before the target ran are stale.
+    fn note_stop(&mut self, stop: &StopReason) {
+        self.counters.stops += 1;
+        // A step's stop continues the stop it was made from.
+        self.stopped_since.get_or_insert_with(Instant::now);
+        self.g_cache = None;
+        let thread = match stop {
+            StopReason::Signal { thread, .. } => *thread,
+            _ => None,
+        };
+        self.g_thread = thread;
+        self.c_thread = thread;
     }
 
     /// Takes one complete packet out of `buf`, if there is one; acks it.
@@ -741,7 +826,9 @@ impl GdbClient {
     /// we wait for a command's reply.
     fn stash_async(&mut self, p: &[u8]) -> Result<()> {
         if matches!(p.first(), Some(b'T' | b'S' | b'W' | b'X')) {
-            self.stashed_stop = Some(codec::parse_stop_reply(p)?);
+            let stop = codec::parse_stop_reply(p)?;
+            self.note_stop(&stop);
+            self.stashed_stop = Some(stop);
         }
         Ok(())
     }
@@ -852,10 +939,40 @@ impl GdbClient {
         Ok(())
     }
 
-    /// Selects the thread (vCPU + 1) for register and step operations (`Hg`, `Hc`).
+    /// Selects the thread (vCPU + 1) for register and step operations (`Hg`, `Hc`),
+    /// sending only what is not selected already.
     pub fn select_thread(&mut self, thread: u64) -> Result<()> {
-        self.command_ok(format!("Hg{thread:x}").as_bytes())?;
-        self.command_ok(format!("Hc{thread:x}").as_bytes())
+        self.select_register_thread(thread)?;
+        if self.c_thread != Some(thread) {
+            self.command_ok(format!("Hc{thread:x}").as_bytes())?;
+            self.c_thread = Some(thread);
+        }
+        Ok(())
+    }
+
+    /// Selects the thread for register access only (`Hg`), if it is not selected.
+    pub fn select_register_thread(&mut self, thread: u64) -> Result<()> {
+        if self.g_thread != Some(thread) {
+            self.g_thread = None;
+            self.command_ok(format!("Hg{thread:x}").as_bytes())?;
+            self.g_thread = Some(thread);
+        }
+        Ok(())
+    }
+
+    /// The `g` packet of `thread` (raw bytes laid out per [`Self::registers`]): from
+    /// the last read if the target has not run and no register was written since,
+    /// else `Hg` (if needed) and `g`.
+    pub fn thread_registers(&mut self, thread: u64) -> Result<Vec<u8>> {
+        if let Some((t, raw)) = &self.g_cache {
+            if *t == thread {
+                return Ok(raw.clone());
+            }
+        }
+        self.select_register_thread(thread)?;
+        let raw = self.read_all_registers()?;
+        self.g_cache = Some((thread, raw.clone()));
+        Ok(raw)
     }
 
     /// Lists the stub's threads (vCPUs on QEMU).
@@ -967,6 +1084,7 @@ impl GdbClient {
 
     /// Stops a running target (the `0x03` interrupt byte) and waits for the stop reply.
     pub fn interrupt(&mut self) -> Result<StopReason> {
+        self.counters.interrupts += 1;
         self.send_raw(&[0x03])?;
         self.wait_stop(self.timeout)?.ok_or(Error::Timeout {
             what: "stop after interrupt".into(),
@@ -985,7 +1103,9 @@ impl GdbClient {
             if let Some(p) = self.try_take_packet()? {
                 match p.first() {
                     Some(b'T' | b'S' | b'W' | b'X') => {
-                        return Ok(Some(codec::parse_stop_reply(&p)?))
+                        let stop = codec::parse_stop_reply(&p)?;
+                        self.note_stop(&stop);
+                        return Ok(Some(stop));
                     }
                     _ => continue, // console output
                 }
@@ -1073,6 +1193,12 @@ impl GdbClient {
             regs: self.regs.clone(),
             stashed_stop: None,
             process: self.process,
+            // The duplicate knows nothing of the stub's thread selection or registers.
+            g_thread: None,
+            c_thread: None,
+            g_cache: None,
+            counters: GdbCounters::default(),
+            stopped_since: None,
         })
     }
 
@@ -1089,6 +1215,18 @@ impl GdbClient {
                 return true;
             }
         }
+    }
+}
+
+/// Whether a packet leaves the registers of a stopped target as they were: reads,
+/// thread selection, breakpoints, memory and the stub's own settings do; running,
+/// register writes, monitor commands and anything unknown may not.
+fn keeps_registers(payload: &[u8]) -> bool {
+    match payload.first() {
+        Some(b'g' | b'p' | b'm' | b'M' | b'X' | b'H' | b'Z' | b'z' | b'T' | b'?') => true,
+        Some(b'q') => !payload.starts_with(b"qRcmd"),
+        Some(b'Q') => payload.starts_with(b"Qqemu."),
+        _ => false,
     }
 }
 

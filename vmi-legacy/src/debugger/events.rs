@@ -93,15 +93,17 @@ pub(super) fn watch_for(gva: Gva, len: u64, access: Access) -> Result<Watch> {
 }
 
 impl GdbSession {
+    /// The walk goes through the session's fast memory if it has one (no requests),
+    /// else through the stub's physical reads.
     fn translate_gla(&self, regs: &RegisterSnapshot, gla: u64) -> Option<Gpa> {
         let (cr0, cr4, efer) = regs.paging_inputs()?;
         let cr3 = regs.control?.cr3;
-        translate(
-            self,
-            PagingMode::from_registers(cr0, cr4, efer),
-            Gpa(cr3),
-            Gva(gla),
-        )
+        let mode = PagingMode::from_registers(cr0, cr4, efer);
+        let fast = self.lock().fast_memory.clone();
+        match fast {
+            Some(m) => translate(&*m.0, mode, Gpa(cr3), Gva(gla)),
+            None => translate(self, mode, Gpa(cr3), Gva(gla)),
+        }
         .ok()
         .map(|t| t.gpa)
     }

@@ -18,8 +18,7 @@ impl Inner {
     /// Reads the `g` packet of `vcpu` as name → value (registers of up to 8 bytes).
     pub(super) fn read_g(&mut self, vcpu: VcpuId) -> Result<BTreeMap<String, u64>> {
         let t = self.thread(vcpu)?;
-        self.client.select_thread(t)?;
-        let raw = self.client.read_all_registers()?;
+        let raw = self.client.thread_registers(t)?;
         let mut out = BTreeMap::new();
         for r in self.client.registers() {
             let n = r.bitsize.div_ceil(8);
@@ -175,10 +174,11 @@ pub(super) fn write_snapshot(g: &mut Inner, vcpu: VcpuId, regs: &RegisterSnapsho
         return Ok(());
     }
     let t = g.thread(vcpu)?;
-    g.client.select_thread(t)?;
+    g.client.select_register_thread(t)?;
     if g.accelerator == super::Accelerator::Kvm {
         // `P` writes QEMU's copy of the vCPU state; under KVM only a `g` first fetches
-        // it from KVM and marks it to be written back when the vCPU runs again.
+        // it from KVM and marks it to be written back when the vCPU runs again (a `g`
+        // served from the cache was sent in this same stop).
         g.client.read_all_registers()?;
     }
     if let Some(x) = regs.gprs {

@@ -19,6 +19,16 @@
 //! are hardware breakpoints in the 4 debug registers and registers are read with `g`,
 //! which fetches the vCPU state from KVM (QEMU's `p` does not).
 //!
+//! What a hit costs: under TCG, QEMU drops its whole translated-code cache at every
+//! breakpoint or single-step stop and at every breakpoint insert or removal, and the
+//! guest then runs slowly until its code is translated again; that, not this session,
+//! is most of the time between hits. Watchpoint stops do not flush it, so watching a
+//! variable is the fast way to trace a TCG guest. The session keeps its own share small
+//! (see [`GdbClient`] and `skip`): one `g` per stop and no thread selection when the
+//! stop already selected the vCPU; page walks through [`GdbSession::use_memory`]'s
+//! memory; a breakpoint on a NOP is passed by moving RIP (one stop, no re-insertion),
+//! any other by remove, step, reinsert. [`GdbSession::counters`] counts the requests.
+//!
 //! Do not mix with QMP `stop`/`cont` while a session is attached: a QMP stop is reported
 //! to the gdbstub as a stop (`T02`), and a QMP `cont` runs a VM the session believes
 //! stopped. [`crate::LegacyQemu`] routes its pause/resume here when given a GDB socket.
@@ -41,6 +51,7 @@
 mod events;
 mod gpacket;
 mod park;
+mod skip;
 mod stop;
 
 use std::borrow::Cow;
@@ -57,12 +68,12 @@ use vmi_core::{
 };
 
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
-use crate::gdb::{BreakpointKind, GdbAddress, GdbClient};
+use crate::gdb::{BreakpointKind, GdbAddress, GdbClient, GdbCounters};
 
 pub(crate) use gpacket::all_msrs;
 
 use events::{watch_for, StopEvent};
-use stop::{Inner, CR3_ROOT_MASK};
+use stop::{FastMemory, Inner, CR3_ROOT_MASK};
 
 /// QEMU single-step masks, best first: enable, no IRQs, no timers (TCG); enable and no
 /// IRQs (KVM with `KVM_GUESTDBG_BLOCKIRQ`; KVM has no timer mask and QEMU answers `E22`
@@ -221,6 +232,7 @@ impl GdbSession {
             regnums,
             client_detached: false,
             keep_stopped: !guest_was_running,
+            fast_memory: None,
         };
         inner.resume()?;
         let shared = Arc::new(Shared {
@@ -257,6 +269,23 @@ impl GdbSession {
         r
     }
 
+    /// Reads guest RAM through `memory` instead of the stub where the session reads it
+    /// for itself: the page walks of events and the instruction at a breakpoint (with
+    /// it, a breakpoint on a NOP is passed by moving RIP instead of a single step).
+    /// `memory` must read the same guest's physical memory (e.g. its [`SharedRam`]);
+    /// [`crate::LegacyQemu`] passes its own when it has shared RAM or ProcMem.
+    ///
+    /// [`SharedRam`]: crate::SharedRam
+    pub fn use_memory(&self, memory: Arc<dyn PhysicalMemory + Send + Sync>) {
+        self.lock().fast_memory = Some(FastMemory(memory));
+    }
+
+    /// What the session's client has sent to the stub so far and how long it held the
+    /// VM stopped: the cost of events, for benchmarks and tests.
+    pub fn counters(&self) -> GdbCounters {
+        self.lock().client.counters()
+    }
+
     /// Whether the session believes the VM runs.
     pub fn is_running(&self) -> bool {
         self.lock().running
@@ -280,7 +309,8 @@ impl GdbSession {
 
     /// Watches `len` bytes at a guest-virtual address (`Z2` write, `Z3` read, `Z4`
     /// access): `access` W, R, or both. Hits are reported as [`EventKind::MemoryAccess`]
-    /// (after the accessing instruction completed).
+    /// (after the accessing instruction completed). Under TCG a watchpoint stop keeps
+    /// QEMU's translated code (a breakpoint stop flushes it): the fast way to trace.
     ///
     /// [`EventKind::MemoryAccess`]: vmi_core::EventKind::MemoryAccess
     pub fn watch(&self, gva: Gva, len: u64, access: Access) -> Result<()> {

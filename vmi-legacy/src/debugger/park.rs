@@ -74,10 +74,11 @@ impl ParkOps for Shared {
             g.singlestep.insert(vcpu);
         }
         // Get past the breakpoint unless the tool moved RIP (the step may itself be
-        // the next event).
+        // the next event). RIP comes from the `g` packet the event was built from,
+        // unless the tool wrote registers.
         if let StopEvent::Breakpoint { rip, .. } = ev {
             if g.rip(vcpu)? == rip {
-                if let Some(next) = g.step_over(vcpu, rip)? {
+                if let Some(next) = g.pass_breakpoint(vcpu, rip)? {
                     g.queued.push_back(next);
                 }
             }

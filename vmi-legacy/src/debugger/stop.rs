@@ -2,10 +2,13 @@
 //! stop replies into [`StopEvent`]s, stepping over breakpoints and single-stepping.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
-use vmi_core::{Error, Result, VcpuId, VcpuSet};
+use vmi_core::paging::{translate, PagingMode};
+use vmi_core::{Error, Gpa, Gva, PhysicalMemory, Result, VcpuId, VcpuSet};
 
 use super::events::{StopEvent, Watch};
+use super::skip::{nop_length, EFER_LMA, RFLAGS_TF};
 use crate::gdb::codec::StopReason;
 use crate::gdb::{BreakpointKind, GdbClient};
 
@@ -46,6 +49,19 @@ pub(super) struct Inner {
     /// Someone else had stopped the guest (QMP `stop`, `-S`) when the session attached:
     /// the session never lets it run (`c`) and does not detach with `D`, which would.
     pub(super) keep_stopped: bool,
+    /// A faster path to guest RAM than the stub's `m` packets (shared RAM), for page
+    /// walks and instruction bytes: [`super::GdbSession::use_memory`].
+    pub(super) fast_memory: Option<FastMemory>,
+}
+
+/// Guest RAM read without the stub.
+#[derive(Clone)]
+pub(super) struct FastMemory(pub(super) Arc<dyn PhysicalMemory + Send + Sync>);
+
+impl std::fmt::Debug for FastMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FastMemory")
+    }
 }
 
 impl Inner {
@@ -86,22 +102,30 @@ impl Inner {
         Ok(())
     }
 
+    /// RIP of `vcpu`, from its `g` packet (read once per stop: see
+    /// [`GdbClient::thread_registers`]).
     pub(super) fn rip(&mut self, vcpu: VcpuId) -> Result<u64> {
-        self.read_reg(vcpu, "rip")
+        self.g_value(vcpu, "rip")
     }
 
-    /// One register of `vcpu`. Under KVM QEMU's `p` answers from its copy of the vCPU
-    /// state without fetching it from KVM (stale since the last sync: measured `rip`
-    /// 0x18 at a breakpoint), while `g` synchronises it first, so KVM reads use `g`.
-    pub(super) fn read_reg(&mut self, vcpu: VcpuId, name: &str) -> Result<u64> {
-        if self.accelerator == super::Accelerator::Kvm {
-            return self.read_g(vcpu)?.get(name).copied().ok_or_else(|| {
-                Error::malformed("gdbstub g packet", format!("no register {name}"))
-            });
-        }
+    /// One register of `vcpu`'s `g` packet by its target-XML name. Always from `g`
+    /// (cached for the stop): under KVM QEMU's `p` answers from its copy of the vCPU
+    /// state without fetching it from KVM (stale: measured `rip` 0x18 at a
+    /// breakpoint), while `g` synchronises it first.
+    pub(super) fn g_value(&mut self, vcpu: VcpuId, name: &str) -> Result<u64> {
         let t = self.thread(vcpu)?;
-        self.client.select_thread(t)?;
-        self.client.read_register_u64(name)
+        let raw = self.client.thread_registers(t)?;
+        let desc = self
+            .client
+            .register(name)
+            .ok_or_else(|| Error::malformed("gdbstub", format!("no {name} in the g packet")))?;
+        let n = desc.bitsize.div_ceil(8).min(8);
+        let bytes = raw
+            .get(desc.offset..desc.offset + n)
+            .ok_or_else(|| Error::malformed("gdbstub", format!("g packet without {name}")))?;
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(v))
     }
     /// Turns a stop reply into an event, or `None` for a stop that is not one (our own
     /// interrupt, a breakpoint hit without the INT3 monitor — stepped over here).
@@ -145,8 +169,8 @@ impl Inner {
                 return Ok(Some(StopEvent::Breakpoint { vcpu, rip }));
             }
             if !stepping {
-                // Not monitored, or another address space: step over it silently.
-                if let Some(ev) = self.step_over(vcpu, rip)? {
+                // Not monitored, or another address space: get past it silently.
+                if let Some(ev) = self.pass_breakpoint(vcpu, rip)? {
                     return Ok(Some(ev));
                 }
                 return Ok(None);
@@ -156,6 +180,57 @@ impl Inner {
             return Ok(Some(StopEvent::Singlestep { vcpu, rip }));
         }
         Ok(None)
+    }
+
+    /// Gets `vcpu` past the breakpoint at `rip`: by moving RIP past the instruction where
+    /// that is all it would do (see `skip`), else by [`Self::step_over`]. Returns the
+    /// event the step produced, if any.
+    pub(super) fn pass_breakpoint(&mut self, vcpu: VcpuId, rip: u64) -> Result<Option<StopEvent>> {
+        if let Some(len) = self.skippable(vcpu, rip)? {
+            let (num, size) = *self
+                .regnums
+                .get("rip")
+                .ok_or_else(|| Error::malformed("gdbstub", "no rip in the target XML"))?;
+            let t = self.thread(vcpu)?;
+            self.client.select_register_thread(t)?;
+            let next = rip.wrapping_add(len).to_le_bytes();
+            self.client.write_register(num, &next[..size.min(8)])?;
+            return Ok(None);
+        }
+        self.step_over(vcpu, rip)
+    }
+
+    /// The length of the instruction at `rip` if executing it would only advance RIP
+    /// and nothing asks for the step itself (see `skip` for the conditions).
+    fn skippable(&mut self, vcpu: VcpuId, rip: u64) -> Result<Option<u64>> {
+        let Some(FastMemory(mem)) = self.fast_memory.clone() else {
+            return Ok(None);
+        };
+        if self.singlestep.contains(vcpu) || rip <= u64::from(u32::MAX) {
+            return Ok(None);
+        }
+        let efer = self.g_value(vcpu, "efer")?;
+        let rflags = self.g_value(vcpu, "eflags")?;
+        if efer & EFER_LMA == 0 || rflags & RFLAGS_TF != 0 {
+            return Ok(None);
+        }
+        let (cr0, cr3, cr4) = (
+            self.g_value(vcpu, "cr0")?,
+            self.g_value(vcpu, "cr3")?,
+            self.g_value(vcpu, "cr4")?,
+        );
+        let mode = PagingMode::from_registers(cr0, cr4, efer);
+        let Ok(t) = translate(&*mem, mode, Gpa(cr3), Gva(rip)) else {
+            return Ok(None);
+        };
+        // Up to the longest accepted NOP, within the page (a NOP crossing into the next
+        // page is stepped).
+        let mut code = [0u8; 15];
+        let n = code.len().min((0x1000 - (rip & 0xfff)) as usize);
+        if mem.read_physical(t.gpa, &mut code[..n]).is_err() {
+            return Ok(None);
+        }
+        Ok(nop_length(&code[..n]))
     }
 
     /// Removes the breakpoint at `rip`, single-steps `vcpu`, reinserts it. Returns the
@@ -199,7 +274,7 @@ impl Inner {
             return Ok(true);
         }
         let spaces = spaces.clone();
-        let cr3 = self.read_reg(vcpu, "cr3")? & CR3_ROOT_MASK;
+        let cr3 = self.g_value(vcpu, "cr3")? & CR3_ROOT_MASK;
         Ok(spaces.contains(&Some(cr3)))
     }
 
