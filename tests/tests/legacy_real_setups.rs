@@ -367,8 +367,12 @@ fn item6_teardown_of_a_frozen_running_guest_leaves_no_interrupt_behind() {
     assert_runs(&guest, &m, Some(&vm), "with the session attached");
     let pid = guest.pid() as libc::pid_t;
     signal(pid, libc::SIGSTOP);
+    let started = Instant::now();
     drop(vm);
+    let took = started.elapsed();
     signal(pid, libc::SIGCONT);
+    // One timeout (the interrupt's), not one per step (each costs 2 s here).
+    assert!(took < Duration::from_secs(6), "teardown took {took:?}");
     wait_until_running(&guest, "after SIGCONT");
     assert_keeps_running(&guest, &m, "after SIGCONT");
 }
