@@ -262,9 +262,18 @@ impl GdbSession {
     }
 
     /// Ends every pause, removes every breakpoint and watchpoint, turns
-    /// single-stepping off, restores virtual addressing and detaches; QEMU then resumes
-    /// the guest. Events still pending are answered by the detach (their guards become
-    /// inert).
+    /// single-stepping off, leaves virtual addressing on and detaches (`D`, or `D;1` for
+    /// a stub in multiprocess mode); QEMU then resumes the guest — unless someone else
+    /// had stopped it before the session attached ([`Self::with_prior_state`]): then
+    /// the session closes without `D` and the guest stays stopped. Events still pending
+    /// are answered by the detach (their guards become inert). A second call, and the
+    /// drop after an explicit call, do nothing; every later operation through the
+    /// session fails with [`Error::Disconnected`] instead of stopping the guest again.
+    ///
+    /// If the stub refuses the detach, the guest is resumed with `c` and the error
+    /// returned. Against a stub that stops answering (a frozen QEMU) this returns after
+    /// one timeout and the rest of the teardown finishes in the background once QEMU
+    /// answers again (see the crate README, "On real setups").
     pub fn detach(&self) -> Result<()> {
         let _ = self.parking.shutdown();
         self.shared.lock().detach()
