@@ -220,8 +220,11 @@ impl Inner {
             return Ok(());
         }
         let mut first_err: Option<Error> = None;
+        // A step timed out: the stub no longer answers.
+        let mut frozen = false;
         if self.running {
             if let Err(e) = self.stop() {
+                frozen = matches!(e, Error::Timeout { .. });
                 first_err.get_or_insert(e);
             }
         }
@@ -243,43 +246,67 @@ impl Inner {
         self.client_detached = true;
         let detach = !self.keep_stopped;
         self.running = detach;
-        let frozen = |e: &Option<Error>| matches!(e, Some(Error::Timeout { .. }));
-        while !frozen(&first_err) {
+        while !frozen {
             let Some(p) = packets.pop_front() else { break };
             if let Err(e) = self.client.command_ok(&p) {
+                if matches!(e, Error::Timeout { .. }) {
+                    // Sent but unanswered: QEMU may have taken it in while the guest
+                    // ran (and so dropped it); the background teardown sends it again.
+                    frozen = true;
+                    packets.push_front(p);
+                }
                 first_err.get_or_insert(e);
             }
         }
-        if frozen(&first_err) {
-            if let Some(mut client) = self.client.duplicate() {
-                let spawned = std::thread::Builder::new()
-                    .name("vmi-gdb-teardown".into())
-                    .spawn(move || {
-                        if !client.await_answer(DEFERRED_TEARDOWN_MAX) {
-                            return;
-                        }
-                        for p in &packets {
-                            let _ = client.command_ok(p);
-                        }
-                        if detach && client.detach().is_err() {
-                            let _ = client.resume();
-                        }
-                    });
-                if let Err(e) = spawned {
-                    first_err = Some(Error::io("starting the deferred gdbstub teardown", e));
-                }
+        if frozen {
+            if let Err(e) = self.finish_later(packets, detach) {
+                first_err = Some(e);
             }
             return first_err.map_or(Ok(()), Err);
         }
         if detach {
-            if let Err(e) = self.client.detach() {
-                if !matches!(e, Error::Timeout { .. }) {
+            match self.client.detach() {
+                Ok(()) => {}
+                Err(e @ Error::Timeout { .. }) => {
+                    // Sent: keep the connection open until QEMU has answered it.
+                    let _ = self.finish_later(VecDeque::new(), false);
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
                     // Refused: never leave the guest stopped silently.
                     let _ = self.client.resume();
+                    first_err.get_or_insert(e);
                 }
-                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// The teardown against a stub that stopped answering, in a background thread on a
+    /// duplicate of the connection: once the stub answers again (within
+    /// [`DEFERRED_TEARDOWN_MAX`]) and has said what it had to say, sends `packets`
+    /// (answers ignored) and, with `detach`, detaches (resuming with `c` if refused).
+    fn finish_later(&self, packets: VecDeque<Vec<u8>>, detach: bool) -> Result<()> {
+        let Some(mut client) = self.client.duplicate() else {
+            return Err(Error::unsupported(
+                "deferred gdbstub teardown",
+                "the connection cannot be duplicated",
+            ));
+        };
+        std::thread::Builder::new()
+            .name("vmi-gdb-teardown".into())
+            .spawn(move || {
+                if !client.await_answer(DEFERRED_TEARDOWN_MAX) {
+                    return;
+                }
+                for p in &packets {
+                    let _ = client.command_ok(p);
+                }
+                if detach && client.detach().is_err() {
+                    let _ = client.resume();
+                }
+            })
+            .map(drop)
+            .map_err(|e| Error::io("starting the deferred gdbstub teardown", e))
     }
 }
