@@ -356,6 +356,11 @@ impl Breakpoints for GdbSession {
                 g.breakpoints.remove(&gva);
                 g.client
                     .remove_breakpoint(BreakpointKind::Software, gva, 1)?;
+                // A hit that raced with this call's interrupt is stale now: the vCPU
+                // just runs on from the address once the VM resumes.
+                g.queued.retain(
+                    |ev| !matches!(ev, events::StopEvent::Breakpoint { rip, .. } if *rip == gva),
+                );
             }
             Ok(())
         })
