@@ -184,13 +184,21 @@ impl GdbSession {
         self.shared.lock()
     }
 
-    /// Runs `f` with the VM stopped, restoring its run state afterwards.
+    /// Runs `f` with the VM stopped, restoring its run state afterwards — unless the
+    /// interrupt met a breakpoint or watchpoint hit, which keeps the VM stopped where it
+    /// hit until [`EventControl::wait_event`] hands it out (as the parking does):
+    /// resuming would let the vCPU run on, and the event would then report registers
+    /// from elsewhere.
     fn stopped<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
         let mut g = self.lock();
         let was_running = g.running;
         g.stop()?;
         let r = f(&mut g);
-        if was_running && g.outstanding.is_none() && !self.parking.is_paused() {
+        if was_running
+            && g.outstanding.is_none()
+            && g.queued.is_empty()
+            && !self.parking.is_paused()
+        {
             g.resume()?;
         }
         r
@@ -231,6 +239,13 @@ impl GdbSession {
             if g.watches.remove(&w) {
                 g.client
                     .remove_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)?;
+                // As for breakpoints: a hit that raced with this call's interrupt is
+                // stale (the access has completed; nothing waits for an answer).
+                let (start, end) = (w.gva, w.gva.saturating_add(w.len));
+                g.queued.retain(|ev| {
+                    !matches!(ev, events::StopEvent::Watch { kind, addr, .. }
+                        if *kind == w.kind() && (start..end).contains(addr))
+                });
             }
             Ok(())
         })
