@@ -290,11 +290,40 @@ fn item5_reads_fail_with_disconnected_once_qemu_is_killed() {
             Err(e) => panic!("expected Disconnected, got {e}"),
         }
     }
-    // Every later read, of any size, says so too.
+    // Every later read, of any size, says so too, and so do the other paths.
     assert!(matches!(
         vm.read_physical(Gpa(0x20_0000), &mut [0u8; 1]),
         Err(Error::Disconnected { .. })
     ));
+    assert!(vm.qemu_exited());
+    let regs = vm.registers(VcpuId(0), vmi_core::RegisterGroups::GPRS, &[]);
+    assert!(matches!(regs, Err(Error::Disconnected { .. })), "{regs:?}");
+    assert!(matches!(vm.status(), Err(Error::Disconnected { .. })));
+}
+
+#[test]
+fn item5_procmem_and_the_gdbstub_report_a_dead_qemu_as_disconnected() {
+    let (guest, _m) = boot();
+    let mut cfg = config(&guest, true);
+    cfg.ram = vmi_legacy::RamSource::ProcMem;
+    let vm = LegacyQemu::connect(cfg).expect("connect with ProcMem");
+    let mut buf = [0u8; 4096];
+    vm.read_physical(Gpa(1 << 20), &mut buf).unwrap();
+    signal(guest.pid() as libc::pid_t, libc::SIGKILL);
+    let deadline = Instant::now() + T;
+    while vm.read_physical(Gpa(1 << 20), &mut buf).is_ok() {
+        assert!(Instant::now() < deadline, "reads go on after QEMU died");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = vm.read_physical(Gpa(1 << 20), &mut buf).unwrap_err();
+    assert!(matches!(e, Error::Disconnected { .. }), "{e:?}");
+    let gdb = vm.gdb().unwrap();
+    let e = gdb.read_physical(Gpa(1 << 20), &mut buf).unwrap_err();
+    assert!(
+        matches!(e, Error::Disconnected { .. }),
+        "gdbstub read: {e:?}"
+    );
+    drop(vm);
 }
 
 #[test]
@@ -338,8 +367,12 @@ fn item6_teardown_of_a_frozen_running_guest_leaves_no_interrupt_behind() {
     assert_runs(&guest, &m, Some(&vm), "with the session attached");
     let pid = guest.pid() as libc::pid_t;
     signal(pid, libc::SIGSTOP);
+    let started = Instant::now();
     drop(vm);
+    let took = started.elapsed();
     signal(pid, libc::SIGCONT);
+    // One timeout (the interrupt's), not one per step (each costs 2 s here).
+    assert!(took < Duration::from_secs(6), "teardown took {took:?}");
     wait_until_running(&guest, "after SIGCONT");
     assert_keeps_running(&guest, &m, "after SIGCONT");
 }

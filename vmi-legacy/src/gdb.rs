@@ -671,7 +671,7 @@ impl GdbClient {
         self.io
             .write_all(bytes)
             .and_then(|()| self.io.flush())
-            .map_err(|e| Error::io("writing to gdbstub", e))
+            .map_err(|e| crate::liveness::stream_error("writing to gdbstub", e))
     }
 
     /// Reads more bytes into `buf`, honouring `deadline`.
@@ -697,7 +697,7 @@ impl GdbClient {
                     deadline.check("gdbstub reply")?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading from gdbstub", e)),
+                Err(e) => return Err(crate::liveness::stream_error("reading from gdbstub", e)),
             }
         }
     }

@@ -23,6 +23,7 @@
 //! * [`pmemaccess`] — [`PmemAccess`], the client of LibVMI's old fast-memaccess QEMU
 //!   patch, for hosts still running such a QEMU.
 //! * [`procfs`] — what `/proc` says about the QEMU process.
+//! * [`liveness`] — noticing that QEMU exited (shared RAM stays readable after it).
 //! * [`gdb`] — a GDB remote-protocol client for QEMU's gdbstub.
 //! * [`debugger`] — [`GdbSession`]: registers, pause/resume, breakpoints, watchpoints
 //!   and single steps through the gdbstub, as `vmi-core` events.

@@ -15,6 +15,23 @@ use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use vmi_core::{Error, Result};
 
+/// A failed read or write on a socket to QEMU: [`Error::Disconnected`] when the peer is
+/// gone (QEMU exited or closed the connection), else [`Error::Io`].
+pub(crate) fn stream_error(
+    context: impl Into<std::borrow::Cow<'static, str>>,
+    e: std::io::Error,
+) -> Error {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | UnexpectedEof => {
+            Error::Disconnected {
+                reason: format!("{}: {e}", context.into()).into(),
+            }
+        }
+        _ => Error::io(context, e),
+    }
+}
+
 /// Watches one process; [`ProcessWatch::check`] fails with [`Error::Disconnected`]
 /// once it has exited. Dropping the watch stops its thread.
 #[derive(Debug)]

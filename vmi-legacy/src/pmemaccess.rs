@@ -87,16 +87,16 @@
 //! ```
 
 use std::io::{self, ErrorKind, IoSliceMut, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 use serde_json::json;
-use vmi_core::{Error, Gpa, PhysicalMemory, PhysicalMemoryWrite, Result};
+use vmi_core::{Deadline, Error, Gpa, PhysicalMemory, PhysicalMemoryWrite, Result};
 
 use crate::qmp::{qmp_error, QmpClient};
 
@@ -306,7 +306,7 @@ impl PmemAccess {
     /// One read request of `1..=READ_CHUNK` bytes.
     fn read_chunk(&self, conn: &mut Conn, addr: u64, buf: &mut [u8]) -> Result<()> {
         conn.check_ready()?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Deadline::after(self.timeout);
         let req = encode_request(TYPE_READ, addr, buf.len() as u64);
         let result = conn
             .send_all(&req, deadline)
@@ -320,14 +320,14 @@ impl PmemAccess {
         conn: &mut Conn,
         addr: u64,
         buf: &mut [u8],
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<()> {
         let len = buf.len();
         let mut status = [0u8; 1];
         let mut got = conn.recv_reply(buf, &mut status, 0, deadline)?;
         if got == 1 {
             // A failure reply, or the start of a success reply delivered in pieces.
-            let grace = deadline.min(Instant::now() + self.failure_grace);
+            let grace = deadline.earliest(Deadline::after(self.failure_grace));
             match conn.recv_reply(buf, &mut status, 1, grace) {
                 Ok(n) => got += n,
                 Err(Error::Timeout { .. }) => {
@@ -355,7 +355,7 @@ impl PmemAccess {
     /// One write request of `1..=WRITE_CHUNK` bytes.
     fn write_chunk(&self, conn: &mut Conn, addr: u64, data: &[u8]) -> Result<()> {
         conn.check_ready()?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Deadline::after(self.timeout);
         let mut msg = Vec::with_capacity(REQUEST_LEN + data.len());
         msg.extend_from_slice(&encode_request(TYPE_WRITE, addr, data.len() as u64));
         msg.extend_from_slice(data);
@@ -388,32 +388,28 @@ impl Conn {
                     .into(),
             });
         }
-        let mut byte = 0u8;
-        // SAFETY: `byte` is a valid 1-byte buffer for the duration of the call; the fd
-        // is open (owned by `self.stream`).
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => {
+        let mut byte = [0u8; 1];
+        match rustix::net::recv(
+            &self.stream,
+            &mut byte[..],
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        )
+        .map(|(n, _)| n)
+        {
+            Ok(0) => {
                 let why = "QEMU closed the pmemaccess socket".to_owned();
                 self.broken = Some(why.clone());
                 Err(Error::Disconnected { reason: why.into() })
             }
-            n if n > 0 => {
+            Ok(_) => {
                 let why = "unexpected bytes from the server before a request (a late reply \
                            after a read judged failed, or an overlong reply)"
                     .to_owned();
                 self.broken = Some(why.clone());
                 Err(Error::malformed(ORIGIN, why))
             }
-            _ => {
-                let e = io::Error::last_os_error();
+            Err(e) => {
+                let e = io::Error::from(e);
                 match e.kind() {
                     ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(()),
                     _ => Err(self.transport_error("checking the pmemaccess socket", e)),
@@ -448,37 +444,27 @@ impl Conn {
     }
 
     /// Sends all of `msg` (without `SIGPIPE`) by `deadline`.
-    fn send_all(&mut self, mut msg: &[u8], deadline: Instant) -> Result<()> {
+    fn send_all(&mut self, mut msg: &[u8], deadline: Deadline) -> Result<()> {
+        const WHAT: &str = "the pmemaccess request to be sent";
         while !msg.is_empty() {
-            let left = remaining(deadline, "the pmemaccess request to be sent")?;
+            let left = deadline.io_timeout(WHAT)?;
             self.stream
-                .set_write_timeout(Some(left))
+                .set_write_timeout(left)
                 .map_err(|e| Error::io("setting the pmemaccess write timeout", e))?;
-            // SAFETY: `msg` is a valid readable buffer of `msg.len()` bytes; the fd is
-            // open (owned by `self.stream`).
-            let n = unsafe {
-                libc::send(
-                    self.stream.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    ErrorKind::Interrupted => continue,
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-                        return Err(Error::Timeout {
-                            what: "the pmemaccess request to be sent".into(),
-                            after: left,
-                        })
+            match rustix::net::send(&self.stream, msg, SendFlags::NOSIGNAL) {
+                // At most msg.len().
+                Ok(n) => msg = msg.get(n..).unwrap_or_default(),
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    match e.kind() {
+                        ErrorKind::Interrupted => continue,
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                            return Err(deadline.timeout_error(WHAT))
+                        }
+                        _ => return Err(self.transport_error("sending a pmemaccess request", e)),
                     }
-                    _ => return Err(self.transport_error("sending a pmemaccess request", e)),
                 }
             }
-            // n >= 0 and at most msg.len().
-            msg = msg.get(n as usize..).unwrap_or_default();
         }
         Ok(())
     }
@@ -490,12 +476,12 @@ impl Conn {
         buf: &mut [u8],
         status: &mut [u8; 1],
         at: usize,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<usize> {
         loop {
-            let left = remaining(deadline, "a pmemaccess reply")?;
+            let left = deadline.io_timeout("a pmemaccess reply")?;
             self.stream
-                .set_read_timeout(Some(left))
+                .set_read_timeout(left)
                 .map_err(|e| Error::io("setting the pmemaccess read timeout", e))?;
             let r = if at < buf.len() {
                 let mut iov = [
@@ -517,12 +503,7 @@ impl Conn {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if Instant::now() >= deadline {
-                        return Err(Error::Timeout {
-                            what: "a pmemaccess reply".into(),
-                            after: left,
-                        });
-                    }
+                    deadline.check("a pmemaccess reply")?;
                 }
                 Err(e) => return Err(self.transport_error("receiving a pmemaccess reply", e)),
             }
@@ -538,7 +519,7 @@ impl Conn {
             }),
             None => {
                 let req = encode_request(TYPE_QUIT, 0, 0);
-                self.send_all(&req, Instant::now() + timeout)
+                self.send_all(&req, Deadline::after(timeout))
             }
         };
         if self.broken.is_none() {
@@ -572,19 +553,6 @@ impl PhysicalMemoryWrite for PmemAccess {
     }
 }
 
-/// Time left until `deadline`, or [`Error::Timeout`].
-fn remaining(deadline: Instant, what: &'static str) -> Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(Error::Timeout {
-            what: what.into(),
-            after: Duration::ZERO,
-        })
-    } else {
-        Ok(left)
-    }
-}
-
 /// Rejects ranges that wrap around the 64-bit address space.
 fn check_range(gpa: Gpa, len: usize) -> Result<()> {
     match gpa.0.checked_add(len as u64) {
@@ -609,78 +577,58 @@ fn fresh_socket_path(dir: &Path) -> PathBuf {
     ))
 }
 
-/// The `sockaddr_un` for `path`, or [`Error::InvalidArgument`] if it does not fit.
-fn sockaddr_for(path: &Path) -> Result<libc::sockaddr_un> {
-    // SAFETY: sockaddr_un is plain old data for which all-zero bytes are a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+/// The socket address for `path`, or [`Error::InvalidArgument`] if it does not fit.
+fn sockaddr_for(path: &Path) -> Result<SocketAddrUnix> {
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= addr.sun_path.len() {
-        return Err(Error::InvalidArgument {
-            what: "pmemaccess socket path",
-            reason: format!(
-                "{} is empty, contains NUL or is longer than {} bytes",
-                path.display(),
-                addr.sun_path.len() - 1
-            )
-            .into(),
-        });
+    // sun_path holds 108 bytes on Linux, the terminating NUL included.
+    const SUN_PATH: usize = 108;
+    let invalid = || Error::InvalidArgument {
+        what: "pmemaccess socket path",
+        reason: format!(
+            "{} is empty, contains NUL or is longer than {} bytes",
+            path.display(),
+            SUN_PATH - 1
+        )
+        .into(),
+    };
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= SUN_PATH {
+        return Err(invalid());
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    Ok(addr)
+    SocketAddrUnix::new(path).map_err(|_| invalid())
 }
 
 /// Connects to a UNIX stream socket without blocking past `timeout`: a non-blocking
 /// `connect()` is retried while the listener's queue is full (`EAGAIN`).
 fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream> {
     let addr = sockaddr_for(path)?;
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     let context = || format!("connecting to pmemaccess socket {}", path.display());
     loop {
-        // SAFETY: a plain system call without pointer arguments.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(Error::io(context(), io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `addr` is a valid, initialised sockaddr_un and the length passed is its
-        // size; the fd is open.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            let stream = UnixStream::from(fd);
-            stream
-                .set_nonblocking(false)
-                .map_err(|e| Error::io(context(), e))?;
-            return Ok(stream);
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::Interrupted => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout {
-                        what: format!("{} to accept", path.display()).into(),
-                        after: timeout,
-                    });
-                }
-                std::thread::sleep(left.min(Duration::from_millis(5)));
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|e| Error::io(context(), e.into()))?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream
+                    .set_nonblocking(false)
+                    .map_err(|e| Error::io(context(), e))?;
+                return Ok(stream);
             }
-            _ => return Err(Error::io(context(), e)),
+            Err(e) => {
+                let e = io::Error::from(e);
+                match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::Interrupted => {
+                        deadline.check(format!("{} to accept", path.display()))?;
+                        std::thread::sleep(deadline.remaining_capped(Duration::from_millis(5)));
+                    }
+                    _ => return Err(Error::io(context(), e)),
+                }
+            }
         }
     }
 }
@@ -827,6 +775,23 @@ mod tests {
             u64::from_le_bytes(mem.lock().unwrap()[8..16].try_into().unwrap())
         );
         client.read_physical(Gpa(0), &mut []).unwrap();
+    }
+
+    #[test]
+    fn duration_max_waits_without_a_deadline_instead_of_panicking() {
+        // `Instant::now() + Duration::MAX` panicked in every wait of this client.
+        let mem: Vec<u8> = (0..MEM_SIZE).map(|i| (i * 3) as u8).collect();
+        let mem = Arc::new(Mutex::new(mem));
+        let m = Arc::clone(&mem);
+        let (_dir, path, h) = spawn_server(move |s| serve_patch(s, m));
+        let client = PmemAccess::connect(&path, Duration::MAX).unwrap();
+        let mut buf = [0u8; 64];
+        client.read_physical(Gpa(0x100), &mut buf).unwrap();
+        assert_eq!(&buf[..], &mem.lock().unwrap()[0x100..0x140]);
+        client.write_physical(Gpa(0x200), &[1, 2, 3]).unwrap();
+        assert_eq!(&mem.lock().unwrap()[0x200..0x203], &[1, 2, 3]);
+        client.close().unwrap();
+        h.join().unwrap();
     }
 
     #[test]
@@ -1123,7 +1088,7 @@ mod tests {
             }
         };
         let mut qemu = QemuGuard(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Deadline::after(Duration::from_secs(20));
         let mut qmp = loop {
             if let Ok(q) = QmpClient::connect(&qmp_path) {
                 break q;
@@ -1131,7 +1096,7 @@ mod tests {
             if let Ok(Some(status)) = qemu.0.try_wait() {
                 panic!("QEMU exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "QMP socket never came up");
+            assert!(!deadline.expired(), "QMP socket never came up");
             std::thread::sleep(Duration::from_millis(50));
         };
         let e = PmemAccess::request_socket(&mut qmp, &dir.0).unwrap_err();

@@ -430,7 +430,7 @@ impl QmpClient {
                     return Err(deadline.timeout_error(what.to_owned()));
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading from QMP", e)),
+                Err(e) => return Err(crate::liveness::stream_error("reading from QMP", e)),
             }
         }
     }
@@ -534,7 +534,7 @@ impl QmpClient {
                     after: self.timeout,
                 }
             } else {
-                Error::io(format!("sending QMP {cmd}"), e)
+                crate::liveness::stream_error(format!("sending QMP {cmd}"), e)
             }
         })?;
         let deadline = Deadline::after(self.timeout);
@@ -586,7 +586,7 @@ impl QmpClient {
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => break Err(Error::io("polling QMP", e)),
+                Err(e) => break Err(crate::liveness::stream_error("polling QMP", e)),
             }
         };
         self.stream

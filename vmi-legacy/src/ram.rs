@@ -441,6 +441,11 @@ impl ProcMem {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    return Err(Error::Disconnected {
+                        reason: format!("QEMU (pid {}) has exited", self.pid).into(),
+                    });
+                }
                 return Err(fail(e));
             }
             let mut n = n as usize;

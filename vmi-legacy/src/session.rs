@@ -653,15 +653,18 @@ impl PhysicalMemory for LegacyQemu {
     /// `info mtree -f`); [`Error::Disconnected`] once QEMU has exited.
     fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
         self.check_alive()?;
-        self.ram.memory().read_physical(gpa, buf)?;
-        // QEMU may have died during the read: do not hand out what it left behind.
-        self.check_alive()
+        let r = self.ram.memory().read_physical(gpa, buf);
+        // QEMU may have died during the read: do not hand out what it left behind, and
+        // say so rather than how the read failed.
+        self.check_alive()?;
+        r
     }
 
     fn read_physical_many(&self, requests: &mut [(Gpa, &mut [u8])]) -> Result<()> {
         self.check_alive()?;
-        self.ram.memory().read_physical_many(requests)?;
-        self.check_alive()
+        let r = self.ram.memory().read_physical_many(requests);
+        self.check_alive()?;
+        r
     }
 }
 

@@ -257,13 +257,21 @@ impl GdbSession {
         self.shared.lock()
     }
 
-    /// Runs `f` with the VM stopped, restoring its run state afterwards.
+    /// Runs `f` with the VM stopped, restoring its run state afterwards — unless the
+    /// interrupt met a breakpoint or watchpoint hit, which keeps the VM stopped where it
+    /// hit until [`EventControl::wait_event`] hands it out (as the parking does):
+    /// resuming would let the vCPU run on, and the event would then report registers
+    /// from elsewhere.
     fn stopped<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
         let mut g = self.lock();
         let was_running = g.running;
         g.stop()?;
         let r = f(&mut g);
-        if was_running && g.outstanding.is_none() && !self.parking.is_paused() {
+        if was_running
+            && g.outstanding.is_none()
+            && g.queued.is_empty()
+            && !self.parking.is_paused()
+        {
             g.resume()?;
         }
         r
@@ -333,6 +341,13 @@ impl GdbSession {
             if g.watches.remove(&w) {
                 g.client
                     .remove_breakpoint(BreakpointKind::Watch(w.kind()), w.gva, w.len)?;
+                // As for breakpoints: a hit that raced with this call's interrupt is
+                // stale (the access has completed; nothing waits for an answer).
+                let (start, end) = (w.gva, w.gva.saturating_add(w.len));
+                g.queued.retain(|ev| {
+                    !matches!(ev, events::StopEvent::Watch { kind, addr, .. }
+                        if *kind == w.kind() && (start..end).contains(addr))
+                });
             }
             Ok(())
         })
@@ -364,9 +379,18 @@ impl GdbSession {
     }
 
     /// Ends every pause, removes every breakpoint and watchpoint, turns
-    /// single-stepping off, restores virtual addressing and detaches; QEMU then resumes
-    /// the guest. Events still pending are answered by the detach (their guards become
-    /// inert).
+    /// single-stepping off, leaves virtual addressing on and detaches (`D`, or `D;1` for
+    /// a stub in multiprocess mode); QEMU then resumes the guest — unless someone else
+    /// had stopped it before the session attached ([`Self::with_prior_state`]): then
+    /// the session closes without `D` and the guest stays stopped. Events still pending
+    /// are answered by the detach (their guards become inert). A second call, and the
+    /// drop after an explicit call, do nothing; every later operation through the
+    /// session fails with [`Error::Disconnected`] instead of stopping the guest again.
+    ///
+    /// If the stub refuses the detach, the guest is resumed with `c` and the error
+    /// returned. Against a stub that stops answering (a frozen QEMU) this returns after
+    /// one timeout and the rest of the teardown finishes in the background once QEMU
+    /// answers again (see the crate README, "On real setups").
     pub fn detach(&self) -> Result<()> {
         let _ = self.parking.shutdown();
         self.shared.lock().detach()

@@ -338,8 +338,11 @@ impl Inner {
             return Ok(());
         }
         let mut first_err: Option<Error> = None;
+        // A step timed out: the stub no longer answers.
+        let mut frozen = false;
         if self.running {
             if let Err(e) = self.stop() {
+                frozen = matches!(e, Error::Timeout { .. });
                 first_err.get_or_insert(e);
             }
         }
@@ -362,43 +365,192 @@ impl Inner {
         self.client_detached = true;
         let detach = !self.keep_stopped;
         self.running = detach;
-        let frozen = |e: &Option<Error>| matches!(e, Some(Error::Timeout { .. }));
-        while !frozen(&first_err) {
+        while !frozen {
             let Some(p) = packets.pop_front() else { break };
             if let Err(e) = self.client.command_ok(&p) {
+                if matches!(e, Error::Timeout { .. }) {
+                    // Sent but unanswered: QEMU may have taken it in while the guest
+                    // ran (and so dropped it); the background teardown sends it again.
+                    frozen = true;
+                    packets.push_front(p);
+                }
                 first_err.get_or_insert(e);
             }
         }
-        if frozen(&first_err) {
-            if let Some(mut client) = self.client.duplicate() {
-                let spawned = std::thread::Builder::new()
-                    .name("vmi-gdb-teardown".into())
-                    .spawn(move || {
-                        if !client.await_answer(DEFERRED_TEARDOWN_MAX) {
-                            return;
-                        }
-                        for p in &packets {
-                            let _ = client.command_ok(p);
-                        }
-                        if detach && client.detach().is_err() {
-                            let _ = client.resume();
-                        }
-                    });
-                if let Err(e) = spawned {
-                    first_err = Some(Error::io("starting the deferred gdbstub teardown", e));
-                }
+        if frozen {
+            if let Err(e) = self.finish_later(packets, detach) {
+                first_err = Some(e);
             }
             return first_err.map_or(Ok(()), Err);
         }
         if detach {
-            if let Err(e) = self.client.detach() {
-                if !matches!(e, Error::Timeout { .. }) {
+            match self.client.detach() {
+                Ok(()) => {}
+                Err(e @ Error::Timeout { .. }) => {
+                    // Sent: keep the connection open until QEMU has answered it.
+                    let _ = self.finish_later(VecDeque::new(), false);
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
                     // Refused: never leave the guest stopped silently.
                     let _ = self.client.resume();
+                    first_err.get_or_insert(e);
                 }
-                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// The teardown against a stub that stopped answering, in a background thread on a
+    /// duplicate of the connection: once the stub answers again (within
+    /// [`DEFERRED_TEARDOWN_MAX`]) and has said what it had to say, sends `packets`
+    /// (answers ignored) and, with `detach`, detaches (resuming with `c` if refused).
+    fn finish_later(&self, packets: VecDeque<Vec<u8>>, detach: bool) -> Result<()> {
+        let Some(mut client) = self.client.duplicate() else {
+            return Err(Error::unsupported(
+                "deferred gdbstub teardown",
+                "the connection cannot be duplicated",
+            ));
+        };
+        std::thread::Builder::new()
+            .name("vmi-gdb-teardown".into())
+            .spawn(move || {
+                if !client.await_answer(DEFERRED_TEARDOWN_MAX) {
+                    return;
+                }
+                for p in &packets {
+                    let _ = client.command_ok(p);
+                }
+                if detach && client.detach().is_err() {
+                    let _ = client.resume();
+                }
+            })
+            .map(drop)
+            .map_err(|e| Error::io("starting the deferred gdbstub teardown", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use vmi_core::{Breakpoint, Breakpoints, Error, Gva};
+
+    use super::super::GdbSession;
+    use crate::gdb::codec::encode_packet;
+    use crate::gdb::GdbClient;
+
+    /// What the scripted stub saw, in order: packets, `^C` for an interrupt byte, and
+    /// `WOKE` where it came back from a freeze.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A gdbstub over a real socket that answers like QEMU (`c` runs, the interrupt
+    /// byte stops with `T02`), except that it freezes for `freeze` at its second
+    /// interrupt — a SIGSTOPped QEMU — and then works through what was queued.
+    fn freezing_stub(freeze: Duration) -> (UnixStream, Log, std::thread::JoinHandle<()>) {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let log: Log = Arc::default();
+        let seen = Arc::clone(&log);
+        let h = std::thread::spawn(move || {
+            let mut pending: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut interrupts = 0;
+            loop {
+                // Interrupt bytes and packets, in the order they arrive.
+                while let Some(&c) = pending.first() {
+                    if c == 0x03 {
+                        pending.remove(0);
+                        interrupts += 1;
+                        seen.lock().unwrap().push("^C".into());
+                        if interrupts == 2 {
+                            std::thread::sleep(freeze);
+                            seen.lock().unwrap().push("WOKE".into());
+                        }
+                        if b.write_all(&encode_packet(b"T02thread:01;")).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    if c != b'$' {
+                        pending.remove(0); // acks
+                        continue;
+                    }
+                    let Some(end) = pending.iter().position(|&x| x == b'#') else {
+                        break;
+                    };
+                    if pending.len() < end + 3 {
+                        break;
+                    }
+                    let p = String::from_utf8_lossy(&pending[1..end]).into_owned();
+                    pending.drain(..end + 3);
+                    seen.lock().unwrap().push(p.clone());
+                    let reply: Option<&[u8]> = match p.as_str() {
+                        s if s.starts_with("qSupported") => {
+                            Some(b"PacketSize=1000;qXfer:features:read+")
+                        }
+                        "?" => Some(b"S05"),
+                        s if s.starts_with("qXfer:features:read:target.xml:") => {
+                            Some(br#"l<target><reg name="rip" bitsize="64"/></target>"#)
+                        }
+                        "qfThreadInfo" => Some(b"m01"),
+                        "qsThreadInfo" => Some(b"l"),
+                        "c" => None,
+                        _ => Some(b"OK"),
+                    };
+                    if b.write_all(b"+").is_err() {
+                        return;
+                    }
+                    if let Some(r) = reply {
+                        if b.write_all(&encode_packet(r)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                match b.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        (a, log, h)
+    }
+
+    #[test]
+    fn teardown_of_a_frozen_stub_costs_one_timeout_and_finishes_in_order_after_it_wakes() {
+        let timeout = Duration::from_millis(300);
+        let (s, log, h) = freezing_stub(Duration::from_secs(1));
+        let session = GdbSession::new(GdbClient::new(Box::new(s), timeout).unwrap()).unwrap();
+        session.set_breakpoint(Breakpoint::at(Gva(0x1000))).unwrap();
+        let started = Instant::now();
+        let r = session.detach();
+        let took = started.elapsed();
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        assert!(took < Duration::from_millis(900), "teardown took {took:?}");
+        // A second detach (and the drop) send nothing.
+        session.detach().unwrap();
+        drop(session);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log.lock().unwrap().iter().any(|p| p == "D") {
+            assert!(
+                Instant::now() < deadline,
+                "no detach: {:?}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = log.lock().unwrap().clone();
+        let woke = log.iter().position(|p| p == "WOKE").unwrap();
+        // Nothing was sent between the interrupt and the freeze's end, and afterwards the
+        // removal, the addressing mode and the detach came in that order, once each.
+        assert_eq!(&log[woke - 1], "^C", "{log:?}");
+        assert_eq!(
+            &log[woke + 1..],
+            &["z0,1000,1", "Qqemu.PhyMemMode:0", "D"],
+            "{log:?}"
+        );
+        drop(h); // the stub ends when the background teardown closes the connection
     }
 }
