@@ -1,10 +1,97 @@
 //! The KVMi backend of `vmi-core`: introspection of KVM guests on a KVM-VMI patched
-//! kernel and QEMU, over the introspection socket.
+//! kernel and QEMU (kvmi-v7, and kvmi-v6 within its limits), over the introspection
+//! socket.
 //!
 //! Layering: `kvmi-sys` → `kvmi-proto` → **`vmi-kvm`** → your tool, programming against
-//! the capability traits of `vmi-core`. It will map `vmi-core`'s memory, register,
-//! pause, event and SLAT capabilities onto KVMi commands and events, batching round trips
-//! and replying to every event exactly once on every path.
+//! the capability traits of `vmi-core`. A [`KvmiVm`] is one VM: it implements
+//! [`vmi_core::Backend`] and the traits behind its accessors — physical memory
+//! (page-split, pipelined), registers (one `GET_REGISTERS` for a snapshot, none while
+//! the vCPU is parked in an event or pause), reference-counted pause of the guest or
+//! of one vCPU, events and their answers, and the capability report of the connected
+//! host, derived from `GET_VERSION` and the `CHECK_COMMAND`/`CHECK_EVENT` probe.
 //!
-//! The backend is built on top of `kvmi-proto` once that lands; until then the crate
-//! exports nothing, so that no caller can depend on a stub.
+//! # Guest safety
+//!
+//! Built on `vmi-core`'s parked-vCPU model ([`vmi_core::park`]): every trapped event
+//! is a [`vmi_core::PendingEvent`] whose reply consumes it and whose drop answers it,
+//! so each event gets exactly one reply on every path; pauses are `PAUSE_VCPU` events
+//! held internally ([`park`]); register writes to parked vCPUs go out with the
+//! release. Dropping the session tears it down ([`teardown`]): breakpoint bytes,
+//! page access, singlestep, intercepts and pauses are undone, pending events answered.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use vmi_core::{EventControl, Monitor, PhysicalMemory, ReadRegisters, Response, VcpuId};
+//! use vmi_core::event::{RegisterAccess, RegisterFilter};
+//!
+//! let vm = vmi_kvm::KvmiVm::listen("/run/kvmi.sock", Default::default(), Duration::from_secs(30))?;
+//! let regs = vm.all_registers(VcpuId(0))?;
+//! let mut page = [0u8; 4096];
+//! vm.read_physical(vmi_core::Gpa(0x1000), &mut page)?;
+//! vm.enable(&Monitor::ControlRegister { cr: 3, access: RegisterAccess::Write, filter: RegisterFilter::default() })?;
+//! if let Some(ev) = vm.wait_event(Duration::from_secs(5))? {
+//!     println!("{:?} at rip {:#x}", ev.kind, regs.gprs.map_or(0, |g| g.rip));
+//!     ev.reply(Response::continue_())?;
+//! }
+//! # Ok::<(), vmi_core::Error>(())
+//! ```
+
+pub mod capabilities;
+mod error;
+pub mod events;
+pub mod memory;
+pub mod park;
+mod registers;
+pub mod response;
+pub mod session;
+pub mod teardown;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub use kvmi_proto::Config;
+pub use session::{KvmiListener, KvmiVm};
+
+impl vmi_core::Backend for KvmiVm {
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(if self.shared.facts.v7() {
+            "kvmi-v7"
+        } else {
+            "kvmi-v6"
+        })
+    }
+
+    fn capabilities(&self) -> Arc<vmi_core::CapabilityReport> {
+        self.parking.capabilities()
+    }
+
+    fn physical_memory(&self) -> &dyn vmi_core::PhysicalMemory {
+        self
+    }
+
+    fn physical_memory_writer(&self) -> Option<&dyn vmi_core::PhysicalMemoryWrite> {
+        Some(self)
+    }
+
+    fn memory_layout(&self) -> Option<&dyn vmi_core::MemoryLayout> {
+        Some(self)
+    }
+
+    fn register_reader(&self) -> Option<&dyn vmi_core::ReadRegisters> {
+        Some(self)
+    }
+
+    fn register_writer(&self) -> Option<&dyn vmi_core::WriteRegisters> {
+        Some(self)
+    }
+
+    fn vcpu_control(&self) -> Option<&dyn vmi_core::VcpuControl> {
+        Some(self)
+    }
+
+    fn events(&self) -> Option<&dyn vmi_core::EventControl> {
+        Some(self)
+    }
+}
