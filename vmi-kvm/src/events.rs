@@ -35,6 +35,8 @@ pub(crate) struct Monitors {
     pub(crate) msrs: BTreeSet<(u16, u32)>,
     /// VM events enabled with `VM_CONTROL_EVENTS`.
     pub(crate) vm_events: BTreeSet<u8>,
+    /// The tool monitors TRAP events (else they are answered internally).
+    pub(crate) trap: bool,
 }
 
 /// One host command: id and payload.
@@ -247,6 +249,9 @@ impl KvmiVm {
         let mut cmds = Vec::new();
         {
             let mut st = sh.lock();
+            if let Monitor::Trap = monitor {
+                st.monitors.trap = enable;
+            }
             for &v in &vcpus {
                 if let Some(e) = event {
                     let n = st.monitors.vcpu_events.entry((v, e)).or_insert(0);

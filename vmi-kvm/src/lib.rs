@@ -38,7 +38,9 @@
 //! # Ok::<(), vmi_core::Error>(())
 //! ```
 
+pub mod breakpoints;
 pub mod capabilities;
+pub mod cpu_state;
 mod error;
 pub mod events;
 pub mod memory;
@@ -46,6 +48,7 @@ pub mod park;
 mod registers;
 pub mod response;
 pub mod session;
+pub mod slat;
 pub mod teardown;
 
 use std::borrow::Cow;
@@ -93,5 +96,36 @@ impl vmi_core::Backend for KvmiVm {
 
     fn events(&self) -> Option<&dyn vmi_core::EventControl> {
         Some(self)
+    }
+
+    fn breakpoints(&self) -> Option<&dyn vmi_core::Breakpoints> {
+        Some(self)
+    }
+
+    fn page_access(&self) -> Option<&dyn vmi_core::PageAccess> {
+        Some(self)
+    }
+
+    fn tsc(&self) -> Option<&dyn vmi_core::Tsc> {
+        Some(self)
+    }
+
+    fn mtrr(&self) -> Option<&dyn vmi_core::Mtrr> {
+        Some(self)
+    }
+
+    fn xsave(&self) -> Option<&dyn vmi_core::Xsave> {
+        Some(self)
+    }
+
+    fn fault_injection(&self) -> Option<&dyn vmi_core::FaultInjection> {
+        Some(self)
+    }
+
+    fn host_translation(&self) -> Option<&dyn vmi_core::HostTranslation> {
+        self.shared
+            .facts
+            .v7()
+            .then_some(self as &dyn vmi_core::HostTranslation)
     }
 }

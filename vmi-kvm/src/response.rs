@@ -132,7 +132,13 @@ pub(crate) fn build(
             Reply::with_new_value(KAction::Continue, response.set_value.unwrap_or(m.new_value))
         }
         (KKind::Msr(m), Action::Deny) => Reply::with_new_value(KAction::Continue, m.old_value),
-        (KKind::Breakpoint(_), Action::Continue | Action::Retry) => Reply::breakpoint(false),
+        (KKind::Breakpoint(b), Action::Continue) => {
+            if let Some(step) = crate::breakpoints::step_over_plan(sh, vcpu, b.gpa) {
+                commands.extend(step);
+            }
+            Reply::breakpoint(false)
+        }
+        (KKind::Breakpoint(_), Action::Retry) => Reply::breakpoint(false),
         (KKind::Breakpoint(_), Action::Reinject) => Reply::breakpoint(true),
         (KKind::Pf(_), Action::Continue | Action::Emulate) => ev.default_reply(),
         (KKind::Pf(_), Action::Retry) => Reply::new(KAction::Retry),

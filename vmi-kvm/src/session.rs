@@ -37,8 +37,10 @@ pub(crate) struct VcpuHost {
     pub(crate) pause_wanted: bool,
     /// A tool-visible event of this vCPU is queued or handed out, unanswered.
     pub(crate) busy: bool,
-    /// Singlestep is armed on the host.
+    /// Singlestep is armed on the host (by the tool).
     pub(crate) singlestep: bool,
+    /// A step over one of our breakpoints is in progress.
+    pub(crate) step_over: Option<crate::breakpoints::StepOver>,
 }
 
 /// Mutable state of a session, behind one lock (never held across a wait).
@@ -133,6 +135,18 @@ impl Shared {
                     drop(ev); // a host inventing vCPUs or flooding: default reply
                     return;
                 }
+                let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
+                    match crate::breakpoints::on_singlestep(self, &mut st, ev) {
+                        Some(ev) => ev,
+                        None => return,
+                    }
+                } else if matches!(ev.kind, KKind::Trap(_)) && !st.monitors.trap {
+                    drop(st);
+                    drop(ev); // the TRAP after our own injection: CONTINUE
+                    return;
+                } else {
+                    ev
+                };
                 st.vcpus[idx].busy = true;
                 st.queue.push_back(ev);
             }

@@ -53,7 +53,7 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
     }
     let mut cmds: Vec<Command> = Vec::new();
     for (view, entries) in by_view {
-        for chunk in entries.chunks(1024) {
+        for chunk in entries.chunks(crate::slat::ENTRIES_PER_MESSAGE) {
             match kvmi_proto::commands::page_access_payload(view, chunk) {
                 Ok(p) => cmds.push((sys::KVMI_VM_SET_PAGE_ACCESS, p)),
                 Err(e) => keep_first(&mut first, Err(crate::error::proto("SET_PAGE_ACCESS", e))),

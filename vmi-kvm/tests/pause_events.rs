@@ -501,13 +501,13 @@ fn v6_cpuid_is_refused() {
 fn memory_access_with_emulated_read_data() {
     let (vm, sim) = v7();
     vm.enable(&Monitor::MemoryAccess).unwrap();
-    // Restrict writes to gfn 5 on the host directly (PageAccess comes in slat.rs).
-    vm.connection()
-        .set_page_access(
-            0,
-            &[(0x5000, sys::KVMI_PAGE_ACCESS_R | sys::KVMI_PAGE_ACCESS_X)],
-        )
-        .unwrap();
+    vmi_core::PageAccess::set_page_access(
+        &vm,
+        vmi_core::View::DEFAULT,
+        vmi_core::Gfn(5),
+        vmi_core::Access::RX,
+    )
+    .unwrap();
     let h = sim
         .trigger(
             0,
@@ -539,7 +539,14 @@ fn memory_access_with_emulated_read_data() {
         (pf.ctx_addr, &pf.ctx_data[..]),
         (0xffff_8880_0000_5010, &b"fool"[..])
     );
-    vm.connection().set_page_access(0, &[(0x5000, 7)]).unwrap();
+    vmi_core::PageAccess::set_page_access(
+        &vm,
+        vmi_core::View::DEFAULT,
+        vmi_core::Gfn(5),
+        vmi_core::Access::RWX,
+    )
+    .unwrap();
+    assert!(sim.vm().page_access.is_empty());
 }
 
 #[test]
