@@ -266,7 +266,9 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
             Support::no(NOT_ALLOWED)
         },
     );
-    r.set(C::EventRegisterEqual, Support::no(NOT_BUILT));
+    // Honoured client-side: KVMi has no value filter; other writes are answered
+    // internally (the vCPU still exits for them).
+    row(&mut r, C::EventRegisterEqual, cr || msr, NOT_ALLOWED);
     r.set(C::EventRegisterAsync, Support::no(NOT_BUILT));
     let no_read =
         "KVMi intercepts CR and MSR writes only, in every version (kvmi-protocol.md §4.3, §7)";

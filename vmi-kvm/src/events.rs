@@ -37,6 +37,28 @@ pub(crate) struct Monitors {
     pub(crate) vm_events: BTreeSet<u8>,
     /// The tool monitors TRAP events (else they are answered internally).
     pub(crate) trap: bool,
+    /// `RegisterFilter::equal` of CR monitors, honoured here (KVMi has no such
+    /// filter): writes of other values are answered internally.
+    pub(crate) cr_equal: std::collections::BTreeMap<u32, u64>,
+    /// The same for MSR monitors.
+    pub(crate) msr_equal: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Monitors {
+    /// Whether a CR/MSR event is filtered out by an `equal` filter.
+    pub(crate) fn filtered(&self, kind: &KKind) -> bool {
+        match kind {
+            KKind::Cr(c) => self
+                .cr_equal
+                .get(&u32::from(c.cr))
+                .is_some_and(|v| *v != c.new_value),
+            KKind::Msr(m) => self
+                .msr_equal
+                .get(&m.msr)
+                .is_some_and(|v| *v != m.new_value),
+            _ => false,
+        }
+    }
 }
 
 /// One host command: id and payload.
@@ -249,8 +271,21 @@ impl KvmiVm {
         let mut cmds = Vec::new();
         {
             let mut st = sh.lock();
-            if let Monitor::Trap = monitor {
-                st.monitors.trap = enable;
+            match monitor {
+                Monitor::Trap => st.monitors.trap = enable,
+                Monitor::ControlRegister { cr, filter, .. } => {
+                    match (enable, filter.equal) {
+                        (true, Some(v)) => st.monitors.cr_equal.insert(u32::from(*cr), v),
+                        _ => st.monitors.cr_equal.remove(&u32::from(*cr)),
+                    };
+                }
+                Monitor::Msr { index, filter, .. } => {
+                    match (enable, filter.equal) {
+                        (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
+                        _ => st.monitors.msr_equal.remove(index),
+                    };
+                }
+                _ => {}
             }
             for &v in &vcpus {
                 if let Some(e) = event {

@@ -41,6 +41,7 @@
 pub mod breakpoints;
 pub mod capabilities;
 pub mod cpu_state;
+pub mod dispatch;
 mod error;
 pub mod events;
 pub mod memory;
@@ -54,6 +55,7 @@ pub mod teardown;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+pub use dispatch::{dispatch_parallel, DispatchReport};
 pub use kvmi_proto::Config;
 pub use session::{KvmiListener, KvmiVm};
 

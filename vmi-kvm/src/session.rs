@@ -140,6 +140,10 @@ impl Shared {
                         Some(ev) => ev,
                         None => return,
                     }
+                } else if st.monitors.filtered(&ev.kind) {
+                    drop(st);
+                    drop(ev); // another value than the `equal` filter's: the write goes on
+                    return;
                 } else if matches!(ev.kind, KKind::Trap(_)) && !st.monitors.trap {
                     drop(st);
                     drop(ev); // the TRAP after our own injection: CONTINUE

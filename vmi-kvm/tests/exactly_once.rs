@@ -205,3 +205,72 @@ fn pauses_interleaved_with_events_on_four_vcpus() {
     }));
     assert!(sim.closed().is_none());
 }
+
+#[test]
+fn dispatcher_with_four_workers_answers_each_event_once() {
+    let (vm, sim) = setup(kvmi_sim::Abi::V7, |s| s.vcpus = 4);
+    vm.enable(&Monitor::ControlRegister {
+        cr: 3,
+        access: RegisterAccess::Write,
+        filter: RegisterFilter::default(),
+    })
+    .unwrap();
+    let stop = AtomicBool::new(false);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let report = thread::scope(|s| {
+        let d = s.spawn(|| {
+            vmi_kvm::dispatch_parallel(&vm, 4, &stop, |ev| match ev.vcpu.0 {
+                1 => panic!("handler bug"),
+                2 => {
+                    thread::sleep(Duration::from_millis(5));
+                    Response::deny()
+                }
+                // A response CR events cannot take: refused, answered with the default.
+                3 => Response::reinject(),
+                _ => Response::continue_(),
+            })
+        });
+        let guests: Vec<_> = (0..4usize)
+            .map(|vcpu| {
+                let sim = &sim;
+                s.spawn(move || {
+                    let mut seed = 0xabcdu64 ^ (vcpu as u64 + 7);
+                    let mut cr3 = sim.vm().vcpus[vcpu].sregs.cr3;
+                    for _ in 0..PER_VCPU {
+                        thread::sleep(jitter(&mut seed));
+                        let new = cr3 ^ 0x1000;
+                        let r = sim
+                            .trigger_and_wait(
+                                vcpu,
+                                SimEvent::Cr {
+                                    cr: 3,
+                                    old: cr3,
+                                    new,
+                                },
+                            )
+                            .unwrap();
+                        let want = if vcpu == 2 { cr3 } else { new };
+                        assert_eq!(r.new_val, Some(want), "vCPU {vcpu}");
+                        if vcpu != 2 {
+                            cr3 = new;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for g in guests {
+            g.join().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        d.join().unwrap().unwrap()
+    });
+    std::panic::set_hook(hook);
+    assert_eq!(report.handled, 4 * PER_VCPU);
+    assert_eq!(report.panicked, PER_VCPU);
+    assert_eq!(report.refused, PER_VCPU);
+    assert_eq!(
+        events(&sim, sys::KVMI_EVENT_CR),
+        (4 * PER_VCPU, 4 * PER_VCPU)
+    );
+}

@@ -568,3 +568,47 @@ fn unhook_reaches_the_tool_and_dropping_closes() {
     assert!(ok, "the simulator saw the socket close after UNHOOK");
     assert!(sim.closed().is_some());
 }
+
+#[test]
+fn equal_filter_is_honoured_client_side() {
+    let (vm, sim) = v7();
+    let old = sim.vm().vcpus[0].sregs.cr3;
+    vm.enable(&Monitor::ControlRegister {
+        cr: 3,
+        access: RegisterAccess::Write,
+        filter: RegisterFilter {
+            equal: Some(0x4000),
+            ..RegisterFilter::default()
+        },
+    })
+    .unwrap();
+    // Another value: answered internally, the write goes through, the tool sees nothing.
+    thread::scope(|s| {
+        let t = s.spawn(|| {
+            sim.trigger_and_wait(
+                0,
+                SimEvent::Cr {
+                    cr: 3,
+                    old,
+                    new: 0x5000,
+                },
+            )
+        });
+        assert!(vm.wait_event(Duration::from_millis(300)).unwrap().is_none());
+        assert_eq!(t.join().unwrap().unwrap().new_val, Some(0x5000));
+    });
+    let h = sim
+        .trigger(
+            0,
+            SimEvent::Cr {
+                cr: 3,
+                old: 0x5000,
+                new: 0x4000,
+            },
+        )
+        .unwrap();
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    assert!(matches!(ev.kind, EventKind::Register { value: 0x4000, .. }));
+    ev.reply(Response::deny()).unwrap();
+    assert_eq!(h.wait_reply(T).unwrap().new_val, Some(0x5000));
+}
