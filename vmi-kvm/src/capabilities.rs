@@ -43,6 +43,13 @@ impl HostFacts {
         self.abi == Abi::V7
     }
 
+    pub(crate) fn ept_views(&self) -> bool {
+        self.v7()
+            && self.features.is_some_and(|f| f.eptp != 0)
+            && self.command(sys::KVMI_VCPU_SET_EPT_VIEW)
+            && self.command(sys::KVMI_VCPU_GET_EPT_VIEW)
+    }
+
     pub(crate) fn singlestep(&self) -> bool {
         self.v7()
             && self.features.is_some_and(|f| f.singlestep != 0)
@@ -221,10 +228,30 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
     );
 
     // SLAT.
-    r.set(C::Slat, Support::no(NOT_BUILT));
-    r.set(
+    let views = f.ept_views();
+    if views {
+        r.set(
+            C::Slat,
+            Support::partly(
+                "EPT views: switch, query, change gfn, per-view page access; #VE and SPP are \
+                 not implemented in vmi-kvm yet",
+            ),
+        );
+    } else {
+        r.set(
+            C::Slat,
+            Support::no(
+                "EPT views need kvmi-v7 with EPTP switching and SET_EPT_VIEW allowed \
+                 (kvmi-protocol.md §3 id 32, §7)",
+            ),
+        );
+    }
+    row(
+        &mut r,
         C::GfnAllocation,
-        Support::no("ALLOC_GFN needs the 2023 libkvmi host (kvmi-protocol.md §3 id 41); not implemented in vmi-kvm yet"),
+        f.v7() && cmd(sys::KVMI_VCPU_ALLOC_GFN) && cmd(sys::KVMI_GET_NEXT_AVAILABLE_GFN),
+        "ALLOC_GFN/GET_NEXT_AVAILABLE_GFN need the 2023 libkvmi host (kvmi-protocol.md §3 ids 31, 41) \
+         or are disallowed",
     );
 
     // Events.
@@ -448,7 +475,12 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
         cmd(sys::KVMI_VCPU_SET_REGISTERS),
         NOT_ALLOWED,
     );
-    r.set(C::ResponseSlatId, Support::no(NOT_BUILT));
+    row(
+        &mut r,
+        C::ResponseSlatId,
+        views,
+        "EPT views need kvmi-v7 with EPTP switching (kvmi-protocol.md §3 id 32)",
+    );
     r.set(
         C::ResponseVmmPagetableId,
         Support::no("KVMi has no VMM page-table ids (kvmi-protocol.md §3)"),

@@ -108,6 +108,19 @@ impl vmi_core::Backend for KvmiVm {
         Some(self)
     }
 
+    fn slat_views(&self) -> Option<&dyn vmi_core::SlatViews> {
+        self.shared
+            .facts
+            .ept_views()
+            .then_some(self as &dyn vmi_core::SlatViews)
+    }
+
+    fn gfn_allocation(&self) -> Option<&dyn vmi_core::GfnAllocation> {
+        self.capabilities()
+            .is_supported(vmi_core::Capability::GfnAllocation)
+            .then_some(self as &dyn vmi_core::GfnAllocation)
+    }
+
     fn tsc(&self) -> Option<&dyn vmi_core::Tsc> {
         Some(self)
     }

@@ -81,11 +81,13 @@ pub(crate) fn check(sh: &Shared, event: &Event, response: &Response) -> Result<(
     if let Some(regs) = &response.set_registers {
         writable(regs)?;
     }
-    if response.switch_view.is_some() {
-        return Err(refuse(
-            "view switch in a response",
-            "not implemented in vmi-kvm yet",
-        ));
+    if let Some(v) = response.switch_view {
+        if !sh.facts.ept_views() || v.0 >= sys::KVM_MAX_EPT_VIEWS {
+            return Err(refuse(
+                "view switch in a response",
+                "needs kvmi-v7 EPT views and a view below KVM_MAX_EPT_VIEWS (kvmi-protocol.md §3 id 32)",
+            ));
+        }
     }
     if response.toggle_singlestep && !sh.facts.singlestep() {
         return Err(refuse(
@@ -111,6 +113,17 @@ pub(crate) fn build(
                 kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&k)),
             ));
         }
+    }
+    if let Some(view) = response.switch_view {
+        let body = sys::VcpuSetEptView {
+            view: view.0,
+            ..Default::default()
+        };
+        commands.push((
+            sys::KVMI_VCPU_SET_EPT_VIEW,
+            kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
+        ));
+        sh.lock().switched.insert(vcpu);
     }
     if response.toggle_singlestep {
         let on = sh

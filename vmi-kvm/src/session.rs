@@ -58,6 +58,12 @@ pub(crate) struct HostState {
     pub(crate) breakpoints: BTreeMap<u64, (vmi_core::Breakpoint, u8)>,
     /// The host sent UNHOOK.
     pub(crate) unhooked: bool,
+    /// EPT views this session created (or took from the fixed pool).
+    pub(crate) views: std::collections::BTreeSet<u16>,
+    /// vCPUs this session switched to another view.
+    pub(crate) switched: std::collections::BTreeSet<u16>,
+    /// (view, old gfn) remapped with CHANGE_GFN.
+    pub(crate) remaps: std::collections::BTreeSet<(u16, u64)>,
 }
 
 /// What every part of one session shares.
@@ -290,6 +296,9 @@ impl KvmiVm {
                 restricted: BTreeMap::new(),
                 breakpoints: BTreeMap::new(),
                 unhooked: false,
+                views: Default::default(),
+                switched: Default::default(),
+                remaps: Default::default(),
             }),
             next_ticket: AtomicU64::new(1),
         });

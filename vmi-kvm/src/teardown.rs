@@ -4,7 +4,9 @@
 //!
 //! 1. restore breakpoint bytes;
 //! 2. lift page-access restrictions (`SET_PAGE_ACCESS` RWX, batched per view);
-//! 3. stop singlestep, remove CR/MSR intercepts, disable vCPU and VM events;
+//! 3. switch vCPUs back to view 0, undo gfn remaps, destroy created views, stop
+//!    singlestep, remove CR/MSR intercepts, disable vCPU and VM events (in that
+//!    order, pipelined);
 //! 4. end every pause ([`vmi_core::park::Parking::shutdown`]: queued register writes
 //!    go out, held `PAUSE_VCPU` events are answered) — from now on the tool's guards
 //!    are inert, so the guest paused while 1–3 ran;
@@ -61,9 +63,43 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
         }
     }
 
-    // 3. Singlestep, intercepts, events.
+    // 3. Views, remaps, singlestep, intercepts, events. Views are destroyed in a
+    // second burst: vCPU commands run as vCPU jobs, VM commands on the receive thread,
+    // so only waiting orders "every vCPU left the view" before "destroy it".
+    let mut destroy: Vec<Command> = Vec::new();
     {
         let mut st = sh.lock();
+        for v in std::mem::take(&mut st.switched) {
+            let body = sys::VcpuSetEptView::default();
+            cmds.push((
+                sys::KVMI_VCPU_SET_EPT_VIEW,
+                kvmi_proto::commands::vcpu_payload(v, zerocopy::IntoBytes::as_bytes(&body)),
+            ));
+        }
+        for (view, gfn) in std::mem::take(&mut st.remaps) {
+            let body = sys::VcpuChangeGfn {
+                view,
+                old_gfn: gfn,
+                new_gfn: gfn,
+                ..Default::default()
+            };
+            cmds.push((
+                sys::KVMI_VCPU_CHANGE_GFN,
+                kvmi_proto::commands::vcpu_payload(0, zerocopy::IntoBytes::as_bytes(&body)),
+            ));
+        }
+        for view in std::mem::take(&mut st.views) {
+            if sh.facts.command(sys::KVMI_DESTROY_EPT_VIEW) {
+                let body = sys::DestroyEptView {
+                    view,
+                    padding: [0; 3],
+                };
+                destroy.push((
+                    sys::KVMI_DESTROY_EPT_VIEW,
+                    zerocopy::IntoBytes::as_bytes(&body).to_vec(),
+                ));
+            }
+        }
         for (v, h) in st.vcpus.iter_mut().enumerate() {
             if h.singlestep {
                 cmds.push(control_singlestep(v as u16, false));
@@ -86,6 +122,7 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
     }
     if !sh.conn.is_closed() {
         keep_first(&mut first, sh.pipeline(&cmds, deadline));
+        keep_first(&mut first, sh.pipeline(&destroy, deadline));
     }
 
     // 4. Pauses end only now: no vCPU ran while bytes and intercepts were restored.

@@ -44,7 +44,10 @@ fn page_access_per_gfn_and_batched_ranges() {
     vm.set_page_access_range(View::DEFAULT, Gfn(100)..Gfn(2600), Access::RWX)
         .unwrap();
     assert_eq!(sim.vm().page_access.len(), 1);
-    assert!(vm.set_page_access(View(1), Gfn(5), Access::R).is_err());
+    let e = vm
+        .set_page_access(View(sys::KVM_MAX_EPT_VIEWS), Gfn(5), Access::R)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
 }
 
 /// Maps `gva` → `gpa` in 4-level tables at vCPU 0's CR3 inside the simulator.
@@ -270,4 +273,53 @@ fn teardown_leaves_no_intercept_restriction_pause_or_singlestep() {
     drop(g);
     let (sent, answered) = events(&sim, sys::KVMI_EVENT_PAUSE_VCPU);
     assert_eq!(sent, answered, "no vCPU left in a PAUSE_VCPU event");
+}
+
+#[test]
+fn ept_views_switch_remap_restrict_and_teardown() {
+    use vmi_core::Backend;
+    let (vm, sim) = v7();
+    let slat = vm.slat_views().expect("kvmi-v7 with EPTP switching");
+    assert!(slat.views_supported().unwrap());
+    let view = slat.create_view().unwrap();
+    assert_ne!(view, View::DEFAULT);
+    slat.switch_view(VcpuId(1), view).unwrap();
+    assert_eq!(sim.vm().vcpus[1].view, view.0);
+    assert_eq!(slat.current_view(VcpuId(1)).unwrap(), view);
+    vm.set_page_access(view, Gfn(5), Access::RX).unwrap();
+    assert!(sim.vm().page_access.contains_key(&(view.0, 5)));
+    slat.change_gfn(view, Gfn(5), Gfn(6)).unwrap();
+    assert_eq!(sim.vm().gfn_remap.get(&(view.0, 5)), Some(&6));
+    // A view switch in an event's answer: SET_EPT_VIEW before the reply.
+    vm.enable(&Monitor::Cpuid).unwrap();
+    let h = sim
+        .trigger(
+            0,
+            SimEvent::Cpuid {
+                leaf: 0,
+                subleaf: 0,
+            },
+        )
+        .unwrap();
+    vm.wait_event(T)
+        .unwrap()
+        .unwrap()
+        .reply(Response::continue_().with_view(view))
+        .unwrap();
+    h.wait_reply(T).unwrap();
+    assert_eq!(sim.vm().vcpus[0].view, view.0);
+    assert!(slat.destroy_view(View::DEFAULT).is_err());
+    vm.close().unwrap();
+    let g = sim.vm();
+    assert!(g.vcpus.iter().all(|v| v.view == 0));
+    assert!(g.gfn_remap.is_empty() && g.page_access.is_empty());
+    assert_eq!(g.views.len(), 1, "created views destroyed: {:?}", g.views);
+}
+
+#[test]
+fn v6_has_no_views() {
+    use vmi_core::Backend;
+    let (vm, _sim) = v6();
+    assert!(vm.slat_views().is_none());
+    assert!(vm.set_page_access(View(1), Gfn(5), Access::R).is_err());
 }
