@@ -359,11 +359,8 @@ impl KvmiVm {
             if let Some(ev) = next {
                 return Ok(Some(self.hand_out(ev)));
             }
-            if deadline.expired() {
-                return Ok(None);
-            }
-            let slice = deadline.remaining_capped(PUMP_SLICE);
             if timeout.is_zero() {
+                // Only what has arrived: one non-blocking look at the socket.
                 match sh.conn.try_next_event() {
                     Ok(Some(ev)) => sh.route(ev),
                     Ok(None) => return Ok(None),
@@ -372,6 +369,10 @@ impl KvmiVm {
                 let next = sh.lock().queue.pop_front();
                 return Ok(next.map(|ev| self.hand_out(ev)));
             }
+            if deadline.expired() {
+                return Ok(None);
+            }
+            let slice = deadline.remaining_capped(PUMP_SLICE);
             sh.pump(slice)?;
         }
     }

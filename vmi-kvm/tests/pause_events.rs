@@ -612,3 +612,43 @@ fn equal_filter_is_honoured_client_side() {
     ev.reply(Response::deny()).unwrap();
     assert_eq!(h.wait_reply(T).unwrap().new_val, Some(0x5000));
 }
+
+#[test]
+fn zero_and_unbounded_waits() {
+    let (vm, sim) = v7();
+    vm.enable(&Monitor::Cpuid).unwrap();
+    assert!(vm.wait_event(Z).unwrap().is_none());
+    let h = sim
+        .trigger(
+            0,
+            SimEvent::Cpuid {
+                leaf: 1,
+                subleaf: 0,
+            },
+        )
+        .unwrap();
+    // Duration::MAX waits without a deadline and does not overflow.
+    let ev = vm.wait_event(Duration::MAX).unwrap().unwrap();
+    assert!(matches!(ev.kind, EventKind::Cpuid { leaf: 1, .. }));
+    drop(ev);
+    h.wait_reply(T).unwrap();
+    // A zero timeout still picks up an event that has arrived.
+    let h = sim
+        .trigger(
+            1,
+            SimEvent::Cpuid {
+                leaf: 2,
+                subleaf: 0,
+            },
+        )
+        .unwrap();
+    let got = (0..200).find_map(|_| {
+        thread::sleep(Duration::from_millis(5));
+        vm.wait_event(Z).unwrap()
+    });
+    assert!(matches!(
+        got.unwrap().kind,
+        EventKind::Cpuid { leaf: 2, .. }
+    ));
+    h.wait_reply(T).unwrap();
+}
