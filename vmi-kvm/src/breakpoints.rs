@@ -36,6 +36,16 @@ pub(crate) struct StepOver {
     tool_armed: bool,
 }
 
+impl StepOver {
+    pub(crate) fn tool_armed(self) -> bool {
+        self.tool_armed
+    }
+
+    pub(crate) fn tool_event(self) -> bool {
+        self.tool_event
+    }
+}
+
 fn write_byte(gpa: u64, byte: u8) -> Command {
     let head = sys::VmWritePhysical { gpa, size: 1 };
     let mut p = zerocopy::IntoBytes::as_bytes(&head).to_vec();

@@ -100,10 +100,23 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
                 ));
             }
         }
+        let tool_events = st.monitors.vcpu_events.clone();
         for (v, h) in st.vcpus.iter_mut().enumerate() {
-            if h.singlestep {
-                cmds.push(control_singlestep(v as u16, false));
+            let v = v as u16;
+            // A step over one of our breakpoints armed singlestep and maybe enabled
+            // the event on its own; the byte is restored above.
+            let stepping = h.step_over.take();
+            if h.singlestep || stepping.is_some_and(|s| !s.tool_armed()) {
+                cmds.push(control_singlestep(v, false));
                 h.singlestep = false;
+            }
+            let key = (v, sys::KVMI_EVENT_SINGLESTEP);
+            if stepping.is_some_and(|s| !s.tool_event()) && !tool_events.contains_key(&key) {
+                cmds.push(crate::events::command_events(
+                    v,
+                    sys::KVMI_EVENT_SINGLESTEP,
+                    false,
+                ));
             }
         }
         let m = std::mem::take(&mut st.monitors);

@@ -323,3 +323,32 @@ fn v6_has_no_views() {
     assert!(vm.slat_views().is_none());
     assert!(vm.set_page_access(View(1), Gfn(5), Access::R).is_err());
 }
+
+#[test]
+fn teardown_during_a_step_over_disarms_singlestep() {
+    let (vm, sim) = v7();
+    sim.vm().memory.write(0x2100, &[0x90]);
+    vm.set_breakpoint(Breakpoint::physical(Gpa(0x2100)))
+        .unwrap();
+    let h = sim
+        .trigger(
+            0,
+            SimEvent::Breakpoint {
+                gpa: 0x2100,
+                insn_len: 1,
+            },
+        )
+        .unwrap();
+    vm.wait_event(T)
+        .unwrap()
+        .unwrap()
+        .reply(Response::continue_())
+        .unwrap();
+    h.wait_reply(T).unwrap();
+    assert!(sim.vm().vcpus[0].singlestep, "stepping over");
+    vm.close().unwrap();
+    let g = sim.vm();
+    assert!(!g.vcpus[0].singlestep);
+    assert!(g.vcpus[0].events.is_empty(), "{:?}", g.vcpus[0].events);
+    assert_eq!(g.memory.read(0x2100, 1).unwrap(), [0x90]);
+}
