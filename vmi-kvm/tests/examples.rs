@@ -150,3 +150,207 @@ fn dump_memory_example() {
     assert!(out.stdout[1 << 20..].iter().all(|b| *b == 0));
     assert!(err.contains("256 pages unbacked"), "{err}");
 }
+
+#[test]
+fn msr_event_example() {
+    let (child, path) = start("msr-event", &["1"]);
+    let s = sim(&path, kvmi_sim::Abi::V7);
+    let lstar = 0xc000_0082;
+    assert!(eventually(|| s.vm().vcpus[0]
+        .msr_intercepts
+        .contains(&lstar)));
+    let old = s.vm().vcpus[0].msrs[&lstar];
+    s.trigger_and_wait(
+        0,
+        SimEvent::Msr {
+            msr: lstar,
+            old,
+            new: 0x1000,
+        },
+    )
+    .unwrap();
+    let (out, _) = finish(child);
+    assert!(
+        out.contains(&format!("MSR 0xc0000082 {old:#x} -> 0x1000")),
+        "{out}"
+    );
+}
+
+#[test]
+fn descriptor_event_example() {
+    let (child, path) = start("descriptor-event", &["2"]);
+    let s = sim(&path, kvmi_sim::Abi::V7);
+    let on = |s: &Simulator| {
+        s.vm().vcpus[1]
+            .events
+            .contains(&kvmi_sys::KVMI_EVENT_DESCRIPTOR)
+    };
+    assert!(eventually(|| on(&s)));
+    s.trigger_and_wait(
+        1,
+        SimEvent::Descriptor {
+            descriptor: kvmi_sys::KVMI_DESC_LDTR,
+            write: true,
+        },
+    )
+    .unwrap();
+    s.trigger_and_wait(
+        1,
+        SimEvent::Descriptor {
+            descriptor: kvmi_sys::KVMI_DESC_TR,
+            write: false,
+        },
+    )
+    .unwrap();
+    let (out, _) = finish(child);
+    assert!(
+        out.contains("vCPU 1 Ldtr load") && out.contains("vCPU 1 Tr store"),
+        "{out}"
+    );
+}
+
+#[test]
+fn mem_event_example() {
+    let (child, path) = start("mem-event", &["1", "0x20"]);
+    let s = sim(&path, kvmi_sim::Abi::V7);
+    assert!(eventually(|| s.vm().page_access.contains_key(&(0, 0x20))));
+    s.trigger_and_wait(
+        0,
+        SimEvent::Pf {
+            gva: 0xffff_8880_0002_0008,
+            gpa: 0x20008,
+            access: kvmi_sys::KVMI_PAGE_ACCESS_W,
+        },
+    )
+    .unwrap();
+    let (out, _) = finish(child);
+    assert!(
+        out.contains("Access(W) at 0x20+0x8 (gla 0xffff888000020008)"),
+        "{out}"
+    );
+    assert!(s.wait_closed(T).is_ok());
+    assert!(
+        s.vm().page_access.is_empty(),
+        "teardown lifted the restriction"
+    );
+}
+
+#[test]
+fn emul_read_data_example() {
+    let (child, path) = start("emul-read-data", &["1", "0x21"]);
+    let s = sim(&path, kvmi_sim::Abi::V7);
+    assert!(eventually(|| s.vm().page_access.contains_key(&(0, 0x21))));
+    let r = s
+        .trigger_and_wait(
+            0,
+            SimEvent::Pf {
+                gva: 0xffff_8880_0002_1000,
+                gpa: 0x21000,
+                access: kvmi_sys::KVMI_PAGE_ACCESS_R,
+            },
+        )
+        .unwrap();
+    let pf = r.pf.unwrap();
+    assert_eq!(
+        (pf.ctx_addr, pf.ctx_data.len()),
+        (0xffff_8880_0002_1000, 16)
+    );
+    assert!(pf.ctx_data.iter().all(|b| *b == 0));
+    let (out, _) = finish(child);
+    assert!(out.contains("1 reads answered"), "{out}");
+}
+
+#[test]
+fn breakpoint_recoil_example() {
+    let (child, path) = start("breakpoint-recoil", &["2", "0x4010"]);
+    let s = sim_with(&path, kvmi_sim::Abi::V7, |c| c.memory.load(0x4010, &[0x55]));
+    assert!(eventually(
+        || s.vm().memory.read(0x4010, 1) == Some(vec![0xcc])
+    ));
+    for hit in 0..2 {
+        let r = s
+            .trigger_and_wait(
+                0,
+                SimEvent::Breakpoint {
+                    gpa: 0x4010,
+                    insn_len: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            r.action,
+            Some(kvmi_sys::KVMI_EVENT_ACTION_RETRY),
+            "not delivered to the guest"
+        );
+        if hit == 1 {
+            break; // the example exits mid step-over: the teardown undoes it
+        }
+        assert_eq!(
+            s.vm().memory.read(0x4010, 1),
+            Some(vec![0x55]),
+            "stepping over"
+        );
+        s.trigger_and_wait(0, SimEvent::Singlestep { failed: false })
+            .unwrap();
+        assert!(eventually(
+            || s.vm().memory.read(0x4010, 1) == Some(vec![0xcc])
+        ));
+    }
+    let (out, _) = finish(child);
+    assert!(out.contains("2 breakpoint hits"), "{out}");
+    assert!(s.wait_closed(T).is_ok());
+    assert_eq!(
+        s.vm().memory.read(0x4010, 1),
+        Some(vec![0x55]),
+        "byte restored"
+    );
+}
+
+#[test]
+fn interrupt_event_example_reinjects() {
+    let (child, path) = start("interrupt-event", &["1"]);
+    let s = sim(&path, kvmi_sim::Abi::V6);
+    let on = |s: &Simulator| {
+        s.vm().vcpus[0]
+            .events
+            .contains(&kvmi_sys::KVMI_EVENT_BREAKPOINT)
+    };
+    assert!(eventually(|| on(&s)));
+    let r = s
+        .trigger_and_wait(
+            0,
+            SimEvent::Breakpoint {
+                gpa: 0x5000,
+                insn_len: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.action, Some(kvmi_sys::KVMI_EVENT_ACTION_CONTINUE));
+    let (out, _) = finish(child);
+    assert!(out.contains("reinjected"), "{out}");
+}
+
+#[test]
+fn map_addr_example() {
+    let va = 0xffff_ffff_8120_0000u64;
+    let path = socket_path("map-addr");
+    let mut cmd = Command::new(example("map-addr"));
+    cmd.arg(&path)
+        .arg(std::str::from_utf8(SECRET).unwrap())
+        .arg("8")
+        .arg(format!("{va:#x}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    assert!(eventually(|| path.exists()));
+    let _s = sim_with(&path, kvmi_sim::Abi::V7, |c| {
+        let cr3 = kvmi_sim::Vcpu::new_long_mode(0).sregs.cr3;
+        let mut next = 0x80_000;
+        c.memory.map_4level(cr3, va, 0x6000, &mut next);
+        c.memory.load(0x6000, b"\x48\x89\xe5kvmi");
+    });
+    let (out, _) = finish(child);
+    assert!(out.contains("-> 0x6000 (software walk"), "{out}");
+    assert!(out.contains("(host)"), "{out}");
+    assert!(out.contains("[48, 89, e5, 6b, 76, 6d, 69, 00]"), "{out}");
+}
