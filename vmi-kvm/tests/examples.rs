@@ -304,6 +304,7 @@ fn breakpoint_recoil_example() {
         Some(vec![0x55]),
         "byte restored"
     );
+    assert!(!s.vm().vcpus[0].singlestep, "step over undone");
 }
 
 #[test]
