@@ -259,11 +259,13 @@ impl vmi_core::VcpuControl for crate::KvmiVm {
     }
 
     fn pause(&self) -> Result<vmi_core::PauseGuard<'_>> {
+        self.shared.check_connected()?;
         self.parking.pause(PauseScope::All)
     }
 
     fn pause_vcpu(&self, vcpu: VcpuId) -> Result<vmi_core::PauseGuard<'_>> {
         self.shared.check_vcpu(vcpu)?;
+        self.shared.check_connected()?;
         self.parking.pause(PauseScope::Vcpu(vcpu))
     }
 

@@ -91,6 +91,17 @@ impl Shared {
         }
     }
 
+    /// Fails with [`Error::Disconnected`] once the host is gone (a pause counted by a
+    /// guard whose resume failed would otherwise "succeed" without a host).
+    pub(crate) fn check_connected(&self) -> Result<()> {
+        if self.conn.is_closed() {
+            return Err(Error::Disconnected {
+                reason: "the KVMi connection is closed".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn ticket(&self) -> u64 {
         self.next_ticket.fetch_add(1, Ordering::Relaxed)
     }

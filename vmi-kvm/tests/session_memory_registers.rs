@@ -248,3 +248,27 @@ fn host_dying_mid_command_is_a_typed_error_within_the_timeout() {
     assert!(start.elapsed() < T + Duration::from_secs(1));
     drop(sim);
 }
+
+#[test]
+fn peer_gone_while_waiting_and_paused() {
+    use vmi_core::{EventControl, Monitor};
+    let (vm, sim) = v7();
+    vm.enable(&Monitor::Cpuid).unwrap();
+    let g = vm.pause().unwrap();
+    std::thread::scope(|s| {
+        let w = s.spawn(|| vm.wait_event(Duration::MAX));
+        std::thread::sleep(Duration::from_millis(50));
+        sim.shutdown();
+        let e = w.join().unwrap().unwrap_err();
+        assert!(matches!(e, Error::Disconnected { .. }), "{e}");
+    });
+    // Releasing the pause and dropping the session are bounded and do not panic.
+    assert!(g.resume().is_err());
+    assert!(matches!(
+        vm.pause(),
+        Err(Error::Disconnected { .. }) | Err(Error::Backend { .. })
+    ));
+    let start = std::time::Instant::now();
+    drop(vm);
+    assert!(start.elapsed() < T);
+}
