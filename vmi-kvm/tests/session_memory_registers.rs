@@ -60,6 +60,8 @@ fn v6_session_declares_v6_limits() {
     }
     assert!(caps.is_supported(Capability::ReadPhysicalMemory));
     assert!(caps.is_supported(Capability::EventRegisterCr));
+    // CHECK_COMMAND cannot vouch for id 29 on v6; the command itself was asked.
+    assert!(caps.is_supported(Capability::MemorySize));
 }
 
 #[test]
@@ -271,4 +273,21 @@ fn peer_gone_while_waiting_and_paused() {
     let start = std::time::Instant::now();
     drop(vm);
     assert!(start.elapsed() < T);
+}
+
+#[test]
+fn every_unsupported_row_cites_the_protocol_or_says_not_built() {
+    for abi in [kvmi_sim::Abi::V7, kvmi_sim::Abi::V6] {
+        let (vm, _sim) = setup(abi, |_| {});
+        let caps = vm.capabilities();
+        println!("{caps}");
+        for (c, s) in caps.rows() {
+            if let Support::Unsupported(r) | Support::Partial(r) = s {
+                assert!(
+                    r.contains('§') || r.contains("not implemented") || r.contains("vmi-core"),
+                    "{abi:?} {c}: {r}"
+                );
+            }
+        }
+    }
 }
