@@ -24,8 +24,17 @@ fn jitter(state: &mut u64) -> Duration {
 }
 
 #[test]
-fn four_vcpus_error_panic_slow_handlers_each_event_answered_once() {
-    let (vm, sim) = setup(kvmi_sim::Abi::V7, |s| s.vcpus = 4);
+fn v7_four_vcpus_error_panic_slow_handlers_each_event_answered_once() {
+    four_vcpus_error_panic_slow(kvmi_sim::Abi::V7);
+}
+
+#[test]
+fn v6_four_vcpus_error_panic_slow_handlers_each_event_answered_once() {
+    four_vcpus_error_panic_slow(kvmi_sim::Abi::V6);
+}
+
+fn four_vcpus_error_panic_slow(abi: kvmi_sim::Abi) {
+    let (vm, sim) = setup(abi, |s| s.vcpus = 4);
     vm.enable(&Monitor::ControlRegister {
         cr: 3,
         access: RegisterAccess::Write,
