@@ -3,12 +3,21 @@
 //! socket.
 //!
 //! Layering: `kvmi-sys` → `kvmi-proto` → **`vmi-kvm`** → your tool, programming against
-//! the capability traits of `vmi-core`. A [`KvmiVm`] is one VM: it implements
-//! [`vmi_core::Backend`] and the traits behind its accessors — physical memory
-//! (page-split, pipelined), registers (one `GET_REGISTERS` for a snapshot, none while
-//! the vCPU is parked in an event or pause), reference-counted pause of the guest or
-//! of one vCPU, events and their answers, and the capability report of the connected
-//! host, derived from `GET_VERSION` and the `CHECK_COMMAND`/`CHECK_EVENT` probe.
+//! the capability traits of `vmi-core`. A [`KvmiVm`] is one VM ([`KvmiListener`]
+//! accepts many): it implements [`vmi_core::Backend`] and the traits behind its
+//! accessors —
+//!
+//! * [`memory`]: physical reads/writes of any length, page-split and pipelined;
+//! * registers: one `GET_REGISTERS` per snapshot, none while the vCPU is parked;
+//!   GPR writes in and outside events;
+//! * [`park`]: reference-counted pause of the guest or one vCPU on internal
+//!   `PAUSE_VCPU` events;
+//! * [`events`] and [`response`]: monitors, every event kind with all its fields, every
+//!   answer KVMi can express, [`dispatch`] for several vCPUs in parallel;
+//! * [`breakpoints`], [`slat`] (page access, EPT views), [`cpu_state`] (TSC, MTRR,
+//!   XSAVE, XCR0, host translation, exception injection);
+//! * [`capabilities`]: the one table for the connected host, from `GET_VERSION` and the
+//!   `CHECK_COMMAND`/`CHECK_EVENT` probe.
 //!
 //! # Guest safety
 //!
