@@ -126,11 +126,22 @@ pub(crate) fn build(
         sh.lock().switched.insert(vcpu);
     }
     if response.toggle_singlestep {
-        let on = sh
-            .lock()
+        let mut st = sh.lock();
+        let on = st
             .vcpus
             .get(usize::from(vcpu))
             .is_some_and(|h| h.singlestep);
+        // Turning it on also delivers the steps: the SINGLESTEP event is enabled on the
+        // vCPU if no monitor did (recorded, so the teardown disables it).
+        let key = (vcpu, sys::KVMI_EVENT_SINGLESTEP);
+        if !on && !st.monitors.vcpu_events.contains_key(&key) {
+            st.monitors.vcpu_events.insert(key, 1);
+            commands.push(crate::events::command_events(
+                vcpu,
+                sys::KVMI_EVENT_SINGLESTEP,
+                true,
+            ));
+        }
         commands.push(control_singlestep(vcpu, !on));
     }
     let bad = || Error::InvalidReply {

@@ -652,3 +652,38 @@ fn zero_and_unbounded_waits() {
     ));
     h.wait_reply(T).unwrap();
 }
+
+#[test]
+fn v7_toggle_singlestep_on_from_another_event_delivers_the_steps() {
+    let (vm, sim) = v7();
+    vm.enable(&Monitor::Cpuid).unwrap();
+    let h = sim
+        .trigger(
+            0,
+            SimEvent::Cpuid {
+                leaf: 0,
+                subleaf: 0,
+            },
+        )
+        .unwrap();
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    ev.reply(Response::continue_().toggle_singlestep()).unwrap();
+    h.wait_reply(T).unwrap();
+    assert!(sim.vm().vcpus[0].singlestep);
+    assert!(sim.vm().vcpus[0]
+        .events
+        .contains(&sys::KVMI_EVENT_SINGLESTEP));
+    let h = sim
+        .trigger(0, SimEvent::Singlestep { failed: false })
+        .unwrap();
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    assert!(matches!(ev.kind, EventKind::Singlestep { .. }));
+    ev.reply(Response::continue_().toggle_singlestep()).unwrap();
+    h.wait_reply(T).unwrap();
+    assert!(!sim.vm().vcpus[0].singlestep);
+    vm.close().unwrap();
+    assert!(
+        sim.vm().vcpus[0].events.is_empty(),
+        "teardown disabled the event too"
+    );
+}
