@@ -24,7 +24,12 @@ fn start(name: &str, args: &[&str]) -> (Child, PathBuf) {
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "{name}: {e} — the examples are built by a plain `cargo test -p vmi-kvm`; \
+             with `--test examples` add `--examples`"
+        )
+    });
     assert!(eventually(|| path.exists()), "{name} did not listen");
     (child, path)
 }
@@ -354,4 +359,27 @@ fn map_addr_example() {
     assert!(out.contains("-> 0x6000 (software walk"), "{out}");
     assert!(out.contains("(host)"), "{out}");
     assert!(out.contains("[48, 89, e5, 6b, 76, 6d, 69, 00]"), "{out}");
+}
+
+#[test]
+fn demo_example_against_the_simulator_workload() {
+    let (mut child, path) = start("demo", &["0", "0x10"]);
+    let s = sim(&path, kvmi_sim::Abi::V7);
+    // The simulator's built-in workload raises whatever the demo has enabled.
+    let end = std::time::Instant::now() + T * 4;
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < end {
+        let _ = s.run_workload(kvmi_sim::Workload::EveryEnabledEvent);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (out, err) = finish(child);
+    for want in [
+        "== VM \"kvmi-sim\" over kvmi-v7, 2 vCPUs",
+        "CR3 0x",
+        "INT3 at",
+        "Access(W) at 0x10+",
+        "== closed: intercepts",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}\n{err}");
+    }
+    assert!(s.vm().page_access.is_empty());
 }
