@@ -479,6 +479,13 @@ pub(crate) fn convert(sh: &Shared, ev: &KEvent) -> Event {
         // Only UNHOOK is left: `route` keeps PAUSE_VCPU, CMD_ERROR and unknown ids away.
         _ => EventKind::Unhook,
     };
+    // UNHOOK carries no vCPU state (vCPU 0 is nominal): an empty snapshot, so reads
+    // of vCPU 0 while it is pending go to the host instead of a meaningless cache.
+    let registers = if kind == EventKind::Unhook {
+        vmi_core::RegisterSnapshot::default()
+    } else {
+        registers
+    };
     Event {
         vcpu,
         view: View(arch.view),

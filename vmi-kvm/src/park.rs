@@ -168,7 +168,16 @@ impl ParkOps for KvmiPark {
             ev
         };
         if !ev.needs_reply() {
-            return Ok(()); // UNHOOK: nothing is sent, no vCPU waits
+            // UNHOOK: nothing is sent and no vCPU waits in it. Parking treated vCPU 0
+            // as parked meanwhile; register writes queued for it cannot be applied.
+            if response.set_registers.is_some() {
+                return Err(Error::InvalidReply {
+                    reason: "UNHOOK holds no vCPU: register writes queued for vCPU 0 while \
+                             it was pending were not applied"
+                        .into(),
+                });
+            }
+            return Ok(());
         }
         let vcpu = ev.vcpu();
         let mut batch = Batch::new(&sh.conn);

@@ -562,6 +562,11 @@ fn unhook_reaches_the_tool_and_dropping_closes() {
     let ev = vm.wait_event(T).unwrap().unwrap();
     assert_eq!(ev.kind, EventKind::Unhook);
     assert!(vm.unhook_requested());
+    assert_eq!(
+        ev.registers,
+        vmi_core::RegisterSnapshot::default(),
+        "no vCPU state"
+    );
     drop(ev);
     drop(vm);
     let (ok, sim) = t.join().unwrap();
