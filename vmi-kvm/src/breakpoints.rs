@@ -1,0 +1,194 @@
+//! Software breakpoints set by the tool: `0xCC` written at the guest-physical address
+//! (a [`Breakpoint::Virtual`] is translated with vCPU 0's paging mode and the given
+//! CR3, or vCPU 0's own), the original byte kept, `BREAKPOINT` events enabled; bytes
+//! restored at clear and at teardown.
+//!
+//! A hit answered with [`vmi_core::Response::continue_`] must not deliver #BP to the
+//! guest (the INT3 is ours, not the guest's), so the reply is `RETRY`. To let the
+//! guest execute the instruction under the breakpoint, on kvmi-v7 with singlestep the
+//! backend steps over it: it restores the original byte, arms singlestep on that vCPU
+//! and answers `RETRY`; the internal `SINGLESTEP` event that follows puts `0xCC` back
+//! and disarms singlestep (unless the tool armed it itself, in which case the tool sees
+//! that step). Meanwhile another vCPU may run past the restored byte without a hit (as
+//! with LibVMI's breakpoint-recoil). Without singlestep (kvmi-v6), `RETRY` re-executes
+//! the INT3: the tool must clear the breakpoint or move RIP.
+//! [`vmi_core::Response::reinject`] delivers #BP (`CONTINUE`).
+
+use kvmi_proto::{Batch, Event as KEvent};
+use kvmi_sys as sys;
+use vmi_core::{
+    Breakpoint, Breakpoints, Error, EventControl, Gpa, Monitor, PagingMode, PhysicalMemory,
+    PhysicalMemoryWrite, ReadRegisters, RegisterGroups, Result, VcpuId,
+};
+
+use crate::events::{command_events, control_singlestep, Command};
+use crate::session::{HostState, KvmiVm, Shared};
+
+const INT3: u8 = 0xcc;
+
+/// A step over one of our breakpoints in progress on a vCPU.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepOver {
+    gpa: u64,
+    /// The tool has the SINGLESTEP event enabled on this vCPU.
+    tool_event: bool,
+    /// The tool armed singlestep on this vCPU.
+    tool_armed: bool,
+}
+
+impl StepOver {
+    pub(crate) fn tool_armed(self) -> bool {
+        self.tool_armed
+    }
+
+    pub(crate) fn tool_event(self) -> bool {
+        self.tool_event
+    }
+}
+
+fn write_byte(gpa: u64, byte: u8) -> Command {
+    let head = sys::VmWritePhysical { gpa, size: 1 };
+    let mut p = zerocopy::IntoBytes::as_bytes(&head).to_vec();
+    p.push(byte);
+    (sys::KVMI_VM_WRITE_PHYSICAL, p)
+}
+
+/// The commands that start a step over our breakpoint at `gpa` on `vcpu`, or `None`
+/// when `gpa` is not ours or the host cannot singlestep.
+pub(crate) fn step_over_plan(sh: &Shared, vcpu: u16, gpa: u64) -> Option<Vec<Command>> {
+    if !sh.facts.singlestep() {
+        return None;
+    }
+    let mut st = sh.lock();
+    let orig = st.breakpoints.get(&gpa)?.1;
+    let tool_event = st
+        .monitors
+        .vcpu_events
+        .contains_key(&(vcpu, sys::KVMI_EVENT_SINGLESTEP));
+    let h = st.vcpus.get_mut(usize::from(vcpu))?;
+    let tool_armed = h.singlestep;
+    h.step_over = Some(StepOver {
+        gpa,
+        tool_event,
+        tool_armed,
+    });
+    let mut cmds = vec![write_byte(gpa, orig)];
+    if !tool_event {
+        cmds.push(command_events(vcpu, sys::KVMI_EVENT_SINGLESTEP, true));
+    }
+    if !tool_armed {
+        cmds.push(control_singlestep(vcpu, true));
+    }
+    Some(cmds)
+}
+
+/// Called by `route` for a SINGLESTEP event: finishes a step over, if one is in
+/// progress on the vCPU. Returns the event back when the tool should see it.
+pub(crate) fn on_singlestep(sh: &Shared, st: &mut HostState, ev: KEvent) -> Option<KEvent> {
+    let vcpu = ev.vcpu();
+    let Some(s) = st
+        .vcpus
+        .get_mut(usize::from(vcpu))
+        .and_then(|h| h.step_over.take())
+    else {
+        return Some(ev);
+    };
+    let mut cmds = Vec::new();
+    if st.breakpoints.contains_key(&s.gpa) {
+        cmds.push(write_byte(s.gpa, INT3));
+    }
+    if !s.tool_armed {
+        cmds.push(control_singlestep(vcpu, false));
+    }
+    if !s.tool_event {
+        cmds.push(command_events(vcpu, sys::KVMI_EVENT_SINGLESTEP, false));
+    }
+    let forward = s.tool_armed && s.tool_event;
+    let mut batch = Batch::new(&sh.conn);
+    for (id, p) in &cmds {
+        let _ = batch.command(*id, p);
+    }
+    if forward {
+        // Commit first: the tool's event is handed out with the byte back in place.
+        let _ = batch.commit(sh.conn.config().request_timeout);
+        return Some(ev);
+    }
+    let _ = batch.reply(ev, kvmi_proto::Action::Continue);
+    let _ = batch.commit(sh.conn.config().request_timeout);
+    None
+}
+
+impl KvmiVm {
+    fn resolve(&self, bp: Breakpoint) -> Result<u64> {
+        match bp {
+            Breakpoint::Physical(gpa) => Ok(gpa.0),
+            Breakpoint::Virtual { gva, cr3 } => {
+                let r = self.registers(
+                    VcpuId(0),
+                    RegisterGroups::CONTROL | RegisterGroups::EFER,
+                    &[],
+                )?;
+                let (cr0, cr4, efer) = r.paging_inputs().ok_or_else(|| {
+                    Error::unsupported("breakpoint translation", "vCPU 0's CR0/CR4/EFER unknown")
+                })?;
+                let mode = PagingMode::from_registers(cr0, cr4, efer);
+                let cr3 = cr3.unwrap_or(Gpa(r.control.map_or(0, |c| c.cr3)));
+                let tr = vmi_core::Translator::from(mode);
+                let t = tr.translate(self, tr.root_base(cr3), gva)?;
+                Ok(t.gpa.0)
+            }
+        }
+    }
+}
+
+impl Breakpoints for KvmiVm {
+    fn set_breakpoint(&self, bp: Breakpoint) -> Result<()> {
+        self.parking
+            .capabilities()
+            .require(vmi_core::Capability::SoftwareBreakpoints)?;
+        let gpa = self.resolve(bp)?;
+        if self.shared.lock().breakpoints.contains_key(&gpa) {
+            return Ok(());
+        }
+        self.enable(&Monitor::Interrupt(vmi_core::event::InterruptKind::Int3))?;
+        let mut orig = [0u8; 1];
+        let placed = self.read_physical(Gpa(gpa), &mut orig).and_then(|()| {
+            self.shared.lock().breakpoints.insert(gpa, (bp, orig[0]));
+            self.write_physical(Gpa(gpa), &[INT3])
+        });
+        if placed.is_err() {
+            self.shared.lock().breakpoints.remove(&gpa);
+            let _ = self.disable(&Monitor::Interrupt(vmi_core::event::InterruptKind::Int3));
+        }
+        placed
+    }
+
+    fn clear_breakpoint(&self, bp: Breakpoint) -> Result<()> {
+        let gpa = {
+            let st = self.shared.lock();
+            st.breakpoints
+                .iter()
+                .find(|(_, (b, _))| *b == bp)
+                .map(|(gpa, _)| *gpa)
+        };
+        let Some(gpa) = gpa else { return Ok(()) };
+        let Some((_, orig)) = self.shared.lock().breakpoints.remove(&gpa) else {
+            return Ok(());
+        };
+        let restored = self.write_physical(Gpa(gpa), &[orig]);
+        let disabled = self.disable(&Monitor::Interrupt(vmi_core::event::InterruptKind::Int3));
+        restored.and(disabled)
+    }
+
+    fn active_breakpoints(&self) -> Vec<Breakpoint> {
+        let mut v: Vec<_> = self
+            .shared
+            .lock()
+            .breakpoints
+            .values()
+            .map(|(b, _)| *b)
+            .collect();
+        v.sort();
+        v
+    }
+}

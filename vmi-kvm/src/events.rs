@@ -1,0 +1,513 @@
+//! Monitors and events: [`Monitor`] → `CONTROL_EVENTS` / `CONTROL_CR` / `CONTROL_MSR`
+//! / `CONTROL_SINGLESTEP` / `VM_CONTROL_EVENTS`, and kvmi-proto events →
+//! `vmi-core` [`EventKind`]s with every field the wire carries.
+//!
+//! What is enabled is recorded (`Monitors`) so that the teardown can undo it.
+//! `PAUSE_VCPU` events never reach the tool (see [`crate::park`]); UNHOOK does, as
+//! [`EventKind::Unhook`], after which the tool should drop the session.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kvmi_proto::{Event as KEvent, EventKind as KKind};
+use kvmi_sys as sys;
+use vmi_core::event::{
+    DescriptorTableReg, InterruptKind, InterruptionType, RegisterAccess, RegisterId,
+};
+use vmi_core::registers::msr;
+use vmi_core::{
+    Access, Deadline, Error, Event, EventKind, Gfn, Gva, Monitor, PendingEvent, Result, VcpuId,
+    View,
+};
+
+use crate::error::proto_at;
+use crate::registers::snapshot_from_event;
+use crate::session::{KvmiVm, Shared, PUMP_SLICE};
+
+/// What the session enabled on the host.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Monitors {
+    /// (vCPU, event id) enabled with `VCPU_CONTROL_EVENTS`, with a use count.
+    pub(crate) vcpu_events: std::collections::BTreeMap<(u16, u8), u32>,
+    /// (vCPU, CR) intercepted.
+    pub(crate) crs: BTreeSet<(u16, u32)>,
+    /// (vCPU, MSR) intercepted.
+    pub(crate) msrs: BTreeSet<(u16, u32)>,
+    /// VM events enabled with `VM_CONTROL_EVENTS`.
+    pub(crate) vm_events: BTreeSet<u8>,
+    /// The tool monitors TRAP events (else they are answered internally).
+    pub(crate) trap: bool,
+    /// `RegisterFilter::equal` of CR monitors, honoured here (KVMi has no such
+    /// filter): writes of other values are answered internally.
+    pub(crate) cr_equal: std::collections::BTreeMap<u32, u64>,
+    /// The same for MSR monitors.
+    pub(crate) msr_equal: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Monitors {
+    /// Whether a CR/MSR event is filtered out by an `equal` filter.
+    pub(crate) fn filtered(&self, kind: &KKind) -> bool {
+        match kind {
+            KKind::Cr(c) => self
+                .cr_equal
+                .get(&u32::from(c.cr))
+                .is_some_and(|v| *v != c.new_value),
+            KKind::Msr(m) => self
+                .msr_equal
+                .get(&m.msr)
+                .is_some_and(|v| *v != m.new_value),
+            _ => false,
+        }
+    }
+}
+
+/// One host command: id and payload.
+pub(crate) type Command = (u16, Vec<u8>);
+
+pub(crate) fn command_events(vcpu: u16, event: u8, enable: bool) -> Command {
+    let body = sys::VcpuControlEvents {
+        event_id: event.into(),
+        enable: u8::from(enable),
+        ..Default::default()
+    };
+    (
+        sys::KVMI_VCPU_CONTROL_EVENTS,
+        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
+    )
+}
+
+pub(crate) fn command_cr(vcpu: u16, cr: u32, enable: bool) -> Command {
+    let body = sys::VcpuControlCr {
+        enable: u8::from(enable),
+        cr,
+        ..Default::default()
+    };
+    (
+        sys::KVMI_VCPU_CONTROL_CR,
+        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
+    )
+}
+
+pub(crate) fn command_msr(vcpu: u16, index: u32, enable: bool) -> Command {
+    let body = sys::VcpuControlMsr {
+        enable: u8::from(enable),
+        msr: index,
+        ..Default::default()
+    };
+    (
+        sys::KVMI_VCPU_CONTROL_MSR,
+        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
+    )
+}
+
+pub(crate) fn control_singlestep(vcpu: u16, enable: bool) -> Command {
+    let body = sys::VcpuControlSingleStep {
+        enable: u8::from(enable),
+        padding: [0; 7],
+    };
+    (
+        sys::KVMI_VCPU_CONTROL_SINGLESTEP,
+        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
+    )
+}
+
+pub(crate) fn command_vm_event(event: u8, enable: bool) -> Command {
+    let body = sys::VmControlEvents {
+        event_id: event.into(),
+        enable: u8::from(enable),
+        ..Default::default()
+    };
+    (
+        sys::KVMI_VM_CONTROL_EVENTS,
+        zerocopy::IntoBytes::as_bytes(&body).to_vec(),
+    )
+}
+
+impl Shared {
+    /// Sends `commands` in one burst (each its own request, so every error is seen)
+    /// and waits for all replies under `deadline`. Returns the first error; every
+    /// reply is waited for either way.
+    pub(crate) fn pipeline(&self, commands: &[Command], deadline: Deadline) -> Result<()> {
+        let mut pending = Vec::with_capacity(commands.len());
+        let mut first = None;
+        for (id, payload) in commands {
+            match self.conn.send_request(*id, payload) {
+                Ok(p) => pending.push((*id, p)),
+                Err(e) => {
+                    first.get_or_insert(proto_at(name(*id), None, None, e));
+                    break;
+                }
+            }
+        }
+        for (id, p) in pending {
+            let t = deadline
+                .remaining()
+                .unwrap_or(self.conn.config().request_timeout);
+            if let Err(e) = p.wait(t) {
+                first.get_or_insert(proto_at(name(id), None, None, e));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn request_deadline(&self) -> Deadline {
+        Deadline::after(self.conn.config().request_timeout)
+    }
+}
+
+fn name(id: u16) -> &'static str {
+    sys::command_name(id)
+        .or(sys::v6::command_name(id))
+        .unwrap_or("KVMi command")
+}
+
+/// The vCPU-event id and per-register commands `monitor` needs on `vcpu`.
+fn plan(monitor: &Monitor) -> Result<(Option<u8>, Option<RegTarget>)> {
+    Ok(match monitor {
+        Monitor::ControlRegister { cr, access, .. } => {
+            write_only(*access)?;
+            if ![0u8, 3, 4].contains(cr) {
+                return Err(Error::unsupported(
+                    format!("CR{cr} events"),
+                    "KVMi intercepts CR0, CR3 and CR4 only (kvmi-protocol.md §3 id 10)",
+                ));
+            }
+            (
+                Some(sys::KVMI_EVENT_CR),
+                Some(RegTarget::Cr(u32::from(*cr))),
+            )
+        }
+        Monitor::Msr { index, access, .. } => {
+            write_only(*access)?;
+            if !interceptable_msr(*index) {
+                return Err(Error::unsupported(
+                    format!("MSR {index:#x} events"),
+                    "KVMi intercepts MSRs below 0x1fff and in 0xc0000001..0xc0001fff only \
+                     (kvmi-protocol.md §3 id 11)",
+                ));
+            }
+            (
+                Some(sys::KVMI_EVENT_MSR),
+                Some(RegTarget::Msr(vec![*index])),
+            )
+        }
+        Monitor::AllMsrs { access } => {
+            write_only(*access)?;
+            let all: Vec<u32> = msr::LIBVMI_MSR_ALL
+                .iter()
+                .copied()
+                .filter(|m| interceptable_msr(*m))
+                .collect();
+            (Some(sys::KVMI_EVENT_MSR), Some(RegTarget::Msr(all)))
+        }
+        Monitor::Xsetbv => (Some(sys::KVMI_EVENT_XSETBV), None),
+        Monitor::Interrupt(InterruptKind::Int3) => (Some(sys::KVMI_EVENT_BREAKPOINT), None),
+        Monitor::Singlestep(_) => (Some(sys::KVMI_EVENT_SINGLESTEP), None),
+        Monitor::Cpuid => (Some(sys::KVMI_EVENT_CPUID), None),
+        Monitor::Hypercall => (Some(sys::KVMI_EVENT_HYPERCALL), None),
+        Monitor::Descriptor => (Some(sys::KVMI_EVENT_DESCRIPTOR), None),
+        Monitor::MemoryAccess => (Some(sys::KVMI_EVENT_PF), None),
+        Monitor::Trap => (Some(sys::KVMI_EVENT_TRAP), None),
+        Monitor::VcpuCreate => (None, None),
+        other => {
+            return Err(Error::unsupported(
+                format!("{other:?}"),
+                "no KVMi event for it (kvmi-protocol.md §4.3)",
+            ))
+        }
+    })
+}
+
+enum RegTarget {
+    Cr(u32),
+    Msr(Vec<u32>),
+}
+
+fn write_only(access: RegisterAccess) -> Result<()> {
+    match access {
+        RegisterAccess::Write => Ok(()),
+        _ => Err(Error::unsupported(
+            "register read events",
+            "KVMi intercepts CR and MSR writes only (kvmi-protocol.md §4.3, §7)",
+        )),
+    }
+}
+
+/// The MSR ranges `VCPU_CONTROL_MSR` accepts (strict bounds, as the kvmi-v7 code).
+pub(crate) fn interceptable_msr(m: u32) -> bool {
+    m < 0x1fff || (m > 0xc000_0000 && m < 0xc000_1fff)
+}
+
+impl KvmiVm {
+    fn set_monitor(&self, monitor: &Monitor, enable: bool) -> Result<()> {
+        let sh = &self.shared;
+        if enable {
+            self.parking.capabilities().check_monitor(monitor)?;
+        }
+        if let Monitor::VcpuCreate = monitor {
+            let id = sys::KVMI_EVENT_CREATE_VCPU;
+            sh.pipeline(&[command_vm_event(id, enable)], sh.request_deadline())?;
+            let mut st = sh.lock();
+            if enable {
+                st.monitors.vm_events.insert(id);
+            } else {
+                st.monitors.vm_events.remove(&id);
+            }
+            return Ok(());
+        }
+        let (event, target) = plan(monitor)?;
+        let vcpus: Vec<u16> = match monitor {
+            Monitor::Singlestep(set) => {
+                let v: Vec<u16> = set.iter().map(|v| v.0).collect();
+                for id in &v {
+                    sh.check_vcpu(VcpuId(*id))?;
+                }
+                v
+            }
+            _ => (0..sh.vcpu_count as u16).collect(),
+        };
+        // kvmi-v7 always sends TRAP after an injection; only v6 needs it enabled.
+        let event = event.filter(|e| !(*e == sys::KVMI_EVENT_TRAP && sh.facts.v7()));
+        let mut cmds = Vec::new();
+        {
+            let mut st = sh.lock();
+            match monitor {
+                Monitor::Trap => st.monitors.trap = enable,
+                Monitor::ControlRegister { cr, filter, .. } => {
+                    match (enable, filter.equal) {
+                        (true, Some(v)) => st.monitors.cr_equal.insert(u32::from(*cr), v),
+                        _ => st.monitors.cr_equal.remove(&u32::from(*cr)),
+                    };
+                }
+                Monitor::Msr { index, filter, .. } => {
+                    match (enable, filter.equal) {
+                        (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
+                        _ => st.monitors.msr_equal.remove(index),
+                    };
+                }
+                _ => {}
+            }
+            for &v in &vcpus {
+                if let Some(e) = event {
+                    let n = st.monitors.vcpu_events.entry((v, e)).or_insert(0);
+                    if enable {
+                        if *n == 0 {
+                            cmds.push(command_events(v, e, true));
+                        }
+                        *n += 1;
+                    } else if *n > 0 {
+                        *n -= 1;
+                        if *n == 0 {
+                            cmds.push(command_events(v, e, false));
+                        }
+                    }
+                    if *n == 0 {
+                        st.monitors.vcpu_events.remove(&(v, e));
+                    }
+                }
+                match &target {
+                    Some(RegTarget::Cr(cr)) => {
+                        let had = st.monitors.crs.contains(&(v, *cr));
+                        if had != enable {
+                            cmds.push(command_cr(v, *cr, enable));
+                        }
+                        if enable {
+                            st.monitors.crs.insert((v, *cr));
+                        } else {
+                            st.monitors.crs.remove(&(v, *cr));
+                        }
+                    }
+                    Some(RegTarget::Msr(list)) => {
+                        for m in list {
+                            let had = st.monitors.msrs.contains(&(v, *m));
+                            if had != enable {
+                                cmds.push(command_msr(v, *m, enable));
+                            }
+                            if enable {
+                                st.monitors.msrs.insert((v, *m));
+                            } else {
+                                st.monitors.msrs.remove(&(v, *m));
+                            }
+                        }
+                    }
+                    None => {}
+                }
+                if let Monitor::Singlestep(_) = monitor {
+                    let h = &mut st.vcpus[usize::from(v)];
+                    if h.singlestep != enable {
+                        cmds.push(control_singlestep(v, enable));
+                        h.singlestep = enable;
+                    }
+                }
+            }
+        }
+        // Interception is enabled after the event, disabled before it.
+        if enable {
+            cmds.sort_by_key(|(id, _)| u16::from(*id != sys::KVMI_VCPU_CONTROL_EVENTS));
+        } else {
+            cmds.sort_by_key(|(id, _)| u16::from(*id == sys::KVMI_VCPU_CONTROL_EVENTS));
+        }
+        sh.pipeline(&cmds, sh.request_deadline())
+    }
+
+    /// The next event for the tool, waiting up to `timeout`.
+    fn next_pending(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
+        let sh = &self.shared;
+        let deadline = Deadline::after(timeout);
+        loop {
+            let next = sh.lock().queue.pop_front();
+            if let Some(ev) = next {
+                return Ok(Some(self.hand_out(ev)));
+            }
+            if timeout.is_zero() {
+                // Only what has arrived: one non-blocking look at the socket.
+                match sh.conn.try_next_event() {
+                    Ok(Some(ev)) => sh.route(ev),
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(crate::error::proto("waiting for events", e)),
+                }
+                let next = sh.lock().queue.pop_front();
+                return Ok(next.map(|ev| self.hand_out(ev)));
+            }
+            if deadline.expired() {
+                return Ok(None);
+            }
+            let slice = deadline.remaining_capped(PUMP_SLICE);
+            sh.pump(slice)?;
+        }
+    }
+
+    /// Turns a queued kvmi event into the tool's guard; the kvmi guard is kept in the
+    /// outstanding table under the ticket.
+    fn hand_out(&self, ev: KEvent) -> PendingEvent {
+        let sh = &self.shared;
+        let event = convert(sh, &ev);
+        let ticket = sh.ticket();
+        sh.lock().outstanding.insert(ticket, ev);
+        self.parking.event(ticket, event)
+    }
+}
+
+/// The `vmi-core` view of a kvmi event.
+pub(crate) fn convert(sh: &Shared, ev: &KEvent) -> Event {
+    let arch = &ev.common.arch;
+    let registers = snapshot_from_event(arch);
+    let rip = arch.regs.rip;
+    let vcpu = VcpuId(ev.vcpu());
+    let kind = match ev.kind {
+        KKind::Cr(c) => EventKind::Register {
+            register: RegisterId::Cr(c.cr as u8),
+            access: RegisterAccess::Write,
+            value: c.new_value,
+            previous: Some(c.old_value),
+        },
+        KKind::Msr(m) => EventKind::Register {
+            register: RegisterId::Msr(m.msr),
+            access: RegisterAccess::Write,
+            value: m.new_value,
+            previous: Some(m.old_value),
+        },
+        KKind::Xsetbv => {
+            // XSETBV: ECX names the XCR, EDX:EAX is the value; the old one is read
+            // from the host (the vCPU waits in the event, so it is still current).
+            let xcr = arch.regs.rcx as u32;
+            let new_value = (arch.regs.rdx << 32) | (arch.regs.rax & 0xffff_ffff);
+            let old_value = if xcr == 0 && sh.facts.v7() {
+                sh.conn.get_xcr(vcpu.0, 0).unwrap_or(new_value)
+            } else {
+                new_value
+            };
+            EventKind::Xsetbv {
+                xcr,
+                old_value,
+                new_value,
+            }
+        }
+        KKind::Breakpoint(b) => EventKind::Breakpoint {
+            gla: Gva(rip),
+            gfn: Gfn(b.gpa >> 12),
+            offset: b.gpa & 0xfff,
+            insn_length: b.insn_len,
+        },
+        KKind::Hypercall => EventKind::Hypercall {
+            gla: Gva(rip),
+            gfn: None,
+            offset: rip & 0xfff,
+        },
+        KKind::Pf(pf) => EventKind::MemoryAccess {
+            gfn: Gfn(pf.gpa >> 12),
+            offset: pf.gpa & 0xfff,
+            gla: (pf.gva != sys::KVMI_UNMAPPED_GVA).then_some(Gva(pf.gva)),
+            access: Access::from_bits_truncate(pf.access),
+            page_walk: false,
+        },
+        KKind::Trap(t) => {
+            let vector = t.vector as u8;
+            EventKind::Trap {
+                vector,
+                kind: match t.type_ {
+                    Some(ty) => InterruptionType::from_vmx(ty as u8),
+                    None if matches!(vector, 3 | 4) => InterruptionType::SoftwareException,
+                    None => InterruptionType::HardwareException,
+                },
+                error_code: matches!(vector, 8 | 10..=14 | 17 | 21).then_some(t.error_code),
+                cr2: t.cr2,
+            }
+        }
+        KKind::Descriptor(d) => EventKind::Descriptor {
+            descriptor: match d.descriptor {
+                sys::KVMI_DESC_GDTR => DescriptorTableReg::Gdtr,
+                sys::KVMI_DESC_LDTR => DescriptorTableReg::Ldtr,
+                sys::KVMI_DESC_TR => DescriptorTableReg::Tr,
+                _ => DescriptorTableReg::Idtr,
+            },
+            is_write: d.write != 0,
+            exit_info: None,
+        },
+        KKind::CreateVcpu => EventKind::VcpuCreated,
+        KKind::Singlestep { failed } => EventKind::Singlestep {
+            gla: Gva(rip),
+            gfn: None,
+            offset: rip & 0xfff,
+            failed,
+        },
+        KKind::Cpuid(c) => EventKind::Cpuid {
+            leaf: c.function,
+            subleaf: c.index,
+            insn_length: c.insn_length,
+        },
+        // Only UNHOOK is left: `route` keeps PAUSE_VCPU, CMD_ERROR and unknown ids away.
+        _ => EventKind::Unhook,
+    };
+    // UNHOOK carries no vCPU state (vCPU 0 is nominal): an empty snapshot, so reads
+    // of vCPU 0 while it is pending go to the host instead of a meaningless cache.
+    let registers = if kind == EventKind::Unhook {
+        vmi_core::RegisterSnapshot::default()
+    } else {
+        registers
+    };
+    Event {
+        vcpu,
+        view: View(arch.view),
+        registers,
+        kind,
+    }
+}
+
+impl vmi_core::EventControl for KvmiVm {
+    fn enable(&self, monitor: &Monitor) -> Result<()> {
+        self.set_monitor(monitor, true)
+    }
+
+    fn disable(&self, monitor: &Monitor) -> Result<()> {
+        self.set_monitor(monitor, false)
+    }
+
+    fn wait_event(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
+        self.next_pending(timeout)
+    }
+
+    fn pending_events(&self) -> Result<usize> {
+        Ok(self.shared.lock().queue.len() + self.shared.conn.pending_events())
+    }
+}

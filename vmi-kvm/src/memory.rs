@@ -1,0 +1,172 @@
+//! Guest physical memory over the socket: reads and writes of any length and
+//! alignment, split at page boundaries (`READ_PHYSICAL`/`WRITE_PHYSICAL` take at most
+//! one page) and pipelined — every page request of a call goes out before the first
+//! reply is awaited, in windows of [`WINDOW`] requests, so a 64 KiB read costs about
+//! one round trip, not sixteen. Memory size comes from `GET_MAX_GFN`.
+
+use kvmi_sys as sys;
+use vmi_core::memory::{MemoryInfo, PhysicalRange};
+use vmi_core::{Error, Gpa, MemoryLayout, PhysicalMemory, PhysicalMemoryWrite, Result, PAGE_SIZE};
+
+use crate::error::{physical, proto};
+use crate::session::{KvmiVm, Shared};
+
+/// Requests in flight per call (bounded so one huge read cannot queue unbounded
+/// replies).
+pub const WINDOW: usize = 64;
+
+/// `(gpa, offset in the caller's buffer, length)` of each page piece of a range.
+fn pieces(gpa: u64, len: usize) -> Result<Vec<(u64, usize, usize)>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    gpa.checked_add(len as u64 - 1)
+        .ok_or(Error::UnmappedPhysical {
+            gpa: Gpa(gpa),
+            len: len as u64,
+        })?;
+    let mut out = Vec::with_capacity(len / PAGE_SIZE as usize + 2);
+    let mut done = 0usize;
+    while done < len {
+        let a = gpa + done as u64;
+        let room = PAGE_SIZE as usize - (a % PAGE_SIZE) as usize;
+        let n = room.min(len - done);
+        out.push((a, done, n));
+        done += n;
+    }
+    Ok(out)
+}
+
+impl Shared {
+    pub(crate) fn read_physical(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
+        let parts = pieces(gpa, buf.len())?;
+        let t = self.conn.config().request_timeout;
+        for window in parts.chunks(WINDOW) {
+            let mut pending = Vec::with_capacity(window.len());
+            for &(a, off, n) in window {
+                let req = sys::VmReadPhysical {
+                    gpa: a,
+                    size: n as u64,
+                };
+                let p = self
+                    .conn
+                    .send_request(
+                        sys::KVMI_VM_READ_PHYSICAL,
+                        zerocopy::IntoBytes::as_bytes(&req),
+                    )
+                    .map_err(|e| physical("KVMI_VM_READ_PHYSICAL", a, n, e))?;
+                pending.push((a, off, n, p));
+            }
+            // Every reply is waited for (so none is left stray), the first error wins.
+            let mut first = None;
+            for (a, off, n, p) in pending {
+                match p.wait(t) {
+                    Ok(data) if data.len() >= n => buf[off..off + n].copy_from_slice(&data[..n]),
+                    Ok(data) => {
+                        first.get_or_insert(Error::malformed(
+                            "KVMi reply",
+                            format!("READ_PHYSICAL at {a:#x}: {} of {n} bytes", data.len()),
+                        ));
+                    }
+                    Err(e) => {
+                        first.get_or_insert(physical("KVMI_VM_READ_PHYSICAL", a, n, e));
+                    }
+                }
+            }
+            if let Some(e) = first {
+                return Err(match e {
+                    Error::UnmappedPhysical { .. } => Error::UnmappedPhysical {
+                        gpa: Gpa(gpa),
+                        len: buf.len() as u64,
+                    },
+                    other => other,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_physical(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        let parts = pieces(gpa, data.len())?;
+        let t = self.conn.config().request_timeout;
+        for window in parts.chunks(WINDOW) {
+            let mut pending = Vec::with_capacity(window.len());
+            for &(a, off, n) in window {
+                let head = sys::VmWritePhysical {
+                    gpa: a,
+                    size: n as u64,
+                };
+                let mut p = zerocopy::IntoBytes::as_bytes(&head).to_vec();
+                p.extend_from_slice(&data[off..off + n]);
+                let r = self
+                    .conn
+                    .send_request(sys::KVMI_VM_WRITE_PHYSICAL, &p)
+                    .map_err(|e| physical("KVMI_VM_WRITE_PHYSICAL", a, n, e))?;
+                pending.push((a, n, r));
+            }
+            let mut first = None;
+            for (a, n, p) in pending {
+                if let Err(e) = p.wait(t) {
+                    first.get_or_insert(physical("KVMI_VM_WRITE_PHYSICAL", a, n, e));
+                }
+            }
+            if let Some(e) = first {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PhysicalMemory for KvmiVm {
+    fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+        self.shared.read_physical(gpa.0, buf)
+    }
+}
+
+impl PhysicalMemoryWrite for KvmiVm {
+    fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        self.shared.write_physical(gpa.0, data)
+    }
+}
+
+impl MemoryLayout for KvmiVm {
+    /// One range from 0 to the host's max gfn (`GET_MAX_GFN`: the first frame above
+    /// guest RAM). KVMi does not describe holes; reads of a hole fail with
+    /// [`Error::UnmappedPhysical`].
+    fn memory_info(&self) -> Result<MemoryInfo> {
+        let gfn = self
+            .shared
+            .conn
+            .get_max_gfn()
+            .map_err(|e| proto("KVMI_VM_GET_MAX_GFN", e))?;
+        let len = gfn.checked_mul(PAGE_SIZE).ok_or_else(|| {
+            Error::malformed("KVMi reply", format!("GET_MAX_GFN {gfn:#x} overflows"))
+        })?;
+        Ok(MemoryInfo {
+            ranges: vec![PhysicalRange { start: Gpa(0), len }],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn ranges_split_at_page_boundaries() {
+        assert_eq!(
+            pieces(0xff0, 0x20).unwrap(),
+            vec![(0xff0, 0, 0x10), (0x1000, 0x10, 0x10)]
+        );
+        assert_eq!(pieces(0x1000, 0x2000).unwrap().len(), 2);
+        assert!(pieces(0, 0).unwrap().is_empty());
+        assert!(
+            pieces(u64::MAX - 2, 8).is_err(),
+            "wrapping ranges are refused"
+        );
+        let p = pieces(0x123, 3 * 4096).unwrap();
+        assert_eq!(p.iter().map(|x| x.2).sum::<usize>(), 3 * 4096);
+        assert!(p.iter().all(|&(a, _, n)| (a % 4096) as usize + n <= 4096));
+    }
+}

@@ -1,0 +1,284 @@
+//! [`ParkOps`] on KVMi: how a KVMi session stops, releases and answers vCPUs.
+//!
+//! * **Stop** = `VCPU_PAUSE` per vCPU (pipelined, one write). Each successful pause
+//!   makes the host send one `PAUSE_VCPU` event once the vCPU has left guest mode.
+//!   Those events are internal: they never reach the tool. Their kvmi-proto [`Event`]
+//!   guards are kept in the session's table while the pause lasts — the vCPU is held
+//!   inside that event — and their arch part (regs, sregs, MSRs) is returned as the
+//!   parked vCPU's register cache. A vCPU already held by a tool event (queued or
+//!   handed out) gets no pause request: it is stopped already, and if a pause is still
+//!   held when the tool answers it, the pause request goes out in the same write as the
+//!   answer, before it.
+//! * **Run** = for every vCPU held by a `PAUSE_VCPU` event: `VCPU_SET_REGISTERS` with
+//!   the writes queued meanwhile (allowed exactly while the vCPU waits for an event
+//!   reply), then the reply, all in one batch (one round trip).
+//! * **Answer** = the tool's [`Response`] mapped to the kvmi reply for that event kind
+//!   ([`crate::response`]), sent through the kvmi-proto [`Event`] guard kept for the
+//!   ticket, after the commands the response implies (set registers, toggle
+//!   singlestep), in one batch.
+//!
+//! A `PAUSE_VCPU` event that arrives when nothing wants the vCPU stopped any more (a
+//! pause that ended while its request was in flight) is answered at once.
+//!
+//! [`Event`]: kvmi_proto::Event
+
+use std::sync::Arc;
+
+use kvmi_proto::{Batch, Event as KEvent};
+use kvmi_sys as sys;
+use vmi_core::park::{AfterAnswer, EventTicket, ParkOps};
+use vmi_core::{Deadline, Error, Event, PauseScope, RegisterSnapshot, Response, Result, VcpuId};
+
+use crate::error::proto;
+use crate::registers::{snapshot_from_event, writable};
+use crate::response;
+use crate::session::Shared;
+
+/// The session's [`ParkOps`].
+pub(crate) struct KvmiPark {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl KvmiPark {
+    fn targets(&self, scope: PauseScope) -> Result<Vec<u16>> {
+        match scope {
+            PauseScope::All => Ok((0..self.shared.vcpu_count as u16).collect()),
+            PauseScope::Vcpu(v) => {
+                self.shared.check_vcpu(v)?;
+                Ok(vec![v.0])
+            }
+        }
+    }
+}
+
+impl ParkOps for KvmiPark {
+    fn stop(&self, scope: PauseScope) -> Result<Vec<(VcpuId, RegisterSnapshot)>> {
+        let sh = &self.shared;
+        let targets = self.targets(scope)?;
+        let mut batch = Batch::new(&sh.conn);
+        {
+            let mut st = sh.lock();
+            for &v in &targets {
+                let h = &mut st.vcpus[usize::from(v)];
+                h.pause_wanted = true;
+                if h.pause_held.is_none() && h.pause_requested == 0 && !h.busy {
+                    h.pause_requested += 1;
+                    batch
+                        .pause_vcpu(v, true)
+                        .map_err(|e| proto("KVMI_VCPU_PAUSE", e))?;
+                }
+            }
+        }
+        if let Err(e) = batch.commit(sh.conn.config().request_timeout) {
+            self.abandon(&targets);
+            return Err(proto("KVMI_VCPU_PAUSE", e));
+        }
+        // Wait until every target is held by its PAUSE_VCPU event or by a tool event.
+        let deadline = Deadline::after(sh.conn.config().request_timeout);
+        loop {
+            {
+                let st = sh.lock();
+                let done = targets.iter().all(|&v| {
+                    let h = &st.vcpus[usize::from(v)];
+                    h.pause_held.is_some() || h.busy
+                });
+                if done {
+                    let snaps = targets
+                        .iter()
+                        .filter_map(|&v| {
+                            st.vcpus[usize::from(v)]
+                                .pause_held
+                                .as_ref()
+                                .map(|ev| (VcpuId(v), snapshot_from_event(&ev.common.arch)))
+                        })
+                        .collect();
+                    return Ok(snaps);
+                }
+            }
+            if deadline.expired() {
+                self.abandon(&targets);
+                return Err(deadline.timeout_error("PAUSE_VCPU events"));
+            }
+            if let Err(e) = sh.pump(deadline.remaining_capped(crate::session::PUMP_SLICE)) {
+                self.abandon(&targets);
+                return Err(e);
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        scope: PauseScope,
+        writes: &[(VcpuId, RegisterSnapshot)],
+        still_parked: &[VcpuId],
+    ) -> Result<()> {
+        let sh = &self.shared;
+        let targets = self.targets(scope)?;
+        let mut batch = Batch::new(&sh.conn);
+        let mut missing = None;
+        {
+            let mut st = sh.lock();
+            for &v in &targets {
+                if still_parked.contains(&VcpuId(v)) {
+                    continue;
+                }
+                let write = writes.iter().find(|(w, _)| w.0 == v).map(|(_, r)| r);
+                let h = &mut st.vcpus[usize::from(v)];
+                let regs = match write {
+                    Some(r) => writable(r)?,
+                    None => None,
+                };
+                if let Some(regs) = &regs {
+                    if h.pause_held.is_some() || h.busy {
+                        // The vCPU waits for an event reply: SET_REGISTERS is allowed.
+                        batch
+                            .set_registers(v, regs)
+                            .map_err(|e| proto("KVMI_VCPU_SET_REGISTERS", e))?;
+                    } else {
+                        missing = Some(VcpuId(v));
+                    }
+                }
+                h.pause_wanted = false;
+                if let Some(ev) = h.pause_held.take() {
+                    batch
+                        .reply(ev, kvmi_proto::Action::Continue)
+                        .map_err(|e| proto("PAUSE_VCPU reply", e))?;
+                }
+            }
+        }
+        batch
+            .commit(sh.conn.config().request_timeout)
+            .map_err(|e| proto("resume (SET_REGISTERS + PAUSE_VCPU replies)", e))?;
+        match missing {
+            Some(v) => Err(Error::InvalidReply {
+                reason: format!("registers queued for vCPU {v}, which is not held by an event")
+                    .into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn answer(&self, ticket: EventTicket, response: Response, after: AfterAnswer) -> Result<()> {
+        let sh = &self.shared;
+        let ev = {
+            let mut st = sh.lock();
+            let Some(ev) = st.outstanding.remove(&ticket.id) else {
+                return Ok(()); // torn down meanwhile: the teardown answered it
+            };
+            ev
+        };
+        if !ev.needs_reply() {
+            // UNHOOK: nothing is sent and no vCPU waits in it. Parking treated vCPU 0
+            // as parked meanwhile; register writes queued for it cannot be applied.
+            if response.set_registers.is_some() {
+                return Err(Error::InvalidReply {
+                    reason: "UNHOOK holds no vCPU: register writes queued for vCPU 0 while \
+                             it was pending were not applied"
+                        .into(),
+                });
+            }
+            return Ok(());
+        }
+        let vcpu = ev.vcpu();
+        let mut batch = Batch::new(&sh.conn);
+        // Everything fallible that builds the answer happens before the event moves
+        // into the batch; on an error the event is dropped here, which answers it
+        // with its default reply.
+        let built = response::build(sh, &ev, &response);
+        let (reply, commands) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                self.finish_vcpu(vcpu, after, &mut batch)?;
+                let default = ev.default_reply();
+                batch
+                    .reply(ev, default)
+                    .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
+                let _ = batch.commit(sh.conn.config().request_timeout);
+                return Err(e);
+            }
+        };
+        self.finish_vcpu(vcpu, after, &mut batch)?;
+        for (id, payload) in &commands {
+            batch
+                .command(*id, payload)
+                .map_err(|e| proto(sys::command_name(*id).unwrap_or("command"), e))?;
+        }
+        batch
+            .reply(ev, reply)
+            .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
+        let r = batch.commit(sh.conn.config().request_timeout);
+        response::after_commit(sh, vcpu, &response, r.is_ok());
+        r.map_err(|e| proto("event reply", e))
+    }
+
+    fn check_response(&self, event: &Event, response: &Response) -> Result<()> {
+        response::check(&self.shared, event, response)
+    }
+
+    fn check_write(&self, _vcpu: VcpuId, regs: &RegisterSnapshot) -> Result<()> {
+        writable(regs).map(drop)
+    }
+
+    fn can_pause_vcpu(&self) -> bool {
+        true
+    }
+}
+
+impl KvmiPark {
+    /// Book-keeping of a vCPU whose tool event is being answered; queues a pause
+    /// request before the answer when a pause still holds the vCPU.
+    fn finish_vcpu(&self, vcpu: u16, after: AfterAnswer, batch: &mut Batch<'_>) -> Result<()> {
+        let mut st = self.shared.lock();
+        let Some(h) = st.vcpus.get_mut(usize::from(vcpu)) else {
+            return Ok(());
+        };
+        h.busy = false;
+        h.pause_wanted = after.stays_parked;
+        if after.stays_parked && h.pause_held.is_none() && h.pause_requested == 0 {
+            h.pause_requested += 1;
+            batch
+                .pause_vcpu(vcpu, true)
+                .map_err(|e| proto("KVMI_VCPU_PAUSE", e))?;
+        }
+        Ok(())
+    }
+
+    /// A stop that failed: nothing wants the targets stopped; release what is held.
+    fn abandon(&self, targets: &[u16]) {
+        let held: Vec<KEvent> = {
+            let mut st = self.shared.lock();
+            targets
+                .iter()
+                .filter_map(|&v| {
+                    let h = &mut st.vcpus[usize::from(v)];
+                    h.pause_wanted = false;
+                    h.pause_held.take()
+                })
+                .collect()
+        };
+        for ev in held {
+            let _ = ev.reply_continue();
+        }
+    }
+}
+
+impl vmi_core::VcpuControl for crate::KvmiVm {
+    fn vcpu_count(&self) -> Result<u32> {
+        Ok(self.shared.vcpu_count)
+    }
+
+    fn pause(&self) -> Result<vmi_core::PauseGuard<'_>> {
+        self.shared.check_connected()?;
+        self.parking.pause(PauseScope::All)
+    }
+
+    fn pause_vcpu(&self, vcpu: VcpuId) -> Result<vmi_core::PauseGuard<'_>> {
+        self.shared.check_vcpu(vcpu)?;
+        self.shared.check_connected()?;
+        self.parking.pause(PauseScope::Vcpu(vcpu))
+    }
+
+    fn is_paused(&self) -> bool {
+        self.parking.is_paused()
+    }
+}

@@ -1,0 +1,316 @@
+//! KVM register structures (`kvm_regs`, `kvm_sregs`, MSR entries, the event's arch
+//! part) ↔ `vmi-core`'s [`RegisterSnapshot`], and register reads by `GET_REGISTERS`.
+//!
+//! A full snapshot is one `VCPU_GET_REGISTERS` round trip (GPRs, segments, CRs, EFER
+//! and the MSRs asked for); XCR0 is a second request sent in the same write burst. A
+//! vCPU parked in an event or a pause needs none: its event carried regs, sregs and
+//! nine MSRs, which [`vmi_core::park::Parking`] keeps as its cache.
+
+use kvmi_proto::{Connection, ProtoError};
+use kvmi_sys as sys;
+use vmi_core::registers::{
+    msr, ControlRegs, DescriptorTable, Gprs, RegisterGroups, RegisterSnapshot, Segment,
+    SegmentAttributes, Segments,
+};
+use vmi_core::{Error, Result, VcpuId};
+
+use crate::error::proto_at;
+
+/// GPRs from `kvm_regs`.
+pub(crate) fn gprs_from_kvm(r: &sys::KvmRegs) -> Gprs {
+    Gprs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rbp: r.rbp,
+        rsp: r.rsp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    }
+}
+
+/// `kvm_regs` from GPRs (all 18 values: `SET_REGISTERS` writes the whole struct).
+pub(crate) fn kvm_from_gprs(g: &Gprs) -> sys::KvmRegs {
+    sys::KvmRegs {
+        rax: g.rax,
+        rbx: g.rbx,
+        rcx: g.rcx,
+        rdx: g.rdx,
+        rsi: g.rsi,
+        rdi: g.rdi,
+        rsp: g.rsp,
+        rbp: g.rbp,
+        r8: g.r8,
+        r9: g.r9,
+        r10: g.r10,
+        r11: g.r11,
+        r12: g.r12,
+        r13: g.r13,
+        r14: g.r14,
+        r15: g.r15,
+        rip: g.rip,
+        rflags: g.rflags,
+    }
+}
+
+fn segment(s: &sys::KvmSegment) -> Segment {
+    Segment {
+        selector: s.selector,
+        base: s.base,
+        limit: s.limit,
+        attributes: SegmentAttributes {
+            type_: s.type_,
+            s: s.s != 0,
+            dpl: s.dpl,
+            present: s.present != 0,
+            avl: s.avl != 0,
+            l: s.l != 0,
+            db: s.db != 0,
+            g: s.g != 0,
+            unusable: s.unusable != 0,
+        },
+    }
+}
+
+/// Segments, LDTR/TR (kept distinct), GDTR/IDTR, CRs and EFER from `kvm_sregs`.
+pub(crate) fn apply_sregs(snap: &mut RegisterSnapshot, s: &sys::KvmSregs) {
+    snap.control = Some(ControlRegs {
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        cr8: s.cr8,
+    });
+    snap.segments = Some(Segments {
+        cs: segment(&s.cs),
+        ds: segment(&s.ds),
+        es: segment(&s.es),
+        fs: segment(&s.fs),
+        gs: segment(&s.gs),
+        ss: segment(&s.ss),
+        ldtr: segment(&s.ldt),
+        tr: segment(&s.tr),
+    });
+    snap.gdtr = Some(DescriptorTable {
+        base: s.gdt.base,
+        limit: s.gdt.limit,
+    });
+    snap.idtr = Some(DescriptorTable {
+        base: s.idt.base,
+        limit: s.idt.limit,
+    });
+    snap.msrs.insert(msr::EFER, s.efer);
+    // FS/GS bases are MSRs too; the segment cache holds their current values.
+    snap.msrs.insert(msr::FS_BASE, s.fs.base);
+    snap.msrs.insert(msr::GS_BASE, s.gs.base);
+}
+
+/// Everything an event's arch part carries: GPRs, sregs and its nine MSRs.
+pub(crate) fn snapshot_from_event(arch: &sys::EventArch) -> RegisterSnapshot {
+    let mut snap = RegisterSnapshot {
+        gprs: Some(gprs_from_kvm(&arch.regs)),
+        ..RegisterSnapshot::default()
+    };
+    apply_sregs(&mut snap, &arch.sregs);
+    let m = &arch.msrs;
+    snap.msrs.extend([
+        (msr::IA32_SYSENTER_CS, m.sysenter_cs),
+        (msr::IA32_SYSENTER_ESP, m.sysenter_esp),
+        (msr::IA32_SYSENTER_EIP, m.sysenter_eip),
+        (msr::EFER, m.efer),
+        (msr::STAR, m.star),
+        (msr::LSTAR, m.lstar),
+        (msr::CSTAR, m.cstar),
+        (msr::IA32_PAT, m.pat),
+        (msr::KERNEL_GS_BASE, m.shadow_gs),
+    ]);
+    snap
+}
+
+/// The MSRs `GET_REGISTERS` must be asked for to serve `groups`/`msrs`: EFER and the
+/// FS/GS bases come with sregs.
+fn msrs_to_request(groups: RegisterGroups, msrs: &[u32]) -> Vec<u32> {
+    if !groups.contains(RegisterGroups::MSRS) {
+        return Vec::new();
+    }
+    let mut v: Vec<u32> = msrs
+        .iter()
+        .copied()
+        .filter(|m| ![msr::EFER, msr::FS_BASE, msr::GS_BASE].contains(m))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn from_reply(r: &kvmi_proto::Registers) -> RegisterSnapshot {
+    let mut snap = RegisterSnapshot {
+        gprs: Some(gprs_from_kvm(&r.regs)),
+        ..RegisterSnapshot::default()
+    };
+    apply_sregs(&mut snap, &r.sregs);
+    snap.msrs.extend(r.msrs.iter().map(|e| (e.index, e.data)));
+    snap
+}
+
+/// Reads `groups` of a running vCPU from the host: one `GET_REGISTERS` (plus
+/// `GET_XCR` for XCR0, pipelined). Debug registers are not readable over KVMi and
+/// stay `None`. MSRs the host refuses to read are left out (`GET_REGISTERS` fails
+/// as a whole on one unreadable MSR; the others are then read one by one).
+pub(crate) fn fetch(
+    conn: &Connection,
+    vcpu: VcpuId,
+    groups: RegisterGroups,
+    msrs: &[u32],
+) -> Result<RegisterSnapshot> {
+    let want = msrs_to_request(groups, msrs);
+    if want.len() > sys::KVMI_GET_REGISTERS_MAX_MSRS {
+        return Err(Error::InvalidArgument {
+            what: "MSR list",
+            reason: format!(
+                "{} MSRs asked, at most {} per read",
+                want.len(),
+                sys::KVMI_GET_REGISTERS_MAX_MSRS
+            )
+            .into(),
+        });
+    }
+    let xcr = if groups.contains(RegisterGroups::XCR0) {
+        let body = sys::VcpuGetXcr {
+            xcr: 0,
+            padding: [0; 7],
+        };
+        let p = kvmi_proto::commands::vcpu_payload(vcpu.0, zerocopy_bytes(&body));
+        Some(
+            conn.send_request(sys::KVMI_VCPU_GET_XCR, &p)
+                .map_err(|e| proto_at("KVMI_VCPU_GET_XCR", Some(vcpu), None, e))?,
+        )
+    } else {
+        None
+    };
+    let regs = match conn.get_registers(vcpu.0, &want) {
+        Ok(r) => from_reply(&r),
+        Err(ProtoError::Kvm { err, .. }) if err == -sys::KVM_EINVAL && !want.is_empty() => {
+            let mut snap = from_reply(
+                &conn
+                    .get_registers(vcpu.0, &[])
+                    .map_err(|e| proto_at("KVMI_VCPU_GET_REGISTERS", Some(vcpu), None, e))?,
+            );
+            read_msrs_one_by_one(conn, vcpu, &want, &mut snap);
+            snap
+        }
+        Err(e) => return Err(proto_at("KVMI_VCPU_GET_REGISTERS", Some(vcpu), None, e)),
+    };
+    let mut snap = regs.select(groups, msrs);
+    if let Some(p) = xcr {
+        let t = conn.config().request_timeout;
+        if let Ok(data) = p.wait(t) {
+            if let Some(b) = data.get(..8) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                snap.xcr0 = Some(u64::from_le_bytes(a));
+            }
+        }
+    }
+    Ok(snap)
+}
+
+/// Reads each MSR of `want` with its own `GET_REGISTERS`, all requests in one burst,
+/// keeping those the host can read.
+fn read_msrs_one_by_one(
+    conn: &Connection,
+    vcpu: VcpuId,
+    want: &[u32],
+    snap: &mut RegisterSnapshot,
+) {
+    let head = core::mem::size_of::<sys::VcpuGetRegistersReply>();
+    let pending: Vec<_> = want
+        .iter()
+        .filter_map(|&m| {
+            let req = sys::VcpuGetRegisters {
+                nmsrs: 1,
+                ..Default::default()
+            };
+            let mut body = zerocopy::IntoBytes::as_bytes(&req).to_vec();
+            body.extend_from_slice(&m.to_le_bytes());
+            let p = kvmi_proto::commands::vcpu_payload(vcpu.0, &body);
+            conn.send_request(sys::KVMI_VCPU_GET_REGISTERS, &p)
+                .ok()
+                .map(|r| (m, r))
+        })
+        .collect();
+    let t = conn.config().request_timeout;
+    for (m, p) in pending {
+        let Ok(data) = p.wait(t) else { continue };
+        let Some(entry) = data.get(head..head + 16) else {
+            continue;
+        };
+        let Ok(e) = <sys::KvmMsrEntry as zerocopy::FromBytes>::read_from_bytes(entry) else {
+            continue;
+        };
+        if e.index == m {
+            snap.msrs.insert(m, e.data);
+        }
+    }
+}
+
+fn zerocopy_bytes(x: &sys::VcpuGetXcr) -> &[u8] {
+    zerocopy::IntoBytes::as_bytes(x)
+}
+
+/// The part of `regs` KVMi can write: only GPRs (`VCPU_SET_REGISTERS` takes a
+/// `kvm_regs`; there is no command for sregs, debug registers or MSRs).
+pub(crate) fn writable(regs: &RegisterSnapshot) -> Result<Option<sys::KvmRegs>> {
+    let extra = regs.control.is_some()
+        || regs.debug.is_some()
+        || regs.segments.is_some()
+        || regs.gdtr.is_some()
+        || regs.idtr.is_some()
+        || regs.xcr0.is_some()
+        || !regs.msrs.is_empty();
+    if extra {
+        return Err(Error::unsupported(
+            "register write",
+            "KVMi writes only general-purpose registers (VCPU_SET_REGISTERS takes kvm_regs; \
+             kvmi-protocol.md §3 id 14)",
+        ));
+    }
+    Ok(regs.gprs.as_ref().map(kvm_from_gprs))
+}
+
+impl vmi_core::ReadRegisters for crate::KvmiVm {
+    /// From the parked vCPU's cache (its event's or pause's snapshot) when it holds
+    /// what is asked, else one `GET_REGISTERS`.
+    fn registers(
+        &self,
+        vcpu: VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> Result<RegisterSnapshot> {
+        self.shared.check_vcpu(vcpu)?;
+        let conn = &self.shared.conn;
+        self.parking
+            .read_registers(vcpu, groups, msrs, |g, m| fetch(conn, vcpu, g, m))
+    }
+}
+
+impl vmi_core::WriteRegisters for crate::KvmiVm {
+    /// GPRs only (see the capability table). In an event the write goes with the
+    /// answer; outside events the vCPU is paused for it (`SET_REGISTERS` during its
+    /// `PAUSE_VCPU` event) — LibVMI's KVM driver can only write inside events.
+    fn set_registers(&self, vcpu: VcpuId, regs: &RegisterSnapshot) -> Result<()> {
+        self.shared.check_vcpu(vcpu)?;
+        self.parking.write_registers(vcpu, regs)
+    }
+}
