@@ -117,7 +117,10 @@ fn assert_ticks_on(guest: &Guest, what: &str) {
 fn dump_memory_writes_every_range_at_its_address() {
     let (guest, m) = boot();
     let out = guest.dir().join("dump.bin");
-    let stdout = run_ok("dump-memory", &[path(guest.qmp_socket()), path(&out)]);
+    let stdout = run_ok(
+        "legacy-dump-memory",
+        &[path(guest.qmp_socket()), path(&out)],
+    );
     // Every range it lists is in the file at its address.
     let ranges: Vec<(u64, u64)> = stdout
         .lines()
@@ -154,7 +157,7 @@ fn map_addr_shows_the_four_level_walk() {
     let (guest, m) = boot();
     let site_1 = sym(&m, "site_1");
     let stdout = run_ok(
-        "map-addr",
+        "legacy-map-addr",
         &[path(guest.qmp_socket()), &format!("{site_1:#x}")],
     );
     let levels: Vec<&str> = stdout
@@ -195,7 +198,7 @@ fn breakpoint_by_symbol_prints_each_hit_and_leaves_no_trace() {
     let mut code = [0u8; 8];
     guest.read_ram(site_1 - HIGH, &mut code).unwrap();
     let stdout = run_ok(
-        "breakpoint",
+        "legacy-breakpoint",
         &[
             path(guest.qmp_socket()),
             path(guest.gdb_socket()),
@@ -227,7 +230,7 @@ fn breakpoint_by_symbol_prints_each_hit_and_leaves_no_trace() {
 fn singlestep_prints_consecutive_instructions() {
     let (guest, _m) = boot();
     let stdout = run_ok(
-        "singlestep",
+        "legacy-singlestep",
         &[
             path(guest.qmp_socket()),
             path(guest.gdb_socket()),
@@ -274,12 +277,20 @@ fn a_missing_part_names_the_qemu_option_to_add() {
     let site_1 = format!("{:#x}", sym(&m, "site_1"));
     let cases: [(&str, Vec<&str>, &str); 3] = [
         (
-            "breakpoint",
+            "legacy-breakpoint",
             vec![qmp, path(&nowhere), &site_1],
             "-gdb chardev:gdb0",
         ),
-        ("singlestep", vec![qmp, path(&nowhere)], "-gdb chardev:gdb0"),
-        ("dump-memory", vec![path(&nowhere), "out"], "-qmp unix:"),
+        (
+            "legacy-singlestep",
+            vec![qmp, path(&nowhere)],
+            "-gdb chardev:gdb0",
+        ),
+        (
+            "legacy-dump-memory",
+            vec![path(&nowhere), "out"],
+            "-qmp unix:",
+        ),
     ];
     for (name, args, option) in cases {
         let out = run(name, &args);
@@ -287,7 +298,7 @@ fn a_missing_part_names_the_qemu_option_to_add() {
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(option), "{name} names {option:?}: {stderr}");
     }
-    let out = run("map-addr", &[]);
+    let out = run("legacy-map-addr", &[]);
     assert_eq!(out.status.code(), Some(2), "usage error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: map-addr"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: legacy-map-addr"));
 }

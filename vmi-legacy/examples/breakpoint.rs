@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::{connect, parse_u64, usage, Args, Failure, Needs};
 use vmi_core::{Backend, Breakpoint, EventKind, Gva, Response};
 
-const USAGE: &str = "usage: breakpoint QMP_SOCKET GDB_SOCKET ADDRESS|SYMBOL \
+const USAGE: &str = "usage: legacy-breakpoint QMP_SOCKET GDB_SOCKET ADDRESS|SYMBOL \
                      [--kallsyms FILE] [--hits N] [--timeout SECS]";
 
 fn main() -> ExitCode {

@@ -20,7 +20,7 @@ use std::time::Instant;
 use common::{connect, usage, Args, Failure, Needs};
 use vmi_core::{Gpa, MemoryLayout, PhysicalMemory, VcpuControl};
 
-const USAGE: &str = "usage: dump-memory QMP_SOCKET OUTPUT [--live]";
+const USAGE: &str = "usage: legacy-dump-memory QMP_SOCKET OUTPUT [--live]";
 /// Bytes per read.
 const CHUNK: usize = 1 << 20;
 

@@ -18,7 +18,8 @@ use std::process::ExitCode;
 use common::{connect, parse_u64, usage, Args, Failure, Needs};
 use vmi_core::{AddressSpace, Gpa, Gva, PagingMode, VcpuId, VirtualMemory};
 
-const USAGE: &str = "usage: map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]";
+const USAGE: &str =
+    "usage: legacy-map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]";
 
 fn main() -> ExitCode {
     common::main_with("map-addr", run)

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{connect, usage, Args, Failure, Needs};
 use vmi_core::{Backend, EventKind, Monitor, Response, VcpuId, VcpuSet, VirtualMemory};
 
-const USAGE: &str = "usage: singlestep QMP_SOCKET GDB_SOCKET [--steps N] [--vcpu N]";
+const USAGE: &str = "usage: legacy-singlestep QMP_SOCKET GDB_SOCKET [--steps N] [--vcpu N]";
 /// How long one step may take (a busy TCG host).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
