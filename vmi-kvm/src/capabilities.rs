@@ -498,11 +498,18 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
         C::ResponseVmmPagetableId,
         Support::no("KVMi has no VMM page-table ids (kvmi-protocol.md §3)"),
     );
-    row(
-        &mut r,
-        C::SoftwareBreakpoints,
-        bp && cmd(sys::KVMI_VM_WRITE_PHYSICAL) && cmd(sys::KVMI_VM_READ_PHYSICAL),
-        NOT_ALLOWED,
-    );
+    let soft_bp = bp && cmd(sys::KVMI_VM_WRITE_PHYSICAL) && cmd(sys::KVMI_VM_READ_PHYSICAL);
+    if soft_bp && !f.singlestep() {
+        r.set(
+            C::SoftwareBreakpoints,
+            Support::partly(
+                "without singlestep (kvmi-v6, kvmi-protocol.md §7) nothing steps over the INT3: \
+                 a hit answered with continue re-executes it, and a breakpoint limited to one \
+                 address space is reported in every space (the event's CR3 tells)",
+            ),
+        );
+    } else {
+        row(&mut r, C::SoftwareBreakpoints, soft_bp, NOT_ALLOWED);
+    }
     r
 }

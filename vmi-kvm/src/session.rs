@@ -54,8 +54,9 @@ pub(crate) struct HostState {
     pub(crate) monitors: Monitors,
     /// Restricted page access: (view, gfn) → allowed bits.
     pub(crate) restricted: BTreeMap<(u16, u64), u8>,
-    /// Software breakpoints: gpa → original byte.
-    pub(crate) breakpoints: BTreeMap<u64, (vmi_core::Breakpoint, u8)>,
+    /// Software breakpoints: gpa → the tool's breakpoints there (several when
+    /// addresses of different spaces share the byte) and the original byte.
+    pub(crate) breakpoints: BTreeMap<u64, (Vec<vmi_core::Breakpoint>, u8)>,
     /// The host sent UNHOOK.
     pub(crate) unhooked: bool,
     /// EPT views this session created (or took from the fixed pool).
@@ -150,6 +151,13 @@ impl Shared {
                 if idx >= st.vcpus.len() || st.queue.len() >= limit {
                     drop(st);
                     drop(ev); // a host inventing vCPUs or flooding: default reply
+                    return;
+                }
+                if crate::breakpoints::foreign_space(self, &st, &ev) {
+                    drop(st);
+                    // A hit in an address space none of the breakpoints there is for:
+                    // stepped over internally, never shown.
+                    crate::breakpoints::step_over_foreign(self, ev);
                     return;
                 }
                 let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {

@@ -1,0 +1,144 @@
+//! Event filtering the host cannot do and the backend does itself — breakpoints limited
+//! to one address space, MSR_ALL over every interceptable MSR, `on_change` and
+//! asynchronous register events — against kvmi-sim over a real socket, its built-in
+//! workload executing the guest.
+
+mod common;
+
+use common::*;
+use kvmi_sim::guest;
+use kvmi_sys as sys;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+use vmi_core::event::RegisterAccess;
+use vmi_core::{Breakpoint, Breakpoints, EventControl, EventKind, Gpa, Gva, Monitor, Response};
+
+/// Runs the simulator's workload `rounds` times on a thread while the tool answers
+/// every event with `handle`; returns once the workload is done and nothing is left.
+fn drive(
+    vm: &vmi_kvm::KvmiVm,
+    sim: &kvmi_sim::Simulator,
+    rounds: usize,
+    mut handle: impl FnMut(&vmi_core::Event) -> Response,
+) {
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        let t = s.spawn(|| {
+            for _ in 0..rounds {
+                let r = sim.run_workload(kvmi_sim::Workload::EveryEnabledEvent);
+                assert!(r.failed.is_empty(), "{:?}", r.failed);
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            match vm.wait_event(Duration::from_millis(20)).unwrap() {
+                Some(ev) => {
+                    let r = handle(ev.event());
+                    ev.reply(r).unwrap();
+                }
+                None if finished => break,
+                None => {}
+            }
+        }
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn breakpoint_in_one_address_space_is_stepped_over_in_the_others() {
+    let (vm, sim) = v7();
+    let bp = Breakpoint::in_space(Gva(guest::SYM_BP_TARGET), Gpa(guest::KERNEL_CR3));
+    vm.set_breakpoint(bp).unwrap();
+    assert_eq!(
+        sim.vm().memory.read(guest::SYM_BP_TARGET_PA, 1).unwrap(),
+        [0xcc]
+    );
+    // CR3 writes make the workload switch every vCPU between the kernel's and the
+    // user process's address space before each call of the breakpointed function.
+    vm.enable(&Monitor::ControlRegister {
+        cr: 3,
+        access: RegisterAccess::Write,
+        filter: Default::default(),
+    })
+    .unwrap();
+    let (mut ours, mut guests, mut steps_seen) = (0u64, 0u64, 0u64);
+    drive(&vm, &sim, 6, |ev| match ev.kind {
+        EventKind::Breakpoint { gfn, offset, .. }
+            if (gfn.0 << 12) + offset == guest::SYM_BP_TARGET_PA =>
+        {
+            let cr3 = ev.registers.control.unwrap().cr3;
+            assert_eq!(cr3 & 0x000f_ffff_ffff_f000, guest::KERNEL_CR3, "{ev:?}");
+            ours += 1;
+            Response::continue_()
+        }
+        EventKind::Breakpoint { .. } => {
+            guests += 1; // the guest's own INT3 self-test: not ours, delivered
+            Response::reinject()
+        }
+        EventKind::Singlestep { .. } => {
+            steps_seen += 1;
+            Response::continue_()
+        }
+        _ => Response::continue_(),
+    });
+    let (sent, replied) = events(&sim, sys::KVMI_EVENT_BREAKPOINT);
+    assert_eq!(sent, replied);
+    // 6 rounds × 2 vCPUs, every vCPU alternating: half the calls in each space.
+    assert_eq!(ours, 6);
+    assert_eq!(guests, 12);
+    assert_eq!(
+        sent - ours - guests,
+        6,
+        "hits in the user space, stepped over"
+    );
+    // Each hidden hit was stepped over (internal SINGLESTEP) like an answered one.
+    assert_eq!(steps_seen, 0);
+    let (steps, step_replies) = events(&sim, sys::KVMI_EVENT_SINGLESTEP);
+    assert_eq!((steps, step_replies), (12, 12));
+    assert_eq!(
+        sim.vm().memory.read(guest::SYM_BP_TARGET_PA, 1).unwrap(),
+        [0xcc]
+    );
+    assert!(sim.vm().vcpus.iter().all(|v| !v.singlestep));
+
+    // A second breakpoint on the same byte for the other space: every hit is shown,
+    // and clearing one keeps the byte for the other.
+    let user = Breakpoint::in_space(Gva(guest::SYM_BP_TARGET), Gpa(guest::USER_CR3));
+    vm.set_breakpoint(user).unwrap();
+    assert_eq!(vm.active_breakpoints().len(), 2);
+    let mut shown = 0u64;
+    drive(&vm, &sim, 2, |ev| match ev.kind {
+        EventKind::Breakpoint { gfn, offset, .. }
+            if (gfn.0 << 12) + offset == guest::SYM_BP_TARGET_PA =>
+        {
+            shown += 1;
+            Response::continue_()
+        }
+        EventKind::Breakpoint { .. } => Response::reinject(),
+        _ => Response::continue_(),
+    });
+    assert_eq!(shown, 4);
+    vm.clear_breakpoint(bp).unwrap();
+    assert_eq!(vm.active_breakpoints(), vec![user]);
+    assert_eq!(
+        sim.vm().memory.read(guest::SYM_BP_TARGET_PA, 1).unwrap(),
+        [0xcc]
+    );
+    vm.clear_breakpoint(user).unwrap();
+    assert_eq!(
+        sim.vm().memory.read(guest::SYM_BP_TARGET_PA, 1).unwrap(),
+        [0x55]
+    );
+}
+
+#[test]
+fn v6_reports_space_limited_breakpoints_as_partial() {
+    let (vm, _sim) = v6();
+    let row = vm
+        .capability_report()
+        .get(vmi_core::Capability::SoftwareBreakpoints)
+        .clone();
+    assert!(matches!(row, vmi_core::Support::Partial(_)), "{row:?}");
+}
