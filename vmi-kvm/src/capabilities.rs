@@ -288,13 +288,8 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
         NOT_ALLOWED,
     );
     if msr {
-        r.set(
-            C::EventRegisterMsrAll,
-            Support::partly(
-                "the MSRs LibVMI's MSR_ALL names (all inside KVMi's interceptable ranges, \
-                 kvmi-protocol.md §3 id 11)",
-            ),
-        );
+        // Every MSR of KVM's bitmap ranges the host accepts (crate::events).
+        r.set(C::EventRegisterMsrAll, Support::Supported);
     } else {
         r.set(C::EventRegisterMsrAll, Support::no(NOT_ALLOWED));
     }

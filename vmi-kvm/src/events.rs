@@ -3,6 +3,16 @@
 //! `vmi-core` [`EventKind`]s with every field the wire carries.
 //!
 //! What is enabled is recorded (`Monitors`) so that the teardown can undo it.
+//!
+//! [`Monitor::AllMsrs`] intercepts every MSR the host accepts: `VCPU_CONTROL_MSR` is
+//! tried for each MSR of the ranges KVM's MSR bitmaps cover ([`ALL_MSR_RANGES`],
+//! 2 × 8192 indices; the kvmi-v7 code refuses the range ends with `EINVAL`,
+//! kvmi-protocol.md §3 id 11), per vCPU, pipelined [`COMMAND_WINDOW`] requests in flight;
+//! refusals are tolerated and what was accepted is recorded, so that disabling the
+//! monitor and the teardown undo exactly that. The cost: 16 384 commands per vCPU
+//! to enable and one per accepted MSR to disable, and afterwards every MSR write of
+//! the guest exits to the introspector (most OSes write few MSRs outside context
+//! switches, but those are frequent).
 //! `PAUSE_VCPU` events never reach the tool (see [`crate::park`]); UNHOOK does, as
 //! [`EventKind::Unhook`], after which the tool should drop the session.
 
@@ -14,7 +24,6 @@ use kvmi_sys as sys;
 use vmi_core::event::{
     DescriptorTableReg, InterruptKind, InterruptionType, RegisterAccess, RegisterId,
 };
-use vmi_core::registers::msr;
 use vmi_core::{
     Access, Deadline, Error, Event, EventKind, Gfn, Gva, Monitor, PendingEvent, Result, VcpuId,
     View,
@@ -33,6 +42,10 @@ pub(crate) struct Monitors {
     pub(crate) crs: BTreeSet<(u16, u32)>,
     /// (vCPU, MSR) intercepted.
     pub(crate) msrs: BTreeSet<(u16, u32)>,
+    /// MSRs single-MSR monitors intercept (on every vCPU).
+    pub(crate) single_msrs: BTreeSet<u32>,
+    /// (vCPU, MSR) the host accepted for [`Monitor::AllMsrs`], while it is enabled.
+    pub(crate) all_msrs: Option<BTreeSet<(u16, u32)>>,
     /// VM events enabled with `VM_CONTROL_EVENTS`.
     pub(crate) vm_events: BTreeSet<u8>,
     /// The tool monitors TRAP events (else they are answered internally).
@@ -124,30 +137,80 @@ pub(crate) fn command_vm_event(event: u8, enable: bool) -> Command {
 }
 
 impl Shared {
-    /// Sends `commands` in one burst (each its own request, so every error is seen)
-    /// and waits for all replies under `deadline`. Returns the first error; every
-    /// reply is waited for either way.
+    /// Sends `commands` (each its own request, so every error is seen), at most
+    /// [`COMMAND_WINDOW`] in flight, and waits for all replies under `deadline`.
+    /// Returns the first error; every reply of what was sent is waited for either way.
     pub(crate) fn pipeline(&self, commands: &[Command], deadline: Deadline) -> Result<()> {
-        let mut pending = Vec::with_capacity(commands.len());
         let mut first = None;
-        for (id, payload) in commands {
-            match self.conn.send_request(*id, payload) {
-                Ok(p) => pending.push((*id, p)),
-                Err(e) => {
-                    first.get_or_insert(proto_at(name(*id), None, None, e));
-                    break;
+        for window in commands.chunks(COMMAND_WINDOW) {
+            if deadline.expired() {
+                first.get_or_insert(deadline.timeout_error("replies to host commands"));
+                break;
+            }
+            let mut pending = Vec::with_capacity(window.len());
+            for (id, payload) in window {
+                match self.conn.send_request(*id, payload) {
+                    Ok(p) => pending.push((*id, p)),
+                    Err(e) => {
+                        first.get_or_insert(proto_at(name(*id), None, None, e));
+                        break;
+                    }
                 }
             }
-        }
-        for (id, p) in pending {
-            let t = deadline
-                .remaining()
-                .unwrap_or(self.conn.config().request_timeout);
-            if let Err(e) = p.wait(t) {
-                first.get_or_insert(proto_at(name(id), None, None, e));
+            let sent_all = pending.len() == window.len();
+            for (id, p) in pending {
+                let t = deadline
+                    .remaining()
+                    .unwrap_or(self.conn.config().request_timeout);
+                if let Err(e) = p.wait(t) {
+                    first.get_or_insert(proto_at(name(id), None, None, e));
+                }
+            }
+            if !sent_all {
+                break;
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Sends `commands` with at most [`COMMAND_WINDOW`] in flight, each window under its
+    /// own request deadline. Returns whether the host accepted each command (`false`
+    /// for a `KVM_E*` refusal; `true` when the outcome is unknown) for those sent, and the first failure of another
+    /// kind (a timeout, the connection gone), after which nothing more is sent.
+    pub(crate) fn pipeline_each(&self, commands: &[Command]) -> (Vec<bool>, Option<Error>) {
+        let mut accepted = Vec::with_capacity(commands.len());
+        for window in commands.chunks(COMMAND_WINDOW) {
+            let deadline = self.request_deadline();
+            let mut pending = Vec::with_capacity(window.len());
+            let mut failed = None;
+            for (id, payload) in window {
+                match self.conn.send_request(*id, payload) {
+                    Ok(p) => pending.push((*id, p)),
+                    Err(e) => {
+                        failed = Some(proto_at(name(*id), None, None, e));
+                        break;
+                    }
+                }
+            }
+            for (id, p) in pending {
+                let t = deadline
+                    .remaining()
+                    .unwrap_or(self.conn.config().request_timeout);
+                match p.wait(t) {
+                    Ok(_) => accepted.push(true),
+                    Err(kvmi_proto::ProtoError::Kvm { .. }) => accepted.push(false),
+                    Err(e) => {
+                        failed.get_or_insert(proto_at(name(id), None, None, e));
+                        // Unknown outcome: counted as enabled, so that it is undone.
+                        accepted.push(true);
+                    }
+                }
+            }
+            if failed.is_some() {
+                return (accepted, failed);
+            }
+        }
+        (accepted, None)
     }
 
     fn request_deadline(&self) -> Deadline {
@@ -186,19 +249,11 @@ fn plan(monitor: &Monitor) -> Result<(Option<u8>, Option<RegTarget>)> {
                      (kvmi-protocol.md §3 id 11)",
                 ));
             }
-            (
-                Some(sys::KVMI_EVENT_MSR),
-                Some(RegTarget::Msr(vec![*index])),
-            )
+            (Some(sys::KVMI_EVENT_MSR), Some(RegTarget::Msr(*index)))
         }
         Monitor::AllMsrs { access } => {
             write_only(*access)?;
-            let all: Vec<u32> = msr::LIBVMI_MSR_ALL
-                .iter()
-                .copied()
-                .filter(|m| interceptable_msr(*m))
-                .collect();
-            (Some(sys::KVMI_EVENT_MSR), Some(RegTarget::Msr(all)))
+            (Some(sys::KVMI_EVENT_MSR), None)
         }
         Monitor::Xsetbv => (Some(sys::KVMI_EVENT_XSETBV), None),
         Monitor::Interrupt(InterruptKind::Int3) => (Some(sys::KVMI_EVENT_BREAKPOINT), None),
@@ -220,7 +275,7 @@ fn plan(monitor: &Monitor) -> Result<(Option<u8>, Option<RegTarget>)> {
 
 enum RegTarget {
     Cr(u32),
-    Msr(Vec<u32>),
+    Msr(u32),
 }
 
 fn write_only(access: RegisterAccess) -> Result<()> {
@@ -232,6 +287,16 @@ fn write_only(access: RegisterAccess) -> Result<()> {
         )),
     }
 }
+
+/// The MSR ranges KVM's write-intercept bitmaps cover, which [`Monitor::AllMsrs`]
+/// tries (the host decides which of them it accepts).
+pub const ALL_MSR_RANGES: [std::ops::RangeInclusive<u32>; 2] =
+    [0..=0x1fff, 0xc000_0000..=0xc000_1fff];
+
+/// Host commands in flight at once in a pipelined burst (enabling
+/// [`Monitor::AllMsrs`], the teardown), so that neither side's socket buffer fills
+/// while the other waits.
+pub const COMMAND_WINDOW: usize = 256;
 
 /// The MSR ranges `VCPU_CONTROL_MSR` accepts (strict bounds, as the kvmi-v7 code).
 pub(crate) fn interceptable_msr(m: u32) -> bool {
@@ -256,6 +321,9 @@ impl KvmiVm {
             return Ok(());
         }
         let (event, target) = plan(monitor)?;
+        if let Monitor::AllMsrs { .. } = monitor {
+            return self.set_all_msrs(enable);
+        }
         let vcpus: Vec<u16> = match monitor {
             Monitor::Singlestep(set) => {
                 let v: Vec<u16> = set.iter().map(|v| v.0).collect();
@@ -284,6 +352,11 @@ impl KvmiVm {
                         (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
                         _ => st.monitors.msr_equal.remove(index),
                     };
+                    if enable {
+                        st.monitors.single_msrs.insert(*index);
+                    } else {
+                        st.monitors.single_msrs.remove(index);
+                    }
                 }
                 _ => {}
             }
@@ -317,17 +390,22 @@ impl KvmiVm {
                             st.monitors.crs.remove(&(v, *cr));
                         }
                     }
-                    Some(RegTarget::Msr(list)) => {
-                        for m in list {
-                            let had = st.monitors.msrs.contains(&(v, *m));
-                            if had != enable {
-                                cmds.push(command_msr(v, *m, enable));
-                            }
-                            if enable {
-                                st.monitors.msrs.insert((v, *m));
-                            } else {
-                                st.monitors.msrs.remove(&(v, *m));
-                            }
+                    Some(RegTarget::Msr(m)) => {
+                        let had = st.monitors.msrs.contains(&(v, *m));
+                        // Still needed by MSR_ALL: the intercept stays.
+                        let keep = !enable
+                            && st
+                                .monitors
+                                .all_msrs
+                                .as_ref()
+                                .is_some_and(|a| a.contains(&(v, *m)));
+                        if had != enable && !keep {
+                            cmds.push(command_msr(v, *m, enable));
+                        }
+                        if enable {
+                            st.monitors.msrs.insert((v, *m));
+                        } else if !keep {
+                            st.monitors.msrs.remove(&(v, *m));
                         }
                     }
                     None => {}
@@ -348,6 +426,101 @@ impl KvmiVm {
             cmds.sort_by_key(|(id, _)| u16::from(*id == sys::KVMI_VCPU_CONTROL_EVENTS));
         }
         sh.pipeline(&cmds, sh.request_deadline())
+    }
+
+    /// [`Monitor::AllMsrs`]: see the module documentation. Enabling it again, or
+    /// disabling it when it is not enabled, changes nothing.
+    fn set_all_msrs(&self, enable: bool) -> Result<()> {
+        let sh = &self.shared;
+        let vcpus: Vec<u16> = (0..sh.vcpu_count as u16).collect();
+        let ev = sys::KVMI_EVENT_MSR;
+        if enable {
+            let mut events = Vec::new();
+            let mut tries = Vec::new();
+            let mut accepted = BTreeSet::new();
+            {
+                let mut st = sh.lock();
+                if st.monitors.all_msrs.is_some() {
+                    return Ok(());
+                }
+                for &v in &vcpus {
+                    let n = st.monitors.vcpu_events.entry((v, ev)).or_insert(0);
+                    if *n == 0 {
+                        events.push(command_events(v, ev, true));
+                    }
+                    *n += 1;
+                    for m in ALL_MSR_RANGES.iter().cloned().flatten() {
+                        if st.monitors.msrs.contains(&(v, m)) {
+                            accepted.insert((v, m)); // intercepted already
+                        } else {
+                            tries.push((v, m));
+                        }
+                    }
+                }
+                // Recorded before anything is sent: a failure below leaves a state
+                // that disabling (or the teardown) undoes.
+                st.monitors.all_msrs = Some(accepted);
+            }
+            sh.pipeline(&events, sh.request_deadline())?;
+            let cmds: Vec<Command> = tries
+                .iter()
+                .map(|&(v, m)| command_msr(v, m, true))
+                .collect();
+            let (results, failed) = sh.pipeline_each(&cmds);
+            let mut st = sh.lock();
+            let mut any = false;
+            for (&(v, m), ok) in tries.iter().zip(results) {
+                if ok {
+                    st.monitors.msrs.insert((v, m));
+                    if let Some(a) = st.monitors.all_msrs.as_mut() {
+                        a.insert((v, m));
+                    }
+                }
+            }
+            if let Some(a) = &st.monitors.all_msrs {
+                any = !a.is_empty();
+            }
+            drop(st);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if !any {
+                let _ = self.set_all_msrs(false);
+                return Err(Error::unsupported(
+                    "MSR_ALL",
+                    "the host accepted VCPU_CONTROL_MSR for no MSR (kvmi-protocol.md §3 id 11)",
+                ));
+            }
+            Ok(())
+        } else {
+            let (undo, events) = {
+                let mut st = sh.lock();
+                let Some(all) = st.monitors.all_msrs.take() else {
+                    return Ok(());
+                };
+                let mut undo = Vec::new();
+                for (v, m) in all {
+                    if !st.monitors.single_msrs.contains(&m) && st.monitors.msrs.remove(&(v, m)) {
+                        undo.push(command_msr(v, m, false));
+                    }
+                }
+                let mut events = Vec::new();
+                for &v in &vcpus {
+                    if let Some(n) = st.monitors.vcpu_events.get_mut(&(v, ev)) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            st.monitors.vcpu_events.remove(&(v, ev));
+                            events.push(command_events(v, ev, false));
+                        }
+                    }
+                }
+                (undo, events)
+            };
+            // Interception is removed before the event is disabled.
+            let (_, failed) = sh.pipeline_each(&undo);
+            let disabled = sh.pipeline(&events, sh.request_deadline());
+            failed.map_or(disabled, Err)
+        }
     }
 
     /// The next event for the tool, waiting up to `timeout`.

@@ -142,3 +142,96 @@ fn v6_reports_space_limited_breakpoints_as_partial() {
         .clone();
     assert!(matches!(row, vmi_core::Support::Partial(_)), "{row:?}");
 }
+
+fn all_msrs_cover_every_msr_the_host_accepts(abi: kvmi_sim::Abi) {
+    let (vm, sim) = setup(abi, |_| {});
+    let lstar = 0xc000_0082;
+    vm.enable(&Monitor::Msr {
+        index: lstar,
+        access: RegisterAccess::Write,
+        filter: Default::default(),
+    })
+    .unwrap();
+    let vcpus = sim.vm().vcpus.len() as u64;
+    let before = commands(&sim, sys::KVMI_VCPU_CONTROL_MSR);
+    let started = std::time::Instant::now();
+    vm.enable(&Monitor::AllMsrs {
+        access: RegisterAccess::Write,
+    })
+    .unwrap();
+    eprintln!(
+        "MSR_ALL enable on {vcpus} vCPUs: {:?} (informational)",
+        started.elapsed()
+    );
+    // Every index of both ranges tried once per vCPU (LSTAR was intercepted already).
+    assert_eq!(
+        commands(&sim, sys::KVMI_VCPU_CONTROL_MSR) - before,
+        vcpus * (2 * 0x2000 - 1)
+    );
+    for v in &sim.vm().vcpus {
+        // The kernel's strict bounds refuse 0x1fff, 0xc0000000 and 0xc0001fff.
+        assert_eq!(v.msr_intercepts.len(), 2 * 0x2000 - 3);
+        for m in [0, 0x1ffe, 0xc000_0001, 0xc000_1ffe, lstar] {
+            assert!(v.msr_intercepts.contains(&m), "{m:#x}");
+        }
+        for m in [0x1fff, 0xc000_0000, 0xc000_1fff] {
+            assert!(!v.msr_intercepts.contains(&m), "{m:#x}");
+        }
+    }
+    // An MSR far outside LibVMI's list is reported.
+    let h = sim
+        .trigger(
+            1,
+            kvmi_sim::SimEvent::Msr {
+                msr: 0x1ffe,
+                old: 1,
+                new: 2,
+            },
+        )
+        .unwrap();
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    assert_eq!(
+        ev.kind,
+        EventKind::Register {
+            register: vmi_core::event::RegisterId::Msr(0x1ffe),
+            access: RegisterAccess::Write,
+            value: 2,
+            previous: Some(1),
+        }
+    );
+    ev.reply(Response::continue_()).unwrap();
+    h.wait_reply(T).unwrap();
+
+    // Disabling undoes exactly what MSR_ALL added: LSTAR's own monitor stays.
+    vm.disable(&Monitor::AllMsrs {
+        access: RegisterAccess::Write,
+    })
+    .unwrap();
+    for v in &sim.vm().vcpus {
+        assert_eq!(
+            v.msr_intercepts.iter().copied().collect::<Vec<_>>(),
+            [lstar]
+        );
+        assert!(v.events.contains(&sys::KVMI_EVENT_MSR));
+    }
+    // And the teardown undoes all of it.
+    vm.enable(&Monitor::AllMsrs {
+        access: RegisterAccess::Write,
+    })
+    .unwrap();
+    drop(vm);
+    for v in &sim.vm().vcpus {
+        assert!(v.msr_intercepts.is_empty());
+        assert!(!v.events.contains(&sys::KVMI_EVENT_MSR));
+    }
+}
+
+#[test]
+fn v7_all_msrs_cover_every_msr_the_host_accepts() {
+    all_msrs_cover_every_msr_the_host_accepts(kvmi_sim::Abi::V7);
+}
+
+#[test]
+fn v6_all_msrs_cover_every_msr_the_host_accepts() {
+    all_msrs_cover_every_msr_the_host_accepts(kvmi_sim::Abi::V6);
+}
