@@ -55,20 +55,43 @@ pub(crate) struct Monitors {
     pub(crate) cr_equal: std::collections::BTreeMap<u32, u64>,
     /// The same for MSR monitors.
     pub(crate) msr_equal: std::collections::BTreeMap<u32, u64>,
+    /// CRs whose monitor has `RegisterFilter::on_change`: writes of the value the
+    /// register holds are answered internally. The host sends none (it reports only
+    /// writes that change the value, kvmi-protocol.md §4.3); this holds the contract
+    /// also against a host that does.
+    pub(crate) cr_on_change: BTreeSet<u32>,
+    /// The same for MSR monitors.
+    pub(crate) msr_on_change: BTreeSet<u32>,
+    /// CRs whose monitor has `RegisterFilter::asynchronous` (see [`Detached`]).
+    pub(crate) cr_async: BTreeSet<u32>,
+    /// The same for MSR monitors.
+    pub(crate) msr_async: BTreeSet<u32>,
 }
 
 impl Monitors {
-    /// Whether a CR/MSR event is filtered out by an `equal` filter.
+    /// Whether a CR/MSR event is filtered out by an `equal` or `on_change` filter.
     pub(crate) fn filtered(&self, kind: &KKind) -> bool {
         match kind {
-            KKind::Cr(c) => self
-                .cr_equal
-                .get(&u32::from(c.cr))
-                .is_some_and(|v| *v != c.new_value),
-            KKind::Msr(m) => self
-                .msr_equal
-                .get(&m.msr)
-                .is_some_and(|v| *v != m.new_value),
+            KKind::Cr(c) => {
+                let cr = u32::from(c.cr);
+                self.cr_equal.get(&cr).is_some_and(|v| *v != c.new_value)
+                    || (self.cr_on_change.contains(&cr) && c.new_value == c.old_value)
+            }
+            KKind::Msr(m) => {
+                self.msr_equal
+                    .get(&m.msr)
+                    .is_some_and(|v| *v != m.new_value)
+                    || (self.msr_on_change.contains(&m.msr) && m.new_value == m.old_value)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a CR/MSR event is for an asynchronous monitor.
+    pub(crate) fn asynchronous(&self, kind: &KKind) -> bool {
+        match kind {
+            KKind::Cr(c) => self.cr_async.contains(&u32::from(c.cr)),
+            KKind::Msr(m) => self.msr_async.contains(&m.msr),
             _ => false,
         }
     }
@@ -273,6 +296,14 @@ fn plan(monitor: &Monitor) -> Result<(Option<u8>, Option<RegTarget>)> {
     })
 }
 
+fn flag(set: &mut BTreeSet<u32>, key: u32, on: bool) {
+    if on {
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
 enum RegTarget {
     Cr(u32),
     Msr(u32),
@@ -342,21 +373,24 @@ impl KvmiVm {
             match monitor {
                 Monitor::Trap => st.monitors.trap = enable,
                 Monitor::ControlRegister { cr, filter, .. } => {
+                    let cr = u32::from(*cr);
                     match (enable, filter.equal) {
-                        (true, Some(v)) => st.monitors.cr_equal.insert(u32::from(*cr), v),
-                        _ => st.monitors.cr_equal.remove(&u32::from(*cr)),
+                        (true, Some(v)) => st.monitors.cr_equal.insert(cr, v),
+                        _ => st.monitors.cr_equal.remove(&cr),
                     };
+                    let m = &mut st.monitors;
+                    flag(&mut m.cr_on_change, cr, enable && filter.on_change);
+                    flag(&mut m.cr_async, cr, enable && filter.asynchronous);
                 }
                 Monitor::Msr { index, filter, .. } => {
                     match (enable, filter.equal) {
                         (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
                         _ => st.monitors.msr_equal.remove(index),
                     };
-                    if enable {
-                        st.monitors.single_msrs.insert(*index);
-                    } else {
-                        st.monitors.single_msrs.remove(index);
-                    }
+                    let m = &mut st.monitors;
+                    flag(&mut m.single_msrs, *index, enable);
+                    flag(&mut m.msr_on_change, *index, enable && filter.on_change);
+                    flag(&mut m.msr_async, *index, enable && filter.asynchronous);
                 }
                 _ => {}
             }
@@ -528,6 +562,9 @@ impl KvmiVm {
         let sh = &self.shared;
         let deadline = Deadline::after(timeout);
         loop {
+            if let Some(ev) = self.next_detached() {
+                return Ok(Some(ev));
+            }
             let next = sh.lock().queue.pop_front();
             if let Some(ev) = next {
                 return Ok(Some(self.hand_out(ev)));
@@ -538,6 +575,9 @@ impl KvmiVm {
                     Ok(Some(ev)) => sh.route(ev),
                     Ok(None) => return Ok(None),
                     Err(e) => return Err(crate::error::proto("waiting for events", e)),
+                }
+                if let Some(ev) = self.next_detached() {
+                    return Ok(Some(ev));
                 }
                 let next = sh.lock().queue.pop_front();
                 return Ok(next.map(|ev| self.hand_out(ev)));
@@ -550,6 +590,12 @@ impl KvmiVm {
         }
     }
 
+    /// The next asynchronous event, as a guard of the detached [`Parking`].
+    fn next_detached(&self) -> Option<PendingEvent> {
+        let ev = self.shared.lock().detached.pop_front()?;
+        Some(self.detached.event(self.shared.ticket(), ev))
+    }
+
     /// Turns a queued kvmi event into the tool's guard; the kvmi guard is kept in the
     /// outstanding table under the ticket.
     fn hand_out(&self, ev: KEvent) -> PendingEvent {
@@ -558,6 +604,58 @@ impl KvmiVm {
         let ticket = sh.ticket();
         sh.lock().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)
+    }
+}
+
+/// Most asynchronous events kept for the tool; more are dropped (the host was
+/// answered already, only the report is lost) so that a slow tool cannot make the
+/// session grow without bound.
+pub(crate) const DETACHED_MAX: usize = 1024;
+
+/// The [`ParkOps`] behind asynchronous register events (`RegisterFilter::asynchronous`;
+/// KVMi has no such mode, so it is honoured here).
+///
+/// The host's event is answered at once with continue (the write goes through), in
+/// `route`; the `vmi-core` [`Event`] keeps what the host reported — its registers are
+/// the vCPU's at the write. Only after the reply is it handed to the tool, as a
+/// [`PendingEvent`] of a second, detached [`Parking`] whose answer is a no-op: the
+/// guard still consumes on reply and answers on drop, as every `PendingEvent` does,
+/// but nothing is sent and the response is ignored (no deny, no value override, no
+/// register writes). Because the session's own `Parking` never learns of the event,
+/// the vCPU is not parked while the tool holds the guard: register reads go to the
+/// running vCPU and writes pause it, as outside any event.
+///
+/// [`ParkOps`]: vmi_core::park::ParkOps
+/// [`Parking`]: vmi_core::park::Parking
+pub(crate) struct Detached;
+
+impl vmi_core::park::ParkOps for Detached {
+    fn stop(
+        &self,
+        _scope: vmi_core::PauseScope,
+    ) -> Result<Vec<(VcpuId, vmi_core::RegisterSnapshot)>> {
+        Err(Error::unsupported(
+            "pausing through an asynchronous event",
+            "asynchronous events hold no vCPU; pause the session instead",
+        ))
+    }
+
+    fn run(
+        &self,
+        _scope: vmi_core::PauseScope,
+        _writes: &[(VcpuId, vmi_core::RegisterSnapshot)],
+        _still_parked: &[VcpuId],
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn answer(
+        &self,
+        _ticket: vmi_core::park::EventTicket,
+        _response: vmi_core::Response,
+        _after: vmi_core::park::AfterAnswer,
+    ) -> Result<()> {
+        Ok(()) // the host was answered when the event arrived
     }
 }
 
@@ -681,6 +779,7 @@ impl vmi_core::EventControl for KvmiVm {
     }
 
     fn pending_events(&self) -> Result<usize> {
-        Ok(self.shared.lock().queue.len() + self.shared.conn.pending_events())
+        let st = self.shared.lock();
+        Ok(st.queue.len() + st.detached.len() + self.shared.conn.pending_events())
     }
 }

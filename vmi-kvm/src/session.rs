@@ -50,6 +50,9 @@ pub(crate) struct HostState {
     pub(crate) outstanding: HashMap<u64, KEvent>,
     /// Kvmi events received and not yet handed out.
     pub(crate) queue: VecDeque<KEvent>,
+    /// Asynchronous register events, answered on arrival, not yet handed out (see
+    /// [`crate::events::Detached`]).
+    pub(crate) detached: VecDeque<vmi_core::Event>,
     /// What is enabled on the host (undone at teardown).
     pub(crate) monitors: Monitors,
     /// Restricted page access: (view, gfn) → allowed bits.
@@ -167,7 +170,18 @@ impl Shared {
                     }
                 } else if st.monitors.filtered(&ev.kind) {
                     drop(st);
-                    drop(ev); // another value than the `equal` filter's: the write goes on
+                    drop(ev); // not the `equal` value, or unchanged: the write goes on
+                    return;
+                } else if st.monitors.asynchronous(&ev.kind) {
+                    drop(st);
+                    // Answered now (the default reply: the write goes on); the tool's
+                    // guard is made from what the host reported, after the reply.
+                    let view = crate::events::convert(self, &ev);
+                    drop(ev);
+                    let mut st = self.lock();
+                    if st.detached.len() < crate::events::DETACHED_MAX {
+                        st.detached.push_back(view);
+                    }
                     return;
                 } else if matches!(ev.kind, KKind::Trap(_)) && !st.monitors.trap {
                     drop(st);
@@ -271,6 +285,8 @@ impl KvmiListener {
 pub struct KvmiVm {
     pub(crate) shared: Arc<Shared>,
     pub(crate) parking: Arc<Parking>,
+    /// Hands out asynchronous events (see [`crate::events::Detached`]).
+    pub(crate) detached: Arc<Parking>,
     closed: AtomicBool,
 }
 
@@ -311,6 +327,7 @@ impl KvmiVm {
                 vcpus: (0..vcpu_count).map(|_| VcpuHost::default()).collect(),
                 outstanding: HashMap::new(),
                 queue: VecDeque::new(),
+                detached: VecDeque::new(),
                 monitors: Monitors::default(),
                 restricted: BTreeMap::new(),
                 breakpoints: BTreeMap::new(),
@@ -324,10 +341,12 @@ impl KvmiVm {
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),
         });
+        let detached = Parking::new(Arc::new(crate::events::Detached), caps.clone());
         let parking = Parking::new(ops, caps);
         Ok(Self {
             shared,
             parking,
+            detached,
             closed: AtomicBool::new(false),
         })
     }

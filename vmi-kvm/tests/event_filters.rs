@@ -235,3 +235,164 @@ fn v7_all_msrs_cover_every_msr_the_host_accepts() {
 fn v6_all_msrs_cover_every_msr_the_host_accepts() {
     all_msrs_cover_every_msr_the_host_accepts(kvmi_sim::Abi::V6);
 }
+
+fn msr_monitor(index: u32, filter: vmi_core::event::RegisterFilter) -> Monitor {
+    Monitor::Msr {
+        index,
+        access: RegisterAccess::Write,
+        filter,
+    }
+}
+
+/// Triggers an MSR write `old` → `new` on vCPU 0 whose frame reaches the tool with
+/// the new value's low byte XORed with `mask` (a host reporting a different value).
+fn msr_write_seen_as(
+    sim: &kvmi_sim::Simulator,
+    msr: u32,
+    old: u64,
+    new: u64,
+    mask: u8,
+) -> kvmi_sim::EventHandle {
+    if mask != 0 {
+        // The frame: header, the common event part, then the MSR part (new_value @ 16).
+        let offset = sys::MSG_HDR_SIZE + std::mem::size_of::<sys::Event>() + 16;
+        sim.arm_fault(kvmi_sim::Fault::CorruptNext { offset, mask });
+    }
+    sim.trigger(0, kvmi_sim::SimEvent::Msr { msr, old, new })
+        .unwrap()
+}
+
+#[test]
+fn on_change_hides_writes_that_keep_the_value() {
+    let (vm, sim) = v7();
+    let lstar = 0xc000_0082;
+    let on_change = vmi_core::event::RegisterFilter {
+        on_change: true,
+        ..Default::default()
+    };
+    vm.enable(&msr_monitor(lstar, on_change)).unwrap();
+    // A changing write is shown.
+    let h = msr_write_seen_as(&sim, lstar, 0x10, 0x20, 0);
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    assert!(
+        matches!(
+            ev.kind,
+            EventKind::Register {
+                value: 0x20,
+                previous: Some(0x10),
+                ..
+            }
+        ),
+        "{:?}",
+        ev.kind
+    );
+    ev.reply(Response::continue_()).unwrap();
+    assert_eq!(h.wait_reply(T).unwrap().new_val, Some(0x20));
+    // The kernel (and the simulator) report only changing writes; a host reporting a
+    // write of the value the MSR holds (0x30 arrives as 0x10) is answered internally.
+    let h = msr_write_seen_as(&sim, lstar, 0x10, 0x30, 0x20);
+    assert!(vm.wait_event(Duration::from_millis(300)).unwrap().is_none());
+    let r = h.wait_reply(T).unwrap();
+    assert_eq!(r.action, Some(sys::KVMI_EVENT_ACTION_CONTINUE));
+    assert_eq!(
+        r.new_val,
+        Some(0x10),
+        "the write goes on with the reported value"
+    );
+    // Without on_change the same write is the tool's.
+    vm.disable(&msr_monitor(lstar, on_change)).unwrap();
+    vm.enable(&msr_monitor(lstar, Default::default())).unwrap();
+    let h = msr_write_seen_as(&sim, lstar, 0x10, 0x30, 0x20);
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    assert!(
+        matches!(
+            ev.kind,
+            EventKind::Register {
+                value: 0x10,
+                previous: Some(0x10),
+                ..
+            }
+        ),
+        "{:?}",
+        ev.kind
+    );
+    drop(ev);
+    h.wait_reply(T).unwrap();
+    assert_eq!(events(&sim, sys::KVMI_EVENT_MSR), (3, 3));
+}
+
+#[test]
+fn asynchronous_events_are_answered_before_the_tool_sees_them() {
+    use vmi_core::{ReadRegisters, RegisterGroups, VcpuId, WriteRegisters};
+    let (vm, sim) = v7();
+    let lstar = 0xc000_0082;
+    let asynchronous = vmi_core::event::RegisterFilter {
+        asynchronous: true,
+        ..Default::default()
+    };
+    vm.enable(&msr_monitor(lstar, asynchronous)).unwrap();
+    let rip = sim.vm().vcpus[0].regs.rip;
+    thread::scope(|s| {
+        // The vCPU's write completes while the tool has not even looked.
+        let t = s.spawn(|| {
+            sim.trigger_and_wait(
+                0,
+                kvmi_sim::SimEvent::Msr {
+                    msr: lstar,
+                    old: 0x10,
+                    new: 0x20,
+                },
+            )
+        });
+        let ev = vm.wait_event(T).unwrap().unwrap();
+        let r = t.join().unwrap().unwrap();
+        assert_eq!(r.action, Some(sys::KVMI_EVENT_ACTION_CONTINUE));
+        assert_eq!(r.new_val, Some(0x20));
+        assert_eq!(events(&sim, sys::KVMI_EVENT_MSR), (1, 1));
+        assert_eq!(
+            ev.kind,
+            EventKind::Register {
+                register: vmi_core::event::RegisterId::Msr(lstar),
+                access: RegisterAccess::Write,
+                value: 0x20,
+                previous: Some(0x10),
+            }
+        );
+        // The registers at the write travel with the event.
+        assert_eq!(ev.registers.gprs.unwrap().rip, rip);
+        // The vCPU is not parked by it: reads go to the host, writes pause it.
+        let before = commands(&sim, sys::KVMI_VCPU_GET_REGISTERS);
+        let mut regs = vm.registers(VcpuId(0), RegisterGroups::GPRS, &[]).unwrap();
+        assert_eq!(commands(&sim, sys::KVMI_VCPU_GET_REGISTERS), before + 1);
+        regs.gprs.as_mut().unwrap().rbx = 0xabcd;
+        vm.set_registers(VcpuId(0), &regs).unwrap();
+        assert_eq!(sim.vm().vcpus[0].regs.rbx, 0xabcd);
+        assert_eq!(commands(&sim, sys::KVMI_VCPU_PAUSE), 1);
+        // The answer is ignored: nothing more crosses the wire.
+        let sent = sim.stats().commands.values().sum::<u64>();
+        ev.reply(Response::deny()).unwrap();
+        assert_eq!(sim.stats().commands.values().sum::<u64>(), sent);
+        assert_eq!(events(&sim, sys::KVMI_EVENT_MSR), (1, 1));
+    });
+    // A synchronous monitor of another MSR still holds its vCPU.
+    vm.enable(&msr_monitor(0x174, Default::default())).unwrap();
+    let h = sim
+        .trigger(
+            1,
+            kvmi_sim::SimEvent::Msr {
+                msr: 0x174,
+                old: 1,
+                new: 2,
+            },
+        )
+        .unwrap();
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    assert_eq!(events(&sim, sys::KVMI_EVENT_MSR), (2, 1));
+    ev.reply(Response::deny()).unwrap();
+    assert_eq!(h.wait_reply(T).unwrap().new_val, Some(1));
+    let row = vm
+        .capability_report()
+        .get(vmi_core::Capability::EventRegisterAsync)
+        .clone();
+    assert!(matches!(row, vmi_core::Support::Partial(_)), "{row:?}");
+}
