@@ -14,7 +14,13 @@
 //! the guest exits to the introspector (most OSes write few MSRs outside context
 //! switches, but those are frequent).
 //! `PAUSE_VCPU` events never reach the tool (see [`crate::park`]); UNHOOK does, as
-//! [`EventKind::Unhook`], after which the tool should drop the session.
+//! [`EventKind::Unhook`] (the session enables it at connect where the host allows
+//! it). Once the tool has answered or dropped that event — it may still use the
+//! session while it holds it, to clean up — the next [`EventControl::wait_event`]
+//! (and so `dispatch` and [`crate::dispatch::dispatch_parallel`]) runs the teardown
+//! and fails with [`Error::Disconnected`]: QEMU sees the socket close promptly.
+//!
+//! [`EventControl::wait_event`]: vmi_core::EventControl::wait_event
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -557,11 +563,27 @@ impl KvmiVm {
         }
     }
 
+    /// After UNHOOK was answered: tears the session down (once) and reports why
+    /// there are no more events.
+    fn after_unhook(&self) -> Result<()> {
+        if !self.shared.lock().unhook_answered {
+            return Ok(());
+        }
+        let torn = self.close();
+        Err(Error::Disconnected {
+            reason: match torn {
+                Ok(()) => "the host unhooked the VM; the session was torn down".into(),
+                Err(e) => format!("the host unhooked the VM; teardown: {e}").into(),
+            },
+        })
+    }
+
     /// The next event for the tool, waiting up to `timeout`.
     fn next_pending(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
         let sh = &self.shared;
         let deadline = Deadline::after(timeout);
         loop {
+            self.after_unhook()?;
             if let Some(ev) = self.next_detached() {
                 return Ok(Some(ev));
             }
@@ -604,6 +626,21 @@ impl KvmiVm {
         let ticket = sh.ticket();
         sh.lock().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)
+    }
+}
+
+/// Enables the UNHOOK VM event where the host allows it (recorded, so the teardown
+/// disables it). Without it the tool would never learn that QEMU wants to unhook.
+pub(crate) fn enable_unhook(sh: &Shared) {
+    let id = sys::KVMI_EVENT_UNHOOK;
+    if !sh.facts.event(id) {
+        return;
+    }
+    if sh
+        .pipeline(&[command_vm_event(id, true)], sh.request_deadline())
+        .is_ok()
+    {
+        sh.lock().monitors.vm_events.insert(id);
     }
 }
 

@@ -62,6 +62,9 @@ pub(crate) struct HostState {
     pub(crate) breakpoints: BTreeMap<u64, (Vec<vmi_core::Breakpoint>, u8)>,
     /// The host sent UNHOOK.
     pub(crate) unhooked: bool,
+    /// The tool answered (or dropped) the UNHOOK event: the session tears itself
+    /// down on the tool's next wait for events.
+    pub(crate) unhook_answered: bool,
     /// EPT views this session created (or took from the fixed pool).
     pub(crate) views: std::collections::BTreeSet<u16>,
     /// vCPUs this session switched to another view.
@@ -332,6 +335,7 @@ impl KvmiVm {
                 restricted: BTreeMap::new(),
                 breakpoints: BTreeMap::new(),
                 unhooked: false,
+                unhook_answered: false,
                 views: Default::default(),
                 switched: Default::default(),
                 remaps: Default::default(),
@@ -341,6 +345,7 @@ impl KvmiVm {
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),
         });
+        crate::events::enable_unhook(&shared);
         let detached = Parking::new(Arc::new(crate::events::Detached), caps.clone());
         let parking = Parking::new(ops, caps);
         Ok(Self {
@@ -366,8 +371,10 @@ impl KvmiVm {
         self.parking.capabilities()
     }
 
-    /// Whether the host announced UNHOOK: clean up and close (dropping the session
-    /// does).
+    /// Whether the host announced UNHOOK. The tool sees it as
+    /// [`vmi_core::EventKind::Unhook`]; once it has answered (or dropped) that event,
+    /// the session tears itself down on the next wait for events, which then fails
+    /// with [`Error::Disconnected`].
     pub fn unhook_requested(&self) -> bool {
         self.shared.lock().unhooked
     }

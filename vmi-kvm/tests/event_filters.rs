@@ -396,3 +396,49 @@ fn asynchronous_events_are_answered_before_the_tool_sees_them() {
         .clone();
     assert!(matches!(row, vmi_core::Support::Partial(_)), "{row:?}");
 }
+
+fn unhook_tears_the_session_down_once_answered(abi: kvmi_sim::Abi) {
+    let (vm, sim) = setup(abi, |_| {});
+    // Enabled by the session itself: QEMU's unhook reaches the tool.
+    assert!(sim.vm().vm_events.contains(&sys::KVMI_EVENT_UNHOOK));
+    vm.enable(&Monitor::ControlRegister {
+        cr: 3,
+        access: RegisterAccess::Write,
+        filter: Default::default(),
+    })
+    .unwrap();
+    thread::scope(|s| {
+        let t = s.spawn(|| sim.unhook(T));
+        let ev = vm.wait_event(T).unwrap().unwrap();
+        assert_eq!(ev.kind, EventKind::Unhook);
+        // The tool may still clean up while it holds the event.
+        assert!(sim.closed().is_none());
+        assert!(sim.vm().vcpus.iter().all(|v| v.cr_intercepts.contains(&3)));
+        ev.reply(Response::continue_()).unwrap();
+        // The next wait tears the session down, although the tool keeps it.
+        let e = vm.wait_event(T).unwrap_err();
+        assert!(matches!(e, vmi_core::Error::Disconnected { .. }), "{e}");
+        assert!(e.to_string().contains("unhook"), "{e}");
+        t.join().unwrap().unwrap();
+    });
+    assert!(sim.closed().is_some(), "the simulator saw the socket close");
+    assert!(sim
+        .vm()
+        .vcpus
+        .iter()
+        .all(|v| v.cr_intercepts.is_empty() && !v.events.contains(&sys::KVMI_EVENT_CR)));
+    assert!(sim.vm().vm_events.is_empty());
+    // Later calls keep failing the same way; closing again is a no-op.
+    assert!(vm.wait_event(Duration::ZERO).is_err());
+    vm.close().unwrap();
+}
+
+#[test]
+fn v7_unhook_tears_the_session_down_once_answered() {
+    unhook_tears_the_session_down_once_answered(kvmi_sim::Abi::V7);
+}
+
+#[test]
+fn v6_unhook_tears_the_session_down_once_answered() {
+    unhook_tears_the_session_down_once_answered(kvmi_sim::Abi::V6);
+}
