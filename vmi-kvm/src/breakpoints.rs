@@ -13,6 +13,17 @@
 //! with LibVMI's breakpoint-recoil). Without singlestep (kvmi-v6), `RETRY` re-executes
 //! the INT3: the tool must clear the breakpoint or move RIP.
 //! [`vmi_core::Response::reinject`] delivers #BP (`CONTINUE`).
+//!
+//! A breakpoint limited to one address space ([`Breakpoint::in_space`]) is still one
+//! byte in guest-physical memory, so every space mapping that byte hits it. A hit whose
+//! vCPU CR3 (bits 51:12, i.e. without PCID and flag bits) is none of the spaces the
+//! breakpoints at that byte are for is not shown to the tool: on kvmi-v7 it is stepped
+//! over internally exactly like a hit the tool answered with continue (`RETRY` plus the
+//! internal singlestep), and the next hit in a wanted space arrives as usual. On
+//! kvmi-v6 there is no singlestep to step over it, and `RETRY` would re-execute the
+//! INT3 forever in that space: such hits are shown to the tool (the capability table
+//! marks space-limited breakpoints as partial there), whose event carries the CR3 to
+//! tell.
 
 use kvmi_proto::{Batch, Event as KEvent};
 use kvmi_sys as sys;
@@ -25,6 +36,48 @@ use crate::events::{command_events, control_singlestep, Command};
 use crate::session::{HostState, KvmiVm, Shared};
 
 const INT3: u8 = 0xcc;
+
+/// The page-table root a CR3 value names: bits 51:12 (no PCID, PWT/PCD or bit 63).
+pub(crate) fn cr3_root(cr3: u64) -> u64 {
+    cr3 & 0x000f_ffff_ffff_f000
+}
+
+/// Whether `ev` is a hit on one of our bytes in an address space none of the
+/// breakpoints there is for, and can be stepped over internally (kvmi-v7 singlestep).
+pub(crate) fn foreign_space(sh: &Shared, st: &HostState, ev: &KEvent) -> bool {
+    let kvmi_proto::EventKind::Breakpoint(b) = ev.kind else {
+        return false;
+    };
+    if !sh.facts.singlestep() {
+        return false;
+    }
+    let Some((bps, _)) = st.breakpoints.get(&b.gpa) else {
+        return false;
+    };
+    let here = cr3_root(ev.common.arch.sregs.cr3);
+    !bps.iter().any(|bp| match bp {
+        Breakpoint::Physical(_) | Breakpoint::Virtual { cr3: None, .. } => true,
+        Breakpoint::Virtual { cr3: Some(c), .. } => cr3_root(c.0) == here,
+    })
+}
+
+/// Answers a hit [`foreign_space`] found, as a continue from the tool would be: the
+/// step over is armed and the event answered with `RETRY`, in one batch.
+pub(crate) fn step_over_foreign(sh: &Shared, ev: KEvent) {
+    let gpa = match ev.kind {
+        kvmi_proto::EventKind::Breakpoint(b) => b.gpa,
+        _ => return, // dropped: default reply
+    };
+    // No plan (the breakpoint was cleared meanwhile, the byte is back): RETRY runs
+    // the original instruction.
+    let cmds = step_over_plan(sh, ev.vcpu(), gpa).unwrap_or_default();
+    let mut batch = Batch::new(&sh.conn);
+    for (id, p) in &cmds {
+        let _ = batch.command(*id, p);
+    }
+    let _ = batch.reply(ev, kvmi_proto::Reply::breakpoint(false));
+    let _ = batch.commit(sh.conn.config().request_timeout);
+}
 
 /// A step over one of our breakpoints in progress on a vCPU.
 #[derive(Debug, Clone, Copy)]
@@ -147,13 +200,23 @@ impl Breakpoints for KvmiVm {
             .capabilities()
             .require(vmi_core::Capability::SoftwareBreakpoints)?;
         let gpa = self.resolve(bp)?;
-        if self.shared.lock().breakpoints.contains_key(&gpa) {
-            return Ok(());
+        {
+            let mut st = self.shared.lock();
+            if let Some((bps, _)) = st.breakpoints.get_mut(&gpa) {
+                // The byte is ours already (maybe for another space): one more user.
+                if !bps.contains(&bp) {
+                    bps.push(bp);
+                }
+                return Ok(());
+            }
         }
         self.enable(&Monitor::Interrupt(vmi_core::event::InterruptKind::Int3))?;
         let mut orig = [0u8; 1];
         let placed = self.read_physical(Gpa(gpa), &mut orig).and_then(|()| {
-            self.shared.lock().breakpoints.insert(gpa, (bp, orig[0]));
+            self.shared
+                .lock()
+                .breakpoints
+                .insert(gpa, (vec![bp], orig[0]));
             self.write_physical(Gpa(gpa), &[INT3])
         });
         if placed.is_err() {
@@ -164,15 +227,22 @@ impl Breakpoints for KvmiVm {
     }
 
     fn clear_breakpoint(&self, bp: Breakpoint) -> Result<()> {
-        let gpa = {
-            let st = self.shared.lock();
-            st.breakpoints
-                .iter()
-                .find(|(_, (b, _))| *b == bp)
-                .map(|(gpa, _)| *gpa)
+        let orig = {
+            let mut st = self.shared.lock();
+            let Some((&gpa, (bps, _))) = st
+                .breakpoints
+                .iter_mut()
+                .find(|(_, (bps, _))| bps.contains(&bp))
+            else {
+                return Ok(());
+            };
+            bps.retain(|b| *b != bp);
+            if !bps.is_empty() {
+                return Ok(()); // another breakpoint still needs the byte
+            }
+            st.breakpoints.remove(&gpa).map(|(_, orig)| (gpa, orig))
         };
-        let Some(gpa) = gpa else { return Ok(()) };
-        let Some((_, orig)) = self.shared.lock().breakpoints.remove(&gpa) else {
+        let Some((gpa, orig)) = orig else {
             return Ok(());
         };
         let restored = self.write_physical(Gpa(gpa), &[orig]);
@@ -186,7 +256,7 @@ impl Breakpoints for KvmiVm {
             .lock()
             .breakpoints
             .values()
-            .map(|(b, _)| *b)
+            .flat_map(|(bps, _)| bps.iter().copied())
             .collect();
         v.sort();
         v

@@ -91,7 +91,6 @@ fn rows(r: &mut CapabilityReport, caps: &[C], ok: bool, why: &'static str) {
 
 const NOT_ALLOWED: &str = "the command or event is disallowed by this QEMU or unknown to the host \
                            (CHECK_COMMAND/CHECK_EVENT, kvmi-protocol.md §3)";
-const NOT_BUILT: &str = "not implemented in vmi-kvm yet";
 
 /// The table for a host described by `f`.
 pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
@@ -288,20 +287,17 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
         NOT_ALLOWED,
     );
     if msr {
-        r.set(
-            C::EventRegisterMsrAll,
-            Support::partly(
-                "the MSRs LibVMI's MSR_ALL names (all inside KVMi's interceptable ranges, \
-                 kvmi-protocol.md §3 id 11)",
-            ),
-        );
+        // Every MSR of KVM's bitmap ranges the host accepts (crate::events).
+        r.set(C::EventRegisterMsrAll, Support::Supported);
     } else {
         r.set(C::EventRegisterMsrAll, Support::no(NOT_ALLOWED));
     }
     r.set(
         C::EventRegisterOnchange,
         if cr || msr {
-            Support::Supported // the host sends CR/MSR events only when the value changes
+            // The host sends CR/MSR events only when the value changes; unchanged
+            // writes a host sends anyway are answered internally (crate::events).
+            Support::Supported
         } else {
             Support::no(NOT_ALLOWED)
         },
@@ -309,7 +305,18 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
     // Honoured client-side: KVMi has no value filter; other writes are answered
     // internally (the vCPU still exits for them).
     row(&mut r, C::EventRegisterEqual, cr || msr, NOT_ALLOWED);
-    r.set(C::EventRegisterAsync, Support::no(NOT_BUILT));
+    r.set(
+        C::EventRegisterAsync,
+        if cr || msr {
+            Support::partly(
+                "honoured client-side (KVMi has no asynchronous events, kvmi-protocol.md §4.3): \
+                 the host's event is answered with continue on arrival and the tool's reply is \
+                 ignored; the vCPU still exits to the introspector for that round trip",
+            )
+        } else {
+            Support::no(NOT_ALLOWED)
+        },
+    );
     let no_read =
         "KVMi intercepts CR and MSR writes only, in every version (kvmi-protocol.md §4.3, §7)";
     rows(
@@ -498,11 +505,18 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
         C::ResponseVmmPagetableId,
         Support::no("KVMi has no VMM page-table ids (kvmi-protocol.md §3)"),
     );
-    row(
-        &mut r,
-        C::SoftwareBreakpoints,
-        bp && cmd(sys::KVMI_VM_WRITE_PHYSICAL) && cmd(sys::KVMI_VM_READ_PHYSICAL),
-        NOT_ALLOWED,
-    );
+    let soft_bp = bp && cmd(sys::KVMI_VM_WRITE_PHYSICAL) && cmd(sys::KVMI_VM_READ_PHYSICAL);
+    if soft_bp && !f.singlestep() {
+        r.set(
+            C::SoftwareBreakpoints,
+            Support::partly(
+                "without singlestep (kvmi-v6, kvmi-protocol.md §7) nothing steps over the INT3: \
+                 a hit answered with continue re-executes it, and a breakpoint limited to one \
+                 address space is reported in every space (the event's CR3 tells)",
+            ),
+        );
+    } else {
+        row(&mut r, C::SoftwareBreakpoints, soft_bp, NOT_ALLOWED);
+    }
     r
 }

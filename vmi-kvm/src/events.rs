@@ -3,8 +3,24 @@
 //! `vmi-core` [`EventKind`]s with every field the wire carries.
 //!
 //! What is enabled is recorded (`Monitors`) so that the teardown can undo it.
+//!
+//! [`Monitor::AllMsrs`] intercepts every MSR the host accepts: `VCPU_CONTROL_MSR` is
+//! tried for each MSR of the ranges KVM's MSR bitmaps cover ([`ALL_MSR_RANGES`],
+//! 2 × 8192 indices; the kvmi-v7 code refuses the range ends with `EINVAL`,
+//! kvmi-protocol.md §3 id 11), per vCPU, pipelined [`COMMAND_WINDOW`] requests in flight;
+//! refusals are tolerated and what was accepted is recorded, so that disabling the
+//! monitor and the teardown undo exactly that. The cost: 16 384 commands per vCPU
+//! to enable and one per accepted MSR to disable, and afterwards every MSR write of
+//! the guest exits to the introspector (most OSes write few MSRs outside context
+//! switches, but those are frequent).
 //! `PAUSE_VCPU` events never reach the tool (see [`crate::park`]); UNHOOK does, as
-//! [`EventKind::Unhook`], after which the tool should drop the session.
+//! [`EventKind::Unhook`] (the session enables it at connect where the host allows
+//! it). Once the tool has answered or dropped that event — it may still use the
+//! session while it holds it, to clean up — the next [`EventControl::wait_event`]
+//! (and so `dispatch` and [`crate::dispatch::dispatch_parallel`]) runs the teardown
+//! and fails with [`Error::Disconnected`]: QEMU sees the socket close promptly.
+//!
+//! [`EventControl::wait_event`]: vmi_core::EventControl::wait_event
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,7 +30,6 @@ use kvmi_sys as sys;
 use vmi_core::event::{
     DescriptorTableReg, InterruptKind, InterruptionType, RegisterAccess, RegisterId,
 };
-use vmi_core::registers::msr;
 use vmi_core::{
     Access, Deadline, Error, Event, EventKind, Gfn, Gva, Monitor, PendingEvent, Result, VcpuId,
     View,
@@ -33,6 +48,10 @@ pub(crate) struct Monitors {
     pub(crate) crs: BTreeSet<(u16, u32)>,
     /// (vCPU, MSR) intercepted.
     pub(crate) msrs: BTreeSet<(u16, u32)>,
+    /// MSRs single-MSR monitors intercept (on every vCPU).
+    pub(crate) single_msrs: BTreeSet<u32>,
+    /// (vCPU, MSR) the host accepted for [`Monitor::AllMsrs`], while it is enabled.
+    pub(crate) all_msrs: Option<BTreeSet<(u16, u32)>>,
     /// VM events enabled with `VM_CONTROL_EVENTS`.
     pub(crate) vm_events: BTreeSet<u8>,
     /// The tool monitors TRAP events (else they are answered internally).
@@ -42,20 +61,43 @@ pub(crate) struct Monitors {
     pub(crate) cr_equal: std::collections::BTreeMap<u32, u64>,
     /// The same for MSR monitors.
     pub(crate) msr_equal: std::collections::BTreeMap<u32, u64>,
+    /// CRs whose monitor has `RegisterFilter::on_change`: writes of the value the
+    /// register holds are answered internally. The host sends none (it reports only
+    /// writes that change the value, kvmi-protocol.md §4.3); this holds the contract
+    /// also against a host that does.
+    pub(crate) cr_on_change: BTreeSet<u32>,
+    /// The same for MSR monitors.
+    pub(crate) msr_on_change: BTreeSet<u32>,
+    /// CRs whose monitor has `RegisterFilter::asynchronous` (see [`Detached`]).
+    pub(crate) cr_async: BTreeSet<u32>,
+    /// The same for MSR monitors.
+    pub(crate) msr_async: BTreeSet<u32>,
 }
 
 impl Monitors {
-    /// Whether a CR/MSR event is filtered out by an `equal` filter.
+    /// Whether a CR/MSR event is filtered out by an `equal` or `on_change` filter.
     pub(crate) fn filtered(&self, kind: &KKind) -> bool {
         match kind {
-            KKind::Cr(c) => self
-                .cr_equal
-                .get(&u32::from(c.cr))
-                .is_some_and(|v| *v != c.new_value),
-            KKind::Msr(m) => self
-                .msr_equal
-                .get(&m.msr)
-                .is_some_and(|v| *v != m.new_value),
+            KKind::Cr(c) => {
+                let cr = u32::from(c.cr);
+                self.cr_equal.get(&cr).is_some_and(|v| *v != c.new_value)
+                    || (self.cr_on_change.contains(&cr) && c.new_value == c.old_value)
+            }
+            KKind::Msr(m) => {
+                self.msr_equal
+                    .get(&m.msr)
+                    .is_some_and(|v| *v != m.new_value)
+                    || (self.msr_on_change.contains(&m.msr) && m.new_value == m.old_value)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a CR/MSR event is for an asynchronous monitor.
+    pub(crate) fn asynchronous(&self, kind: &KKind) -> bool {
+        match kind {
+            KKind::Cr(c) => self.cr_async.contains(&u32::from(c.cr)),
+            KKind::Msr(m) => self.msr_async.contains(&m.msr),
             _ => false,
         }
     }
@@ -124,30 +166,80 @@ pub(crate) fn command_vm_event(event: u8, enable: bool) -> Command {
 }
 
 impl Shared {
-    /// Sends `commands` in one burst (each its own request, so every error is seen)
-    /// and waits for all replies under `deadline`. Returns the first error; every
-    /// reply is waited for either way.
+    /// Sends `commands` (each its own request, so every error is seen), at most
+    /// [`COMMAND_WINDOW`] in flight, and waits for all replies under `deadline`.
+    /// Returns the first error; every reply of what was sent is waited for either way.
     pub(crate) fn pipeline(&self, commands: &[Command], deadline: Deadline) -> Result<()> {
-        let mut pending = Vec::with_capacity(commands.len());
         let mut first = None;
-        for (id, payload) in commands {
-            match self.conn.send_request(*id, payload) {
-                Ok(p) => pending.push((*id, p)),
-                Err(e) => {
-                    first.get_or_insert(proto_at(name(*id), None, None, e));
-                    break;
+        for window in commands.chunks(COMMAND_WINDOW) {
+            if deadline.expired() {
+                first.get_or_insert(deadline.timeout_error("replies to host commands"));
+                break;
+            }
+            let mut pending = Vec::with_capacity(window.len());
+            for (id, payload) in window {
+                match self.conn.send_request(*id, payload) {
+                    Ok(p) => pending.push((*id, p)),
+                    Err(e) => {
+                        first.get_or_insert(proto_at(name(*id), None, None, e));
+                        break;
+                    }
                 }
             }
-        }
-        for (id, p) in pending {
-            let t = deadline
-                .remaining()
-                .unwrap_or(self.conn.config().request_timeout);
-            if let Err(e) = p.wait(t) {
-                first.get_or_insert(proto_at(name(id), None, None, e));
+            let sent_all = pending.len() == window.len();
+            for (id, p) in pending {
+                let t = deadline
+                    .remaining()
+                    .unwrap_or(self.conn.config().request_timeout);
+                if let Err(e) = p.wait(t) {
+                    first.get_or_insert(proto_at(name(id), None, None, e));
+                }
+            }
+            if !sent_all {
+                break;
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Sends `commands` with at most [`COMMAND_WINDOW`] in flight, each window under its
+    /// own request deadline. Returns whether the host accepted each command (`false`
+    /// for a `KVM_E*` refusal; `true` when the outcome is unknown) for those sent, and the first failure of another
+    /// kind (a timeout, the connection gone), after which nothing more is sent.
+    pub(crate) fn pipeline_each(&self, commands: &[Command]) -> (Vec<bool>, Option<Error>) {
+        let mut accepted = Vec::with_capacity(commands.len());
+        for window in commands.chunks(COMMAND_WINDOW) {
+            let deadline = self.request_deadline();
+            let mut pending = Vec::with_capacity(window.len());
+            let mut failed = None;
+            for (id, payload) in window {
+                match self.conn.send_request(*id, payload) {
+                    Ok(p) => pending.push((*id, p)),
+                    Err(e) => {
+                        failed = Some(proto_at(name(*id), None, None, e));
+                        break;
+                    }
+                }
+            }
+            for (id, p) in pending {
+                let t = deadline
+                    .remaining()
+                    .unwrap_or(self.conn.config().request_timeout);
+                match p.wait(t) {
+                    Ok(_) => accepted.push(true),
+                    Err(kvmi_proto::ProtoError::Kvm { .. }) => accepted.push(false),
+                    Err(e) => {
+                        failed.get_or_insert(proto_at(name(id), None, None, e));
+                        // Unknown outcome: counted as enabled, so that it is undone.
+                        accepted.push(true);
+                    }
+                }
+            }
+            if failed.is_some() {
+                return (accepted, failed);
+            }
+        }
+        (accepted, None)
     }
 
     fn request_deadline(&self) -> Deadline {
@@ -186,19 +278,11 @@ fn plan(monitor: &Monitor) -> Result<(Option<u8>, Option<RegTarget>)> {
                      (kvmi-protocol.md §3 id 11)",
                 ));
             }
-            (
-                Some(sys::KVMI_EVENT_MSR),
-                Some(RegTarget::Msr(vec![*index])),
-            )
+            (Some(sys::KVMI_EVENT_MSR), Some(RegTarget::Msr(*index)))
         }
         Monitor::AllMsrs { access } => {
             write_only(*access)?;
-            let all: Vec<u32> = msr::LIBVMI_MSR_ALL
-                .iter()
-                .copied()
-                .filter(|m| interceptable_msr(*m))
-                .collect();
-            (Some(sys::KVMI_EVENT_MSR), Some(RegTarget::Msr(all)))
+            (Some(sys::KVMI_EVENT_MSR), None)
         }
         Monitor::Xsetbv => (Some(sys::KVMI_EVENT_XSETBV), None),
         Monitor::Interrupt(InterruptKind::Int3) => (Some(sys::KVMI_EVENT_BREAKPOINT), None),
@@ -218,9 +302,17 @@ fn plan(monitor: &Monitor) -> Result<(Option<u8>, Option<RegTarget>)> {
     })
 }
 
+fn flag(set: &mut BTreeSet<u32>, key: u32, on: bool) {
+    if on {
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
 enum RegTarget {
     Cr(u32),
-    Msr(Vec<u32>),
+    Msr(u32),
 }
 
 fn write_only(access: RegisterAccess) -> Result<()> {
@@ -232,6 +324,16 @@ fn write_only(access: RegisterAccess) -> Result<()> {
         )),
     }
 }
+
+/// The MSR ranges KVM's write-intercept bitmaps cover, which [`Monitor::AllMsrs`]
+/// tries (the host decides which of them it accepts).
+pub const ALL_MSR_RANGES: [std::ops::RangeInclusive<u32>; 2] =
+    [0..=0x1fff, 0xc000_0000..=0xc000_1fff];
+
+/// Host commands in flight at once in a pipelined burst (enabling
+/// [`Monitor::AllMsrs`], the teardown), so that neither side's socket buffer fills
+/// while the other waits.
+pub const COMMAND_WINDOW: usize = 256;
 
 /// The MSR ranges `VCPU_CONTROL_MSR` accepts (strict bounds, as the kvmi-v7 code).
 pub(crate) fn interceptable_msr(m: u32) -> bool {
@@ -256,6 +358,9 @@ impl KvmiVm {
             return Ok(());
         }
         let (event, target) = plan(monitor)?;
+        if let Monitor::AllMsrs { .. } = monitor {
+            return self.set_all_msrs(enable);
+        }
         let vcpus: Vec<u16> = match monitor {
             Monitor::Singlestep(set) => {
                 let v: Vec<u16> = set.iter().map(|v| v.0).collect();
@@ -274,16 +379,24 @@ impl KvmiVm {
             match monitor {
                 Monitor::Trap => st.monitors.trap = enable,
                 Monitor::ControlRegister { cr, filter, .. } => {
+                    let cr = u32::from(*cr);
                     match (enable, filter.equal) {
-                        (true, Some(v)) => st.monitors.cr_equal.insert(u32::from(*cr), v),
-                        _ => st.monitors.cr_equal.remove(&u32::from(*cr)),
+                        (true, Some(v)) => st.monitors.cr_equal.insert(cr, v),
+                        _ => st.monitors.cr_equal.remove(&cr),
                     };
+                    let m = &mut st.monitors;
+                    flag(&mut m.cr_on_change, cr, enable && filter.on_change);
+                    flag(&mut m.cr_async, cr, enable && filter.asynchronous);
                 }
                 Monitor::Msr { index, filter, .. } => {
                     match (enable, filter.equal) {
                         (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
                         _ => st.monitors.msr_equal.remove(index),
                     };
+                    let m = &mut st.monitors;
+                    flag(&mut m.single_msrs, *index, enable);
+                    flag(&mut m.msr_on_change, *index, enable && filter.on_change);
+                    flag(&mut m.msr_async, *index, enable && filter.asynchronous);
                 }
                 _ => {}
             }
@@ -317,17 +430,22 @@ impl KvmiVm {
                             st.monitors.crs.remove(&(v, *cr));
                         }
                     }
-                    Some(RegTarget::Msr(list)) => {
-                        for m in list {
-                            let had = st.monitors.msrs.contains(&(v, *m));
-                            if had != enable {
-                                cmds.push(command_msr(v, *m, enable));
-                            }
-                            if enable {
-                                st.monitors.msrs.insert((v, *m));
-                            } else {
-                                st.monitors.msrs.remove(&(v, *m));
-                            }
+                    Some(RegTarget::Msr(m)) => {
+                        let had = st.monitors.msrs.contains(&(v, *m));
+                        // Still needed by MSR_ALL: the intercept stays.
+                        let keep = !enable
+                            && st
+                                .monitors
+                                .all_msrs
+                                .as_ref()
+                                .is_some_and(|a| a.contains(&(v, *m)));
+                        if had != enable && !keep {
+                            cmds.push(command_msr(v, *m, enable));
+                        }
+                        if enable {
+                            st.monitors.msrs.insert((v, *m));
+                        } else if !keep {
+                            st.monitors.msrs.remove(&(v, *m));
                         }
                     }
                     None => {}
@@ -350,11 +468,125 @@ impl KvmiVm {
         sh.pipeline(&cmds, sh.request_deadline())
     }
 
+    /// [`Monitor::AllMsrs`]: see the module documentation. Enabling it again, or
+    /// disabling it when it is not enabled, changes nothing.
+    fn set_all_msrs(&self, enable: bool) -> Result<()> {
+        let sh = &self.shared;
+        let vcpus: Vec<u16> = (0..sh.vcpu_count as u16).collect();
+        let ev = sys::KVMI_EVENT_MSR;
+        if enable {
+            let mut events = Vec::new();
+            let mut tries = Vec::new();
+            let mut accepted = BTreeSet::new();
+            {
+                let mut st = sh.lock();
+                if st.monitors.all_msrs.is_some() {
+                    return Ok(());
+                }
+                for &v in &vcpus {
+                    let n = st.monitors.vcpu_events.entry((v, ev)).or_insert(0);
+                    if *n == 0 {
+                        events.push(command_events(v, ev, true));
+                    }
+                    *n += 1;
+                    for m in ALL_MSR_RANGES.iter().cloned().flatten() {
+                        if st.monitors.msrs.contains(&(v, m)) {
+                            accepted.insert((v, m)); // intercepted already
+                        } else {
+                            tries.push((v, m));
+                        }
+                    }
+                }
+                // Recorded before anything is sent: a failure below leaves a state
+                // that disabling (or the teardown) undoes.
+                st.monitors.all_msrs = Some(accepted);
+            }
+            sh.pipeline(&events, sh.request_deadline())?;
+            let cmds: Vec<Command> = tries
+                .iter()
+                .map(|&(v, m)| command_msr(v, m, true))
+                .collect();
+            let (results, failed) = sh.pipeline_each(&cmds);
+            let mut st = sh.lock();
+            let mut any = false;
+            for (&(v, m), ok) in tries.iter().zip(results) {
+                if ok {
+                    st.monitors.msrs.insert((v, m));
+                    if let Some(a) = st.monitors.all_msrs.as_mut() {
+                        a.insert((v, m));
+                    }
+                }
+            }
+            if let Some(a) = &st.monitors.all_msrs {
+                any = !a.is_empty();
+            }
+            drop(st);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if !any {
+                let _ = self.set_all_msrs(false);
+                return Err(Error::unsupported(
+                    "MSR_ALL",
+                    "the host accepted VCPU_CONTROL_MSR for no MSR (kvmi-protocol.md §3 id 11)",
+                ));
+            }
+            Ok(())
+        } else {
+            let (undo, events) = {
+                let mut st = sh.lock();
+                let Some(all) = st.monitors.all_msrs.take() else {
+                    return Ok(());
+                };
+                let mut undo = Vec::new();
+                for (v, m) in all {
+                    if !st.monitors.single_msrs.contains(&m) && st.monitors.msrs.remove(&(v, m)) {
+                        undo.push(command_msr(v, m, false));
+                    }
+                }
+                let mut events = Vec::new();
+                for &v in &vcpus {
+                    if let Some(n) = st.monitors.vcpu_events.get_mut(&(v, ev)) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            st.monitors.vcpu_events.remove(&(v, ev));
+                            events.push(command_events(v, ev, false));
+                        }
+                    }
+                }
+                (undo, events)
+            };
+            // Interception is removed before the event is disabled.
+            let (_, failed) = sh.pipeline_each(&undo);
+            let disabled = sh.pipeline(&events, sh.request_deadline());
+            failed.map_or(disabled, Err)
+        }
+    }
+
+    /// After UNHOOK was answered: tears the session down (once) and reports why
+    /// there are no more events.
+    fn after_unhook(&self) -> Result<()> {
+        if !self.shared.lock().unhook_answered {
+            return Ok(());
+        }
+        let torn = self.close();
+        Err(Error::Disconnected {
+            reason: match torn {
+                Ok(()) => "the host unhooked the VM; the session was torn down".into(),
+                Err(e) => format!("the host unhooked the VM; teardown: {e}").into(),
+            },
+        })
+    }
+
     /// The next event for the tool, waiting up to `timeout`.
     fn next_pending(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
         let sh = &self.shared;
         let deadline = Deadline::after(timeout);
         loop {
+            self.after_unhook()?;
+            if let Some(ev) = self.next_detached() {
+                return Ok(Some(ev));
+            }
             let next = sh.lock().queue.pop_front();
             if let Some(ev) = next {
                 return Ok(Some(self.hand_out(ev)));
@@ -365,6 +597,9 @@ impl KvmiVm {
                     Ok(Some(ev)) => sh.route(ev),
                     Ok(None) => return Ok(None),
                     Err(e) => return Err(crate::error::proto("waiting for events", e)),
+                }
+                if let Some(ev) = self.next_detached() {
+                    return Ok(Some(ev));
                 }
                 let next = sh.lock().queue.pop_front();
                 return Ok(next.map(|ev| self.hand_out(ev)));
@@ -377,6 +612,12 @@ impl KvmiVm {
         }
     }
 
+    /// The next asynchronous event, as a guard of the detached [`Parking`].
+    fn next_detached(&self) -> Option<PendingEvent> {
+        let ev = self.shared.lock().detached.pop_front()?;
+        Some(self.detached.event(self.shared.ticket(), ev))
+    }
+
     /// Turns a queued kvmi event into the tool's guard; the kvmi guard is kept in the
     /// outstanding table under the ticket.
     fn hand_out(&self, ev: KEvent) -> PendingEvent {
@@ -385,6 +626,73 @@ impl KvmiVm {
         let ticket = sh.ticket();
         sh.lock().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)
+    }
+}
+
+/// Enables the UNHOOK VM event where the host allows it (recorded, so the teardown
+/// disables it). Without it the tool would never learn that QEMU wants to unhook.
+pub(crate) fn enable_unhook(sh: &Shared) {
+    let id = sys::KVMI_EVENT_UNHOOK;
+    if !sh.facts.event(id) {
+        return;
+    }
+    if sh
+        .pipeline(&[command_vm_event(id, true)], sh.request_deadline())
+        .is_ok()
+    {
+        sh.lock().monitors.vm_events.insert(id);
+    }
+}
+
+/// Most asynchronous events kept for the tool; more are dropped (the host was
+/// answered already, only the report is lost) so that a slow tool cannot make the
+/// session grow without bound.
+pub(crate) const DETACHED_MAX: usize = 1024;
+
+/// The [`ParkOps`] behind asynchronous register events (`RegisterFilter::asynchronous`;
+/// KVMi has no such mode, so it is honoured here).
+///
+/// The host's event is answered at once with continue (the write goes through), in
+/// `route`; the `vmi-core` [`Event`] keeps what the host reported — its registers are
+/// the vCPU's at the write. Only after the reply is it handed to the tool, as a
+/// [`PendingEvent`] of a second, detached [`Parking`] whose answer is a no-op: the
+/// guard still consumes on reply and answers on drop, as every `PendingEvent` does,
+/// but nothing is sent and the response is ignored (no deny, no value override, no
+/// register writes). Because the session's own `Parking` never learns of the event,
+/// the vCPU is not parked while the tool holds the guard: register reads go to the
+/// running vCPU and writes pause it, as outside any event.
+///
+/// [`ParkOps`]: vmi_core::park::ParkOps
+/// [`Parking`]: vmi_core::park::Parking
+pub(crate) struct Detached;
+
+impl vmi_core::park::ParkOps for Detached {
+    fn stop(
+        &self,
+        _scope: vmi_core::PauseScope,
+    ) -> Result<Vec<(VcpuId, vmi_core::RegisterSnapshot)>> {
+        Err(Error::unsupported(
+            "pausing through an asynchronous event",
+            "asynchronous events hold no vCPU; pause the session instead",
+        ))
+    }
+
+    fn run(
+        &self,
+        _scope: vmi_core::PauseScope,
+        _writes: &[(VcpuId, vmi_core::RegisterSnapshot)],
+        _still_parked: &[VcpuId],
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn answer(
+        &self,
+        _ticket: vmi_core::park::EventTicket,
+        _response: vmi_core::Response,
+        _after: vmi_core::park::AfterAnswer,
+    ) -> Result<()> {
+        Ok(()) // the host was answered when the event arrived
     }
 }
 
@@ -508,6 +816,7 @@ impl vmi_core::EventControl for KvmiVm {
     }
 
     fn pending_events(&self) -> Result<usize> {
-        Ok(self.shared.lock().queue.len() + self.shared.conn.pending_events())
+        let st = self.shared.lock();
+        Ok(st.queue.len() + st.detached.len() + self.shared.conn.pending_events())
     }
 }

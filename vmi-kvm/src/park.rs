@@ -168,8 +168,11 @@ impl ParkOps for KvmiPark {
             ev
         };
         if !ev.needs_reply() {
-            // UNHOOK: nothing is sent and no vCPU waits in it. Parking treated vCPU 0
-            // as parked meanwhile; register writes queued for it cannot be applied.
+            // UNHOOK: nothing is sent and no vCPU waits in it. The teardown cannot run
+            // here (Parking's lock is held while this runs): the next wait for events
+            // does it. Parking treated vCPU 0 as parked meanwhile; register writes
+            // queued for it cannot be applied.
+            sh.lock().unhook_answered = true;
             if response.set_registers.is_some() {
                 return Err(Error::InvalidReply {
                     reason: "UNHOOK holds no vCPU: register writes queued for vCPU 0 while \

@@ -50,14 +50,21 @@ pub(crate) struct HostState {
     pub(crate) outstanding: HashMap<u64, KEvent>,
     /// Kvmi events received and not yet handed out.
     pub(crate) queue: VecDeque<KEvent>,
+    /// Asynchronous register events, answered on arrival, not yet handed out (see
+    /// [`crate::events::Detached`]).
+    pub(crate) detached: VecDeque<vmi_core::Event>,
     /// What is enabled on the host (undone at teardown).
     pub(crate) monitors: Monitors,
     /// Restricted page access: (view, gfn) → allowed bits.
     pub(crate) restricted: BTreeMap<(u16, u64), u8>,
-    /// Software breakpoints: gpa → original byte.
-    pub(crate) breakpoints: BTreeMap<u64, (vmi_core::Breakpoint, u8)>,
+    /// Software breakpoints: gpa → the tool's breakpoints there (several when
+    /// addresses of different spaces share the byte) and the original byte.
+    pub(crate) breakpoints: BTreeMap<u64, (Vec<vmi_core::Breakpoint>, u8)>,
     /// The host sent UNHOOK.
     pub(crate) unhooked: bool,
+    /// The tool answered (or dropped) the UNHOOK event: the session tears itself
+    /// down on the tool's next wait for events.
+    pub(crate) unhook_answered: bool,
     /// EPT views this session created (or took from the fixed pool).
     pub(crate) views: std::collections::BTreeSet<u16>,
     /// vCPUs this session switched to another view.
@@ -152,6 +159,13 @@ impl Shared {
                     drop(ev); // a host inventing vCPUs or flooding: default reply
                     return;
                 }
+                if crate::breakpoints::foreign_space(self, &st, &ev) {
+                    drop(st);
+                    // A hit in an address space none of the breakpoints there is for:
+                    // stepped over internally, never shown.
+                    crate::breakpoints::step_over_foreign(self, ev);
+                    return;
+                }
                 let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
                     match crate::breakpoints::on_singlestep(self, &mut st, ev) {
                         Some(ev) => ev,
@@ -159,7 +173,18 @@ impl Shared {
                     }
                 } else if st.monitors.filtered(&ev.kind) {
                     drop(st);
-                    drop(ev); // another value than the `equal` filter's: the write goes on
+                    drop(ev); // not the `equal` value, or unchanged: the write goes on
+                    return;
+                } else if st.monitors.asynchronous(&ev.kind) {
+                    drop(st);
+                    // Answered now (the default reply: the write goes on); the tool's
+                    // guard is made from what the host reported, after the reply.
+                    let view = crate::events::convert(self, &ev);
+                    drop(ev);
+                    let mut st = self.lock();
+                    if st.detached.len() < crate::events::DETACHED_MAX {
+                        st.detached.push_back(view);
+                    }
                     return;
                 } else if matches!(ev.kind, KKind::Trap(_)) && !st.monitors.trap {
                     drop(st);
@@ -263,6 +288,8 @@ impl KvmiListener {
 pub struct KvmiVm {
     pub(crate) shared: Arc<Shared>,
     pub(crate) parking: Arc<Parking>,
+    /// Hands out asynchronous events (see [`crate::events::Detached`]).
+    pub(crate) detached: Arc<Parking>,
     closed: AtomicBool,
 }
 
@@ -303,10 +330,12 @@ impl KvmiVm {
                 vcpus: (0..vcpu_count).map(|_| VcpuHost::default()).collect(),
                 outstanding: HashMap::new(),
                 queue: VecDeque::new(),
+                detached: VecDeque::new(),
                 monitors: Monitors::default(),
                 restricted: BTreeMap::new(),
                 breakpoints: BTreeMap::new(),
                 unhooked: false,
+                unhook_answered: false,
                 views: Default::default(),
                 switched: Default::default(),
                 remaps: Default::default(),
@@ -316,10 +345,13 @@ impl KvmiVm {
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),
         });
+        crate::events::enable_unhook(&shared);
+        let detached = Parking::new(Arc::new(crate::events::Detached), caps.clone());
         let parking = Parking::new(ops, caps);
         Ok(Self {
             shared,
             parking,
+            detached,
             closed: AtomicBool::new(false),
         })
     }
@@ -339,8 +371,10 @@ impl KvmiVm {
         self.parking.capabilities()
     }
 
-    /// Whether the host announced UNHOOK: clean up and close (dropping the session
-    /// does).
+    /// Whether the host announced UNHOOK. The tool sees it as
+    /// [`vmi_core::EventKind::Unhook`]; once it has answered (or dropped) that event,
+    /// the session tears itself down on the next wait for events, which then fails
+    /// with [`Error::Disconnected`].
     pub fn unhook_requested(&self) -> bool {
         self.shared.lock().unhooked
     }
