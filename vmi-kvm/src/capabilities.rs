@@ -122,8 +122,11 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
     r.set(
         C::GuestMemoryMapping,
         Support::no(
-            "remote mapping needs GET_MAP_TOKEN plus the host's /dev/kvmmem ioctls \
-             (kvmi-protocol.md §3 id 22), not implemented in vmi-kvm yet; reads go over the socket",
+            "the KVMi socket protocol maps no guest memory: remote mapping is GET_MAP_TOKEN plus \
+             ioctls on the host's /dev/kvmmem device, a host-local kernel interface outside \
+             the socket (kvmi-protocol.md §3 id 22, §8.1), and QUERY_PHYSICAL's kernel side was \
+             not found (§3 id 39, §10); reads go over the socket, with an opt-in page cache \
+             while the guest is paused (KvmiVm::enable_page_cache)",
         ),
     );
 

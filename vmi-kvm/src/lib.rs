@@ -54,6 +54,7 @@ pub mod dispatch;
 mod error;
 pub mod events;
 pub mod memory;
+pub mod page_cache;
 pub mod park;
 mod registers;
 pub mod response;

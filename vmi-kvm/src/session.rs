@@ -33,6 +33,9 @@ pub(crate) struct VcpuHost {
     pub(crate) pause_requested: u32,
     /// The `PAUSE_VCPU` event the vCPU is held in while paused.
     pub(crate) pause_held: Option<KEvent>,
+    /// A stamp unique to the current `pause_held` hold (the page cache's proof that
+    /// the vCPU has not run since).
+    pub(crate) held_stamp: u64,
     /// Something (a pause) wants this vCPU stopped.
     pub(crate) pause_wanted: bool,
     /// A tool-visible event of this vCPU is queued or handed out, unanswered.
@@ -73,6 +76,7 @@ pub(crate) struct Shared {
     pub(crate) vcpu_count: u32,
     state: Mutex<HostState>,
     next_ticket: AtomicU64,
+    pub(crate) page_cache: crate::page_cache::PageCache,
 }
 
 impl Shared {
@@ -100,6 +104,16 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// The stamps of every vCPU's `PAUSE_VCPU` hold, or `None` when some vCPU is not
+    /// held by one (it runs, or waits in a tool event).
+    pub(crate) fn hold_set(&self) -> Option<Vec<u64>> {
+        let st = self.lock();
+        st.vcpus
+            .iter()
+            .map(|h| h.pause_held.as_ref().map(|_| h.held_stamp))
+            .collect()
     }
 
     pub(crate) fn ticket(&self) -> u64 {
@@ -133,6 +147,7 @@ impl Shared {
                 h.pause_requested = h.pause_requested.saturating_sub(1);
                 if h.pause_wanted && h.pause_held.is_none() {
                     h.pause_held = Some(ev);
+                    h.held_stamp = self.next_ticket.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 drop(st);
@@ -312,6 +327,7 @@ impl KvmiVm {
                 remaps: Default::default(),
             }),
             next_ticket: AtomicU64::new(1),
+            page_cache: Default::default(),
         });
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),

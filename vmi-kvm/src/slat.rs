@@ -237,6 +237,8 @@ impl GfnAllocation for KvmiVm {
         self.parking
             .capabilities()
             .require(vmi_core::Capability::GfnAllocation)?;
+        // The frame's backing changes: nothing cached may survive it.
+        self.shared.page_cache.clear();
         self.shared
             .conn
             .alloc_gfn(0, gfn.raw())
@@ -247,6 +249,8 @@ impl GfnAllocation for KvmiVm {
         self.parking
             .capabilities()
             .require(vmi_core::Capability::GfnAllocation)?;
+        // The frame's backing changes: nothing cached may survive it.
+        self.shared.page_cache.clear();
         self.shared
             .conn
             .free_gfn(0, gfn.raw())
