@@ -125,6 +125,20 @@ impl vmi_core::Backend for KvmiVm {
             .then_some(self as &dyn vmi_core::SlatViews)
     }
 
+    fn virtualization_exceptions(&self) -> Option<&dyn vmi_core::VirtualizationExceptions> {
+        self.shared
+            .facts
+            .ve()
+            .then_some(self as &dyn vmi_core::VirtualizationExceptions)
+    }
+
+    fn sub_page_protection(&self) -> Option<&dyn vmi_core::SubPageProtection> {
+        self.shared
+            .facts
+            .spp()
+            .then_some(self as &dyn vmi_core::SubPageProtection)
+    }
+
     fn gfn_allocation(&self) -> Option<&dyn vmi_core::GfnAllocation> {
         self.capabilities()
             .is_supported(vmi_core::Capability::GfnAllocation)

@@ -67,6 +67,10 @@ pub(crate) struct HostState {
     pub(crate) switched: std::collections::BTreeSet<u16>,
     /// (view, old gfn) remapped with CHANGE_GFN.
     pub(crate) remaps: std::collections::BTreeSet<(u16, u64)>,
+    /// (vCPU, view) pairs made visible to the guest (`CONTROL_EPT_VIEW`).
+    pub(crate) visible: std::collections::BTreeSet<(u16, u16)>,
+    /// vCPUs with #VE enabled (`SET_VE_INFO`).
+    pub(crate) ve_vcpus: std::collections::BTreeSet<u16>,
 }
 
 /// What every part of one session shares.
@@ -323,6 +327,8 @@ impl KvmiVm {
                 breakpoints: BTreeMap::new(),
                 unhooked: false,
                 views: Default::default(),
+                visible: Default::default(),
+                ve_vcpus: Default::default(),
                 switched: Default::default(),
                 remaps: Default::default(),
             }),
