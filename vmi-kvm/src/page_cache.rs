@@ -9,18 +9,20 @@
 //!
 //! How it stays honest:
 //! * **Guest writes.** Each `PAUSE_VCPU` hold gets a stamp when it starts
-//!   ([`crate::session::VcpuHost::held_stamp`]). The cache belongs to one *hold
+//!   (`VcpuHost::held_stamp` in the session state). The cache belongs to one *hold
 //!   set* — the stamps of all vCPUs at fill time. A lookup first computes the current
 //!   hold set: if some vCPU is not held (running, or in a tool event whose answer may
 //!   emulate a write), the cache is bypassed and emptied; if the set differs (a vCPU
 //!   was released and paused again, so it may have run), the cache is emptied. A frame
 //!   fetched from the host is inserted only if the hold set is unchanged after the
 //!   fetch, so a release racing with a read cannot leave a stale frame.
-//! * **Our own writes.** Every `WRITE_PHYSICAL` this session sends (memory writes,
-//!   breakpoints, teardown) goes through [`crate::session::Shared::write_physical`],
-//!   which bumps the cache's generation and drops the frames it touches before and
-//!   after the write; a fetch that overlapped a write (generation changed) is not
-//!   inserted. Frame allocation and freeing empty the cache.
+//! * **Our own writes.** Memory writes, breakpoint arming/clearing and the teardown's
+//!   restores go through the session's `write_physical`, which bumps the cache's
+//!   generation and drops the frames it touches before and after the write; a fetch
+//!   that overlapped a write (generation changed) is not inserted. The byte writes of
+//!   a breakpoint step-over go out with an event's answer, while that vCPU is not
+//!   held, so the hold-set rule above already keeps them out. Frame allocation and
+//!   freeing empty the cache.
 //! * **Not seen:** writes by QEMU's devices (DMA, e.g. a virtio queue completing)
 //!   while the vCPUs are paused — KVMi reports nothing about them. That is why the
 //!   cache is off unless the tool enables it ([`crate::KvmiVm::enable_page_cache`]).

@@ -13,7 +13,7 @@
 //! Guest-visible views (`CONTROL_EPT_VIEW`, needs VMFUNC), #VE
 //! ([`VirtualizationExceptions`]: `SET_VE_INFO`, `DISABLE_VE`, `SET_PAGE_SVE`) and SPP
 //! ([`SubPageProtection`]: `CONTROL_SPP`, `SET_PAGE_WRITE_BITMAP`) where the host's
-//! features and allow list say so ([`crate::capabilities::HostFacts`]); otherwise
+//! features and allow list say so (the session's host facts); otherwise
 //! their `Backend` accessors are `None` and the methods fail with the reason.
 //! Visibility and #VE are undone at teardown; suppress-#VE bits are left as set
 //! (without #VE enabled on any vCPU they have no effect), and SPP cannot be turned off
