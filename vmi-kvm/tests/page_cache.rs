@@ -69,7 +69,7 @@ fn cache_hits_while_paused_and_sees_guest_and_own_writes() {
 }
 
 #[test]
-fn cache_is_bypassed_while_a_vcpu_runs_or_waits_in_a_tool_event() {
+fn cache_is_bypassed_while_a_vcpu_runs_and_when_disabled() {
     let (vm, sim) = v7();
     vm.enable_page_cache(64);
     let reads = || commands(&sim, sys::KVMI_VM_READ_PHYSICAL);
@@ -103,4 +103,34 @@ fn cached_reads_of_a_hole_fail_like_uncached_ones() {
         "{e:?}"
     );
     assert_eq!(vm.page_cache_stats().frames, 0);
+}
+
+#[test]
+fn cache_is_bypassed_while_the_tool_holds_an_event_during_a_pause() {
+    use vmi_core::{EventControl, Monitor, Response};
+    let (vm, sim) = v7();
+    vm.enable_page_cache(64);
+    let reads = || commands(&sim, sys::KVMI_VM_READ_PHYSICAL);
+    vm.enable(&Monitor::Cpuid).unwrap();
+    let h = sim
+        .trigger(
+            0,
+            kvmi_sim::SimEvent::Cpuid {
+                leaf: 0,
+                subleaf: 0,
+            },
+        )
+        .unwrap();
+    let ev = vm.wait_event(T).unwrap().unwrap();
+    // vCPU 0 waits in the tool's event (its answer may emulate a write), vCPU 1 is
+    // paused: the guest is stopped, but not held by us alone.
+    let pause = vm.pause().unwrap();
+    let n = reads();
+    jiffies(&vm);
+    jiffies(&vm);
+    assert_eq!(reads(), n + 2, "no caching while a tool event is held");
+    assert_eq!(vm.page_cache_stats().frames, 0);
+    ev.reply(Response::continue_()).unwrap();
+    h.wait_reply(T).unwrap();
+    drop(pause);
 }
