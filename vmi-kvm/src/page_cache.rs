@@ -26,6 +26,8 @@
 //! * **Not seen:** writes by QEMU's devices (DMA, e.g. a virtio queue completing)
 //!   while the vCPUs are paused — KVMi reports nothing about them. That is why the
 //!   cache is off unless the tool enables it ([`crate::KvmiVm::enable_page_cache`]).
+//!   Nor is a vCPU hot-plugged after connect: the session counts vCPUs once, so
+//!   "every vCPU held" means every vCPU it knows.
 //!
 //! The cache is bounded (`frames` given when enabling); past that, frames are simply
 //! not cached.
