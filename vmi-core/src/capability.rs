@@ -455,6 +455,16 @@ pub trait Backend {
         None
     }
 
+    /// Virtualization exceptions (#VE).
+    fn virtualization_exceptions(&self) -> Option<&dyn crate::VirtualizationExceptions> {
+        None
+    }
+
+    /// Sub-page write protection (SPP).
+    fn sub_page_protection(&self) -> Option<&dyn crate::SubPageProtection> {
+        None
+    }
+
     /// Guest frame allocation.
     fn gfn_allocation(&self) -> Option<&dyn crate::GfnAllocation> {
         None

@@ -94,6 +94,6 @@ pub use park::{PauseGuard, PauseScope, PendingEvent};
 pub use registers::{
     Msrs, ReadRegisters, Register, RegisterGroups, RegisterSnapshot, WriteRegisters,
 };
-pub use slat::{GfnAllocation, PageAccess, SlatViews};
+pub use slat::{GfnAllocation, PageAccess, SlatViews, SubPageProtection, VirtualizationExceptions};
 pub use vcpu::{VcpuControl, VcpuSet};
 pub use virt::{AddressSpace, Space, VirtualMemory};

@@ -1,9 +1,10 @@
 //! Second-level address translation: per-page access restrictions, SLAT views (EPT
-//! views / altp2m) and allocation of new guest frames.
+//! views / altp2m), views the guest may switch to itself, virtualization exceptions
+//! (#VE), sub-page write protection (SPP) and allocation of new guest frames.
 
 use std::ops::Range;
 
-use crate::addr::{Gfn, VcpuId, View};
+use crate::addr::{Gfn, Gpa, VcpuId, View};
 use crate::error::{Error, Result};
 use crate::event::Access;
 
@@ -55,6 +56,45 @@ pub trait SlatViews {
     /// In `view`, makes guest frame `old` map to the memory of `new` (LibVMI
     /// `slat_change_gfn`); `new == old` restores the identity mapping.
     fn change_gfn(&self, view: View, old: Gfn, new: Gfn) -> Result<()>;
+
+    /// Lets the guest on `vcpu` switch to `view` itself (Intel VMFUNC 0, EPTP
+    /// switching, without an exit) when `visible`, or forbids it again. The default
+    /// says the backend cannot.
+    fn set_view_visible(&self, vcpu: VcpuId, view: View, visible: bool) -> Result<()> {
+        let _ = (vcpu, view, visible);
+        Err(Error::unsupported(
+            "guest-visible SLAT views",
+            "this backend has no way to expose views to the guest",
+        ))
+    }
+}
+
+/// Virtualization exceptions (Intel #VE): EPT violations delivered to the guest as
+/// vector 20 instead of exiting to the host, for pages whose "suppress #VE" bit is
+/// clear (LibVMI has no equivalent; Xen's altp2m has `set_suppress_ve`).
+pub trait VirtualizationExceptions {
+    /// Makes `vcpu` take #VE, with its information page at `info` (guest-physical,
+    /// 4 KiB-aligned). With `exit_too`, the host is also told about each one.
+    fn enable_ve(&self, vcpu: VcpuId, info: Gpa, exit_too: bool) -> Result<()>;
+
+    /// Stops #VE on `vcpu`.
+    fn disable_ve(&self, vcpu: VcpuId) -> Result<()>;
+
+    /// Sets (`suppress`) or clears the "suppress #VE" bit of `gfn` in `view`: with the
+    /// bit clear, an EPT violation on that page becomes a #VE in the guest.
+    fn set_suppress_ve(&self, view: View, gfn: Gfn, suppress: bool) -> Result<()>;
+}
+
+/// Sub-page write protection (Intel SPP): a write-restricted page whose 128-byte
+/// sub-pages are writable per a 32-bit bitmap, so writes to the others trap alone.
+pub trait SubPageProtection {
+    /// Turns SPP on for the guest (hosts may not be able to turn it off again; with it
+    /// on, views other than the default may be refused).
+    fn enable_spp(&self) -> Result<()>;
+
+    /// For each `(gfn, bitmap)`: bit `i` set makes bytes `128·i .. 128·(i+1)` of the
+    /// page writable although the page's access forbids writes.
+    fn set_write_bitmaps(&self, pages: &[(Gfn, u32)]) -> Result<()>;
 }
 
 /// Adding guest frames beyond the guest's RAM (LibVMI `vmi_alloc_gfn`).

@@ -9,6 +9,9 @@
 //!   (one request, one reply).
 //! * `read_physical/bulk_64MiB`: 64 MiB in one call (16384 page requests, pipelined
 //!   64 at a time).
+//! * `page_cache/hit_4KiB`, `page_cache/miss_4KiB`: one page with the opt-in page
+//!   cache on and the guest paused — served from the cache, or fetched (the cache
+//!   emptied before each read) and inserted.
 //! * `registers/snapshot_running`: GPRs, CRs, segments, GDTR/IDTR, EFER of a running
 //!   vCPU (one `GET_REGISTERS`); `registers/snapshot_parked` of a paused one (cache).
 //! * `event_round_trip/vcpus_N`: N vCPUs each raising CR3 events back to back, the
@@ -123,6 +126,27 @@ fn read_physical(c: &mut Criterion) {
     g.finish();
 }
 
+fn page_cache(c: &mut Criterion) {
+    let (vm, _sim) = setup(1);
+    vm.enable_page_cache(FRAMES as usize);
+    let _paused = vm.pause().unwrap();
+    let mut g = c.benchmark_group("page_cache");
+    g.throughput(Throughput::Bytes(4096));
+    let mut page = vec![0u8; 4096];
+    vm.read_physical(Gpa(0x5000), &mut page).unwrap();
+    g.bench_function("hit_4KiB", |bench| {
+        bench.iter(|| vm.read_physical(Gpa(0x5000), black_box(&mut page)).unwrap())
+    });
+    g.bench_function("miss_4KiB", |bench| {
+        bench.iter(|| {
+            vm.enable_page_cache(FRAMES as usize); // empties it
+            vm.read_physical(Gpa(0x5000), black_box(&mut page)).unwrap()
+        })
+    });
+    g.finish();
+    assert!(vm.page_cache_stats().hits > 0, "the hit bench hit");
+}
+
 fn registers(c: &mut Criterion) {
     let (vm, _sim) = setup(1);
     let groups = RegisterGroups::GPRS
@@ -211,6 +235,7 @@ fn main() {
         .measurement_time(Duration::from_secs(2));
     floor(&mut c);
     read_physical(&mut c);
+    page_cache(&mut c);
     registers(&mut c);
     event_round_trip(&mut c);
     c.final_summary();

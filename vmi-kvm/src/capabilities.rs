@@ -63,6 +63,31 @@ impl HostFacts {
             && self.command(sys::KVMI_VCPU_GET_EPT_VIEW)
     }
 
+    /// Guest-visible views: EPT views plus VMFUNC and `CONTROL_EPT_VIEW` allowed.
+    pub(crate) fn view_visibility(&self) -> bool {
+        self.ept_views()
+            && self.features.is_some_and(|f| f.vmfunc != 0)
+            && self.command(sys::KVMI_VCPU_CONTROL_EPT_VIEW)
+    }
+
+    /// #VE: the feature bit and `SET_VE_INFO`/`DISABLE_VE`/`SET_PAGE_SVE` allowed.
+    pub(crate) fn ve(&self) -> bool {
+        self.v7()
+            && self.features.is_some_and(|f| f.ve != 0)
+            && self.command(sys::KVMI_VCPU_SET_VE_INFO)
+            && self.command(sys::KVMI_VCPU_DISABLE_VE)
+            && self.command(sys::KVMI_VM_SET_PAGE_SVE)
+    }
+
+    /// SPP: the feature bit (kvmi-v7 only reports features) and `CONTROL_SPP`/
+    /// `SET_PAGE_WRITE_BITMAP` allowed.
+    pub(crate) fn spp(&self) -> bool {
+        self.v7()
+            && self.features.is_some_and(|f| f.spp != 0)
+            && self.command(sys::KVMI_VM_CONTROL_SPP)
+            && self.command(sys::KVMI_VM_SET_PAGE_WRITE_BITMAP)
+    }
+
     pub(crate) fn singlestep(&self) -> bool {
         self.v7()
             && self.features.is_some_and(|f| f.singlestep != 0)
@@ -121,8 +146,11 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
     r.set(
         C::GuestMemoryMapping,
         Support::no(
-            "remote mapping needs GET_MAP_TOKEN plus the host's /dev/kvmmem ioctls \
-             (kvmi-protocol.md §3 id 22), not implemented in vmi-kvm yet; reads go over the socket",
+            "the KVMi socket protocol maps no guest memory: remote mapping is GET_MAP_TOKEN plus \
+             ioctls on the host's /dev/kvmmem device, a host-local kernel interface outside \
+             the socket (kvmi-protocol.md §3 id 22, §8.1), and QUERY_PHYSICAL's kernel side was \
+             not found (§3 id 39, §10); reads go over the socket, with an opt-in page cache \
+             while the guest is paused (KvmiVm::enable_page_cache)",
         ),
     );
 
@@ -242,11 +270,48 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
     // SLAT.
     let views = f.ept_views();
     if views {
+        let mut have = String::from(
+            "EPT views: create/destroy, switch, query, change gfn, per-view page access",
+        );
+        let mut lack = Vec::new();
+        for (ok, what, why) in [
+            (
+                f.view_visibility(),
+                "guest-visible views",
+                "guest-visible views need VMFUNC and CONTROL_EPT_VIEW (kvmi-protocol.md §3 id 36)",
+            ),
+            (
+                f.ve(),
+                "#VE",
+                "#VE needs features.ve and SET_VE_INFO/DISABLE_VE/SET_PAGE_SVE (§3 ids 28, 30, 33)",
+            ),
+            (
+                f.spp(),
+                "SPP write bitmaps",
+                "SPP needs features.spp and CONTROL_SPP/SET_PAGE_WRITE_BITMAP (§3 ids 24, 26)",
+            ),
+        ] {
+            if ok {
+                have.push_str(", ");
+                have.push_str(what);
+            } else {
+                lack.push(why);
+            }
+        }
+        if lack.is_empty() {
+            r.set(C::Slat, Support::Supported);
+        } else {
+            r.set(
+                C::Slat,
+                Support::partly(format!("{have}; not on this host: {}", lack.join("; "))),
+            );
+        }
+    } else if f.ve() || f.spp() {
         r.set(
             C::Slat,
             Support::partly(
-                "EPT views: switch, query, change gfn, per-view page access; #VE and SPP are \
-                 not implemented in vmi-kvm yet",
+                "no EPT views (kvmi-protocol.md §3 id 32: EPTP switching or SET_EPT_VIEW \
+                 missing); #VE and/or SPP on the default view as the host's features say",
             ),
         );
     } else {
@@ -254,7 +319,8 @@ pub(crate) fn report(f: &HostFacts) -> CapabilityReport {
             C::Slat,
             Support::no(
                 "EPT views need kvmi-v7 with EPTP switching and SET_EPT_VIEW allowed \
-                 (kvmi-protocol.md §3 id 32, §7)",
+                 (kvmi-protocol.md §3 id 32, §7); kvmi-v6 reports no features, so #VE and \
+                 SPP are not used there either (§3 id 2, §7)",
             ),
         );
     }

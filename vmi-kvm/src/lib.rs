@@ -54,6 +54,7 @@ pub mod dispatch;
 mod error;
 pub mod events;
 pub mod memory;
+pub mod page_cache;
 pub mod park;
 mod registers;
 pub mod response;
@@ -122,6 +123,20 @@ impl vmi_core::Backend for KvmiVm {
             .facts
             .ept_views()
             .then_some(self as &dyn vmi_core::SlatViews)
+    }
+
+    fn virtualization_exceptions(&self) -> Option<&dyn vmi_core::VirtualizationExceptions> {
+        self.shared
+            .facts
+            .ve()
+            .then_some(self as &dyn vmi_core::VirtualizationExceptions)
+    }
+
+    fn sub_page_protection(&self) -> Option<&dyn vmi_core::SubPageProtection> {
+        self.shared
+            .facts
+            .spp()
+            .then_some(self as &dyn vmi_core::SubPageProtection)
     }
 
     fn gfn_allocation(&self) -> Option<&dyn vmi_core::GfnAllocation> {

@@ -3,6 +3,9 @@
 //! one page) and pipelined — every page request of a call goes out before the first
 //! reply is awaited, in windows of [`WINDOW`] requests, so a 64 KiB read costs about
 //! one round trip, not sixteen. Memory size comes from `GET_MAX_GFN`.
+//!
+//! Reads may be served by the opt-in [page cache](crate::page_cache) while the whole
+//! guest is held in our pause events; writes keep it honest.
 
 use kvmi_sys as sys;
 use vmi_core::memory::{MemoryInfo, PhysicalRange};
@@ -38,7 +41,104 @@ fn pieces(gpa: u64, len: usize) -> Result<Vec<(u64, usize, usize)>> {
 }
 
 impl Shared {
+    /// Reads through the page cache when it is enabled and the guest is held (see
+    /// [`crate::page_cache`]), else over the socket.
     pub(crate) fn read_physical(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
+        if !self.page_cache.enabled() {
+            return self.fetch_physical(gpa, buf);
+        }
+        let Some(holds) = self.hold_set() else {
+            // Some vCPU may run: nothing cached can be trusted now or later.
+            let mut c = self.page_cache.lock();
+            if !c.frames.is_empty() {
+                c.frames.clear();
+            }
+            drop(c);
+            return self.fetch_physical(gpa, buf);
+        };
+        let parts = pieces(gpa, buf.len())?;
+        // Serve what is cached; collect the frames to fetch.
+        let (generation, missing) = {
+            let mut c = self.page_cache.lock();
+            if c.holds != holds {
+                c.frames.clear();
+                c.holds = holds.clone();
+            }
+            let mut missing: Vec<u64> = Vec::new();
+            let mut hits = 0;
+            for &(a, off, n) in &parts {
+                let gfn = a / PAGE_SIZE;
+                let at = (a % PAGE_SIZE) as usize;
+                match c.frames.get(&gfn) {
+                    Some(f) => {
+                        buf[off..off + n].copy_from_slice(&f[at..at + n]);
+                        hits += 1;
+                    }
+                    None => {
+                        if missing.last() != Some(&gfn) {
+                            missing.push(gfn);
+                        }
+                    }
+                }
+            }
+            c.hits += hits;
+            (c.generation, missing)
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Fetch whole frames (pipelined: adjacent frames as one range).
+        let mut fetched: Vec<(u64, crate::page_cache::Frame)> = Vec::with_capacity(missing.len());
+        let mut frames = vec![0u8; missing.len() * PAGE_SIZE as usize];
+        // One call per run of adjacent frames keeps the error of a hole precise.
+        let mut i = 0;
+        while i < missing.len() {
+            let mut j = i + 1;
+            while j < missing.len() && missing[j] == missing[j - 1] + 1 {
+                j += 1;
+            }
+            let span = &mut frames[i * PAGE_SIZE as usize..j * PAGE_SIZE as usize];
+            if let Err(e) = self.fetch_physical(missing[i] * PAGE_SIZE, span) {
+                return match e {
+                    // Report the caller's range, not the frame's.
+                    Error::UnmappedPhysical { .. } => Err(Error::UnmappedPhysical {
+                        gpa: Gpa(gpa),
+                        len: buf.len() as u64,
+                    }),
+                    other => Err(other),
+                };
+            }
+            i = j;
+        }
+        for (k, &gfn) in missing.iter().enumerate() {
+            let mut f: crate::page_cache::Frame = Box::new([0; PAGE_SIZE as usize]);
+            f.copy_from_slice(&frames[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize]);
+            fetched.push((gfn, f));
+        }
+        for &(a, off, n) in &parts {
+            let gfn = a / PAGE_SIZE;
+            if let Ok(k) = missing.binary_search(&gfn) {
+                let at = (a % PAGE_SIZE) as usize;
+                buf[off..off + n].copy_from_slice(&fetched[k].1[at..at + n]);
+            }
+        }
+        // Keep the frames only if no vCPU ran and we wrote nothing meanwhile.
+        let still_held = self.hold_set().as_ref() == Some(&holds);
+        let mut c = self.page_cache.lock();
+        c.misses += missing.len() as u64;
+        if still_held && c.generation == generation && c.holds == holds {
+            for (gfn, f) in fetched {
+                if c.frames.len() >= c.capacity {
+                    break;
+                }
+                c.frames.insert(gfn, f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads over the socket, bypassing the cache.
+    pub(crate) fn fetch_physical(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
         let parts = pieces(gpa, buf.len())?;
         let t = self.conn.config().request_timeout;
         for window in parts.chunks(WINDOW) {
@@ -86,8 +186,18 @@ impl Shared {
         Ok(())
     }
 
+    /// Writes, dropping the frames written from the page cache before and after (a
+    /// read racing with the write sees the generation change and caches nothing).
     pub(crate) fn write_physical(&self, gpa: u64, data: &[u8]) -> Result<()> {
         let parts = pieces(gpa, data.len())?;
+        let gfns = || parts.iter().map(|&(a, _, _)| a / PAGE_SIZE);
+        self.page_cache.invalidate(gfns());
+        let r = self.send_writes(&parts, data);
+        self.page_cache.invalidate(gfns());
+        r
+    }
+
+    fn send_writes(&self, parts: &[(u64, usize, usize)], data: &[u8]) -> Result<()> {
         let t = self.conn.config().request_timeout;
         for window in parts.chunks(WINDOW) {
             let mut pending = Vec::with_capacity(window.len());
@@ -121,6 +231,30 @@ impl Shared {
 impl PhysicalMemory for KvmiVm {
     fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
         self.shared.read_physical(gpa.0, buf)
+    }
+}
+
+impl KvmiVm {
+    /// Enables the page cache for physical reads, keeping at most `frames` frames
+    /// (0 disables it). Frames are cached only while every vCPU is held by a pause
+    /// (no tool event in progress) and dropped as soon as one may run; writes through
+    /// this session keep them honest. Writes by QEMU's devices (DMA) while the guest is
+    /// paused are not seen — see [`crate::page_cache`] — which is why it is opt-in.
+    pub fn enable_page_cache(&self, frames: usize) {
+        let mut c = self.shared.page_cache.lock();
+        c.capacity = frames;
+        c.generation += 1;
+        c.frames.clear();
+    }
+
+    /// Frames held and hits/misses since the session started.
+    pub fn page_cache_stats(&self) -> crate::page_cache::PageCacheStats {
+        let c = self.shared.page_cache.lock();
+        crate::page_cache::PageCacheStats {
+            frames: c.frames.len(),
+            hits: c.hits,
+            misses: c.misses,
+        }
     }
 }
 

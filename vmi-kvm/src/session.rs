@@ -33,6 +33,9 @@ pub(crate) struct VcpuHost {
     pub(crate) pause_requested: u32,
     /// The `PAUSE_VCPU` event the vCPU is held in while paused.
     pub(crate) pause_held: Option<KEvent>,
+    /// A stamp unique to the current `pause_held` hold (the page cache's proof that
+    /// the vCPU has not run since).
+    pub(crate) held_stamp: u64,
     /// Something (a pause) wants this vCPU stopped.
     pub(crate) pause_wanted: bool,
     /// A tool-visible event of this vCPU is queued or handed out, unanswered.
@@ -71,6 +74,10 @@ pub(crate) struct HostState {
     pub(crate) switched: std::collections::BTreeSet<u16>,
     /// (view, old gfn) remapped with CHANGE_GFN.
     pub(crate) remaps: std::collections::BTreeSet<(u16, u64)>,
+    /// (vCPU, view) pairs made visible to the guest (`CONTROL_EPT_VIEW`).
+    pub(crate) visible: std::collections::BTreeSet<(u16, u16)>,
+    /// vCPUs with #VE enabled (`SET_VE_INFO`).
+    pub(crate) ve_vcpus: std::collections::BTreeSet<u16>,
 }
 
 /// What every part of one session shares.
@@ -80,6 +87,7 @@ pub(crate) struct Shared {
     pub(crate) vcpu_count: u32,
     state: Mutex<HostState>,
     next_ticket: AtomicU64,
+    pub(crate) page_cache: crate::page_cache::PageCache,
 }
 
 impl Shared {
@@ -107,6 +115,16 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// The stamps of every vCPU's `PAUSE_VCPU` hold, or `None` when some vCPU is not
+    /// held by one (it runs, or waits in a tool event).
+    pub(crate) fn hold_set(&self) -> Option<Vec<u64>> {
+        let st = self.lock();
+        st.vcpus
+            .iter()
+            .map(|h| h.pause_held.as_ref().map(|_| h.held_stamp))
+            .collect()
     }
 
     pub(crate) fn ticket(&self) -> u64 {
@@ -140,6 +158,7 @@ impl Shared {
                 h.pause_requested = h.pause_requested.saturating_sub(1);
                 if h.pause_wanted && h.pause_held.is_none() {
                     h.pause_held = Some(ev);
+                    h.held_stamp = self.next_ticket.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 drop(st);
@@ -337,10 +356,13 @@ impl KvmiVm {
                 unhooked: false,
                 unhook_answered: false,
                 views: Default::default(),
+                visible: Default::default(),
+                ve_vcpus: Default::default(),
                 switched: Default::default(),
                 remaps: Default::default(),
             }),
             next_ticket: AtomicU64::new(1),
+            page_cache: Default::default(),
         });
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),

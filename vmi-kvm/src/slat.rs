@@ -10,12 +10,23 @@
 //! ([`GfnAllocation`]) uses `GET_NEXT_AVAILABLE_GFN`/`ALLOC_GFN`/`FREE_GFN`; frames
 //! allocated stay with the guest at teardown (it may use them by then).
 //!
-//! #VE and SPP are not implemented yet (the capability table says so).
+//! Guest-visible views (`CONTROL_EPT_VIEW`, needs VMFUNC), #VE
+//! ([`VirtualizationExceptions`]: `SET_VE_INFO`, `DISABLE_VE`, `SET_PAGE_SVE`) and SPP
+//! ([`SubPageProtection`]: `CONTROL_SPP`, `SET_PAGE_WRITE_BITMAP`) where the host's
+//! features and allow list say so (the session's host facts); otherwise
+//! their `Backend` accessors are `None` and the methods fail with the reason.
+//! Visibility and #VE are undone at teardown; suppress-#VE bits are left as set
+//! (without #VE enabled on any vCPU they have no effect), and SPP cannot be turned off
+//! again (the host refuses `enable = 0`, kvmi-protocol.md §3 id 24) — its bitmaps
+//! only matter on write-restricted pages, and the teardown lifts every restriction.
 
 use std::ops::Range;
 
 use kvmi_sys as sys;
-use vmi_core::{Access, Error, Gfn, GfnAllocation, PageAccess, Result, SlatViews, VcpuId, View};
+use vmi_core::{
+    Access, Error, Gfn, GfnAllocation, Gpa, PageAccess, Result, SlatViews, SubPageProtection,
+    VcpuId, View, VirtualizationExceptions,
+};
 
 use crate::error::{proto, proto_at};
 use crate::session::KvmiVm;
@@ -171,6 +182,7 @@ impl SlatViews for KvmiVm {
         }
         let mut st = sh.lock();
         st.views.remove(&view.0);
+        st.visible.retain(|(_, v)| *v != view.0);
         st.restricted.retain(|(v, _), _| *v != view.0);
         st.remaps.retain(|(v, _)| *v != view.0);
         Ok(())
@@ -219,6 +231,120 @@ impl SlatViews for KvmiVm {
         }
         Ok(())
     }
+    fn set_view_visible(&self, vcpu: VcpuId, view: View, visible: bool) -> Result<()> {
+        self.shared.check_vcpu(vcpu)?;
+        self.require_views()?;
+        self.check_view(view)?;
+        if !self.shared.facts.view_visibility() {
+            return Err(Error::unsupported(
+                "guest-visible EPT views",
+                "the host lacks VMFUNC or disallows CONTROL_EPT_VIEW (kvmi-protocol.md §3 id 36)",
+            ));
+        }
+        self.shared
+            .conn
+            .control_ept_view(vcpu.0, view.0, visible)
+            .map_err(|e| proto_at("KVMI_VCPU_CONTROL_EPT_VIEW", Some(vcpu), None, e))?;
+        let mut st = self.shared.lock();
+        if visible {
+            st.visible.insert((vcpu.0, view.0));
+        } else {
+            st.visible.remove(&(vcpu.0, view.0));
+        }
+        Ok(())
+    }
+}
+
+const NO_VE: &str = "#VE needs kvmi-v7 with features.ve and SET_VE_INFO/DISABLE_VE/SET_PAGE_SVE \
+                     allowed (kvmi-protocol.md §3 ids 28, 30, 33; kvmi-v6 reports no features, §7)";
+const NO_SPP: &str = "SPP needs kvmi-v7 with features.spp and CONTROL_SPP/SET_PAGE_WRITE_BITMAP \
+                      allowed (kvmi-protocol.md §3 ids 24, 26; kvmi-v6 reports no features, §7)";
+
+impl VirtualizationExceptions for KvmiVm {
+    fn enable_ve(&self, vcpu: VcpuId, info: Gpa, exit_too: bool) -> Result<()> {
+        self.shared.check_vcpu(vcpu)?;
+        if !self.shared.facts.ve() {
+            return Err(Error::unsupported("#VE", NO_VE));
+        }
+        if info.0 % vmi_core::PAGE_SIZE != 0 {
+            return Err(Error::InvalidArgument {
+                what: "#VE information page",
+                reason: format!("{info} is not 4 KiB-aligned").into(),
+            });
+        }
+        // Recorded first: if the host applied it and the reply was lost, the teardown
+        // still disables it.
+        self.shared.lock().ve_vcpus.insert(vcpu.0);
+        self.shared
+            .conn
+            .set_ve_info(vcpu.0, info.0, exit_too)
+            .map_err(|e| proto_at("KVMI_VCPU_SET_VE_INFO", Some(vcpu), None, e))
+    }
+
+    fn disable_ve(&self, vcpu: VcpuId) -> Result<()> {
+        self.shared.check_vcpu(vcpu)?;
+        if !self.shared.facts.ve() {
+            return Err(Error::unsupported("#VE", NO_VE));
+        }
+        self.shared
+            .conn
+            .disable_ve(vcpu.0)
+            .map_err(|e| proto_at("KVMI_VCPU_DISABLE_VE", Some(vcpu), None, e))?;
+        self.shared.lock().ve_vcpus.remove(&vcpu.0);
+        Ok(())
+    }
+
+    fn set_suppress_ve(&self, view: View, gfn: Gfn, suppress: bool) -> Result<()> {
+        if !self.shared.facts.ve() {
+            return Err(Error::unsupported("#VE", NO_VE));
+        }
+        self.check_view(view)?;
+        let gpa = gfn
+            .raw()
+            .checked_mul(vmi_core::PAGE_SIZE)
+            .ok_or(Error::InvalidArgument {
+                what: "gfn",
+                reason: "beyond the physical address space".into(),
+            })?;
+        self.shared
+            .conn
+            .set_page_sve(view.0, gpa, suppress)
+            .map_err(|e| proto_at("KVMI_VM_SET_PAGE_SVE", None, Some(gfn.raw()), e))
+    }
+}
+
+impl SubPageProtection for KvmiVm {
+    fn enable_spp(&self) -> Result<()> {
+        if !self.shared.facts.spp() {
+            return Err(Error::unsupported("SPP", NO_SPP));
+        }
+        self.shared
+            .conn
+            .control_spp(true)
+            .map_err(|e| proto("KVMI_VM_CONTROL_SPP", e))
+    }
+
+    fn set_write_bitmaps(&self, pages: &[(Gfn, u32)]) -> Result<()> {
+        if !self.shared.facts.spp() {
+            return Err(Error::unsupported("SPP", NO_SPP));
+        }
+        let entries: Vec<(u64, u32)> = pages
+            .iter()
+            .map(|&(g, b)| g.raw().checked_mul(vmi_core::PAGE_SIZE).map(|gpa| (gpa, b)))
+            .collect::<Option<_>>()
+            .ok_or(Error::InvalidArgument {
+                what: "gfn",
+                reason: "beyond the physical address space".into(),
+            })?;
+        // Same message bound as SET_PAGE_ACCESS: 16-byte entries after an 8-byte head.
+        for chunk in entries.chunks(ENTRIES_PER_MESSAGE) {
+            self.shared
+                .conn
+                .set_page_write_bitmap(chunk)
+                .map_err(|e| proto("KVMI_VM_SET_PAGE_WRITE_BITMAP", e))?;
+        }
+        Ok(())
+    }
 }
 
 impl GfnAllocation for KvmiVm {
@@ -237,6 +363,8 @@ impl GfnAllocation for KvmiVm {
         self.parking
             .capabilities()
             .require(vmi_core::Capability::GfnAllocation)?;
+        // The frame's backing changes: nothing cached may survive it.
+        self.shared.page_cache.clear();
         self.shared
             .conn
             .alloc_gfn(0, gfn.raw())
@@ -247,6 +375,8 @@ impl GfnAllocation for KvmiVm {
         self.parking
             .capabilities()
             .require(vmi_core::Capability::GfnAllocation)?;
+        // The frame's backing changes: nothing cached may survive it.
+        self.shared.page_cache.clear();
         self.shared
             .conn
             .free_gfn(0, gfn.raw())

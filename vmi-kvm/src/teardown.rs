@@ -4,7 +4,8 @@
 //!
 //! 1. restore breakpoint bytes;
 //! 2. lift page-access restrictions (`SET_PAGE_ACCESS` RWX, batched per view);
-//! 3. switch vCPUs back to view 0, undo gfn remaps, destroy created views, stop
+//! 3. switch vCPUs back to view 0, hide views made guest-visible, disable #VE,
+//!    undo gfn remaps, destroy created views, stop
 //!    singlestep, remove CR/MSR intercepts, disable vCPU and VM events (in that
 //!    order, pipelined);
 //! 4. end every pause ([`vmi_core::park::Parking::shutdown`]: queued register writes
@@ -74,6 +75,22 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
             cmds.push((
                 sys::KVMI_VCPU_SET_EPT_VIEW,
                 kvmi_proto::commands::vcpu_payload(v, zerocopy::IntoBytes::as_bytes(&body)),
+            ));
+        }
+        for (v, view) in std::mem::take(&mut st.visible) {
+            let body = sys::VcpuControlEptView {
+                view,
+                ..Default::default()
+            };
+            cmds.push((
+                sys::KVMI_VCPU_CONTROL_EPT_VIEW,
+                kvmi_proto::commands::vcpu_payload(v, zerocopy::IntoBytes::as_bytes(&body)),
+            ));
+        }
+        for v in std::mem::take(&mut st.ve_vcpus) {
+            cmds.push((
+                sys::KVMI_VCPU_DISABLE_VE,
+                kvmi_proto::commands::vcpu_payload(v, &[]),
             ));
         }
         for (view, gfn) in std::mem::take(&mut st.remaps) {
