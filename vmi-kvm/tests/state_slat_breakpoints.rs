@@ -352,3 +352,27 @@ fn teardown_during_a_step_over_disarms_singlestep() {
     assert!(g.vcpus[0].events.is_empty(), "{:?}", g.vcpus[0].events);
     assert_eq!(g.memory.read(0x2100, 1).unwrap(), [0x90]);
 }
+
+#[test]
+fn guest_frames_are_allocated_and_freed_on_the_host() {
+    use vmi_core::GfnAllocation;
+    let (vm, sim) = v7();
+    let next = vm.next_available_gfn().unwrap();
+    assert!(!sim.vm().memory.is_backed(next.raw()), "{next} is free");
+    assert!(
+        next.raw() >= sim.vm().memory.max_gfn,
+        "the first free frame is past the guest's RAM"
+    );
+    vm.alloc_gfn(next).unwrap();
+    assert!(
+        sim.vm().memory.is_backed(next.raw()),
+        "allocated on the host"
+    );
+    assert_eq!(commands(&sim, sys::KVMI_VCPU_ALLOC_GFN), 1);
+    // The next free frame moves past it; allocating it twice is refused by the host.
+    assert!(vm.next_available_gfn().unwrap().raw() > next.raw());
+    assert!(vm.alloc_gfn(next).is_err());
+    vm.free_gfn(next).unwrap();
+    assert!(!sim.vm().memory.is_backed(next.raw()), "freed on the host");
+    assert!(vm.free_gfn(next).is_err(), "a second free is refused");
+}
