@@ -155,8 +155,9 @@ pub enum Monitor {
         /// Reporting filter.
         filter: RegisterFilter,
     },
-    /// Writes to every MSR LibVMI's `MSR_ALL` names
-    /// ([`crate::registers::msr::LIBVMI_MSR_ALL`]).
+    /// Accesses to every MSR the host can intercept (LibVMI `MSR_ALL`, whose list
+    /// [`crate::registers::msr::LIBVMI_MSR_ALL`] is the least a backend covers; vmi-kvm
+    /// covers every MSR of KVM's intercept-bitmap ranges the host accepts).
     AllMsrs {
         /// Which accesses.
         access: RegisterAccess,
