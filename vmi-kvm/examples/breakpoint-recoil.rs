@@ -1,6 +1,7 @@
 //! Like LibVMI's `breakpoint-recoil-example`: a breakpoint at a guest-physical address
 //! that the guest keeps running past — each hit is printed and stepped over (the
-//! original byte is put back for one instruction, then the INT3 again).
+//! original byte is put back for one instruction, then the INT3 again). Hits of other
+//! INT3s (the guest's own) are reinjected and not counted.
 //! `breakpoint-recoil SOCKET [SECRET] [COUNT] GPA`.
 #![allow(missing_docs)]
 
@@ -18,21 +19,29 @@ fn main() {
     vm.set_breakpoint(Breakpoint::physical(gpa))
         .unwrap_or_else(|e| args::die(e));
     let n = args::each_event(&vm, a.count, |ev| {
-        let hit = matches!(ev.kind, EventKind::Breakpoint { .. });
-        if let EventKind::Breakpoint {
+        let EventKind::Breakpoint {
             gla,
             gfn,
             offset,
             insn_length,
         } = ev.kind
-        {
-            println!(
-                "vCPU {} hit at {gla} ({gfn}+{offset:#x}, {insn_length} byte)",
-                ev.vcpu
-            );
-        }
-        let _ = ev.reply(Response::continue_()); // ours: not delivered to the guest
-        hit
+        else {
+            return false;
+        };
+        // An INT3 elsewhere is the guest's own: pass it on to the guest.
+        let ours = ((gfn.0 << 12) | offset) == gpa.0;
+        println!(
+            "vCPU {} hit at {gla} ({gfn}+{offset:#x}, {insn_length} byte){}",
+            ev.vcpu,
+            if ours { "" } else { ": not ours, reinjected" }
+        );
+        let response = if ours {
+            Response::continue_() // ours: not delivered to the guest
+        } else {
+            Response::reinject()
+        };
+        let _ = ev.reply(response);
+        ours
     });
     println!("{n} breakpoint hits");
 }

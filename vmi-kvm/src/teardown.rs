@@ -192,6 +192,16 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
         drop(late);
     }
 
+    // Events kvmi-proto received while the steps above waited for their own replies
+    // (e.g. the SINGLESTEP of a step-over in progress): route them — pause events
+    // of a pause no longer wanted are answered there — and answer the rest with
+    // their defaults (dropping a kvmi-proto event replies).
+    while let Ok(Some(ev)) = sh.conn.try_next_event() {
+        sh.route(ev);
+        let late = std::mem::take(&mut sh.lock().queue);
+        drop(late);
+    }
+
     // 6. Close.
     sh.conn.close();
     first.map_or(Ok(()), Err)

@@ -1,12 +1,41 @@
-//! The examples in `examples/` run as processes against kvmi-sim (in this process)
-//! over a real UNIX socket, the way they run against a KVM-VMI host.
+//! The examples in `examples/` run as processes against kvmi-sim over a real UNIX
+//! socket, the way they run against a KVM-VMI host: against a simulator in this
+//! process (to trigger chosen events and inspect the simulated VM afterwards), and
+//! against the `kvmi-sim` binary, a second process running the simulated guest's own
+//! workload (`*_against_the_simulator_binary`).
 
 mod common;
 
 use common::*;
 use kvmi_sim::{SimConfig, SimEvent, Simulator};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// What the demo example prints against the simulated guest, whichever simulator
+/// runs it (addresses: `kvmi_sim::guest`).
+const DEMO_LINES: &[&str] = &[
+    "== VM \"kvmi-sim\" over kvmi-v7, 2 vCPUs",
+    "linux_banner 0xffffffff80110000 (virtual, vCPU 0's page tables):\n    \
+     \"Linux version 5.15.0-kvmi-sim (kvmi-sim@localhost) #1 SMP simulated guest\"",
+    "0xffffffff80110000 -> physical 0x110000 (Size2M page, executable)",
+    "physical 0x110000, 16 bytes: [4c, 69, 6e, 75, 78, 20, 76, 65, 72, 73, 69, 6f, 6e, 20, \
+     35, 2e] \"Linux version 5.\"",
+    "vCPU 0: rip 0xffffffff80100000 (default_idle+0x0)",
+    "vCPU 1: rip 0xffffffff80100000 (default_idle+0x0)",
+    "cr0 0x80050033  cr3 0x130000  cr4 0x6a0  efer 0xd01",
+    "at switch_mm+0x0: CR3 0x130000 -> 0x138000, answered: continue",
+    "(physical 0x100400, byte there now 0xcc)",
+    "INT3 at gla 0xffffffff80100400 (__x64_sys_getpid+0x0) gfn 0x100 offset 0x400 \
+     insn_length 1: ours, answered: continue",
+    "INT3 at gla 0xffffffff80100440 (int3_selftest+0x0) gfn 0x100 offset 0x440 \
+     insn_length 1: the guest's own, answered: reinject",
+    "breakpoint cleared, byte at 0x100400: 0x55",
+    "at do_timer+0x0: Access(W) at gfn 0x123 offset 0x0 gla 0xffffffff80123000 \
+     (jiffies+0x0), answered: continue",
+    "== closed: intercepts, page access and pauses undone",
+];
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps` directory (cargo
 /// builds the examples before running integration tests).
@@ -363,7 +392,7 @@ fn map_addr_example() {
 
 #[test]
 fn demo_example_against_the_simulator_workload() {
-    let (mut child, path) = start("demo", &["0", "0x10"]);
+    let (mut child, path) = start("demo", &[]);
     let s = sim(&path, kvmi_sim::Abi::V7);
     // The simulator's built-in workload raises whatever the demo has enabled.
     let end = std::time::Instant::now() + T * 4;
@@ -372,14 +401,201 @@ fn demo_example_against_the_simulator_workload() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let (out, err) = finish(child);
-    for want in [
-        "== VM \"kvmi-sim\" over kvmi-v7, 2 vCPUs",
-        "CR3 0x",
-        "INT3 at",
-        "Access(W) at 0x10+",
-        "== closed: intercepts",
-    ] {
+    for want in DEMO_LINES {
         assert!(out.contains(want), "{want:?} missing:\n{out}\n{err}");
     }
     assert!(s.vm().page_access.is_empty());
+}
+
+// Against the `kvmi-sim` binary: a second process that hooks to the example like
+// KVM-VMI QEMU, runs the simulated guest's workload (every event the example enables,
+// from the guest's instructions) and exits when the example closes the socket.
+
+/// The `kvmi-sim` binary of this build (profile and target directory of this test),
+/// built once per test process (nothing to do after `cargo test --workspace`, which
+/// builds it for kvmi-sim's own tests).
+fn sim_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(p) => p,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let status = Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "vmi-kvm", "-p", "kvmi-sim"])
+            .args(["--bin", "kvmi-sim", "--profile", profile, "--target-dir"])
+            .arg(profile_dir.parent().unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building kvmi-sim: {status}");
+        profile_dir.join("kvmi-sim")
+    })
+}
+
+/// Waits for `child` until `deadline`; kills it (our own child, by its handle) past it.
+fn output_by(child: Child, deadline: Instant, name: &str) -> Output {
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{name} did not finish in time: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs example `name` with `args` against the simulator binary (2 vCPUs, v7, 200
+/// events/s); returns both stdouts once both have exited, the example successfully.
+fn run_against_binary(name: &str, args: &[&str]) -> (String, String, Output) {
+    let sim = sim_binary();
+    let (example, path) = start(name, args);
+    let host = Command::new(sim)
+        .arg("--socket")
+        .arg(&path)
+        .arg("--secret")
+        .arg(std::str::from_utf8(SECRET).unwrap())
+        .args(["--vcpus", "2", "--rate", "200", "--duration", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ex = output_by(example, deadline, name);
+    let host = output_by(host, deadline, "kvmi-sim");
+    let _ = std::fs::remove_file(&path);
+    let out = String::from_utf8_lossy(&ex.stdout).into_owned();
+    let host_out = String::from_utf8_lossy(&host.stdout).into_owned();
+    assert!(
+        ex.status.success(),
+        "{name}: {ex:?}\nkvmi-sim: {host_out}\n{}",
+        String::from_utf8_lossy(&host.stderr)
+    );
+    assert!(
+        host_out.contains("connection: the tool closed the connection"),
+        "{host_out}"
+    );
+    (out, host_out, host)
+}
+
+/// kvmi-sim's `events sent / replies received` count for `event` (e.g.
+/// `KVMI_EVENT_CR`): (sent, replies).
+fn host_events(host_out: &str, event: &str) -> (u64, u64) {
+    let line = host_out
+        .lines()
+        .skip_while(|l| !l.starts_with("events sent / replies received"))
+        .find(|l| l.split_whitespace().nth(1) == Some(event))
+        .unwrap_or_else(|| panic!("no {event} in\n{host_out}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[2].parse().unwrap(), w[4].parse().unwrap())
+}
+
+#[test]
+fn map_addr_against_the_simulator_binary() {
+    let banner = format!("{:#x}", kvmi_sim::guest::BANNER_VA);
+    let (out, _, host) = run_against_binary("map-addr", &["16", &banner]);
+    assert!(host.status.success(), "{host:?}");
+    assert!(
+        out.contains(&format!(
+            "{banner} -> 0x110000 (software walk, Size2M page)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{banner} -> 0x110000 (host)")),
+        "{out}"
+    );
+    let bytes: Vec<String> = kvmi_sim::guest::BANNER[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(out.contains(&format!("[{}]", bytes.join(", "))), "{out}");
+}
+
+#[test]
+fn cr3_event_against_the_simulator_binary() {
+    let (out, host_out, _) = run_against_binary("cr3-event", &["4"]);
+    let (kernel, user) = (kvmi_sim::guest::KERNEL_CR3, kvmi_sim::guest::USER_CR3);
+    let switches: Vec<&str> = out.lines().filter(|l| l.starts_with("vCPU ")).collect();
+    assert_eq!(switches.len(), 4, "{out}");
+    for l in &switches {
+        assert!(
+            l.ends_with(&format!("CR3 {kernel:#x} -> {user:#x}"))
+                || l.ends_with(&format!("CR3 {user:#x} -> {kernel:#x}")),
+            "the guest switches between its two address spaces: {l}"
+        );
+    }
+    assert!(out.contains("4 CR3 events"), "{out}");
+    // Exactly one reply per event, also for those in flight at close.
+    let (sent, replies) = host_events(&host_out, "KVMI_EVENT_CR");
+    assert!(replies >= 4, "{host_out}");
+    assert_eq!(sent, replies, "{host_out}");
+}
+
+#[test]
+fn breakpoint_recoil_against_the_simulator_binary() {
+    let target = format!("{:#x}", kvmi_sim::guest::SYM_BP_TARGET_PA);
+    let (out, host_out, _) = run_against_binary("breakpoint-recoil", &["3", &target]);
+    let ours = format!(
+        "hit at {:#x} (0x100+0x400, 1 byte)\n",
+        kvmi_sim::guest::SYM_BP_TARGET
+    );
+    assert_eq!(out.matches(&ours).count(), 3, "{out}");
+    // The guest's own INT3 (the workload runs it too) is reinjected, not counted.
+    for l in out
+        .lines()
+        .filter(|l| l.contains("hit at") && !l.contains("0x100+0x400"))
+    {
+        assert!(
+            l.contains("(0x100+0x440, 1 byte): not ours, reinjected"),
+            "{l}"
+        );
+    }
+    assert!(out.contains("3 breakpoint hits"), "{out}");
+    let (sent, replies) = host_events(&host_out, "KVMI_EVENT_BREAKPOINT");
+    assert!(replies >= 3, "{host_out}");
+    assert_eq!(sent, replies, "{host_out}");
+    // Each hit of ours was stepped over: singlestep armed, one SINGLESTEP per hit
+    // (the last may still be in flight when the example closes).
+    let (steps, _) = host_events(&host_out, "KVMI_EVENT_SINGLESTEP");
+    assert!(steps >= 2, "{host_out}");
+}
+
+#[test]
+fn demo_against_the_simulator_binary() {
+    let (out, host_out, _) = run_against_binary("demo", &[]);
+    for want in DEMO_LINES {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    for (event, shown) in [
+        ("KVMI_EVENT_CR", 1),
+        ("KVMI_EVENT_BREAKPOINT", 2),
+        ("KVMI_EVENT_PF", 1),
+    ] {
+        let (sent, replies) = host_events(&host_out, event);
+        assert!(replies >= shown, "{event}: {host_out}");
+        assert_eq!(sent, replies, "{event}: {host_out}");
+    }
+}
+
+/// Every event the host sent is answered exactly once, also those that arrive while
+/// the teardown waits for the replies to its own commands (a step over in progress
+/// when breakpoint-recoil exits, say: its SINGLESTEP event).
+/// (The teardown drains what kvmi-proto buffered meanwhile before it closes; without
+/// that, kvmi-sim reported e.g. `KVMI_EVENT_SINGLESTEP 3 / 2` here.)
+#[test]
+fn every_event_answered_at_close_against_the_simulator_binary() {
+    for _ in 0..5 {
+        let target = format!("{:#x}", kvmi_sim::guest::SYM_BP_TARGET_PA);
+        let (_, host_out, _) = run_against_binary("breakpoint-recoil", &["3", &target]);
+        for event in ["KVMI_EVENT_BREAKPOINT", "KVMI_EVENT_SINGLESTEP"] {
+            let (sent, replies) = host_events(&host_out, event);
+            assert_eq!(sent, replies, "{event}: {host_out}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod accel;
 mod cpio;
 mod demo;
 mod image;
+mod kvmi_demo;
 mod provision;
 mod spinners;
 mod testguest;
@@ -32,9 +33,13 @@ commands:
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
   bench [ARGS]   provision, then `cargo bench --workspace --exclude xtask ARGS` with one
                  idle-priority spinner per core running (keeps the VM's vCPUs awake);
-                 with `-p kvmi-proto|kvmi-sim|kvmi-sys` only, `cargo bench ARGS` without
-                 provisioning the guest
-  demo           provision, then boot the guest and introspect it
+                 with `-p kvmi-proto|kvmi-sim|kvmi-sys|vmi-kvm` only, `cargo bench ARGS`
+                 without provisioning the guest
+  demo [kvmi|legacy]
+                 kvmi: vmi-kvm against the KVMi host simulator (kvmi-sim, a second
+                 process; simulated, no KVM-VMI kernel; needs neither root nor QEMU);
+                 legacy: provision, then boot the guest under QEMU and introspect it;
+                 both (kvmi first) without an argument
   lint           fmt check, clippy, docs (warnings are errors)
   ci             `lint`, then `test`
 
@@ -68,9 +73,7 @@ fn main() {
         }),
         Some("test") => prepare().and_then(|paths| test(&paths, &rest)),
         Some("bench") => bench(&rest),
-        Some("demo") => no_args("demo", &rest)
-            .and_then(|()| prepare())
-            .and_then(|paths| demo::run(&paths)),
+        Some("demo") => demo(&rest),
         Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
         Some("ci") => ci(&rest),
         Some("help" | "-h" | "--help") => {
@@ -89,6 +92,34 @@ fn main() {
 fn no_args(command: &str, rest: &[OsString]) -> Result {
     if !rest.is_empty() {
         bail!("`cargo xtask {command}` takes no arguments (got {rest:?})");
+    }
+    Ok(())
+}
+
+/// `demo [kvmi|legacy]`: the KVMi section needs no guest, so it runs first (and
+/// runs where provisioning QEMU would fail).
+fn demo(rest: &[OsString]) -> Result {
+    let section = match rest {
+        [] => None,
+        [s] => Some(s.to_string_lossy()),
+        _ => bail!("`cargo xtask demo` takes at most one argument (got {rest:?})"),
+    };
+    let (kvmi, legacy) = match section.as_deref() {
+        None => (true, true),
+        Some("kvmi") => (true, false),
+        Some("legacy") => (false, true),
+        Some(other) => bail!("`cargo xtask demo {other}`: the sections are `kvmi` and `legacy`"),
+    };
+    if kvmi {
+        kvmi_demo::run_section()?;
+    }
+    if legacy {
+        if kvmi {
+            println!();
+        }
+        println!("=== legacy section — a real QEMU guest (vmi-legacy) ===");
+        let paths = prepare()?;
+        demo::run(&paths)?;
     }
     Ok(())
 }
@@ -207,8 +238,8 @@ fn test(paths: &GuestPaths, args: &[OsString]) -> Result {
     run(&mut with_guest_env(cmd, paths))
 }
 
-/// Packages whose benchmarks need no guest.
-const HOST_ONLY_PACKAGES: [&str; 3] = ["kvmi-sys", "kvmi-proto", "kvmi-sim"];
+/// Packages whose benchmarks need no guest (vmi-kvm's run against kvmi-sim).
+const HOST_ONLY_PACKAGES: [&str; 4] = ["kvmi-sys", "kvmi-proto", "kvmi-sim", "vmi-kvm"];
 
 /// The packages selected with `-p`/`--package` before any `--`.
 fn selected_packages(args: &[OsString]) -> Vec<String> {
