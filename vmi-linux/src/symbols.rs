@@ -1,0 +1,264 @@
+//! Kernel symbols both ways: name → address and address → (name, offset).
+//!
+//! A [`SymbolTable`] is built once (from kallsyms decoded in guest memory, a System.map, or
+//! an ISF file) and then only queried, so it is laid out for lookups: one string arena,
+//! entries sorted by address for reverse lookups, and a hash index for names.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+
+/// One kernel symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    /// The symbol's name.
+    pub name: &'a str,
+    /// Its runtime virtual address (for per-CPU symbols: the offset in the per-CPU area).
+    pub address: u64,
+    /// The `nm` type letter (`T`, `t`, `D`, `d`, `B`, `R`, `A`, …), `?` when unknown.
+    pub kind: char,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    address: u64,
+    name_start: u32,
+    name_len: u32,
+    kind: u8,
+}
+
+/// Kernel symbols, queried both ways.
+#[derive(Debug, Clone, Default)]
+pub struct SymbolTable {
+    names: String,
+    /// Sorted by (address, insertion order).
+    entries: Vec<Entry>,
+    /// Name → index in `entries` of the first symbol with that name.
+    by_name: HashMap<Box<str>, u32>,
+}
+
+/// Builds a [`SymbolTable`].
+#[derive(Debug, Default)]
+pub struct SymbolTableBuilder {
+    names: String,
+    entries: Vec<Entry>,
+}
+
+impl SymbolTableBuilder {
+    /// An empty builder with room for `n` symbols.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            names: String::with_capacity(n.saturating_mul(24)),
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds a symbol. Names longer than `u32::MAX` bytes or past a 4 GiB arena are refused.
+    pub fn push(&mut self, name: &str, address: u64, kind: char) -> Result<()> {
+        let name_start = u32::try_from(self.names.len()).map_err(|_| Error::Limit {
+            what: "symbol name arena",
+            limit: u32::MAX.into(),
+        })?;
+        let name_len = u32::try_from(name.len()).map_err(|_| Error::Limit {
+            what: "symbol name length",
+            limit: u32::MAX.into(),
+        })?;
+        self.names.push_str(name);
+        self.entries.push(Entry {
+            address,
+            name_start,
+            name_len,
+            kind: if kind.is_ascii() { kind as u8 } else { b'?' },
+        });
+        Ok(())
+    }
+
+    /// How many symbols were pushed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The finished table. Where a name occurs more than once (static functions of the
+    /// same name in different files), name lookups give the lowest address.
+    pub fn build(mut self) -> SymbolTable {
+        self.entries.sort_by_key(|e| e.address);
+        let mut by_name = HashMap::with_capacity(self.entries.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            let name = &self.names[e.name_start as usize..(e.name_start + e.name_len) as usize];
+            by_name.entry(name.into()).or_insert(i as u32);
+        }
+        SymbolTable {
+            names: self.names,
+            entries: self.entries,
+            by_name,
+        }
+    }
+}
+
+impl SymbolTable {
+    fn symbol(&self, e: &Entry) -> Symbol<'_> {
+        Symbol {
+            name: &self.names[e.name_start as usize..(e.name_start + e.name_len) as usize],
+            address: e.address,
+            kind: e.kind as char,
+        }
+    }
+
+    /// How many symbols the table holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The address of `name`.
+    pub fn address_of(&self, name: &str) -> Option<u64> {
+        self.by_name
+            .get(name)
+            .map(|&i| self.entries[i as usize].address)
+    }
+
+    /// The symbol named `name`.
+    pub fn get(&self, name: &str) -> Option<Symbol<'_>> {
+        self.by_name
+            .get(name)
+            .map(|&i| self.symbol(&self.entries[i as usize]))
+    }
+
+    /// The symbol containing `address` and the offset into it: the symbol with the highest
+    /// address ≤ `address`, preferring text and data symbols over the zero-size markers
+    /// (`__pfx_*` padding, `__key.*`) sharing its address. `None` below the first symbol.
+    pub fn symbol_at(&self, address: u64) -> Option<(Symbol<'_>, u64)> {
+        let end = self.entries.partition_point(|e| e.address <= address);
+        if end == 0 {
+            return None;
+        }
+        let at = self.entries[end - 1].address;
+        let start = self.entries[..end].partition_point(|e| e.address < at);
+        let group = &self.entries[start..end];
+        let best = group
+            .iter()
+            .rev()
+            .find(|e| !self.symbol(e).name.starts_with("__pfx_"))
+            .unwrap_or(&group[group.len() - 1]);
+        Some((self.symbol(best), address - at))
+    }
+
+    /// Every symbol, by address.
+    pub fn iter(&self) -> impl Iterator<Item = Symbol<'_>> + '_ {
+        self.entries.iter().map(|e| self.symbol(e))
+    }
+
+    /// A copy with every address moved by `slide` (wrapping, as the CPU adds).
+    /// For link-time tables (System.map, ISF) of a KASLR kernel. Symbols of kind `A`
+    /// (absolute, e.g. per-CPU offsets) keep their value.
+    pub fn slid(&self, slide: i64) -> SymbolTable {
+        let mut t = self.clone();
+        for e in &mut t.entries {
+            if e.kind != b'A' {
+                e.address = e.address.wrapping_add(slide as u64);
+            }
+        }
+        t.entries.sort_by_key(|e| e.address);
+        t.by_name.clear();
+        for (i, e) in t.entries.iter().enumerate() {
+            let name = &t.names[e.name_start as usize..(e.name_start + e.name_len) as usize];
+            t.by_name.entry(name.into()).or_insert(i as u32);
+        }
+        t
+    }
+
+    /// Parses a System.map (`ffffffff81000000 T _text` per line). Lines that do not parse
+    /// are errors naming the line; at most `max_symbols` lines are accepted.
+    pub fn from_system_map(text: &str, max_symbols: usize) -> Result<SymbolTable> {
+        let mut b = SymbolTableBuilder::with_capacity(text.len() / 40);
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_ascii_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Error::malformed(
+                    "System.map",
+                    format!("line {}: {line:?}", n + 1),
+                ));
+            };
+            let address = u64::from_str_radix(addr, 16).map_err(|_| {
+                Error::malformed(
+                    "System.map",
+                    format!("line {}: bad address {addr:?}", n + 1),
+                )
+            })?;
+            let kind = kind.chars().next().unwrap_or('?');
+            if b.len() >= max_symbols {
+                return Err(Error::Limit {
+                    what: "System.map symbols",
+                    limit: max_symbols as u64,
+                });
+            }
+            b.push(name, address, kind)?;
+        }
+        if b.is_empty() {
+            return Err(Error::malformed("System.map", "no symbols"));
+        }
+        Ok(b.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> SymbolTable {
+        let mut b = SymbolTableBuilder::default();
+        b.push("_text", 0xffff_ffff_8100_0000, 'T').unwrap();
+        b.push("__pfx_start_kernel", 0xffff_ffff_8200_0000, 't')
+            .unwrap();
+        b.push("start_kernel", 0xffff_ffff_8200_0000, 'T').unwrap();
+        b.push("linux_banner", 0xffff_ffff_8280_0100, 'D').unwrap();
+        b.push("current_task", 0x1fbc0, 'A').unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn both_ways() {
+        let t = table();
+        assert_eq!(t.address_of("linux_banner"), Some(0xffff_ffff_8280_0100));
+        assert_eq!(t.address_of("nope"), None);
+        let (s, off) = t.symbol_at(0xffff_ffff_8200_0010).unwrap();
+        assert_eq!((s.name, off), ("start_kernel", 0x10));
+        assert_eq!(t.symbol_at(0x10), None);
+        let (s, off) = t.symbol_at(0x1fbc8).unwrap();
+        assert_eq!((s.name, off), ("current_task", 8));
+    }
+
+    #[test]
+    fn slide_keeps_absolute() {
+        let t = table().slid(0x1000_0000);
+        assert_eq!(t.address_of("_text"), Some(0xffff_ffff_9100_0000));
+        assert_eq!(t.address_of("current_task"), Some(0x1fbc0));
+    }
+
+    #[test]
+    fn system_map() {
+        let t = SymbolTable::from_system_map(
+            "ffffffff81000000 T _text\nffffffff82800100 D linux_banner\n",
+            10,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(SymbolTable::from_system_map("zz T x\n", 10).is_err());
+        assert!(SymbolTable::from_system_map("1 T a\n2 T b\n", 1).is_err());
+        assert!(SymbolTable::from_system_map("", 10).is_err());
+    }
+}
