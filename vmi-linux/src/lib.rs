@@ -2,11 +2,19 @@
 //!
 //! (Being written.)
 
+pub mod dmesg;
 pub mod error;
 pub mod image;
 pub mod kallsyms;
+pub mod kernel_map;
+pub mod layout;
+pub mod linux;
+pub mod modules;
+pub mod reader;
 pub mod symbols;
+pub mod tasks;
 pub mod types;
+pub mod vma;
 
 pub use error::{Error, Result};
 pub use image::ImageCopy;
