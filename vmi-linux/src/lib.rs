@@ -10,6 +10,7 @@ pub mod kernel_map;
 pub mod layout;
 pub mod linux;
 pub mod modules;
+pub mod object;
 pub mod reader;
 pub mod symbols;
 pub mod tasks;
