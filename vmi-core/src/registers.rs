@@ -837,6 +837,28 @@ pub trait ReadRegisters {
     }
 }
 
+impl<T: ReadRegisters + ?Sized> ReadRegisters for &T {
+    fn registers(
+        &self,
+        vcpu: crate::VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> crate::Result<RegisterSnapshot> {
+        (**self).registers(vcpu, groups, msrs)
+    }
+}
+
+impl<T: ReadRegisters + ?Sized> ReadRegisters for std::sync::Arc<T> {
+    fn registers(
+        &self,
+        vcpu: crate::VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> crate::Result<RegisterSnapshot> {
+        (**self).registers(vcpu, groups, msrs)
+    }
+}
+
 /// Writing vCPU registers.
 pub trait WriteRegisters {
     /// Writes every group present in `regs` to `vcpu`. Fails with

@@ -140,7 +140,9 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         if n >= ring.min(MAX_RECORDS) {
             return Err(Error::malformed(
                 "printk ring buffer",
-                format!("head id {head:#x} and tail id {tail:#x} are {n} apart in a ring of {ring}"),
+                format!(
+                    "head id {head:#x} and tail id {tail:#x} are {n} apart in a ring of {ring}"
+                ),
             ));
         }
         let mut out = Vec::with_capacity(n as usize + 1);

@@ -34,7 +34,10 @@ pub fn first_of(types: &Types, ty: &str, paths: &[&str]) -> Result<(Off, usize)>
     }
     Err(Error::not_found(
         "field",
-        format!("{ty}.{{{}}} (none of the known spellings)", paths.join(", ")),
+        format!(
+            "{ty}.{{{}}} (none of the known spellings)",
+            paths.join(", ")
+        ),
     ))
 }
 

@@ -157,14 +157,20 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
     pub fn attach(vm: V, options: LinuxOptions) -> Result<Self> {
         let mut report = BootstrapReport::default();
         let start = Instant::now();
-        let facts = timed(&mut report, "registers", |_| kernel_map::vcpu_facts(&vm, options.vcpu))?;
+        let facts = timed(&mut report, "registers", |_| {
+            kernel_map::vcpu_facts(&vm, options.vcpu)
+        })?;
         let kernel = facts.kernel;
         report.steps.push(format!(
             "kernel page tables: CR3 {:#x} of {} ({} mode{}) masked to {:#x}",
             facts.cr3,
             facts.vcpu,
             if facts.user_mode { "user" } else { "kernel" },
-            if facts.cr3 & (1 << 12) != 0 { ", KPTI user PGD → kernel PGD" } else { "" },
+            if facts.cr3 & (1 << 12) != 0 {
+                ", KPTI user PGD → kernel PGD"
+            } else {
+                ""
+            },
             kernel.cr3.0
         ));
         let image = timed(&mut report, "image copy", |_| {
@@ -180,7 +186,10 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         ));
         let banners = kernel_map::find_banners(&copy);
         let first_banner = banners.first().cloned().ok_or_else(|| {
-            Error::not_found("kernel banner", "no `Linux version` string in the kernel image")
+            Error::not_found(
+                "kernel banner",
+                "no `Linux version` string in the kernel image",
+            )
         })?;
         let anchors = Anchors {
             text: Some(text),
@@ -207,12 +216,16 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
                 Types::from_btf(blob)
             }
             TypeSource::BtfFile(bytes) => {
-                report.steps.push(format!("types: BTF file ({} KiB)", bytes.len() >> 10));
+                report
+                    .steps
+                    .push(format!("types: BTF file ({} KiB)", bytes.len() >> 10));
                 Types::from_btf(bytes.clone())
             }
             TypeSource::Isf(json) => {
                 let (t, syms, _) = Types::from_isf(json)?;
-                report.steps.push(format!("types: ISF file ({} symbols)", syms.len()));
+                report
+                    .steps
+                    .push(format!("types: ISF file ({} symbols)", syms.len()));
                 isf_symbols = Some(syms);
                 Ok(t)
             }
@@ -279,7 +292,11 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let mm = r.u64(self.init_task + t.mm.offset)?;
         let next = r.u64(self.init_task + t.tasks.offset)?;
         let back = r.u64(next + 8)?;
-        if pid != 0 || !comm.starts_with("swapper") || mm != 0 || back != self.init_task + t.tasks.offset {
+        if pid != 0
+            || !comm.starts_with("swapper")
+            || mm != 0
+            || back != self.init_task + t.tasks.offset
+        {
             return Err(Error::malformed(
                 "init_task",
                 format!(
@@ -307,20 +324,27 @@ fn validate_entry_points(
         if !inside(t) {
             return Err(Error::malformed(
                 "kernel image",
-                format!("IDT divide-error gate {t:#x} lies outside the image at {text:#x}+{len:#x}"),
+                format!(
+                    "IDT divide-error gate {t:#x} lies outside the image at {text:#x}+{len:#x}"
+                ),
             ));
         }
         checks.push(format!("IDT[0] → {t:#x}"));
     }
     match facts.lstar {
         Some(l) if inside(l) => checks.push(format!("LSTAR {l:#x}")),
-        Some(l) => checks.push(format!("LSTAR {l:#x} outside the image (PTI trampoline), not used")),
+        Some(l) => checks.push(format!(
+            "LSTAR {l:#x} outside the image (PTI trampoline), not used"
+        )),
         None => {}
     }
     if checks.is_empty() {
         checks.push("no IDT or LSTAR reported: unchecked".into());
     }
-    report.steps.push(format!("entry points inside the image: {}", checks.join(", ")));
+    report.steps.push(format!(
+        "entry points inside the image: {}",
+        checks.join(", ")
+    ));
     Ok(())
 }
 
@@ -332,16 +356,18 @@ fn symbols_from(
     text: u64,
     report: &mut BootstrapReport,
 ) -> Result<SymbolTable> {
-    let link_time = |table: SymbolTable, what: &str, report: &mut BootstrapReport| -> Result<SymbolTable> {
-        let link_text = table
-            .address_of("_text")
-            .ok_or_else(|| Error::not_found("symbol", format!("_text in the {what}")))?;
-        let slide = text.wrapping_sub(link_text) as i64;
-        report
-            .steps
-            .push(format!("symbols: {what}, {} symbols, KASLR slide {slide:#x} applied", table.len()));
-        Ok(table.slid(slide))
-    };
+    let link_time =
+        |table: SymbolTable, what: &str, report: &mut BootstrapReport| -> Result<SymbolTable> {
+            let link_text = table
+                .address_of("_text")
+                .ok_or_else(|| Error::not_found("symbol", format!("_text in the {what}")))?;
+            let slide = text.wrapping_sub(link_text) as i64;
+            report.steps.push(format!(
+                "symbols: {what}, {} symbols, KASLR slide {slide:#x} applied",
+                table.len()
+            ));
+            Ok(table.slid(slide))
+        };
     match source {
         SymbolSource::Kallsyms => {
             let (table, kr) = kallsyms::decode(copy, anchors)?;

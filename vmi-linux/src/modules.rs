@@ -105,12 +105,13 @@ impl ModuleLayout {
                     .ok()
                     .and_then(|n| u64::try_from(n).ok())
                     .filter(|&n| n > 0 && n * stride == mem.size)
-                    .unwrap_or(if stride > 0 { mem.size / stride } else { 0 });
+                    .unwrap_or(mem.size.checked_div(stride).unwrap_or(0));
                 MemoryLayout::Mem {
                     mem,
                     stride,
                     count,
-                    text_index: u64::try_from(types.enumerator("MOD_TEXT").unwrap_or(0)).unwrap_or(0),
+                    text_index: u64::try_from(types.enumerator("MOD_TEXT").unwrap_or(0))
+                        .unwrap_or(0),
                     base: req(types, "module_memory", "base")?,
                     size: req(types, "module_memory", "size")?,
                 }

@@ -76,12 +76,19 @@ impl<'l, V: PhysicalMemory + ReadRegisters> Object<'l, V> {
                 let mut b = [0u8; 8];
                 r.read(at, &mut b[..bytes as usize])?;
                 let v = u64::from_le_bytes(b) >> bit;
-                Ok(if width >= 64 { v } else { v & ((1u64 << width) - 1) })
+                Ok(if width >= 64 {
+                    v
+                } else {
+                    v & ((1u64 << width) - 1)
+                })
             }
             None if matches!(f.size, 1 | 2 | 4 | 8) => r.uint(at, f.size),
             None => Err(Error::malformed(
                 "field read",
-                format!("{}.{path} is {} bytes ({}), not an integer", self.ty, f.size, f.type_name),
+                format!(
+                    "{}.{path} is {} bytes ({}), not an integer",
+                    self.ty, f.size, f.type_name
+                ),
             )),
         }
     }
@@ -90,7 +97,10 @@ impl<'l, V: PhysicalMemory + ReadRegisters> Object<'l, V> {
     pub fn read_int(&self, path: &str) -> Result<i64> {
         let f = self.field(path)?;
         let v = self.read_uint(path)?;
-        let bits = f.bits.map_or(f.size * 8, |(_, w)| u64::from(w)).clamp(1, 64);
+        let bits = f
+            .bits
+            .map_or(f.size * 8, |(_, w)| u64::from(w))
+            .clamp(1, 64);
         let shift = 64 - bits;
         Ok(((v << shift) as i64) >> shift)
     }
@@ -98,9 +108,10 @@ impl<'l, V: PhysicalMemory + ReadRegisters> Object<'l, V> {
     /// A `char[N]` field as a string (up to the first NUL).
     pub fn read_cstr(&self, path: &str) -> Result<String> {
         let f = self.field(path)?;
-        self.linux
-            .kernel_reader()
-            .cstr(self.address.wrapping_add(f.offset), (f.size as usize).min(MAX_CSTR))
+        self.linux.kernel_reader().cstr(
+            self.address.wrapping_add(f.offset),
+            (f.size as usize).min(MAX_CSTR),
+        )
     }
 
     /// The string a `char *` field points at (at most 4 KiB).

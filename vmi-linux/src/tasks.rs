@@ -64,7 +64,11 @@ impl TaskState {
             return TaskState::Idle;
         }
         let bits = (state | exit_state) & TASK_REPORT;
-        let index = if bits == 0 { 0 } else { 64 - bits.leading_zeros() as usize };
+        let index = if bits == 0 {
+            0
+        } else {
+            64 - bits.leading_zeros() as usize
+        };
         STATES[index.min(STATES.len() - 1)].0
     }
 
@@ -196,7 +200,11 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         if signal == 0 {
             return Ok(vec![process.clone()]);
         }
-        let nodes = r.list(signal + t.signal_thread_head.offset, MAX_TASKS, "thread list")?;
+        let nodes = r.list(
+            signal + t.signal_thread_head.offset,
+            MAX_TASKS,
+            "thread list",
+        )?;
         nodes
             .into_iter()
             .map(|n| self.read_task(&r, n - t.thread_node.offset))

@@ -168,7 +168,16 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
             } => {
                 let root = r.u64(mm + mm_mt.offset + ma_root.offset)?;
                 let mut nodes = 0usize;
-                maple_walk(&r, root, u64::MAX, 0, *range64, *arange64, &mut nodes, &mut addrs)?;
+                maple_walk(
+                    &r,
+                    root,
+                    u64::MAX,
+                    0,
+                    *range64,
+                    *arange64,
+                    &mut nodes,
+                    &mut addrs,
+                )?;
             }
             VmaIndex::List { mmap, vm_next } => {
                 let mut v = r.u64(mm + mmap.offset)?;
@@ -186,7 +195,10 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
             .iter()
             .filter_map(|s| self.symbols().address_of(s))
             .collect();
-        let brk = (r.u64(mm + mm_l.start_brk.offset)?, r.u64(mm + mm_l.brk.offset)?);
+        let brk = (
+            r.u64(mm + mm_l.start_brk.offset)?,
+            r.u64(mm + mm_l.brk.offset)?,
+        );
         let start_stack = r.u64(mm + mm_l.start_stack.offset)?;
         let mut out = Vec::with_capacity(addrs.len());
         for va in addrs {
@@ -239,7 +251,9 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
     /// The path of an open file (`struct file`), assembled from its dentries and mounts.
     fn file_path(&self, r: &Reader<'_, V>, l: &VmaLayout, file: u64) -> Result<String> {
         let mut dentry = r.u64(file + l.f_dentry.offset)?;
-        let mut mount = r.u64(file + l.f_vfsmnt.offset)?.wrapping_sub(l.mount_mnt.offset);
+        let mut mount = r
+            .u64(file + l.f_vfsmnt.offset)?
+            .wrapping_sub(l.mount_mnt.offset);
         let mut parts = Vec::new();
         for _ in 0..MAX_PATH_DEPTH {
             let parent = r.u64(dentry + l.d_parent.offset)?;
@@ -322,17 +336,30 @@ fn maple_walk<M: PhysicalMemory + ?Sized>(
     }
     let mut raw = vec![0u8; (slots + count * 8) as usize];
     r.read(node, &mut raw)?;
-    let word = |off: u64| u64::from_le_bytes(raw[off as usize..off as usize + 8].try_into().unwrap_or_default());
+    let word = |off: u64| {
+        u64::from_le_bytes(
+            raw[off as usize..off as usize + 8]
+                .try_into()
+                .unwrap_or_default(),
+        )
+    };
     for i in 0..count {
         let slot = word(slots + i * 8);
-        let pivot = if i + 1 < count { word(pivots + i * 8) } else { max };
+        let pivot = if i + 1 < count {
+            word(pivots + i * 8)
+        } else {
+            max
+        };
         if i > 0 && pivot == 0 {
             break;
         }
         if kind == MAPLE_LEAF_64 {
             if slot & 3 == 0 && slot > 4096 {
                 if out.len() >= MAX_VMAS {
-                    return Err(Error::Limit { what: "VMAs", limit: MAX_VMAS as u64 });
+                    return Err(Error::Limit {
+                        what: "VMAs",
+                        limit: MAX_VMAS as u64,
+                    });
                 }
                 out.push(slot);
             }
