@@ -22,7 +22,7 @@ use vmi_linux::{Linux, LinuxOptions};
 /// The guest an example reads: any backend, one type.
 pub(crate) enum Target {
     /// An unpatched QEMU.
-    Legacy(LegacyQemu),
+    Legacy(Box<LegacyQemu>),
     /// A KVMi host.
     Kvmi(vmi_kvm::KvmiVm),
 }
