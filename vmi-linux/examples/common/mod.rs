@@ -171,10 +171,9 @@ impl Args {
             let mut cfg = LegacyConfig::new(qmp);
             cfg.writable = false;
             cfg.gdb_socket = self.option("gdb").map(Into::into);
-            return Ok(Target::Legacy(
-                LegacyQemu::connect(cfg)
-                    .map_err(|e| format!("connecting to QEMU at {qmp}: {e}"))?,
-            ));
+            let vm = LegacyQemu::connect(cfg)
+                .map_err(|e| format!("connecting to QEMU at {qmp}: {e}"))?;
+            return Ok(Target::Legacy(Box::new(vm)));
         }
         if let Some(sock) = self.option("kvmi") {
             let cfg = vmi_kvm::Config {
