@@ -13,7 +13,8 @@
 //!   of 24 bytes (`selector`, `limit`, `flags`, pad as `u32`, `base` as `u64`): cs, ds,
 //!   es, fs, gs, ss, ldt, tr, gdt, idt; then `cr[5]` — 432 bytes. Newer QEMU appends
 //!   `kernel_gs_base` (440 bytes), still version 1, so the `size` field says whether it
-//!   is there. `flags` is the descriptor's high dword (QEMU's `SegmentCache::flags`).
+//!   is there. `flags` is the descriptor's high dword (QEMU's `SegmentCache::flags`);
+//!   there is no "unusable" bit: a segment that is not present is reported unusable.
 
 use vmi_core::registers::{DescriptorTable, Gprs, Segment, SegmentAttributes, Segments};
 use vmi_core::{Error, Result};
@@ -270,6 +271,11 @@ impl QemuCpuState {
         };
         let seg = |i: usize| -> Result<Segment> {
             let (selector, limit, flags, base) = raw(i);
+            let mut attributes = SegmentAttributes::from_descriptor_flags(flags);
+            // QEMU keeps no "unusable" bit; as QEMU does when it hands segments to KVM
+            // (and vmi-legacy when it parses `info registers`), a segment whose
+            // descriptor is not present is unusable.
+            attributes.unusable = !attributes.present;
             Ok(Segment {
                 selector: u16::try_from(selector).map_err(|_| {
                     Error::malformed(
@@ -279,7 +285,7 @@ impl QemuCpuState {
                 })?,
                 base,
                 limit,
-                attributes: SegmentAttributes::from_descriptor_flags(flags),
+                attributes,
             })
         };
         let table = |i: usize| -> Result<DescriptorTable> {

@@ -57,8 +57,9 @@ impl DumpVcpu {
     /// Every register the dump holds for this vCPU.
     ///
     /// From the `QEMU` note: GPRs, RIP, RFLAGS, the segments with their hidden parts,
-    /// GDTR, IDTR, CR0, CR2, CR3, CR4; CR8 is reported 0 (QEMU saves no TPR; Linux
-    /// and Windows x86-64 keep it 0 while running); EFER as
+    /// GDTR, IDTR, CR0, CR2, CR3, CR4; CR8 is **not** in the dump (QEMU saves no
+    /// TPR) and is reported 0, whatever the guest had (a Linux 6.1 guest under TCG had
+    /// CR8 = 1 on vCPU 0): do not rely on it; EFER as
     /// [`DumpVcpu::derived_efer`]; MSRs `FS_BASE` and `GS_BASE` (the segment bases)
     /// and, where QEMU saved it, `KERNEL_GS_BASE`. Without a `QEMU` note, the GPRs and
     /// FS/GS bases of `NT_PRSTATUS`. Debug registers and XCR0 are never in a dump.
