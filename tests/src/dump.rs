@@ -1,4 +1,4 @@
-//! Memory dumps of a running [`Guest`](crate::Guest), for tests that analyse dumps
+//! Memory dumps of a running [`Guest`], for tests that analyse dumps
 //! (vmi-dump, vmi-linux on dumps, kvmi-sim serving a dump, Volatility 3).
 //!
 //! QEMU's QMP accepts one client at a time: with a session connected (a
