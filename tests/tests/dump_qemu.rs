@@ -66,6 +66,10 @@ fn fixture() -> &'static Fixture {
             banner,
             banner_va,
         };
+        // QEMU creates its dump files read-only: clear the last run's first.
+        for p in [&f.elf, &f.pmemsave, &f.ram_copy] {
+            let _ = std::fs::remove_file(p);
+        }
         std::fs::copy(guest.ram_path(), &f.ram_copy).expect("copying guest RAM");
         dump::dump_guest_memory_with(&mut vmi.qmp(), &f.elf).expect("dump-guest-memory");
         dump::pmemsave_with(&mut vmi.qmp(), f.ram_size, &f.pmemsave).expect("pmemsave");
