@@ -89,6 +89,10 @@ pub struct SimConfig {
     pub start_time: i64,
     /// Number of vCPUs.
     pub vcpus: usize,
+    /// The vCPUs' initial state (e.g. [`SimConfig::from_dump`]); `None`: vCPU `i` is
+    /// [`Vcpu::new_long_mode`](crate::Vcpu::new_long_mode)`(i)` of the default guest.
+    /// When set, its length must be `vcpus`.
+    pub initial_vcpus: Option<Vec<crate::model::Vcpu>>,
     /// Guest memory (initial contents; `max_gfn`). The default is the guest of
     /// [`guest`] with [`guest::DEFAULT_RAM_SIZE`]; [`SimConfig::with_ram`] sizes it.
     pub memory: GuestMemory,
@@ -127,6 +131,7 @@ impl Default for SimConfig {
             name: "kvmi-sim".into(),
             start_time: 1_700_000_000,
             vcpus: 2,
+            initial_vcpus: None,
             memory,
             abi: Abi::V7,
             secret: None,

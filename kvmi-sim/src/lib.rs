@@ -23,7 +23,8 @@
 //!
 //! The crate depends only on `kvmi-sys` for the wire layouts and is written from the
 //! protocol reference independently of any tool-side implementation, so it can serve as
-//! an independent check of one.
+//! an independent check of one. The exception is [`dump`]: a guest built from a real
+//! guest's QEMU ELF dump ([`SimConfig::from_dump`]) is parsed with `vmi-dump`.
 //!
 //! ```no_run
 //! use kvmi_sim::{SimConfig, SimEvent, Simulator};
@@ -49,6 +50,7 @@ use kvmi_sys as sys;
 use zerocopy::{FromBytes, IntoBytes};
 
 mod config;
+pub mod dump;
 mod event;
 mod exec;
 pub mod guest;
@@ -208,7 +210,10 @@ impl Simulator {
         stream.set_read_timeout(None)?;
         let mut vm = Vm {
             memory: config.memory.clone(),
-            vcpus: (0..config.vcpus).map(Vcpu::new_long_mode).collect(),
+            vcpus: match &config.initial_vcpus {
+                Some(v) => v.clone(),
+                None => (0..config.vcpus).map(Vcpu::new_long_mode).collect(),
+            },
             cpuid: model::default_cpuid(),
             mtrr_type: 6,
             page_access: BTreeMap::new(),

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: kvmi-sim --socket PATH [--v6] [--vcpus N] [--secret S] \
-[--duration SECS] [--rate EVENTS_PER_SEC|unlimited] [--name NAME]
+[--duration SECS] [--rate EVENTS_PER_SEC|unlimited] [--name NAME] [--from-dump FILE]
 
 Connects to the introspection tool listening on the UNIX socket PATH like KVM-VMI QEMU
 (hookup struct, cookie check against SHA-1 of S), then acts as the kvmi-v7 (or, with
@@ -22,7 +22,11 @@ tables; a 0xCC written into guest memory is a breakpoint) and waiting for each r
 so up to N events are in flight at once. --rate paces the events of
 all vCPUs together to that many per second (default 20); `unlimited` raises the next
 event as soon as the previous one on that vCPU is answered. At the end it sends UNHOOK
-if the tool enabled it, and prints the wire statistics and the event rate reached.";
+if the tool enabled it, and prints the wire statistics and the event rate reached.
+
+With --from-dump FILE the guest is the one in FILE, a QEMU ELF dump-guest-memory file:
+its memory, vCPU count and registers (no --vcpus). It raises no events: it answers the
+tool's commands until the tool closes the connection or SECS pass.";
 
 /// Events per second over all vCPUs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,6 +80,8 @@ impl Pacer {
 
 struct Args {
     socket: String,
+    /// Serve the guest of an ELF dump (no workload).
+    from_dump: bool,
     cfg: SimConfig,
     duration: Duration,
     rate: Rate,
@@ -87,12 +93,15 @@ fn parse() -> Result<Args, String> {
     let mut cfg = SimConfig::default();
     let mut duration = Duration::from_secs(10);
     let mut rate = Rate::PerSecond(20.0);
+    let mut from_dump = None;
+    let mut vcpus_given = false;
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--socket" => socket = Some(val("--socket")?),
             "--v6" => cfg.abi = Abi::V6,
             "--vcpus" => {
+                vcpus_given = true;
                 cfg.vcpus = val("--vcpus")?
                     .parse()
                     .map_err(|e| format!("--vcpus: {e}"))?;
@@ -110,13 +119,28 @@ fn parse() -> Result<Args, String> {
                     Duration::try_from_secs_f64(s).map_err(|e| format!("--duration: {e}"))?;
             }
             "--rate" => rate = Rate::parse(&val("--rate")?)?,
+            "--from-dump" => from_dump = Some(val("--from-dump")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let socket = socket.ok_or("--socket is required")?;
+    if let Some(path) = &from_dump {
+        if vcpus_given {
+            return Err("--vcpus conflicts with --from-dump (the dump says how many)".into());
+        }
+        let dumped =
+            SimConfig::from_dump_file(path).map_err(|e| format!("--from-dump {path}: {e}"))?;
+        cfg = SimConfig {
+            vcpus: dumped.vcpus,
+            initial_vcpus: dumped.initial_vcpus,
+            memory: dumped.memory,
+            ..cfg
+        };
+    }
     Ok(Args {
         socket,
+        from_dump: from_dump.is_some(),
         cfg,
         duration,
         rate,
@@ -161,6 +185,19 @@ fn run_vcpu(sim: &Simulator, vcpu: usize, pacer: &Pacer, end: Instant, tally: &M
     }
 }
 
+/// A dump-backed guest: answer commands until the tool closes or `duration` passes.
+fn serve_dump(sim: &Simulator, duration: Duration) -> ExitCode {
+    match sim.wait_closed(duration) {
+        Ok(reason) => println!("connection: {reason}"),
+        Err(_) => {
+            sim.shutdown();
+            println!("connection: closed after {duration:?}");
+        }
+    }
+    print!("{}", sim.stats());
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -185,6 +222,9 @@ fn main() -> ExitCode {
         "kvmi-sim: hooked to {} ({abi:?}), running for {:?}",
         args.socket, args.duration
     );
+    if args.from_dump {
+        return serve_dump(&sim, args.duration);
+    }
     let vcpus = sim.config().vcpus;
     let start = Instant::now();
     let end = start

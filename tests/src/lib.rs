@@ -24,6 +24,7 @@
 //! [`markers`]), then prints `VMI-TEST tick <n>` every 5 s while reading `/proc/uptime`
 //! every second, and runs one-line shell commands sent by [`Guest::run_command`].
 
+pub mod dump;
 pub mod guest;
 pub mod markers;
 mod output;
