@@ -5,6 +5,7 @@
 // ```text
 // --qmp QMP_SOCKET [--gdb GDB_SOCKET]   unpatched QEMU (shared RAM backend recommended)
 // --kvmi SOCKET [--secret SECRET]       a KVM-VMI host connecting to SOCKET
+// --dump FILE                         a QEMU dump-guest-memory ELF (vmi-dump)
 // ```
 
 #![allow(dead_code)] // Each example uses a subset.
@@ -25,6 +26,8 @@ pub(crate) enum Target {
     Legacy(Box<LegacyQemu>),
     /// A KVMi host.
     Kvmi(vmi_kvm::KvmiVm),
+    /// A memory dump (QEMU's `dump-guest-memory` ELF).
+    Dump(vmi_dump::ElfDump),
 }
 
 impl PhysicalMemory for Target {
@@ -32,12 +35,14 @@ impl PhysicalMemory for Target {
         match self {
             Target::Legacy(v) => v.read_physical(gpa, buf),
             Target::Kvmi(v) => v.read_physical(gpa, buf),
+            Target::Dump(v) => v.read_physical(gpa, buf),
         }
     }
     fn read_physical_many(&self, requests: &mut [(Gpa, &mut [u8])]) -> vmi_core::Result<()> {
         match self {
             Target::Legacy(v) => v.read_physical_many(requests),
             Target::Kvmi(v) => v.read_physical_many(requests),
+            Target::Dump(v) => v.read_physical_many(requests),
         }
     }
 }
@@ -52,16 +57,18 @@ impl ReadRegisters for Target {
         match self {
             Target::Legacy(v) => v.registers(vcpu, groups, msrs),
             Target::Kvmi(v) => v.registers(vcpu, groups, msrs),
+            Target::Dump(v) => v.registers(vcpu, groups, msrs),
         }
     }
 }
 
 impl Target {
-    /// Pauses the guest (resumed when the guard drops).
-    pub(crate) fn pause(&self) -> vmi_core::Result<PauseGuard<'_>> {
+    /// Pauses a live guest (resumed when the guard drops); a dump needs none.
+    pub(crate) fn pause(&self) -> vmi_core::Result<Option<PauseGuard<'_>>> {
         match self {
-            Target::Legacy(v) => v.pause(),
-            Target::Kvmi(v) => v.pause(),
+            Target::Legacy(v) => v.pause().map(Some),
+            Target::Kvmi(v) => v.pause().map(Some),
+            Target::Dump(_) => Ok(None),
         }
     }
 }
@@ -126,6 +133,7 @@ pub(crate) fn main_with(
 pub(crate) const TARGET_HELP: &str = "target (one of):
   --qmp QMP_SOCKET [--gdb GDB_SOCKET]   a running, unpatched QEMU (vmi-legacy)
   --kvmi SOCKET [--secret SECRET]       a KVM-VMI host connecting to SOCKET (vmi-kvm)
+  --dump FILE                           a QEMU dump-guest-memory ELF file (vmi-dump)
   --vcpu N                              the vCPU that locates the kernel (default 0)";
 
 /// Positional arguments and `--name value` options.
@@ -183,6 +191,10 @@ impl Args {
             let vm = vmi_kvm::KvmiVm::listen(sock, cfg, Duration::from_secs(60))
                 .map_err(|e| format!("waiting for a KVMi host on {sock}: {e}"))?;
             return Ok(Target::Kvmi(vm));
+        }
+        if let Some(path) = self.option("dump") {
+            let dump = vmi_dump::ElfDump::open(path).map_err(|e| format!("opening {path}: {e}"))?;
+            return Ok(Target::Dump(dump));
         }
         Err(usage("name a target"))
     }
