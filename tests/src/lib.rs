@@ -26,12 +26,14 @@
 
 pub mod guest;
 pub mod markers;
+pub mod matrix;
 mod output;
 pub mod paths;
 pub mod scan;
 
 pub use guest::{CommandOutput, Guest, GuestOptions, RamBackend, DEFAULT_APPEND};
 pub use markers::Markers;
+pub use matrix::MatrixKernel;
 pub use paths::{Accel, GuestPaths};
 
 // Guests may be shared between test threads (e.g. behind a `OnceLock`).

@@ -9,7 +9,11 @@ mod accel;
 mod cpio;
 mod demo;
 mod image;
+mod kimage;
+mod kmod;
 mod kvmi_demo;
+mod matrix;
+mod privapt;
 mod provision;
 mod spinners;
 mod testguest;
@@ -50,6 +54,8 @@ environment:
                           force the test guest's accelerator (default: cached trial boot
                           of the test guest with KVM); `test` runs the test-guest suites
                           under TCG and, when it boots under KVM, again under KVM
+  VMI_MATRIX_REFRESH=1|0  refresh the kernel matrix's package lists now (a new sid kernel
+                          is then fetched) / never (default: when older than a day)
   VMI_GUEST_KERNEL=PATH   use this kernel instead of Debian's cloud kernel
   VMI_BUSYBOX=PATH        use this static busybox instead of Debian's busybox-static
   VMI_MAX_GUESTS=N        guests running at once per test process (default 2)
@@ -148,7 +154,9 @@ fn prepare() -> Result<GuestPaths> {
         &initrd,
         &key,
     )?;
+    let matrix = matrix::provision(&cache, &p.busybox)?;
     // Inherited by every cargo command xtask runs, and printed by `env`.
+    std::env::set_var(matrix::ENV_LINUX_KERNELS, &matrix);
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
     Ok(GuestPaths {
@@ -159,9 +167,13 @@ fn prepare() -> Result<GuestPaths> {
 }
 
 fn print_env(paths: &GuestPaths, shell: bool) {
-    let test_guest = [testguest::ENV_TEST_GUEST, accel::ENV_TEST_GUEST_ACCEL]
-        .into_iter()
-        .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
+    let test_guest = [
+        testguest::ENV_TEST_GUEST,
+        accel::ENV_TEST_GUEST_ACCEL,
+        matrix::ENV_LINUX_KERNELS,
+    ]
+    .into_iter()
+    .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
     for (name, value) in paths.env_vars().into_iter().chain(test_guest) {
         let value = value.to_string_lossy();
         if shell {
