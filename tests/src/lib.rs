@@ -30,6 +30,7 @@ pub mod matrix;
 mod output;
 pub mod paths;
 pub mod scan;
+pub mod truth;
 
 pub use guest::{CommandOutput, Guest, GuestOptions, RamBackend, DEFAULT_APPEND};
 pub use markers::Markers;
