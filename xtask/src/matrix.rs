@@ -91,9 +91,11 @@ pub(crate) fn provision(cache: &Path, busybox: &Path) -> Result<PathBuf> {
             }
             eprintln!("xtask: warning: kernel matrix: {e}; keeping the cached kernels");
         } else {
-            for (suite, origins) in FETCHED {
-                fetch_suite(&apt, &matrix, suite, origins)?;
-            }
+            let fetched = FETCHED
+                .iter()
+                .try_for_each(|(suite, origins)| fetch_suite(&apt, &matrix, suite, origins));
+            apt.drop_cache();
+            fetched?;
         }
     }
 

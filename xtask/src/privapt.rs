@@ -2,10 +2,11 @@
 //!
 //! The kernel matrix needs kernels from releases the host does not use (bullseye, trixie,
 //! sid). Their package lists live in a directory of their own, named to apt with `-o`
-//! options on every call (`Dir::Etc::sourcelist`, `Dir::Etc::sourceparts=-`,
+//! options on every call (`Dir::Etc::sourcelist`, `Dir::Etc::sourceparts` (an empty dir),
 //! `Dir::State::Lists`, `Dir::State::status`, `Dir::Cache`), so the host's sources, lists
 //! and dpkg state are neither read for packages nor changed; the host's apt configuration
-//! (proxies, mirrors) still applies. Packages are only downloaded (`apt-get download`),
+//! (proxies, mirrors) still applies (so do its `Acquire` settings; translations and
+//! AppStream metadata are turned off here). Packages are only downloaded (`apt-get download`),
 //! never installed, which needs no root.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ impl PrivateApt {
                 );
             }
         }
-        for dir in ["lists/partial", "cache/archives/partial"] {
+        for dir in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             let d = root.join(dir);
             std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
@@ -81,10 +82,14 @@ impl PrivateApt {
         let dir = |p: &str| self.root.join(p).into_os_string().into_string();
         let opts = [
             ("Dir::Etc::sourcelist", dir("sources.list")),
-            ("Dir::Etc::sourceparts", Ok("-".into())),
+            // An empty directory of our own (`-` makes apt warn about `/etc/apt/-/`).
+            ("Dir::Etc::sourceparts", dir("sources.list.d")),
             ("Dir::State::Lists", dir("lists")),
             ("Dir::State::status", dir("status")),
             ("Dir::Cache", dir("cache")),
+            // Keep the binary cache between calls (Debian's Docker images turn it off):
+            // building it from the lists takes ~3 s per call. See `drop_cache`.
+            ("Dir::Cache::pkgcache", Ok("pkgcache.bin".into())),
             // Only the Packages indexes: no translations, no AppStream metadata.
             ("Acquire::Languages", Ok("none".into())),
             (
@@ -121,6 +126,11 @@ impl PrivateApt {
         run_to_stderr(self.command("apt-get").args(["update", "-q"]))?;
         let stamp = self.root.join("updated");
         std::fs::write(&stamp, b"").map_err(|e| format!("{}: {e}", stamp.display()).into())
+    }
+
+    /// Deletes apt's binary cache (~90 MB; rebuilt from the lists when next needed).
+    pub(crate) fn drop_cache(&self) {
+        let _ = std::fs::remove_file(self.root.join("cache/pkgcache.bin"));
     }
 
     /// How long ago the lists were updated (`None`: never).
