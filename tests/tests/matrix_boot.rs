@@ -39,6 +39,22 @@ fn boots_and_tells_the_truth(suite: &str) {
     };
     let mut timings = vec![format!("boot {boot_time:.2?}")];
     let markers = guest.markers();
+    // The vmlinux xtask decompressed is the booted kernel: it holds the very banner
+    // (`linux_banner`, which /proc/version prints) the guest reports.
+    let vmlinux = std::fs::read(&kernel.vmlinux).expect("vmlinux");
+    let banner = markers.banner().expect("banner").trim().to_owned();
+    assert!(
+        vmlinux.starts_with(b"\x7fELF"),
+        "{suite}: vmlinux is not an ELF"
+    );
+    assert!(
+        vmlinux
+            .windows(banner.len())
+            .any(|w| w == banner.as_bytes()),
+        "{suite}: {banner:?} is not in {}",
+        kernel.vmlinux.display()
+    );
+    drop(vmlinux);
     assert_eq!(
         markers.get("release"),
         Some(kernel.release.as_str()),
@@ -162,9 +178,8 @@ fn boots_and_tells_the_truth(suite: &str) {
     }
 
     let dmesg = timed("dmesg", &mut timings, || truth::dmesg(&guest)).expect("dmesg");
-    let banner = markers.banner().expect("banner");
     assert!(
-        dmesg.iter().any(|l| l.contains(banner.trim())),
+        dmesg.iter().any(|l| l.contains(&banner)),
         "{suite}: the banner is not in dmesg"
     );
     timings.push(format!("({} dmesg lines)", dmesg.len()));

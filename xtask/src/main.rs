@@ -3,7 +3,9 @@
 //! The guest tests need QEMU, a Linux kernel and an initramfs; `xtask` provisions them
 //! (see [`provision`]), builds the initramfs ([`image`]), picks the accelerator ([`accel`])
 //! and runs cargo with `VMI_GUEST_KERNEL`, `VMI_GUEST_INITRD` and `VMI_GUEST_ACCEL` set.
-//! Everything it produces lives in `target/guest/`.
+//! It also provisions the kernel matrix ([`matrix`]: Debian kernels 5.10 to the newest,
+//! each with an initramfs loading some of its modules) and names it in
+//! `VMI_LINUX_KERNELS`. Everything it produces lives in `target/guest/`.
 
 mod accel;
 mod cpio;
@@ -31,7 +33,9 @@ usage: cargo xtask <command> [args]
 
 commands:
   provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
-                 build the initramfs, choose the accelerator; print the guest environment
+                 build the initramfs, choose the accelerator, fetch the kernel matrix
+                 (bullseye, bookworm, trixie, sid; VMI_LINUX_KERNELS); print the guest
+                 environment
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`

@@ -59,6 +59,12 @@ pub(crate) fn provision(cache: &Path, busybox: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&matrix).map_err(|e| format!("{}: {e}", matrix.display()))?;
 
     let (vmlinuz, release, modules_dir) = provision::debian_kernel(cache)?;
+    if !release.starts_with("6.1.") {
+        eprintln!(
+            "xtask: warning: kernel matrix: the host's default Debian cloud kernel is \
+             {release}, not bookworm's 6.1; it stands in for bookworm"
+        );
+    }
     let key = format!("{}\n", vmlinuz.display());
     ensure_suite(&matrix.join(DEFAULT_SUITE), &key, |partial| {
         let link = partial.join("vmlinuz");
