@@ -128,14 +128,21 @@ fn demo(rest: &[OsString]) -> Result {
             println!();
         }
         println!("=== legacy section — a real QEMU guest (vmi-legacy) ===");
-        let paths = prepare()?;
+        // The demo boots the default guest only: no kernel matrix.
+        let paths = prepare_guest(false)?;
         demo::run(&paths)?;
     }
     Ok(())
 }
 
-/// Provisions the host and builds the guest image; returns the paths the tests need.
+/// Provisions the host, builds the guest image and provisions the kernel matrix; returns
+/// the paths the tests need.
 fn prepare() -> Result<GuestPaths> {
+    prepare_guest(true)
+}
+
+/// [`prepare`], with or without the kernel matrix.
+fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
     let guest_dir = target_dir().join("guest");
     let cache = guest_dir.join("cache");
     std::fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
@@ -158,9 +165,11 @@ fn prepare() -> Result<GuestPaths> {
         &initrd,
         &key,
     )?;
-    let matrix = matrix::provision(&cache, &p.busybox)?;
     // Inherited by every cargo command xtask runs, and printed by `env`.
-    std::env::set_var(matrix::ENV_LINUX_KERNELS, &matrix);
+    if with_matrix {
+        let matrix = matrix::provision(&cache, &p.busybox)?;
+        std::env::set_var(matrix::ENV_LINUX_KERNELS, &matrix);
+    }
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
     Ok(GuestPaths {
