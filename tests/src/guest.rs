@@ -159,35 +159,6 @@ impl GuestOptions {
         opts
     }
 
-    /// Options for the kernel-matrix suite `suite` (see [`crate::matrix`]): its `vmlinuz`
-    /// and `initrd` from the directory in `VMI_LINUX_KERNELS`, on the Linux guest's
-    /// accelerator, with [`DEFAULT_APPEND`]. Panics with instructions if the matrix is not
-    /// provisioned (use [`crate::matrix::kernels_dir_or_skip`] first to skip instead).
-    #[track_caller]
-    pub fn for_matrix_kernel(suite: &str) -> Self {
-        let dir = crate::matrix::kernels_dir().unwrap_or_else(|| {
-            panic!(
-                "{} is not set: run the tests with `cargo xtask test`",
-                crate::matrix::ENV_LINUX_KERNELS
-            )
-        });
-        crate::matrix::MatrixKernel::open(&dir, suite)
-            .and_then(|k| k.guest_options())
-            .unwrap_or_else(|e| panic!("kernel matrix, suite {suite}: {e}"))
-    }
-
-    /// Boots with kernel page-table isolation forced on: `pti=on` on the command line,
-    /// without `mitigations=off` (which turns PTI off).
-    pub fn with_pti(mut self) -> Self {
-        let words: Vec<&str> = self
-            .append
-            .split_whitespace()
-            .filter(|w| *w != "mitigations=off" && !w.starts_with("pti=") && *w != "nopti")
-            .collect();
-        self.append = format!("{} pti=on", words.join(" "));
-        self
-    }
-
     /// The RAM size in bytes.
     pub fn ram_size(&self) -> u64 {
         u64::from(self.memory_mib) << 20

@@ -58,6 +58,37 @@ pub fn kernels_dir_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+impl GuestOptions {
+    /// Options for the kernel-matrix suite `suite` (see [`crate::matrix`]): its `vmlinuz`
+    /// and `initrd` from the directory in `VMI_LINUX_KERNELS`, on the Linux guest's
+    /// accelerator, with [`crate::DEFAULT_APPEND`]. Panics with instructions if the matrix is not
+    /// provisioned (use [`kernels_dir_or_skip`] first to skip instead).
+    #[track_caller]
+    pub fn for_matrix_kernel(suite: &str) -> Self {
+        let dir = kernels_dir().unwrap_or_else(|| {
+            panic!(
+                "{} is not set: run the tests with `cargo xtask test`",
+                ENV_LINUX_KERNELS
+            )
+        });
+        MatrixKernel::open(&dir, suite)
+            .and_then(|k| k.guest_options())
+            .unwrap_or_else(|e| panic!("kernel matrix, suite {suite}: {e}"))
+    }
+
+    /// Boots with kernel page-table isolation forced on: `pti=on` on the command line,
+    /// without `mitigations=off` (which turns PTI off).
+    pub fn with_pti(mut self) -> Self {
+        let words: Vec<&str> = self
+            .append
+            .split_whitespace()
+            .filter(|w| *w != "mitigations=off" && !w.starts_with("pti=") && *w != "nopti")
+            .collect();
+        self.append = format!("{} pti=on", words.join(" "));
+        self
+    }
+}
+
 /// One suite's kernel in the matrix directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MatrixKernel {
