@@ -23,16 +23,24 @@
 //! The guest's `/init` prints `VMI-TEST …` markers on the serial console (see
 //! [`markers`]), then prints `VMI-TEST tick <n>` every 5 s while reading `/proc/uptime`
 //! every second, and runs one-line shell commands sent by [`Guest::run_command`].
+//!
+//! The kernel matrix ([`matrix`], `VMI_LINUX_KERNELS`) holds real Debian kernels from 5.10
+//! to the newest, each with its own initramfs ([`GuestOptions::for_matrix_kernel`]);
+//! [`truth`] reads ground truth (kallsyms, processes, modules, dmesg, memory maps) from
+//! inside a running guest to check introspection against.
 
 pub mod dump;
 pub mod guest;
 pub mod markers;
+pub mod matrix;
 mod output;
 pub mod paths;
 pub mod scan;
+pub mod truth;
 
 pub use guest::{CommandOutput, Guest, GuestOptions, RamBackend, DEFAULT_APPEND};
 pub use markers::Markers;
+pub use matrix::MatrixKernel;
 pub use paths::{Accel, GuestPaths};
 
 // Guests may be shared between test threads (e.g. behind a `OnceLock`).

@@ -1,4 +1,5 @@
-//! The guest initramfs: busybox and an `/init` script that prints test markers.
+//! The guest initramfs: busybox and an `/init` script that prints test markers; the
+//! kernel-matrix guests' variant also carries kernel modules that `/init` loads.
 
 use std::path::Path;
 
@@ -44,8 +45,21 @@ pub(crate) const KALLSYMS: &[&str] = &[
 /// every second and prints `VMI-TEST tick <n>` every 5 s, while the foreground loop runs
 /// `<id> <command>` lines from the console, framed by `VMI-CMD begin <id>` and
 /// `VMI-CMD end <id> <status>`. `/init` never exits (that would panic the kernel).
-pub(crate) fn init_script() -> String {
+///
+/// With `modules` (names, in dependency order), `/init` first loads
+/// `/lib/modules/<name>.ko` for each with `insmod` and prints `VMI-TEST module
+/// <name>=loaded` (or `=failed`); without, the script is the default guest's.
+pub(crate) fn init_script(modules: &[String]) -> String {
     let syms = KALLSYMS.join(" ");
+    let load_modules = if modules.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "for m in {}; do\n    if insmod /lib/modules/$m.ko; then s=loaded; else \
+             s=failed; fi\n    echo \"VMI-TEST module $m=$s\"\ndone\n",
+            modules.join(" ")
+        )
+    };
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -67,7 +81,7 @@ awk 'BEGIN {{ n = split("{syms}", l, " "); for (i = 1; i <= n; i++) want[l[i]] =
 echo "VMI-TEST memtotal=$(awk '/^MemTotal:/ {{ print $2 }}' /proc/meminfo)"
 echo "VMI-TEST cpus=$(grep -c ^processor /proc/cpuinfo)"
 echo "VMI-TEST uptime=$(cut -d' ' -f1 /proc/uptime)"
-echo "VMI-TEST ready"
+{load_modules}echo "VMI-TEST ready"
 (
     n=0
     while :; do
@@ -92,6 +106,16 @@ done
 
 /// Builds the initramfs at `out`; returns whether it changed.
 pub(crate) fn build_initramfs(busybox: &Path, out: &Path) -> Result<bool> {
+    build_initramfs_with_modules(busybox, out, &[])
+}
+
+/// Builds an initramfs at `out` whose `/init` loads `modules` (name and uncompressed
+/// `.ko`, in dependency order) before `VMI-TEST ready`; returns whether it changed.
+pub(crate) fn build_initramfs_with_modules(
+    busybox: &Path,
+    out: &Path,
+    modules: &[(String, Vec<u8>)],
+) -> Result<bool> {
     let bb = std::fs::read(busybox).map_err(|e| format!("reading {}: {e}", busybox.display()))?;
     let mut cpio = Cpio::new();
     for dir in ["bin", "dev", "proc", "sys", "tmp", "root", "etc"] {
@@ -101,6 +125,14 @@ pub(crate) fn build_initramfs(busybox: &Path, out: &Path) -> Result<bool> {
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.file("bin/busybox", 0o755, &bb);
     cpio.symlink("bin/sh", "busybox");
-    cpio.file("init", 0o755, init_script().as_bytes());
+    if !modules.is_empty() {
+        cpio.dir("lib", 0o755);
+        cpio.dir("lib/modules", 0o755);
+    }
+    for (name, ko) in modules {
+        cpio.file(&format!("lib/modules/{name}.ko"), 0o644, ko);
+    }
+    let names: Vec<String> = modules.iter().map(|(name, _)| name.clone()).collect();
+    cpio.file("init", 0o755, init_script(&names).as_bytes());
     write_if_changed(out, &cpio.finish())
 }

@@ -3,13 +3,19 @@
 //! The guest tests need QEMU, a Linux kernel and an initramfs; `xtask` provisions them
 //! (see [`provision`]), builds the initramfs ([`image`]), picks the accelerator ([`accel`])
 //! and runs cargo with `VMI_GUEST_KERNEL`, `VMI_GUEST_INITRD` and `VMI_GUEST_ACCEL` set.
-//! Everything it produces lives in `target/guest/`.
+//! It also provisions the kernel matrix ([`matrix`]: Debian kernels 5.10 to the newest,
+//! each with an initramfs loading some of its modules) and names it in
+//! `VMI_LINUX_KERNELS`. Everything it produces lives in `target/guest/`.
 
 mod accel;
 mod cpio;
 mod demo;
 mod image;
+mod kimage;
+mod kmod;
 mod kvmi_demo;
+mod matrix;
+mod privapt;
 mod provision;
 mod spinners;
 mod testguest;
@@ -27,7 +33,9 @@ usage: cargo xtask <command> [args]
 
 commands:
   provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
-                 build the initramfs, choose the accelerator; print the guest environment
+                 build the initramfs, choose the accelerator, fetch the kernel matrix
+                 (bullseye, bookworm, trixie, sid; VMI_LINUX_KERNELS); print the guest
+                 environment
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
@@ -50,6 +58,8 @@ environment:
                           force the test guest's accelerator (default: cached trial boot
                           of the test guest with KVM); `test` runs the test-guest suites
                           under TCG and, when it boots under KVM, again under KVM
+  VMI_MATRIX_REFRESH=1|0  refresh the kernel matrix's package lists now (a new sid kernel
+                          is then fetched) / never (default: when older than a day)
   VMI_GUEST_KERNEL=PATH   use this kernel instead of Debian's cloud kernel
   VMI_BUSYBOX=PATH        use this static busybox instead of Debian's busybox-static
   VMI_MAX_GUESTS=N        guests running at once per test process (default 2)
@@ -118,14 +128,21 @@ fn demo(rest: &[OsString]) -> Result {
             println!();
         }
         println!("=== legacy section — a real QEMU guest (vmi-legacy) ===");
-        let paths = prepare()?;
+        // The demo boots the default guest only: no kernel matrix.
+        let paths = prepare_guest(false)?;
         demo::run(&paths)?;
     }
     Ok(())
 }
 
-/// Provisions the host and builds the guest image; returns the paths the tests need.
+/// Provisions the host, builds the guest image and provisions the kernel matrix; returns
+/// the paths the tests need.
 fn prepare() -> Result<GuestPaths> {
+    prepare_guest(true)
+}
+
+/// [`prepare`], with or without the kernel matrix.
+fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
     let guest_dir = target_dir().join("guest");
     let cache = guest_dir.join("cache");
     std::fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
@@ -149,6 +166,10 @@ fn prepare() -> Result<GuestPaths> {
         &key,
     )?;
     // Inherited by every cargo command xtask runs, and printed by `env`.
+    if with_matrix {
+        let matrix = matrix::provision(&cache, &p.busybox)?;
+        std::env::set_var(matrix::ENV_LINUX_KERNELS, &matrix);
+    }
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
     Ok(GuestPaths {
@@ -159,9 +180,13 @@ fn prepare() -> Result<GuestPaths> {
 }
 
 fn print_env(paths: &GuestPaths, shell: bool) {
-    let test_guest = [testguest::ENV_TEST_GUEST, accel::ENV_TEST_GUEST_ACCEL]
-        .into_iter()
-        .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
+    let test_guest = [
+        testguest::ENV_TEST_GUEST,
+        accel::ENV_TEST_GUEST_ACCEL,
+        matrix::ENV_LINUX_KERNELS,
+    ]
+    .into_iter()
+    .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
     for (name, value) in paths.env_vars().into_iter().chain(test_guest) {
         let value = value.to_string_lossy();
         if shell {

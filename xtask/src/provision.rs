@@ -101,6 +101,19 @@ fn ensure_qemu() -> Result<PathBuf> {
     })
 }
 
+/// Debian's default cloud kernel, whatever `VMI_GUEST_KERNEL` says (the kernel matrix's
+/// bookworm entry): its `vmlinuz`, release and unpacked modules directory.
+pub(crate) fn debian_kernel(cache: &Path) -> Result<(PathBuf, String, PathBuf)> {
+    let (vmlinuz, release) = ensure_kernel(cache, &mut Apt { updated: false })?;
+    let root = cache.join("kernel");
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| root.join(d).join(&release))
+        .find(|d| d.join("kernel").is_dir())
+        .ok_or_else(|| format!("{} holds no modules of {release}", root.display()))?;
+    Ok((vmlinuz, release, modules))
+}
+
 fn ensure_kernel(cache: &Path, apt: &mut Apt) -> Result<(PathBuf, String)> {
     let root = cache.join("kernel");
     if let Some(found) = find_vmlinuz(&root)? {

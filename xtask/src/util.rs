@@ -134,3 +134,94 @@ pub(crate) fn write_if_changed(path: &Path, data: &[u8]) -> Result<bool> {
     std::fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
     Ok(true)
 }
+
+/// Makes sure every program in `tools` is on `PATH`, installing Debian's `package` with
+/// apt-get (as root) when one is missing; `why` says what needs them, for the error.
+pub(crate) fn ensure_tools(tools: &[&str], package: &str, why: &str) -> Result {
+    if tools.iter().all(|t| find_in_path(t).is_some()) {
+        return Ok(());
+    }
+    if !is_root() || find_in_path("apt-get").is_none() {
+        bail!(
+            "{why} needs {}: install it, e.g. on Debian/Ubuntu `sudo apt-get install \
+             {package}`",
+            tools.join(", ")
+        );
+    }
+    eprintln!(
+        "xtask: {} missing; installing {package} with apt-get",
+        tools.join(", ")
+    );
+    apt_install(package)?;
+    match tools.iter().find(|t| find_in_path(t).is_none()) {
+        Some(t) => bail!("`apt-get install {package}` succeeded but `{t}` is still not on PATH"),
+        None => Ok(()),
+    }
+}
+
+/// `apt-get install package` (as root, without recommends); runs `apt-get update` first
+/// if the install fails (fresh containers have no package lists).
+pub(crate) fn apt_install(package: &str) -> Result {
+    if !is_root() || find_in_path("apt-get").is_none() {
+        bail!("{package} is needed: install it, e.g. `sudo apt-get install {package}`");
+    }
+    let install = || {
+        run_to_stderr(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends", package]),
+        )
+    };
+    if install().is_err() {
+        run_to_stderr(Command::new("apt-get").args(["update", "-q"]))?;
+        install()?;
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with `input` on its stdin and returns its stdout (stderr is inherited); fails
+/// naming the command if it cannot start or exits unsuccessfully.
+pub(crate) fn filter(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
+    let (status, out) = filter_any(cmd, input)?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(out)
+}
+
+/// Like [`filter`], but returns the output whatever the exit status (with the status).
+pub(crate) fn filter_any(
+    cmd: &mut Command,
+    input: &[u8],
+) -> Result<(std::process::ExitStatus, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run `{}`: {e}", display(cmd)))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    // Feed stdin from a second thread: the tool may fill its stdout pipe before it has
+    // read all of its input.
+    let out = std::thread::scope(|s| {
+        let writer = s.spawn(move || stdin.write_all(input));
+        let mut out = Vec::new();
+        let read = stdout.read_to_end(&mut out);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("panic")));
+        read.map(|_| out).and_then(|out| {
+            // A tool that stops reading once it has decoded its stream is fine.
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+                _ => Ok(out),
+            }
+        })
+    });
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for `{}`: {e}", display(cmd)))?;
+    let out = out.map_err(|e| format!("piping through `{}`: {e}", display(cmd)))?;
+    Ok((status, out))
+}
