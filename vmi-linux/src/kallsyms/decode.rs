@@ -10,38 +10,48 @@ use super::{
     TableOrder, MAX_NAME_LEN,
 };
 
-/// Every name expanded once: `(start in arena, length, nm type)` per symbol.
+/// The most bytes all expanded names may take (a distro kernel needs 3–5 MiB).
+const MAX_ARENA: usize = 256 << 20;
+
+/// Width tokens are padded to for expanding (real tokens are at most ~20 bytes).
+const PAD: usize = 32;
+
+/// Every name expanded once into one arena: `(start, length, nm type)` per symbol, the
+/// type char left in the arena just before each name.
 struct Expanded {
-    arena: String,
+    arena: Vec<u8>,
     entries: Vec<(u32, u16, u8)>,
     text: Option<usize>,
     banner: Option<usize>,
 }
 
-impl Expanded {
-    fn name(&self, i: usize) -> &str {
-        let (start, len, _) = self.entries[i];
-        &self.arena[start as usize..start as usize + usize::from(len)]
-    }
-}
-
-/// Expands every name through the token table. Names must be printable ASCII with an
-/// alphabetic `nm` type; each is at most [`MAX_NAME_LEN`] bytes.
+/// Expands every name through the token table (whose tokens are printable ASCII, checked
+/// when it was located). Each name needs an alphabetic `nm` type and is at most
+/// [`MAX_NAME_LEN`] bytes.
 fn expand(image: &ImageCopy, tokens: &Tokens, names: &Names) -> Result<Expanded> {
     let bad = |d: &'static str| Error::malformed("kallsyms names", d);
     let b = image.bytes();
     let start = image
         .offset_of(names.names_va)
         .ok_or(bad("outside the image"))?;
-    let end = image
-        .offset_of(names.end_va)
-        .unwrap_or(b.len())
-        .max(start);
+    let end = image.offset_of(names.end_va).unwrap_or(b.len()).max(start);
     let region = &b[start..end];
-    // A name expands to at most MAX_NAME_LEN + 1 bytes; the region bounds the count.
-    let mut arena = String::with_capacity(region.len().saturating_mul(2));
-    let mut entries = Vec::with_capacity(names.count.min(region.len()));
-    let mut name = Vec::with_capacity(MAX_NAME_LEN + 2 + 256);
+    // Tokens padded to a fixed width when they all fit: expanding then copies one
+    // constant-size block per token instead of calling memmove for a few bytes.
+    let longest = tokens.spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let padded = (longest <= PAD).then(|| {
+        let mut p = Box::new([[0u8; PAD]; 256]);
+        for (slot, &(ts, tl)) in p.iter_mut().zip(&tokens.spans) {
+            slot[..tl].copy_from_slice(&b[ts..ts + tl]);
+        }
+        p
+    });
+    let lens: Vec<usize> = tokens.spans.iter().map(|s| s.1).collect();
+    let step = longest.max(PAD);
+    let mut arena = vec![0u8; region.len().saturating_mul(2).min(MAX_ARENA)];
+    let mut pos = 0usize;
+    // Each entry takes at least 2 bytes of the region: that bounds the count.
+    let mut entries = Vec::with_capacity(names.count.min(region.len() / 2));
     let (mut text, mut banner) = (None, None);
     let mut off = 0usize;
     for i in 0..names.count {
@@ -56,34 +66,59 @@ fn expand(image: &ImageCopy, tokens: &Tokens, names: &Names) -> Result<Expanded>
             .get(off + header..off + header + len)
             .ok_or(bad("truncated"))?;
         off += header + len;
-        name.clear();
-        for &c in compressed {
-            let (ts, tl) = tokens.spans[usize::from(c)];
-            if name.len() + tl > MAX_NAME_LEN + 1 {
+        let room = pos + len * step;
+        if room > arena.len() {
+            if room > MAX_ARENA + (MAX_NAME_LEN + 2) * step {
                 return Err(Error::Limit {
-                    what: "kallsyms name length",
-                    limit: MAX_NAME_LEN as u64,
+                    what: "kallsyms names",
+                    limit: MAX_ARENA as u64,
                 });
             }
-            name.extend_from_slice(&b[ts..ts + tl]);
+            arena.resize(room.max(arena.len() * 2), 0);
         }
-        let [kind, rest @ ..] = name.as_slice() else {
-            return Err(bad("empty name"));
-        };
-        if !kind.is_ascii_alphabetic() || rest.is_empty() || !rest.iter().all(u8::is_ascii_graphic)
-        {
-            return Err(bad("name not printable"));
+        let begin = pos;
+        match &padded {
+            Some(padded) => {
+                for &c in compressed {
+                    arena[pos..pos + PAD].copy_from_slice(&padded[usize::from(c)]);
+                    pos += lens[usize::from(c)];
+                }
+            }
+            None => {
+                for &c in compressed {
+                    let (ts, tl) = tokens.spans[usize::from(c)];
+                    arena[pos..pos + tl].copy_from_slice(&b[ts..ts + tl]);
+                    pos += tl;
+                }
+            }
         }
-        let s = std::str::from_utf8(rest).map_err(|_| bad("name not printable"))?;
-        match s {
-            "_text" => text = text.or(Some(i)),
-            "linux_banner" => banner = banner.or(Some(i)),
-            _ => {}
+        let total = pos - begin;
+        if total > MAX_NAME_LEN + 1 {
+            return Err(Error::Limit {
+                what: "kallsyms name length",
+                limit: MAX_NAME_LEN as u64,
+            });
         }
-        let at = u32::try_from(arena.len()).map_err(|_| bad("names too large"))?;
-        arena.push_str(s);
-        entries.push((at, rest.len() as u16, *kind));
+        if pos > MAX_ARENA {
+            return Err(Error::Limit {
+                what: "kallsyms names",
+                limit: MAX_ARENA as u64,
+            });
+        }
+        let kind = arena[begin];
+        if total < 2 || !kind.is_ascii_alphabetic() {
+            return Err(bad("name without an nm type"));
+        }
+        let name = &arena[begin + 1..pos];
+        if name == b"_text" {
+            text = text.or(Some(i));
+        } else if name == b"linux_banner" {
+            banner = banner.or(Some(i));
+        }
+        let at = u32::try_from(begin + 1).map_err(|_| bad("names too large"))?;
+        entries.push((at, (total - 1) as u16, kind));
     }
+    arena.truncate(pos);
     Ok(Expanded {
         arena,
         entries,
@@ -234,6 +269,31 @@ fn address(table: &AddressTable, base: u64, i: usize, raw: &[u8]) -> u64 {
     }
 }
 
+/// Whether `linux_banner` decoded to `va` agrees with the banner found at `want`: the same
+/// address, or the same banner up to the build number. 6.1+ links a weak copy in
+/// `init/version.c` (`… #  SMP …`, no build number) before the strong one of
+/// `init/version-timestamp.c` (`… #1 SMP …`), so a scan may find the weak one first.
+fn same_banner(image: &ImageCopy, va: u64, want: u64) -> bool {
+    if va == want {
+        return true;
+    }
+    let text = |va: u64| {
+        let start = image.offset_of(va)?;
+        let b = image.bytes();
+        let window = &b[start..b.len().min(start + 1024)];
+        let len = memchr::memchr(0, window)?;
+        image.slice(va, len + 1)?;
+        Some(&window[..len])
+    };
+    let upto_hash = |s: &'_ [u8]| -> Option<usize> { memchr::memchr(b'#', s) };
+    match (text(va), text(want)) {
+        (Some(a), Some(b)) if a.starts_with(b"Linux version ") => {
+            a == b || matches!((upto_hash(a), upto_hash(b)), (Some(i), Some(j)) if a[..i] == b[..j])
+        }
+        _ => false,
+    }
+}
+
 /// Tries every address table for these names; the first that passes every check becomes
 /// the symbol table. Rejections are noted in `why`.
 pub(super) fn try_names(
@@ -282,7 +342,7 @@ pub(super) fn try_names(
             continue;
         }
         let banner_ok = match (anchors.banner, expanded.banner) {
-            (Some(want), Some(i)) => at(i) == want,
+            (Some(want), Some(i)) => same_banner(image, at(i), want),
             (Some(_), None) => false,
             (None, Some(i)) => image.slice(at(i), 14) == Some(b"Linux version ".as_slice()),
             (None, None) => true,
@@ -310,9 +370,14 @@ pub(super) fn try_names(
             ));
             continue;
         }
-        let mut builder = SymbolTableBuilder::with_capacity(n);
-        for (i, &a) in addresses.iter().enumerate() {
-            builder.push(expanded.name(i), a, char::from(expanded.entries[i].2))?;
+
+        let Expanded { arena, entries, .. } = expanded;
+        // Every token was printable ASCII, so is every name.
+        let arena = String::from_utf8(arena)
+            .map_err(|_| Error::malformed("kallsyms names", "not ASCII"))?;
+        let mut builder = SymbolTableBuilder::from_arena(arena, n);
+        for (&(start, len, kind), &a) in entries.iter().zip(&addresses) {
+            builder.push_in_arena(start, u32::from(len), a, kind)?;
         }
         let mut report = KallsymsReport {
             description: String::new(),
@@ -331,6 +396,7 @@ pub(super) fn try_names(
             },
         };
         report.description = describe(&report);
+
         return Ok(Some((builder.build(), report)));
     }
     Ok(None)

@@ -46,11 +46,15 @@ pub(super) struct Names {
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn zeros(b: &[u8], from: usize, to: usize) -> bool {
@@ -85,6 +89,10 @@ pub(super) fn tokens_at(image: &ImageCopy, table_va: u64, index_va: u64) -> Resu
             .get(start..i.min(start + MAX_TOKEN_LEN + 1))
             .ok_or(bad("token runs into token_index"))?;
         let len = memchr::memchr(0, region).ok_or(bad("token too long or unterminated"))?;
+        // Tokens are pieces of `nm` types and names: printable ASCII.
+        if !region[..len].iter().all(u8::is_ascii_graphic) {
+            return Err(bad("token not printable"));
+        }
         *span = (start, len);
         expect = at + len + 1;
     }
@@ -102,43 +110,33 @@ pub(super) fn tokens_at(image: &ImageCopy, table_va: u64, index_va: u64) -> Resu
     })
 }
 
-/// Every token table (with its index) in the image, found by the digit run.
-pub(super) fn token_tables(image: &ImageCopy) -> Result<Vec<Tokens>> {
+/// Token tables (with their index) in the image, found by the digit run, lazily: first
+/// from offset `from` to the end, then from the start up to `from` (kallsyms sits a few MiB
+/// after `linux_banner`, at the start of `.rodata`, so a banner hint skips `.text`).
+pub(super) fn token_tables(image: &ImageCopy, from: usize) -> impl Iterator<Item = Tokens> + '_ {
     let b = image.bytes();
-    let mut out = Vec::new();
-    for d in memchr::memmem::find_iter(b, DIGIT_RUN).take(MAX_DIGIT_RUNS) {
-        // Slots 0x30..=0xff follow the digit '0': walk them to the table's end.
-        let mut p = d;
-        let mut ok = true;
-        for _ in 0x30..0x100 {
-            match b
-                .get(p..b.len().min(p + MAX_TOKEN_LEN + 1))
-                .and_then(|r| memchr::memchr(0, r))
-            {
-                Some(n) => p += n + 1,
-                None => {
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if !ok {
-            continue;
-        }
-        for a in p..p + 8 {
-            let Some(at0) = u16_at(b, a + 2 * 0x30) else {
-                break;
-            };
-            let Some(t) = d.checked_sub(usize::from(at0)) else {
-                continue;
-            };
-            if let Ok(tokens) = tokens_at(image, image.va_of(t), image.va_of(a)) {
-                out.push(tokens);
-                break;
-            }
-        }
+    let from = from.min(b.len());
+    let head_end = b.len().min(from + DIGIT_RUN.len() - 1);
+    memchr::memmem::find_iter(&b[from..], DIGIT_RUN)
+        .map(move |d| d + from)
+        .chain(memchr::memmem::find_iter(&b[..head_end], DIGIT_RUN).filter(move |&d| d < from))
+        .take(MAX_DIGIT_RUNS)
+        .filter_map(move |d| tokens_around(image, d))
+}
+
+/// The token table whose digit `'0'` is at offset `d`, if it validates.
+fn tokens_around(image: &ImageCopy, d: usize) -> Option<Tokens> {
+    let b = image.bytes();
+    // Slots 0x30..=0xff follow the digit '0': walk them to the table's end.
+    let mut p = d;
+    for _ in 0x30..0x100 {
+        let region = b.get(p..b.len().min(p + MAX_TOKEN_LEN + 1))?;
+        p += memchr::memchr(0, region)? + 1;
     }
-    Ok(out)
+    (p..p + 8).find_map(|a| {
+        let t = d.checked_sub(usize::from(u16_at(b, a + 2 * 0x30)?))?;
+        tokens_at(image, image.va_of(t), image.va_of(a)).ok()
+    })
 }
 
 /// Walks `count` name entries from offset `start`, staying below `limit`. With `markers`
@@ -188,13 +186,14 @@ fn names_from_markers(image: &ImageCopy, m_start: usize, m: usize) -> Option<Nam
     let hi = 256 * m;
     let s_max = m_start.checked_sub(last + 2)?;
     let s_min = s_max.saturating_sub(256 * MAX_ENTRY + 8).max(8);
-    let mut s = s_max;
+    // Names start 4-byte aligned.
+    let mut s = s_max.saturating_sub((image.va_of(s_max) % 4) as usize);
     while s >= s_min {
-        if image.va_of(s) % 4 != 0 {
-            s -= 1;
-            continue;
-        }
-        let n_at = |p: usize| u32_at(b, p).map(|v| v as usize).filter(|v| (lo..=hi).contains(v));
+        let n_at = |p: usize| {
+            u32_at(b, p)
+                .map(|v| v as usize)
+                .filter(|v| (lo..=hi).contains(v))
+        };
         let found = match (n_at(s - 4), n_at(s - 8)) {
             (Some(n), _) => Some((n, s - 4)),
             (None, Some(n)) if u32_at(b, s - 4) == Some(0) => Some((n, s - 8)),
@@ -223,7 +222,7 @@ fn names_from_markers(image: &ImageCopy, m_start: usize, m: usize) -> Option<Nam
                 });
             }
         }
-        s -= 1;
+        s -= 4;
     }
     None
 }

@@ -53,6 +53,10 @@ pub struct Anchors {
     /// The runtime address of `_text` found from the page tables / IDT, if known.
     pub text: Option<u64>,
     /// The runtime address of the `Linux version …` banner found in the image, if known.
+    /// `linux_banner` must decode to it, or to the same banner up to the build number
+    /// (`#1`): 6.1+ kernels hold two copies (a weak one in `init/version.c` without the
+    /// build number, the strong one in `init/version-timestamp.c`), and the first found by
+    /// a scan is the weak one.
     pub banner: Option<u64>,
 }
 
@@ -141,9 +145,14 @@ pub struct KallsymsReport {
 /// `Linux version ` string.
 pub fn decode(image: &ImageCopy, anchors: Anchors) -> Result<(SymbolTable, KallsymsReport)> {
     let mut why = Rejections::default();
-    for tokens in locate::token_tables(image)? {
+    let from = anchors
+        .banner
+        .and_then(|va| image.offset_of(va))
+        .unwrap_or(0);
+    for tokens in locate::token_tables(image, from) {
         for names in locate::names_before(image, &tokens)? {
-            if let Some(found) = decode::try_names(image, &tokens, &names, None, anchors, &mut why)? {
+            if let Some(found) = decode::try_names(image, &tokens, &names, None, anchors, &mut why)?
+            {
                 return Ok(found);
             }
         }
