@@ -4,7 +4,10 @@
 //! an ISF file) and then only queried, so it is laid out for lookups: one string arena,
 //! entries sorted by address for reverse lookups, and a hash index for names.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use foldhash::quality::RandomState;
+use hashbrown::HashTable;
 
 use crate::error::{Error, Result};
 
@@ -24,6 +27,9 @@ struct Entry {
     address: u64,
     name_start: u32,
     name_len: u32,
+    /// In the last entry of a run sharing one address: the entry reverse lookups give
+    /// (the last that is not a `__pfx_` marker), so they read no names to choose.
+    preferred: u32,
     kind: u8,
 }
 
@@ -33,8 +39,12 @@ pub struct SymbolTable {
     names: String,
     /// Sorted by (address, insertion order).
     entries: Vec<Entry>,
-    /// Name → index in `entries` of the first symbol with that name.
-    by_name: HashMap<Box<str>, u32>,
+    /// `entries[i].address`, packed for the binary search of reverse lookups.
+    addresses: Vec<u64>,
+    /// Index in `entries` of the first symbol of each name, hashed by name. The names are
+    /// the guest's, so the hash is keyed at random: no crafted collisions.
+    by_name: HashTable<u32>,
+    hasher: RandomState,
 }
 
 /// Builds a [`SymbolTable`].
@@ -53,6 +63,38 @@ impl SymbolTableBuilder {
         }
     }
 
+    /// A builder over names a decoder already laid out in one arena; symbols are then
+    /// added with [`Self::push_in_arena`] (no copy of each name).
+    pub(crate) fn from_arena(names: String, capacity: usize) -> Self {
+        Self {
+            names,
+            entries: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds a symbol whose name is `names[start..start + len]` of the arena given to
+    /// [`Self::from_arena`]; refused if that is not a `str` range of the arena.
+    pub(crate) fn push_in_arena(
+        &mut self,
+        start: u32,
+        len: u32,
+        address: u64,
+        kind: u8,
+    ) -> Result<()> {
+        let (s, e) = (start as usize, start as usize + len as usize);
+        if self.names.get(s..e).is_none() {
+            return Err(Error::malformed("symbol name", "outside the name arena"));
+        }
+        self.entries.push(Entry {
+            address,
+            name_start: start,
+            name_len: len,
+            preferred: 0,
+            kind: if kind.is_ascii() { kind } else { b'?' },
+        });
+        Ok(())
+    }
+
     /// Adds a symbol. Names longer than `u32::MAX` bytes or past a 4 GiB arena are refused.
     pub fn push(&mut self, name: &str, address: u64, kind: char) -> Result<()> {
         let name_start = u32::try_from(self.names.len()).map_err(|_| Error::Limit {
@@ -68,6 +110,7 @@ impl SymbolTableBuilder {
             address,
             name_start,
             name_len,
+            preferred: 0,
             kind: if kind.is_ascii() { kind as u8 } else { b'?' },
         });
         Ok(())
@@ -87,20 +130,73 @@ impl SymbolTableBuilder {
     /// same name in different files), name lookups give the lowest address.
     pub fn build(mut self) -> SymbolTable {
         self.entries.sort_by_key(|e| e.address);
-        let mut by_name = HashMap::with_capacity(self.entries.len());
-        for (i, e) in self.entries.iter().enumerate() {
-            let name = &self.names[e.name_start as usize..(e.name_start + e.name_len) as usize];
-            by_name.entry(name.into()).or_insert(i as u32);
-        }
-        SymbolTable {
+        let mut t = SymbolTable {
             names: self.names,
             entries: self.entries,
-            by_name,
-        }
+            addresses: Vec::new(),
+            by_name: HashTable::new(),
+            hasher: RandomState::default(),
+        };
+        t.index();
+        t
     }
 }
 
 impl SymbolTable {
+    fn name_of(&self, e: &Entry) -> &str {
+        &self.names[e.name_start as usize..(e.name_start + e.name_len) as usize]
+    }
+
+    /// (Re)builds the indexes of the sorted entries: the packed addresses, each address
+    /// run's preferred entry, and the name index.
+    fn index(&mut self) {
+        self.addresses = self.entries.iter().map(|e| e.address).collect();
+        let mut run_start = 0;
+        for i in 0..self.entries.len() {
+            let last_of_run = self.addresses.get(i + 1) != Some(&self.addresses[i]);
+            if last_of_run {
+                let run = run_start..=i;
+                let preferred = run
+                    .clone()
+                    .rev()
+                    .find(|&j| !self.name_of(&self.entries[j]).starts_with("__pfx_"))
+                    .unwrap_or(i);
+                self.entries[i].preferred = preferred as u32;
+                run_start = i + 1;
+            }
+        }
+        self.index_names();
+    }
+
+    /// Builds the name index: the first entry (lowest address) of each name.
+    fn index_names(&mut self) {
+        let mut by_name = HashTable::with_capacity(self.entries.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            let name = self.name_of(e);
+            let hash = self.hasher.hash_one(name);
+            let slot = by_name.entry(
+                hash,
+                |&j: &u32| self.name_of(&self.entries[j as usize]) == name,
+                |&j: &u32| {
+                    self.hasher
+                        .hash_one(self.name_of(&self.entries[j as usize]))
+                },
+            );
+            if let hashbrown::hash_table::Entry::Vacant(v) = slot {
+                v.insert(i as u32);
+            }
+        }
+        self.by_name = by_name;
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name
+            .find(self.hasher.hash_one(name), |&j| {
+                self.name_of(&self.entries[j as usize]) == name
+            })
+            .map(|&j| j as usize)
+    }
+
     fn symbol(&self, e: &Entry) -> Symbol<'_> {
         Symbol {
             name: &self.names[e.name_start as usize..(e.name_start + e.name_len) as usize],
@@ -121,35 +217,22 @@ impl SymbolTable {
 
     /// The address of `name`.
     pub fn address_of(&self, name: &str) -> Option<u64> {
-        self.by_name
-            .get(name)
-            .map(|&i| self.entries[i as usize].address)
+        self.index_of(name).map(|i| self.entries[i].address)
     }
 
     /// The symbol named `name`.
     pub fn get(&self, name: &str) -> Option<Symbol<'_>> {
-        self.by_name
-            .get(name)
-            .map(|&i| self.symbol(&self.entries[i as usize]))
+        self.index_of(name).map(|i| self.symbol(&self.entries[i]))
     }
 
     /// The symbol containing `address` and the offset into it: the symbol with the highest
     /// address ≤ `address`, preferring text and data symbols over the zero-size markers
     /// (`__pfx_*` padding, `__key.*`) sharing its address. `None` below the first symbol.
     pub fn symbol_at(&self, address: u64) -> Option<(Symbol<'_>, u64)> {
-        let end = self.entries.partition_point(|e| e.address <= address);
-        if end == 0 {
-            return None;
-        }
-        let at = self.entries[end - 1].address;
-        let start = self.entries[..end].partition_point(|e| e.address < at);
-        let group = &self.entries[start..end];
-        let best = group
-            .iter()
-            .rev()
-            .find(|e| !self.symbol(e).name.starts_with("__pfx_"))
-            .unwrap_or(&group[group.len() - 1]);
-        Some((self.symbol(best), address - at))
+        let end = self.addresses.partition_point(|&a| a <= address);
+        let last = self.entries.get(end.checked_sub(1)?)?;
+        let best = &self.entries[last.preferred as usize];
+        Some((self.symbol(best), address - last.address))
     }
 
     /// Every symbol, by address.
@@ -168,11 +251,7 @@ impl SymbolTable {
             }
         }
         t.entries.sort_by_key(|e| e.address);
-        t.by_name.clear();
-        for (i, e) in t.entries.iter().enumerate() {
-            let name = &t.names[e.name_start as usize..(e.name_start + e.name_len) as usize];
-            t.by_name.entry(name.into()).or_insert(i as u32);
-        }
+        t.index();
         t
     }
 

@@ -1,0 +1,1 @@
+//! Synthetic kallsyms tables for the unit tests.
