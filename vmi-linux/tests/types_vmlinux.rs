@@ -314,8 +314,10 @@ fn corrupted_btf_gives_errors_not_panics() {
         return;
     };
     let (_, section) = btf_section(&k.elf);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let rounds = if cfg!(debug_assertions) { 12 } else { 60 };
+    // `VMI_FUZZ_ROUNDS` and `VMI_FUZZ_SEED` run it longer or differently by hand.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut rng = Rng(env("VMI_FUZZ_SEED").unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
+    let rounds = env("VMI_FUZZ_ROUNDS").unwrap_or(if cfg!(debug_assertions) { 12 } else { 60 });
     let (mut ok, mut failed) = (0, 0);
     let started = Instant::now();
     for round in 0..rounds {

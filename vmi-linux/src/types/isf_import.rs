@@ -1,5 +1,5 @@
-//! Import of a Volatility 3 ISF (dwarf2json or btf2json output, format 6.x, also our own
-//! export): types into a [`Model`], symbols into a [`SymbolTable`].
+//! Import of a Volatility 3 ISF (dwarf2json or btf2json output, formats 4.x to 6.x, also
+//! our own export): types into a [`Model`], symbols into a [`SymbolTable`].
 
 use std::collections::HashMap;
 
@@ -166,10 +166,11 @@ pub(crate) fn parse(json: &[u8]) -> Result<(Types, SymbolTable, IsfInfo)> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("no metadata.format"))?
         .to_owned();
-    if !format.starts_with("6.") {
+    // 4.x to 6.x share the layout read here (they differ in metadata and anonymous fields).
+    if !["4.", "5.", "6."].iter().any(|v| format.starts_with(v)) {
         return Err(Error::Unavailable {
             what: "ISF format",
-            reason: format!("{format} (only 6.x is read)").into(),
+            reason: format!("{format} (4.x to 6.x are read)").into(),
         });
     }
     let producer = metadata.get("producer").map(|p| {

@@ -91,7 +91,7 @@ impl Types {
         Ok(types)
     }
 
-    /// Reads a Volatility 3 ISF (`dwarf2json` or `btf2json` output, format 6.x): its types,
+    /// Reads a Volatility 3 ISF (`dwarf2json` or `btf2json` output, formats 4.x to 6.x): its types,
     /// its symbols (link-time addresses: slide them with [`SymbolTable::slid`] for a KASLR
     /// kernel; addresses below the kernel half are marked absolute, kind `A`, so they keep
     /// their value) and what it says about itself (the banner). Symbol types in the file are

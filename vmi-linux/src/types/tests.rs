@@ -252,3 +252,44 @@ fn isf_round_trip_of_the_sample() {
         );
     }
 }
+
+#[test]
+fn hostile_isf_gives_errors() {
+    let isf = |body: &str| {
+        format!(
+            r#"{{"metadata":{{"format":"6.2.0","producer":{{"name":"t","version":"1.0.0"}}}},{body}}}"#
+        )
+    };
+    let cases = [
+        "not json".to_owned(),
+        r#"{"metadata":{"format":"9.0.0"},"base_types":{},"user_types":{},"enums":{},"symbols":{}}"#
+            .to_owned(),
+        isf(r#""base_types":{},"user_types":{},"enums":{}"#),
+        isf(
+            r#""base_types":{},"enums":{},"symbols":{},
+            "user_types":{"s":{"kind":"struct","size":8,"fields":{"f":{"offset":0,"type":{"kind":"base","name":"undefined"}}}}}"#,
+        ),
+        isf(
+            r#""base_types":{},"enums":{},"symbols":{},
+            "user_types":{"s":{"kind":"struct","size":8,"fields":{"f":{"offset":99999999999,"type":{"kind":"function"}}}}}"#,
+        ),
+        isf(r#""base_types":{"int":{"size":-4,"signed":true,"kind":"int","endian":"little"}},"user_types":{},"enums":{},"symbols":{}"#),
+        isf(r#""base_types":{},"user_types":{},"enums":{},"symbols":{"x":{"address":"zero"}}"#),
+    ];
+    for case in &cases {
+        assert!(Types::from_isf(case.as_bytes()).is_err(), "{case}");
+    }
+    // A pointer chain deeper than any walk follows.
+    let mut desc = r#"{"kind":"function"}"#.to_owned();
+    for _ in 0..100 {
+        desc = format!(r#"{{"kind":"pointer","subtype":{desc}}}"#);
+    }
+    let deep = isf(&format!(
+        r#""base_types":{{}},"enums":{{}},"symbols":{{}},
+        "user_types":{{"s":{{"kind":"struct","size":8,"fields":{{"f":{{"offset":0,"type":{desc}}}}}}}}}"#
+    ));
+    assert!(matches!(
+        Types::from_isf(deep.as_bytes()),
+        Err(Error::Malformed { .. })
+    ));
+}
