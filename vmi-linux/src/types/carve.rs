@@ -1,0 +1,107 @@
+//! Finding the kernel's `.BTF` in a copy of its mapped image.
+//!
+//! The kernel keeps its BTF resident (between `__start_BTF` and `__stop_BTF`, in rodata)
+//! for `/sys/kernel/btf/vmlinux` and the BPF verifier. Without kallsyms we scan for the
+//! header: magic `9f eb 01 00`, a plausible header, sections inside the copy on mapped
+//! pages, and confirm a candidate by parsing it and finding `struct task_struct`.
+
+use super::btf::{self, Header, MAX_BTF};
+use crate::error::{Error, Result};
+use crate::image::ImageCopy;
+
+/// How many magic hits are examined before giving up (the magic is 4 bytes; a real image
+/// has a handful of chance hits).
+const MAX_CANDIDATES: usize = 4096;
+
+/// Checks the header at `va` and returns the candidate's bytes if it looks like the
+/// kernel's BTF: `hdr_len` ≥ 24, `type_off` 0, the strings right after the types, all
+/// within the copy on mapped pages and at most [`MAX_BTF`] bytes.
+fn candidate(image: &ImageCopy, va: u64) -> Option<&[u8]> {
+    let head = image.slice(va, 24)?;
+    if head[0..4] != [0x9f, 0xeb, 0x01, 0x00] {
+        return None;
+    }
+    let hdr_len = u32::from_le_bytes(head[4..8].try_into().ok()?);
+    let header_bytes = image.slice(va, hdr_len.clamp(24, btf::MAX_HDR_LEN) as usize)?;
+    let total = {
+        let h = Header::parse_prefix(header_bytes)?;
+        if h.type_off != 0 || h.str_off != h.type_len || h.type_len == 0 {
+            return None;
+        }
+        h.total_len()
+    };
+    if total > MAX_BTF {
+        return None;
+    }
+    let bytes = image.slice(va, total)?;
+    // The string section starts with the empty name and ends with a NUL.
+    (bytes.last() == Some(&0)).then_some(bytes)
+}
+
+/// Confirms a candidate without a full parse (the caller parses it once, next): the
+/// bounded pre-walk must accept every record and find `struct task_struct`.
+fn confirm(bytes: &[u8]) -> Result<()> {
+    let h = Header::parse(bytes)?;
+    if btf::prewalk(bytes, &h, Some("task_struct"))?.found {
+        Ok(())
+    } else {
+        Err(Error::not_found("BTF", "a BTF without struct task_struct"))
+    }
+}
+
+/// Finds the kernel's BTF in `image`: its virtual address and a copy of its bytes.
+///
+/// Scans for the magic with header checks and confirms the first plausible candidate by
+/// walking all its records and finding `struct task_struct` (the full parse is
+/// [`super::Types::from_btf`]'s). Errors: [`Error::NotFound`] (no candidate, e.g.
+/// a kernel built without `CONFIG_DEBUG_INFO_BTF`, or its pages not mapped), or the
+/// parse error of the last candidate that looked right.
+pub fn carve_btf(image: &ImageCopy) -> Result<(u64, Vec<u8>)> {
+    let mut last_error = None;
+    for (n, off) in memchr::memmem::find_iter(image.bytes(), &[0x9f, 0xeb, 0x01, 0x00]).enumerate()
+    {
+        if n >= MAX_CANDIDATES {
+            return Err(Error::Limit {
+                what: "BTF magic candidates",
+                limit: MAX_CANDIDATES as u64,
+            });
+        }
+        let va = image.va_of(off);
+        let Some(bytes) = candidate(image, va) else {
+            continue;
+        };
+        match confirm(bytes) {
+            Ok(()) => return Ok((va, bytes.to_vec())),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        Error::not_found(
+            "BTF",
+            "no BTF header in the kernel image (CONFIG_DEBUG_INFO_BTF off, or unmapped)",
+        )
+    }))
+}
+
+/// The BTF between `start` and `stop` (`__start_BTF`, `__stop_BTF` from kallsyms): checks
+/// the header and that the sections fit, without scanning. The bytes are not parsed here;
+/// [`super::Types::from_btf`] does that.
+pub fn carve_btf_at(image: &ImageCopy, start: u64, stop: u64) -> Result<(u64, Vec<u8>)> {
+    let len = stop
+        .checked_sub(start)
+        .filter(|&l| l >= 24 && l <= MAX_BTF as u64)
+        .ok_or_else(|| {
+            Error::malformed(
+                "BTF",
+                format!("__start_BTF {start:#x} .. __stop_BTF {stop:#x}"),
+            )
+        })? as usize;
+    let bytes = image.slice(start, len).ok_or_else(|| {
+        Error::not_found(
+            "BTF",
+            format!("{start:#x}..{stop:#x} is not within the mapped kernel image"),
+        )
+    })?;
+    let h = Header::parse(bytes)?;
+    Ok((start, bytes[..h.total_len()].to_vec()))
+}
