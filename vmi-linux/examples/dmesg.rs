@@ -22,7 +22,9 @@ fn main() -> ExitCode {
         common::with_linux(&args, |linux| {
             let log = linux.dmesg()?;
             for r in &log[log.len().saturating_sub(last)..] {
-                println!("{}", r.dmesg_line());
+                for line in r.dmesg_lines() {
+                    println!("{line}");
+                }
             }
             Ok(())
         })

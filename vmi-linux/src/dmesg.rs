@@ -37,14 +37,15 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    /// The line as `dmesg` prints it: `[    1.234567] text`.
-    pub fn dmesg_line(&self) -> String {
-        format!(
-            "[{:5}.{:06}] {}",
+    /// The lines as `dmesg` prints them: `[    1.234567] text`, one per line of the text
+    /// (the kernel's syslog format repeats the prefix on every line of a record).
+    pub fn dmesg_lines(&self) -> impl Iterator<Item = String> + '_ {
+        let prefix = format!(
+            "[{:5}.{:06}] ",
             self.timestamp_ns / 1_000_000_000,
-            (self.timestamp_ns % 1_000_000_000) / 1000,
-            self.text
-        )
+            (self.timestamp_ns % 1_000_000_000) / 1000
+        );
+        self.text.split('\n').map(move |l| format!("{prefix}{l}"))
     }
 }
 

@@ -163,12 +163,8 @@ pub fn mapped_runs<M: PhysicalMemory + ?Sized>(
         mem,
         space.cr3.0 & ADDR_MASK,
         levels,
-        // The top level's base in the sign-extended address space.
-        if levels == 5 {
-            0xfe00_0000_0000_0000
-        } else {
-            0xffff_0000_0000_0000
-        },
+        // The top level covers the whole (sign-extended) address space.
+        TOP,
         start,
         end,
         &mut tables,
@@ -177,6 +173,9 @@ pub fn mapped_runs<M: PhysicalMemory + ?Sized>(
     )?;
     Ok(out)
 }
+
+/// Marks the top-level table in [`walk_table`] (no real table starts at this address).
+const TOP: u64 = 1;
 
 /// Bytes one entry maps at `level` (1 = page table).
 const fn entry_span(level: u8) -> u64 {
@@ -205,12 +204,17 @@ fn walk_table<M: PhysicalMemory + ?Sized>(
     let mut raw = [0u8; PAGE as usize];
     mem.read_physical(Gpa(table), &mut raw)?;
     let span = entry_span(level);
-    // On the top level, only the upper half (sign-extended) is of interest: index 256+.
     for i in 0..512u64 {
-        let va = if level >= 4 && i < 256 {
-            continue;
-        } else if level >= 4 {
-            table_va.wrapping_add((i - 256) * span)
+        let va = if table_va == TOP {
+            // Top level: only the upper (kernel) half, index 256 and up, sign-extended
+            // from the top bit of the linear address (47 or 56).
+            if i < 256 {
+                continue;
+            }
+            let bits = 12 + 9 * u32::from(level);
+            ((i * span) as i64)
+                .wrapping_shl(64 - bits)
+                .wrapping_shr(64 - bits) as u64
         } else {
             table_va.wrapping_add(i * span)
         };

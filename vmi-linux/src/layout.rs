@@ -83,6 +83,9 @@ pub struct TaskLayout {
     pub signal_thread_head: Off,
     /// `task_struct.thread_node`.
     pub thread_node: Off,
+    /// A kernel thread's full name (5.17+: `task_struct.worker_private` points at its
+    /// `struct kthread`, whose `full_name` holds names longer than `comm`).
+    pub kthread_full_name: Option<(Off, Off)>,
 }
 
 impl TaskLayout {
@@ -107,6 +110,9 @@ impl TaskLayout {
             signal: req(types, t, "signal")?,
             signal_thread_head: req(types, "signal_struct", "thread_head")?,
             thread_node: req(types, t, "thread_node")?,
+            kthread_full_name: req(types, t, "worker_private")
+                .and_then(|w| Ok((w, req(types, "kthread", "full_name")?)))
+                .ok(),
         })
     }
 }

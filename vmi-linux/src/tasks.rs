@@ -14,6 +14,9 @@ pub const MAX_ARGS: usize = 1 << 20;
 
 /// `PF_KTHREAD` in `task_struct.flags` (stable since 2.6).
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// `PF_WQ_WORKER`: a workqueue worker, which /proc names by `comm` (plus what it works
+/// on), never by the kthread's full name.
+const PF_WQ_WORKER: u64 = 0x20;
 
 /// A task's scheduling state as `/proc/PID/status` prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +99,10 @@ pub struct Process {
     pub ppid: u32,
     /// `comm`: the executable's name, at most 15 bytes.
     pub comm: String,
+    /// The name `/proc/PID/status` shows: `comm`, or a kernel thread's full name when
+    /// `comm` cut it (5.17+; not for workqueue workers, which /proc shows as `comm` plus
+    /// the work they run, `kworker/0:0-rcu_gp`).
+    pub name: String,
     /// Scheduling state.
     pub state: TaskState,
     /// Real user id.
@@ -136,6 +143,23 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
                 r.u32(cred + t.cred_gid.offset)?,
             )
         };
+        let kernel_thread = flags & PF_KTHREAD != 0;
+        let name = match t.kthread_full_name {
+            Some((worker, full)) if kernel_thread && flags & PF_WQ_WORKER == 0 => {
+                let kthread = r.u64(task + worker.offset)?;
+                let p = if kthread == 0 {
+                    0
+                } else {
+                    r.u64(kthread + full.offset)?
+                };
+                if p == 0 {
+                    comm.clone()
+                } else {
+                    r.cstr(p, 256)?
+                }
+            }
+            _ => comm.clone(),
+        };
         let mm = r.u64(task + t.mm.offset)?;
         let pgd = if mm == 0 {
             None
@@ -150,10 +174,11 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
             tgid,
             ppid,
             comm,
+            name,
             state: TaskState::from_raw(state, exit_state),
             uid,
             gid,
-            kernel_thread: flags & PF_KTHREAD != 0,
+            kernel_thread,
             mm,
             pgd,
         })

@@ -1,0 +1,339 @@
+//! vmi-linux on every kernel of the matrix (Debian 5.10, 6.1, 6.12 and sid's newest),
+//! live through vmi-legacy, checked against the guest's own `/proc` read through its
+//! console: symbols both ways (/proc/kallsyms), every process (/proc/PID/status and
+//! cmdline), modules (/proc/modules), the kernel log (dmesg) and pid 1's memory map
+//! (/proc/1/maps). Then the same kernel through a memory dump and through vmi-kvm on
+//! kvmi-sim serving that dump. Each kernel boots once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vmi_core::{VcpuControl, VcpuId};
+use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
+use vmi_linux::{Linux, LinuxOptions, Process};
+use vmi_tests::matrix::{kernels_dir_or_skip, MatrixKernel};
+use vmi_tests::{dump, truth, Guest, GuestOptions};
+
+struct Truth {
+    kallsyms: Vec<(u64, char, String)>,
+    processes: Vec<truth::ProcTruth>,
+    modules: Vec<truth::ModuleTruth>,
+    dmesg: Vec<String>,
+    maps1: Vec<truth::MapTruth>,
+}
+
+fn gather(guest: &Guest) -> Truth {
+    Truth {
+        kallsyms: truth::kallsyms(guest).expect("/proc/kallsyms"),
+        processes: truth::processes(guest).expect("/proc/PID"),
+        modules: truth::modules(guest).expect("/proc/modules"),
+        dmesg: truth::dmesg(guest).expect("dmesg"),
+        maps1: truth::maps(guest, 1).expect("/proc/1/maps"),
+    }
+}
+
+fn connect(guest: &Guest) -> LegacyQemu {
+    let mut cfg = LegacyConfig::new(guest.qmp_socket());
+    cfg.ram = RamSource::File(guest.ram_path().to_path_buf());
+    LegacyQemu::connect(cfg).expect("connecting to QEMU")
+}
+
+/// Symbols both ways against /proc/kallsyms: every name that occurs once there has the
+/// same address here, and every address resolves to a symbol at that address.
+fn check_symbols<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
+    suite: &str,
+    linux: &Linux<V>,
+    truth: &[(u64, char, String)],
+) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (_, _, n) in truth {
+        *count.entry(n).or_default() += 1;
+    }
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for (addr, _, name) in truth {
+        if count[name.as_str()] != 1 {
+            continue;
+        }
+        match linux.symbols().address_of(name) {
+            Some(a) => assert_eq!(a, *addr, "{suite}: {name}"),
+            None => missing.push(name.clone()),
+        }
+        let (s, off) = linux
+            .symbols()
+            .symbol_at(*addr)
+            .unwrap_or_else(|| panic!("{suite}: {addr:#x} resolves to nothing"));
+        assert_eq!(
+            off, 0,
+            "{suite}: {addr:#x} ({name}) resolves to {}+{off:#x}",
+            s.name
+        );
+        assert_eq!(s.address, *addr);
+        checked += 1;
+    }
+    assert!(
+        missing.len() * 1000 < checked,
+        "{suite}: {} of {checked} /proc/kallsyms names missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(checked > 50_000, "{suite}: only {checked} symbols compared");
+    eprintln!(
+        "{suite}: {checked} symbols equal both ways ({} missing)",
+        missing.len()
+    );
+}
+
+/// Every process of ours against /proc: those the console command spawned are not in a
+/// snapshot taken after it ended, everything else must be, with equal fields.
+fn check_processes<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
+    suite: &str,
+    linux: &Linux<V>,
+    truth: &[truth::ProcTruth],
+) -> Vec<Process> {
+    let ours = linux.processes().expect("processes");
+    assert_eq!(ours[0].pid, 0, "{suite}: init_task first");
+    let by_pid: BTreeMap<u32, &Process> = ours.iter().map(|p| (p.pid, p)).collect();
+    let mut compared = 0;
+    for t in truth.iter().filter(|t| t.pid == t.tgid) {
+        let Some(p) = by_pid.get(&t.pid) else {
+            // Spawned by the truth command itself (sh, cat, gzip…) and gone since.
+            assert!(
+                !t.is_kernel_thread && t.pid > 1,
+                "{suite}: pid {} ({}) missing from our list",
+                t.pid,
+                t.comm
+            );
+            continue;
+        };
+        // /proc names a workqueue worker by its comm plus what it works on now
+        // (`kworker/0:0-rcu_gp`, the kernel's wq_worker_comm); the task holds the comm.
+        let proc_name = match t.comm.strip_prefix(p.name.as_str()) {
+            Some(rest) if p.comm.starts_with("kworker/") && rest.starts_with(['-', '+']) => {
+                p.name.as_str()
+            }
+            _ => t.comm.as_str(),
+        };
+        assert!(p.name.starts_with(&p.comm), "{suite}: {p:?}");
+        assert_eq!(
+            (
+                p.tgid,
+                p.ppid,
+                p.name.as_str(),
+                p.uid,
+                p.gid,
+                p.kernel_thread
+            ),
+            (t.tgid, t.ppid, proc_name, t.uid, t.gid, t.is_kernel_thread),
+            "{suite}: pid {}",
+            t.pid
+        );
+        if p.kernel_thread {
+            assert!(
+                p.pgd.is_none(),
+                "{suite}: kernel thread {} has a pgd",
+                p.pid
+            );
+            if t.state == 'I' {
+                assert_eq!(p.state.letter(), 'I', "{suite}: idle kthread {}", p.pid);
+            }
+        } else {
+            assert!(p.pgd.is_some(), "{suite}: pid {} has no pgd", p.pid);
+            let cmdline = linux.cmdline(p).expect("cmdline");
+            assert_eq!(cmdline, t.cmdline, "{suite}: cmdline of pid {}", t.pid);
+        }
+        compared += 1;
+    }
+    let kthreads = truth
+        .iter()
+        .filter(|t| t.is_kernel_thread && t.pid == t.tgid)
+        .count();
+    assert!(
+        compared > kthreads,
+        "{suite}: {compared} processes compared"
+    );
+    eprintln!(
+        "{suite}: {compared} processes equal to /proc ({} listed)",
+        ours.len()
+    );
+    ours
+}
+
+fn check_modules<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
+    suite: &str,
+    linux: &Linux<V>,
+    truth: &[truth::ModuleTruth],
+) {
+    let ours = linux.modules().expect("modules");
+    let got: Vec<(String, u64, &str, Option<u64>)> = ours
+        .iter()
+        .map(|m| (m.name.clone(), m.size, m.state.proc_name(), Some(m.base)))
+        .collect();
+    let want: Vec<(String, u64, &str, Option<u64>)> = truth
+        .iter()
+        .map(|m| (m.name.clone(), m.size, m.state.as_str(), m.address))
+        .collect();
+    assert_eq!(got, want, "{suite}: modules");
+    assert!(
+        ours.len() >= 4,
+        "{suite}: the initramfs loads at least 4 modules"
+    );
+}
+
+fn check_dmesg<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
+    suite: &str,
+    linux: &Linux<V>,
+    truth: &[String],
+) {
+    let ours = linux.dmesg().expect("dmesg");
+    let lines: Vec<String> = ours.iter().flat_map(|r| r.dmesg_lines()).collect();
+    // The guest's log may have grown after its dmesg ran: its lines are a prefix.
+    let n = truth.len();
+    assert!(
+        lines.len() >= n,
+        "{suite}: {} records, dmesg printed {n}",
+        lines.len()
+    );
+    for (i, (a, b)) in lines.iter().zip(truth).enumerate() {
+        assert_eq!(a.trim_end(), b.trim_end(), "{suite}: dmesg line {i}");
+    }
+    eprintln!("{suite}: {n} dmesg lines equal");
+}
+
+fn check_maps<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
+    suite: &str,
+    linux: &Linux<V>,
+    truth: &[truth::MapTruth],
+) {
+    let init = linux.process(1).expect("pid 1");
+    let ours = linux.vmas(&init).expect("VMAs of pid 1");
+    let got: Vec<(u64, u64, String, u64, Option<String>)> = ours
+        .iter()
+        .map(|v| (v.start, v.end, v.perms(), v.offset, v.name.clone()))
+        .collect();
+    let want: Vec<(u64, u64, String, u64, Option<String>)> = truth
+        .iter()
+        .map(|m| (m.start, m.end, m.perms.clone(), m.offset, m.path.clone()))
+        .collect();
+    assert_eq!(got, want, "{suite}: /proc/1/maps");
+}
+
+/// The same kernel through a dump file and through vmi-kvm on kvmi-sim serving it.
+fn check_dump_and_kvmi(suite: &str, elf: &Path, live: &[Process]) {
+    let dump = vmi_dump::ElfDump::open(elf).expect("dump");
+    let linux = Linux::attach(&dump, LinuxOptions::default()).expect("attach to the dump");
+    let from_dump: Vec<(u32, String)> = linux
+        .processes()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.pid, p.comm))
+        .collect();
+    let want: Vec<(u32, String)> = live.iter().map(|p| (p.pid, p.comm.clone())).collect();
+    assert_eq!(from_dump, want, "{suite}: processes from the dump");
+
+    let cfg = kvmi_sim::SimConfig::from_dump(&dump).expect("simulated guest from the dump");
+    let path = std::env::temp_dir().join(format!("vmi-linux-{suite}-{}.sock", std::process::id()));
+    let kcfg = vmi_kvm::Config {
+        secret: Some(b"linux".to_vec()),
+        request_timeout: Duration::from_secs(10),
+        ..vmi_kvm::Config::default()
+    };
+    let listener = vmi_kvm::KvmiListener::bind(&path, kcfg).unwrap();
+    let sc = kvmi_sim::SimConfig {
+        secret: Some(b"linux".to_vec()),
+        ..cfg
+    };
+    let p = path.clone();
+    let sim = std::thread::spawn(move || kvmi_sim::Simulator::connect(&p, sc).unwrap());
+    let vm = listener.accept(Duration::from_secs(10)).unwrap();
+    let _sim = sim.join().unwrap();
+    let started = Instant::now();
+    let linux = Linux::attach(&vm, LinuxOptions::default()).expect("attach over KVMi");
+    let over_kvmi: Vec<(u32, String)> = linux
+        .processes()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.pid, p.comm))
+        .collect();
+    assert_eq!(over_kvmi, want, "{suite}: processes over vmi-kvm/kvmi-sim");
+    let names: HashSet<String> = linux
+        .modules()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert!(names.len() >= 4, "{suite}: modules over KVMi");
+    eprintln!(
+        "{suite}: dump and KVMi agree ({:.1?} over KVMi)",
+        started.elapsed()
+    );
+}
+
+fn check_kernel(suite: &str) {
+    let test = format!("linux_matrix::{suite}");
+    let Some(dir) = kernels_dir_or_skip(&test) else {
+        return;
+    };
+    let kernel = MatrixKernel::open(&dir, suite).unwrap_or_else(|e| panic!("{e}"));
+    let guest = Guest::launch(GuestOptions::for_matrix_kernel(suite)).expect("launch");
+    guest.wait_ready().expect("boot");
+    let t = Instant::now();
+    let truth = gather(&guest);
+    eprintln!(
+        "{suite}: ground truth through the console in {:.1?}",
+        t.elapsed()
+    );
+    let vm = connect(&guest);
+    let paused = vm.pause().expect("pause");
+    let t = Instant::now();
+    let linux = Linux::attach(&vm, LinuxOptions::default())
+        .unwrap_or_else(|e| panic!("{suite} ({}): attach: {e}", kernel.release));
+    eprintln!(
+        "{suite}: attached in {:.1?}\n{}",
+        t.elapsed(),
+        linux.report()
+    );
+    assert_eq!(linux.kernel().release, kernel.release, "{suite}: release");
+    check_symbols(suite, &linux, &truth.kallsyms);
+    let live = check_processes(suite, &linux, &truth.processes);
+    check_modules(suite, &linux, &truth.modules);
+    check_dmesg(suite, &linux, &truth.dmesg);
+    check_maps(suite, &linux, &truth.maps1);
+    // The task each vCPU runs is a real one: on the list, or that CPU's idle task.
+    for v in 0..2u16 {
+        let cur = linux.current_task(VcpuId(v)).expect("current task");
+        assert!(
+            live.iter().any(|p| p.task == cur.task)
+                || cur.pid == 0 && cur.comm.starts_with("swapper/"),
+            "{suite}: vCPU {v} runs {cur:?}"
+        );
+    }
+    let elf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("linux-{suite}.elf"));
+    let _ = std::fs::remove_file(&elf);
+    dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
+    drop(linux);
+    drop(paused);
+    check_dump_and_kvmi(suite, &elf, &live);
+    let _ = std::fs::remove_file(&elf);
+}
+
+#[test]
+fn bullseye_5_10() {
+    check_kernel("bullseye");
+}
+
+#[test]
+fn bookworm_6_1() {
+    check_kernel("bookworm");
+}
+
+#[test]
+fn trixie_6_12() {
+    check_kernel("trixie");
+}
+
+#[test]
+fn sid_newest() {
+    check_kernel("sid");
+}
