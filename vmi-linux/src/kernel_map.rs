@@ -34,6 +34,19 @@ pub fn kernel_cr3(cr3: u64) -> Gpa {
     Gpa(cr3 & CR3_ADDRESS_MASK)
 }
 
+/// The roots to try for a CR3 value: with bit 12 cleared (the kernel PGD of a KPTI pair),
+/// then, when bit 12 was set, as it is — a kernel built without page-table isolation
+/// allocates single-page PGDs, so bit 12 may be a plain address bit there.
+pub fn kernel_cr3_candidates(cr3: u64) -> Vec<Gpa> {
+    let masked = kernel_cr3(cr3);
+    let plain = Gpa(cr3 & 0x000f_ffff_ffff_f000);
+    if plain == masked {
+        vec![masked]
+    } else {
+        vec![masked, plain]
+    }
+}
+
 /// What a vCPU told us about the kernel.
 #[derive(Debug, Clone)]
 pub struct VcpuFacts {
@@ -41,12 +54,11 @@ pub struct VcpuFacts {
     pub vcpu: VcpuId,
     /// Its CR3 as read (unmasked).
     pub cr3: u64,
-    /// The kernel address space derived from it.
-    pub kernel: AddressSpace,
+    /// The kernel address spaces its CR3 may stand for, most likely first
+    /// ([`kernel_cr3_candidates`]).
+    pub candidates: Vec<AddressSpace>,
     /// IDTR base, if reported.
     pub idt_base: Option<u64>,
-    /// The divide-error gate's target, if the IDT could be read.
-    pub idt_divide_error: Option<u64>,
     /// IA32_LSTAR, if the backend reports it.
     pub lstar: Option<u64>,
     /// The kernel's per-CPU base of this vCPU: GS base in kernel mode, KERNEL_GS_BASE in
@@ -85,7 +97,10 @@ pub fn vcpu_facts<V: PhysicalMemory + ReadRegisters + ?Sized>(
         });
     }
     let cr3 = regs.control.map_or(0, |c| c.cr3);
-    let kernel = AddressSpace::new(mode, kernel_cr3(cr3));
+    let candidates = kernel_cr3_candidates(cr3)
+        .into_iter()
+        .map(|root| AddressSpace::new(mode, root))
+        .collect();
     let user_mode = regs.segments.is_some_and(|s| s.cs.selector & 3 == 3);
     let gs = regs
         .msrs
@@ -97,21 +112,71 @@ pub fn vcpu_facts<V: PhysicalMemory + ReadRegisters + ?Sized>(
         gs
     };
     let idt_base = regs.idtr.map(|t| t.base);
-    let idt_divide_error = idt_base.and_then(|base| {
-        let mut gate = [0u8; 16];
-        vmi_core::read_virtual(vm, mode, kernel.cr3, Gva(base), &mut gate).ok()?;
-        Some(gate_target(&gate))
-    });
     Ok(VcpuFacts {
         vcpu,
         cr3,
-        kernel,
+        candidates,
         idt_base,
-        idt_divide_error,
         lstar: regs.msrs.get(msr::LSTAR),
         kernel_gs_base,
         user_mode,
     })
+}
+
+/// The divide-error gate's target in the IDT at `idt_base`, read through `space`.
+pub fn idt_divide_error<M: PhysicalMemory + ?Sized>(
+    mem: &M,
+    space: AddressSpace,
+    idt_base: u64,
+) -> Option<u64> {
+    let mut gate = [0u8; 16];
+    vmi_core::read_virtual(mem, space.mode, space.cr3, Gva(idt_base), &mut gate).ok()?;
+    Some(gate_target(&gate))
+}
+
+/// The kernel found from a vCPU: its address space, image, and the entry points checked.
+#[derive(Debug)]
+pub struct LocatedKernel {
+    /// The kernel's address space.
+    pub space: AddressSpace,
+    /// The image and its copy.
+    pub image: KernelImage,
+    /// The IDT's divide-error handler, inside the image.
+    pub idt_divide_error: Option<u64>,
+}
+
+/// Tries each candidate root of `facts` until one maps a kernel image that holds the
+/// IDT's divide-error handler (when the IDT is readable); the errors of the others are
+/// returned if none does.
+pub fn locate_kernel<M: PhysicalMemory + ?Sized>(
+    mem: &M,
+    facts: &VcpuFacts,
+    max_len: usize,
+) -> Result<LocatedKernel> {
+    let mut errors = Vec::new();
+    for &space in &facts.candidates {
+        let idt = facts.idt_base.and_then(|b| idt_divide_error(mem, space, b));
+        match copy_kernel_image(mem, space, max_len) {
+            Ok(image) => {
+                let end = image.text + image.copy.len() as u64;
+                match idt {
+                    Some(t) if t < image.text || t >= end => errors.push(format!(
+                        "root {:#x}: IDT divide-error gate {t:#x} outside the image at {:#x}..{end:#x}",
+                        space.cr3.0, image.text
+                    )),
+                    _ => {
+                        return Ok(LocatedKernel {
+                            space,
+                            image,
+                            idt_divide_error: idt,
+                        })
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("root {:#x}: {e}", space.cr3.0)),
+        }
+    }
+    Err(Error::not_found("kernel image", errors.join("; ")))
 }
 
 /// The handler address of a 16-byte IA-32e interrupt gate.

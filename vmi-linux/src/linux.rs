@@ -160,25 +160,26 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let facts = timed(&mut report, "registers", |_| {
             kernel_map::vcpu_facts(&vm, options.vcpu)
         })?;
-        let kernel = facts.kernel;
+        let located = timed(&mut report, "image copy", |_| {
+            kernel_map::locate_kernel(&vm, &facts, options.max_image_size)
+        })?;
+        let kernel = located.space;
         report.steps.push(format!(
-            "kernel page tables: CR3 {:#x} of {} ({} mode{}) masked to {:#x}",
+            "kernel page tables: CR3 {:#x} of {} ({} mode) → root {:#x}{}",
             facts.cr3,
             facts.vcpu,
             if facts.user_mode { "user" } else { "kernel" },
-            if facts.cr3 & (1 << 12) != 0 {
-                ", KPTI user PGD → kernel PGD"
+            kernel.cr3.0,
+            if facts.cr3 & (1 << 12) != 0 && kernel.cr3.0 & (1 << 12) == 0 {
+                " (KPTI user PGD → kernel PGD)"
             } else {
                 ""
-            },
-            kernel.cr3.0
+            }
         ));
-        let image = timed(&mut report, "image copy", |_| {
-            kernel_map::copy_kernel_image(&vm, kernel, options.max_image_size)
-        })?;
+        let image = located.image;
         let text = image.text;
         let copy = image.copy;
-        validate_entry_points(&facts, text, copy.len() as u64, &mut report)?;
+        validate_entry_points(&facts, located.idt_divide_error, text, copy.len() as u64, &mut report)?;
         report.steps.push(format!(
             "kernel image: _text {text:#x} (first mapped 2 MiB slot of the kernel map), {} MiB mapped in {} runs, copied",
             copy.len() >> 20,
@@ -314,13 +315,14 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
 
 fn validate_entry_points(
     facts: &VcpuFacts,
+    idt_divide_error: Option<u64>,
     text: u64,
     len: u64,
     report: &mut BootstrapReport,
 ) -> Result<()> {
     let inside = |va: u64| va >= text && va < text + len;
     let mut checks = Vec::new();
-    if let Some(t) = facts.idt_divide_error {
+    if let Some(t) = idt_divide_error {
         if !inside(t) {
             return Err(Error::malformed(
                 "kernel image",
