@@ -1,5 +1,6 @@
 //! kallsyms costs (`VMI_LINUX_KERNELS=/path cargo bench -p vmi-linux --bench kallsyms`):
-//! decoding each kernel's tables from its vmlinux image beside one memcpy of that image,
+//! decoding each kernel's tables from its vmlinux image (with the anchors a bootstrap has, and
+//! without) beside one memcpy of that image,
 //! and symbol lookups both ways on the decoded table beside their floors — a
 //! `HashMap<u64, u64>` lookup for name → VA and a binary search of a plain `[u64]` for
 //! VA → name — measured in the same run.
@@ -52,7 +53,12 @@ fn main() {
         };
         let image = ImageCopy::from_vmlinux(&elf, 1 << 30).expect("vmlinux lays out");
         drop(elf);
-        let (table, report) = decode(&image, Anchors::default()).expect("kallsyms decodes");
+        // The anchors a bootstrap has: `_text` at the image base, the first banner found.
+        let anchors = Anchors {
+            text: Some(image.base()),
+            banner: memchr::memmem::find(image.bytes(), b"Linux version ").map(|o| image.va_of(o)),
+        };
+        let (table, report) = decode(&image, anchors).expect("kallsyms decodes");
         eprintln!("{suite}: {}", report.description);
 
         let mut g = c.benchmark_group(format!("kallsyms/{suite}"));
@@ -62,6 +68,9 @@ fn main() {
             b.iter(|| dst.copy_from_slice(black_box(image.bytes())))
         });
         g.bench_function("decode", |b| {
+            b.iter(|| decode(black_box(&image), anchors).map(|(t, _)| t.len()))
+        });
+        g.bench_function("decode_without_anchors", |b| {
             b.iter(|| decode(black_box(&image), Anchors::default()).map(|(t, _)| t.len()))
         });
         g.finish();
