@@ -25,6 +25,13 @@ pub(crate) struct Name {
     len: u32,
 }
 
+impl Name {
+    /// The name of `len` bytes at `start` in the arena given to [`Model::with_strings`].
+    pub(crate) fn at(start: u32, len: u32) -> Self {
+        Self { start, len }
+    }
+}
+
 /// A type qualifier that does not change layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Qualifier {
@@ -101,7 +108,8 @@ pub(crate) struct Member {
 /// Kernel types, filled by a source and then only queried.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Model {
-    names: String,
+    /// Name bytes: BTF's string section as is, or names appended by [`Model::intern`].
+    names: Vec<u8>,
     pub(crate) types: Vec<Type>,
     pub(crate) members: Vec<Member>,
     pub(crate) enumerators: Vec<(Name, i64)>,
@@ -136,15 +144,27 @@ impl Model {
         };
         let start = u32::try_from(self.names.len()).map_err(|_| limit())?;
         let len = u32::try_from(s.len()).map_err(|_| limit())?;
-        self.names.push_str(s);
+        self.names.extend_from_slice(s.as_bytes());
         Ok(Name { start, len })
     }
 
-    /// The text of a name (empty for anonymous).
+    /// A model whose arena starts as `strings` (BTF's string section), for names given
+    /// by [`Name::at`].
+    pub(crate) fn with_strings(strings: Vec<u8>) -> Self {
+        Self {
+            names: strings,
+            ..Self::new()
+        }
+    }
+
+    /// The text of a name (empty for anonymous; U+FFFD for bytes that are not UTF-8,
+    /// which no lookup matches).
     pub(crate) fn text(&self, n: Name) -> &str {
-        self.names
+        let bytes = self
+            .names
             .get(n.start as usize..(n.start as usize).saturating_add(n.len as usize))
-            .unwrap_or("")
+            .unwrap_or(&[]);
+        std::str::from_utf8(bytes).unwrap_or("\u{fffd}")
     }
 
     /// Appends a type and indexes its name; returns its id.

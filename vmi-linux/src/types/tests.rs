@@ -219,7 +219,7 @@ fn enum64_and_enumerators() {
 fn hostile_strings_are_bounded() {
     let mut b = sample();
     // A name without its NUL within the limit.
-    let long = "x".repeat(btf::MAX_NAME_LEN_FOR_TESTS + 10);
+    let long = "x".repeat(btf::MAX_NAME + 10);
     b.record(&long, 8, 0, false, 1);
     assert!(matches!(
         Types::from_btf(b.build()),
