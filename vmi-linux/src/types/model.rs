@@ -18,6 +18,17 @@ pub(crate) const MAX_CHAIN: usize = 64;
 /// Size of a pointer: BTF does not record it; vmi-linux reads x86-64 guests.
 pub(crate) const POINTER_SIZE: u64 = 8;
 
+/// C spellings of integer types and the names GCC gives them (BTF and DWARF use GCC's).
+const BASE_ALIASES: &[(&str, &str)] = &[
+    ("unsigned long", "long unsigned int"),
+    ("long", "long int"),
+    ("unsigned long long", "long long unsigned int"),
+    ("long long", "long long int"),
+    ("unsigned short", "short unsigned int"),
+    ("short", "short int"),
+    ("unsigned", "unsigned int"),
+];
+
 /// A name in the arena; `len == 0` is an anonymous type or member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Name {
@@ -244,7 +255,16 @@ impl Model {
                 .or_else(|| self.plain.get(bare))
                 .copied()
         };
-        found.ok_or_else(|| Error::not_found("type", name.to_owned()))
+        found
+            .or_else(|| {
+                // C spellings of base types, as GCC names them in BTF and DWARF.
+                let gcc = BASE_ALIASES
+                    .iter()
+                    .find(|(c, g)| *c == name || *g == name)
+                    .map(|&(c, g)| if c == name { g } else { c })?;
+                self.plain.get(gcc).copied()
+            })
+            .ok_or_else(|| Error::not_found("type", name.to_owned()))
     }
 
     /// The type of variable `name` (BTF knows the per-CPU ones).
