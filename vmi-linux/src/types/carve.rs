@@ -10,9 +10,10 @@ use super::model::Kind;
 use crate::error::{Error, Result};
 use crate::image::ImageCopy;
 
-/// How many magic hits are examined before giving up (the magic is 4 bytes; a real image
-/// has a handful of chance hits).
-const MAX_CANDIDATES: usize = 4096;
+/// How many plausible candidates (magic and header checks passed) are parsed before
+/// giving up: a hostile guest could plant copies of a header, and each costs a parse.
+/// Hits failing the header checks cost next to nothing and are not counted.
+const MAX_CANDIDATES: usize = 16;
 
 /// Checks the header at `va` and returns the candidate's bytes if it looks like the
 /// kernel's BTF: `hdr_len` ≥ 24, `type_off` 0, the strings right after the types, all
@@ -58,18 +59,19 @@ fn confirm(bytes: &[u8]) -> Result<()> {
 /// parse error of the last candidate that looked right.
 pub fn carve_btf(image: &ImageCopy) -> Result<(u64, Vec<u8>)> {
     let mut last_error = None;
-    for (n, off) in memchr::memmem::find_iter(image.bytes(), &[0x9f, 0xeb, 0x01, 0x00]).enumerate()
-    {
-        if n >= MAX_CANDIDATES {
-            return Err(Error::Limit {
-                what: "BTF magic candidates",
-                limit: MAX_CANDIDATES as u64,
-            });
-        }
+    let mut parsed = 0;
+    for off in memchr::memmem::find_iter(image.bytes(), &[0x9f, 0xeb, 0x01, 0x00]) {
         let va = image.va_of(off);
         let Some(bytes) = candidate(image, va) else {
             continue;
         };
+        parsed += 1;
+        if parsed > MAX_CANDIDATES {
+            return Err(Error::Limit {
+                what: "plausible BTF headers",
+                limit: MAX_CANDIDATES as u64,
+            });
+        }
         match confirm(bytes) {
             Ok(()) => return Ok((va, bytes.to_vec())),
             Err(e) => last_error = Some(e),

@@ -56,7 +56,8 @@ pub struct Field {
     pub bits: Option<(u8, u16)>,
     /// Size of the field's type in bytes (for a bitfield: of its declared integer type).
     pub size: u64,
-    /// The field's type, as C would print it (`struct list_head`, `int`, `char [16]`, `struct mm_struct *`).
+    /// The field's type, as C would print it (`struct list_head`, `int`, `char [16]`,
+    /// `struct mm_struct *`; a function pointer is `fn *`, an anonymous struct `struct {…}`).
     pub type_name: String,
     /// For a pointer: the type pointed to, typedefs and qualifiers stripped, by the name
     /// [`Types::field`] takes (`mm_struct`, `char`, `void`).
@@ -75,12 +76,23 @@ pub enum TypeSource {
 }
 
 /// Kernel type information.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Types {
     model: Model,
     source: TypeSource,
     /// Global symbol → its type: from the ISF, or the built-in table resolved in BTF.
     symbol_types: HashMap<Box<str>, TypeId>,
+}
+
+impl std::fmt::Debug for Types {
+    /// A summary: the tables are far too big to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Types")
+            .field("source", &self.source)
+            .field("types", &self.model.len())
+            .field("symbol_types", &self.symbol_types.len())
+            .finish()
+    }
 }
 
 impl Types {
