@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmi_linux::types::{carve_btf, carve_btf_at, TypeSource};
+use vmi_linux::types::{carve_btf, carve_btf_at, TypeSource, GLOBAL_TYPES};
 use vmi_linux::{Error, ImageCopy, SymbolTableBuilder, Types};
 
 const SUITES: &[&str] = &["bullseye", "bookworm", "trixie", "sid"];
@@ -139,6 +139,12 @@ fn facts_that_differ_between_versions() {
         }
 
         assert_eq!(t.size_of("list_head").unwrap(), 16);
+        assert_eq!(
+            t.size_of("unsigned long").unwrap(),
+            8,
+            "C spelling of GCC's name"
+        );
+        assert_eq!(t.size_of("long unsigned int").unwrap(), 8);
         assert_eq!(t.size_of("struct list_head").unwrap(), 16);
         assert!(t.size_of("union list_head").is_err());
         let comm = t.field("task_struct", "comm").unwrap();
@@ -181,6 +187,22 @@ fn facts_that_differ_between_versions() {
         assert_eq!(t.symbol_type("prb").unwrap(), "struct printk_ringbuffer *");
         assert!(t.symbol_type("tk_core").is_some(), "{name}: tk_core's type");
         assert!(t.symbol_type("no_such_symbol").is_none());
+        for sym in [
+            "init_mm",
+            "modules",
+            "mod_tree",
+            "init_files",
+            "idt_table",
+            "mem_section",
+        ] {
+            assert!(t.symbol_type(sym).is_some(), "{name}: {sym}'s type");
+        }
+        let unresolved: Vec<&str> = GLOBAL_TYPES
+            .iter()
+            .map(|g| g.symbol)
+            .filter(|s| t.symbol_type(s).is_none())
+            .collect();
+        eprintln!("{name}: global types not in this kernel's BTF: {unresolved:?}");
 
         eprintln!(
             "{name}: {} bytes of BTF, {} types, parsed in {took:?}; task_struct {} bytes, \

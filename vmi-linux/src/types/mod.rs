@@ -5,9 +5,12 @@
 //!   [`carve_btf_at`] with `__start_BTF`/`__stop_BTF` from kallsyms), then
 //!   [`Types::from_btf`]. The same constructor takes a BTF file a user supplies (a copy of
 //!   the guest's `/sys/kernel/btf/vmlinux`, or one from BTFHub for kernels built without).
-//!   Parsing uses the [btfparse](https://crates.io/crates/btfparse) crate (Apache-2.0),
-//!   chosen over btf-rs because btf-rs is LGPL-2.1-or-later, awkward for a statically
-//!   linked MIT/Apache crate; our own bounded pre-walk guards it (see the `btf` module).
+//!   Parsing is our own bounded single-pass reader (4–8 ms for a Debian kernel's 3–5 MB).
+//!   The [btfparse](https://crates.io/crates/btfparse) crate (Apache-2.0; chosen over
+//!   btf-rs because btf-rs is LGPL-2.1-or-later, awkward for a statically linked
+//!   MIT/Apache crate) was the plan, but took 65–115 ms with its deallocation and
+//!   conversion, too much of a 150 ms bootstrap; it is kept as the tests' reference
+//!   parser, which our reader must match type by type on every kernel.
 //! - A Volatility 3 ISF JSON file ([`Types::from_isf`]), which also carries link-time
 //!   symbols; the caller slides them with [`SymbolTable::slid`](crate::SymbolTable::slid).
 //!
@@ -24,6 +27,9 @@
 //! absurd sizes are errors; every walk is bounded.
 
 mod btf;
+#[cfg(test)]
+mod btf_oracle;
+mod btf_walk;
 mod carve;
 mod globals;
 mod isf_export;
@@ -50,7 +56,8 @@ pub struct Field {
     pub bits: Option<(u8, u16)>,
     /// Size of the field's type in bytes (for a bitfield: of its declared integer type).
     pub size: u64,
-    /// The field's type, as C would print it (`struct list_head`, `int`, `char [16]`, `struct mm_struct *`).
+    /// The field's type, as C would print it (`struct list_head`, `int`, `char [16]`,
+    /// `struct mm_struct *`; a function pointer is `fn *`, an anonymous struct `struct {…}`).
     pub type_name: String,
     /// For a pointer: the type pointed to, typedefs and qualifiers stripped, by the name
     /// [`Types::field`] takes (`mm_struct`, `char`, `void`).
@@ -69,7 +76,7 @@ pub enum TypeSource {
 }
 
 /// Kernel type information.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Types {
     model: Model,
     source: TypeSource,
@@ -77,11 +84,22 @@ pub struct Types {
     symbol_types: HashMap<Box<str>, TypeId>,
 }
 
+impl std::fmt::Debug for Types {
+    /// A summary: the tables are far too big to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Types")
+            .field("source", &self.source)
+            .field("types", &self.model.len())
+            .field("symbol_types", &self.symbol_types.len())
+            .finish()
+    }
+}
+
 impl Types {
     /// Parses BTF bytes: the kernel's (from [`carve_btf`]) or a BTF file's, such as a copy
     /// of a guest's `/sys/kernel/btf/vmlinux`. At most [`MAX_BTF`] bytes.
     pub fn from_btf(bytes: Vec<u8>) -> Result<Types> {
-        let model = btf::parse(&bytes)?;
+        let model = btf::parse(&bytes, 2 * GLOBAL_TYPES.len() + 1)?;
         let mut types = Types {
             model,
             source: TypeSource::Btf,

@@ -18,11 +18,29 @@ pub(crate) const MAX_CHAIN: usize = 64;
 /// Size of a pointer: BTF does not record it; vmi-linux reads x86-64 guests.
 pub(crate) const POINTER_SIZE: u64 = 8;
 
+/// C spellings of integer types and the names GCC gives them (BTF and DWARF use GCC's).
+const BASE_ALIASES: &[(&str, &str)] = &[
+    ("unsigned long", "long unsigned int"),
+    ("long", "long int"),
+    ("unsigned long long", "long long unsigned int"),
+    ("long long", "long long int"),
+    ("unsigned short", "short unsigned int"),
+    ("short", "short int"),
+    ("unsigned", "unsigned int"),
+];
+
 /// A name in the arena; `len == 0` is an anonymous type or member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Name {
     start: u32,
     len: u32,
+}
+
+impl Name {
+    /// The name of `len` bytes at `start` in the arena given to [`Model::with_strings`].
+    pub(crate) fn at(start: u32, len: u32) -> Self {
+        Self { start, len }
+    }
 }
 
 /// A type qualifier that does not change layout.
@@ -101,7 +119,8 @@ pub(crate) struct Member {
 /// Kernel types, filled by a source and then only queried.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Model {
-    names: String,
+    /// Name bytes: BTF's string section as is, or names appended by [`Model::intern`].
+    names: Vec<u8>,
     pub(crate) types: Vec<Type>,
     pub(crate) members: Vec<Member>,
     pub(crate) enumerators: Vec<(Name, i64)>,
@@ -136,15 +155,27 @@ impl Model {
         };
         let start = u32::try_from(self.names.len()).map_err(|_| limit())?;
         let len = u32::try_from(s.len()).map_err(|_| limit())?;
-        self.names.push_str(s);
+        self.names.extend_from_slice(s.as_bytes());
         Ok(Name { start, len })
     }
 
-    /// The text of a name (empty for anonymous).
+    /// A model whose arena starts as `strings` (BTF's string section), for names given
+    /// by [`Name::at`].
+    pub(crate) fn with_strings(strings: Vec<u8>) -> Self {
+        Self {
+            names: strings,
+            ..Self::new()
+        }
+    }
+
+    /// The text of a name (empty for anonymous; U+FFFD for bytes that are not UTF-8,
+    /// which no lookup matches).
     pub(crate) fn text(&self, n: Name) -> &str {
-        self.names
+        let bytes = self
+            .names
             .get(n.start as usize..(n.start as usize).saturating_add(n.len as usize))
-            .unwrap_or("")
+            .unwrap_or(&[]);
+        std::str::from_utf8(bytes).unwrap_or("\u{fffd}")
     }
 
     /// Appends a type and indexes its name; returns its id.
@@ -224,7 +255,16 @@ impl Model {
                 .or_else(|| self.plain.get(bare))
                 .copied()
         };
-        found.ok_or_else(|| Error::not_found("type", name.to_owned()))
+        found
+            .or_else(|| {
+                // C spellings of base types, as GCC names them in BTF and DWARF.
+                let gcc = BASE_ALIASES
+                    .iter()
+                    .find(|(c, g)| *c == name || *g == name)
+                    .map(|&(c, g)| if c == name { g } else { c })?;
+                self.plain.get(gcc).copied()
+            })
+            .ok_or_else(|| Error::not_found("type", name.to_owned()))
     }
 
     /// The type of variable `name` (BTF knows the per-CPU ones).

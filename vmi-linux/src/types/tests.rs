@@ -2,6 +2,7 @@
 //! kinds, anonymous members, bitfields, ENUM64), small enough to reason about.
 
 use super::*;
+use crate::ImageCopy;
 
 /// Builds a BTF blob type by type.
 #[derive(Default)]
@@ -219,7 +220,7 @@ fn enum64_and_enumerators() {
 fn hostile_strings_are_bounded() {
     let mut b = sample();
     // A name without its NUL within the limit.
-    let long = "x".repeat(btf::MAX_NAME_LEN_FOR_TESTS + 10);
+    let long = "x".repeat(btf::MAX_NAME + 10);
     b.record(&long, 8, 0, false, 1);
     assert!(matches!(
         Types::from_btf(b.build()),
@@ -291,5 +292,51 @@ fn hostile_isf_gives_errors() {
     assert!(matches!(
         Types::from_isf(deep.as_bytes()),
         Err(Error::Malformed { .. })
+    ));
+}
+
+fn with_task_struct() -> Vec<u8> {
+    let mut b = sample();
+    b.record_type("task_struct", false, 8, &[("pid", 1, 0, 0)]);
+    b.build()
+}
+
+#[test]
+fn carving_skips_fake_magic_and_needs_mapped_pages() {
+    let btf = with_task_struct();
+    let mut bytes = vec![0u8; 64 * 1024];
+    // Chance hits of the magic with nonsense headers, and one plausible header whose types
+    // are garbage: skipped.
+    for i in 0..200 {
+        bytes[i * 64..i * 64 + 4].copy_from_slice(&[0x9f, 0xeb, 0x01, 0x00]);
+    }
+    let mut fake = btf.clone();
+    fake[24..28].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+    bytes[20_000..20_000 + fake.len()].copy_from_slice(&fake);
+    let at = 40_000;
+    bytes[at..at + btf.len()].copy_from_slice(&btf);
+    let base = 0xffff_ffff_8100_0000;
+    let image = ImageCopy::new(base, bytes.clone());
+    let (va, carved) = carve_btf(&image).unwrap();
+    assert_eq!((va, &carved), (base + at as u64, &btf));
+    let (va, carved) = carve_btf_at(&image, va, va + btf.len() as u64).unwrap();
+    assert_eq!((va, carved), (base + at as u64, btf.clone()));
+    assert!(carve_btf_at(&image, va, va - 1).is_err());
+    assert!(carve_btf_at(&image, va, va.wrapping_add(1 << 40)).is_err());
+    assert!(carve_btf_at(&image, base - 4096, base + 4096).is_err());
+    // The page holding the BTF unmapped: not found (the fake's parse error is reported).
+    let mut present = vec![true; bytes.len().div_ceil(4096)];
+    present[at / 4096] = false;
+    let image = ImageCopy::with_presence(base, bytes, present).unwrap();
+    assert!(carve_btf(&image).is_err());
+    assert!(carve_btf_at(&image, base + at as u64, base + (at + btf.len()) as u64).is_err());
+    // Many plausible fakes: bounded.
+    let mut many = Vec::new();
+    for _ in 0..40 {
+        many.extend_from_slice(&fake);
+    }
+    assert!(matches!(
+        carve_btf(&ImageCopy::new(base, many)),
+        Err(Error::Limit { .. })
     ));
 }
