@@ -109,8 +109,13 @@ fn check_processes<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
         };
         // /proc names a workqueue worker by its comm plus what it works on now
         // (`kworker/0:0-rcu_gp`, the kernel's wq_worker_comm); the task holds the comm.
+        // 6.10+ also rebuilds a rescuer's long name (`kworker/R-kvfree_rcu_reclaim`)
+        // from its workqueue, where the task's comm is cut at 15 bytes.
         let proc_name = match t.comm.strip_prefix(p.name.as_str()) {
-            Some(rest) if p.comm.starts_with("kworker/") && rest.starts_with(['-', '+']) => {
+            Some(rest)
+                if p.comm.starts_with("kworker/")
+                    && (rest.starts_with(['-', '+']) || p.comm.len() == 15) =>
+            {
                 p.name.as_str()
             }
             _ => t.comm.as_str(),

@@ -179,7 +179,13 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let image = located.image;
         let text = image.text;
         let copy = image.copy;
-        validate_entry_points(&facts, located.idt_divide_error, text, copy.len() as u64, &mut report)?;
+        validate_entry_points(
+            &facts,
+            located.idt_divide_error,
+            text,
+            copy.len() as u64,
+            &mut report,
+        )?;
         report.steps.push(format!(
             "kernel image: _text {text:#x} (first mapped 2 MiB slot of the kernel map), {} MiB mapped in {} runs, copied",
             copy.len() >> 20,

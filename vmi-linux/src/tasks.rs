@@ -305,17 +305,18 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
     pub fn current_task(&self, vcpu: VcpuId) -> Result<Process> {
         let facts = crate::kernel_map::vcpu_facts(self.vm(), vcpu)?;
         let r = self.kernel_reader();
-        let per_cpu_base = match facts.kernel_gs_base {
+        // The kernel's GS base is the CPU's `__per_cpu_offset`, which the address of a
+        // per-CPU symbol is added to — whether the symbol is an offset from 0
+        // (zero-based per-CPU, x86-64 up to 6.14) or its link address in
+        // `.data..percpu` (6.15+).
+        let cpu_offset = match facts.kernel_gs_base {
             Some(gs) if gs != 0 => gs,
             _ => {
                 // No GS base from the backend: assume vCPU n is CPU n.
                 let offsets = self.symbol("__per_cpu_offset")?;
-                let start = self.symbols().address_of("__per_cpu_start").unwrap_or(0);
-                r.u64(offsets + 8 * u64::from(vcpu.0))?.wrapping_add(start)
+                r.u64(offsets + 8 * u64::from(vcpu.0))?
             }
         };
-        let start = self.symbols().address_of("__per_cpu_start").unwrap_or(0);
-        let cpu_offset = per_cpu_base.wrapping_sub(start);
         let slot = if let Some(ct) = self.symbols().address_of("current_task") {
             ct.wrapping_add(cpu_offset)
         } else {
