@@ -77,6 +77,7 @@ pub mod symbols;
 pub mod tasks;
 pub mod types;
 pub mod vma;
+pub mod vmcoreinfo;
 
 pub use dmesg::LogRecord;
 pub use error::{Error, Result};
@@ -88,3 +89,4 @@ pub use symbols::{Symbol, SymbolTable, SymbolTableBuilder};
 pub use tasks::{Process, TaskState};
 pub use types::{Field, Types};
 pub use vma::Vma;
+pub use vmcoreinfo::Vmcoreinfo;

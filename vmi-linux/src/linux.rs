@@ -8,12 +8,13 @@ use vmi_core::{AddressSpace, PhysicalMemory, ReadRegisters, VcpuId};
 
 use crate::error::{Error, Result};
 use crate::image::ImageCopy;
-use crate::kallsyms::{self, Anchors};
-use crate::kernel_map::{self, Banner, VcpuFacts};
+use crate::kallsyms::{self, Anchors, KallsymsTables};
+use crate::kernel_map::{self, VcpuFacts};
 use crate::layout::{MmLayout, TaskLayout};
 use crate::reader::Reader;
 use crate::symbols::SymbolTable;
 use crate::types::{self, Types};
+use crate::vmcoreinfo::Vmcoreinfo;
 
 /// Where kernel symbols come from.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +54,10 @@ pub struct LinuxOptions {
     pub types: TypeSource,
     /// Largest kernel image copied (default 256 MiB).
     pub max_image_size: usize,
+    /// A VMCOREINFO note (e.g. `vmi_dump::ElfDump::vmcoreinfo`): its kallsyms table
+    /// addresses (6.0+) are used instead of searching for the tables, and its
+    /// `KERNELOFFSET` must agree with the slide found.
+    pub vmcoreinfo: Option<String>,
 }
 
 impl Default for LinuxOptions {
@@ -62,6 +67,7 @@ impl Default for LinuxOptions {
             symbols: SymbolSource::Kallsyms,
             types: TypeSource::KernelBtf,
             max_image_size: 256 << 20,
+            vmcoreinfo: None,
         }
     }
 }
@@ -238,8 +244,34 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
             }
         })?;
 
+        let vmcoreinfo = options
+            .vmcoreinfo
+            .as_deref()
+            .map(Vmcoreinfo::parse)
+            .transpose()?;
+        if let Some(offset) = vmcoreinfo.as_ref().and_then(Vmcoreinfo::kernel_offset) {
+            let slide = text.wrapping_sub(LINK_TEXT);
+            if offset != slide {
+                return Err(Error::malformed(
+                    "VMCOREINFO",
+                    format!("KERNELOFFSET {offset:#x}, but the image says the slide is {slide:#x}"),
+                ));
+            }
+            report.steps.push(format!(
+                "VMCOREINFO: KERNELOFFSET {offset:#x} agrees with _text"
+            ));
+        }
+        let tables = vmcoreinfo.as_ref().and_then(Vmcoreinfo::kallsyms_tables);
         let symbols = timed(&mut report, "symbols", |report| {
-            symbols_from(&options.symbols, &copy, anchors, isf_symbols, text, report)
+            symbols_from(
+                &options.symbols,
+                &copy,
+                anchors,
+                tables,
+                isf_symbols,
+                text,
+                report,
+            )
         })?;
         let banner = match symbols.address_of("linux_banner") {
             Some(va) => banners
@@ -360,6 +392,7 @@ fn symbols_from(
     source: &SymbolSource,
     copy: &ImageCopy,
     anchors: Anchors,
+    tables: Option<KallsymsTables>,
     isf: Option<SymbolTable>,
     text: u64,
     report: &mut BootstrapReport,
@@ -378,9 +411,18 @@ fn symbols_from(
         };
     match source {
         SymbolSource::Kallsyms => {
-            let (table, kr) = kallsyms::decode(copy, anchors)?;
+            let (table, kr, how) = match tables {
+                Some(t) => {
+                    let (table, kr) = kallsyms::decode_at(copy, t, anchors)?;
+                    (table, kr, "at the addresses VMCOREINFO gives")
+                }
+                None => {
+                    let (table, kr) = kallsyms::decode(copy, anchors)?;
+                    (table, kr, "found by the tables' shape")
+                }
+            };
             report.steps.push(format!(
-                "symbols: kallsyms decoded from memory, {} symbols ({}); _text and linux_banner agree",
+                "symbols: kallsyms decoded from memory {how}, {} symbols ({}); _text and linux_banner agree",
                 kr.count, kr.description
             ));
             Ok(table)
@@ -442,6 +484,27 @@ impl<V: PhysicalMemory> Linux<V> {
             .ok_or_else(|| Error::not_found("symbol", name.to_owned()))
     }
 
+    /// The kernel's own VMCOREINFO note, read from guest memory through the
+    /// `vmcoreinfo_data` symbol (CONFIG_CRASH_CORE / CONFIG_VMCORE_INFO kernels).
+    pub fn vmcoreinfo(&self) -> Result<Vmcoreinfo> {
+        let r = self.kernel_reader();
+        let data = r.u64(self.symbol("vmcoreinfo_data")?)?;
+        if data == 0 {
+            return Err(Error::not_found("VMCOREINFO", "vmcoreinfo_data is NULL"));
+        }
+        let text = r.cstr(data, 4096)?;
+        Vmcoreinfo::parse(&text)
+    }
+
+    /// Exports what was derived (types from BTF, runtime symbols, the banner) as a
+    /// Volatility 3 ISF: Volatility can then analyse a dump of this boot of the guest
+    /// without a debug kernel. See [`Types::write_isf`].
+    pub fn write_isf(&self, out: impl std::io::Write) -> Result<()> {
+        // The banner as in memory (with its newline), which Volatility scans for.
+        let banner = format!("{}\n", self.info.banner);
+        self.types.write_isf(&self.symbols, &banner, out)
+    }
+
     pub(crate) fn mm_layout(&self) -> Result<&MmLayout> {
         self.mm
             .get_or_init(|| MmLayout::resolve(&self.types).map_err(|e| e.to_string()))
@@ -449,6 +512,3 @@ impl<V: PhysicalMemory> Linux<V> {
             .map_err(|e| Error::not_found("mm_struct layout", e.clone()))
     }
 }
-
-#[allow(dead_code)]
-fn _assert_banner(_: Banner) {}
