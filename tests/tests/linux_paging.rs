@@ -37,7 +37,12 @@ fn agrees_with_proc<V: vmi_core::PhysicalMemory + ReadRegisters>(
         }
     }
     assert!(checked > 500, "{what}: {checked} symbols compared");
-    let ours: Vec<u32> = linux.processes().expect("processes").iter().map(|p| p.pid).collect();
+    let ours: Vec<u32> = linux
+        .processes()
+        .expect("processes")
+        .iter()
+        .map(|p| p.pid)
+        .collect();
     for pid in pids {
         assert!(ours.contains(pid), "{what}: pid {pid} missing");
     }
@@ -48,18 +53,25 @@ fn kpti_user_mode_vcpu_still_gives_the_kernel() {
     if kernels_dir_or_skip("linux_paging::kpti").is_none() {
         return;
     }
-    let guest = Guest::launch(GuestOptions::for_matrix_kernel("bookworm").with_pti())
-        .expect("launch");
+    let guest =
+        Guest::launch(GuestOptions::for_matrix_kernel("bookworm").with_pti()).expect("launch");
     guest.wait_ready().expect("boot");
     let cpuinfo = guest
         .run_command("grep -c ' pti' /proc/cpuinfo", Duration::from_secs(30))
         .expect("cpuinfo");
-    assert_ne!(cpuinfo.lines.first().map(String::as_str), Some("0"), "PTI is on");
+    assert_ne!(
+        cpuinfo.lines.first().map(String::as_str),
+        Some("0"),
+        "PTI is on"
+    );
     let kallsyms = truth::kallsyms(&guest).expect("kallsyms");
     // Two busy user-mode loops keep both vCPUs in user code most of the time.
     for _ in 0..2 {
         guest
-            .run_command("sh -c 'while :; do :; done' >/dev/null 2>&1 &", Duration::from_secs(30))
+            .run_command(
+                "sh -c 'while :; do :; done' >/dev/null 2>&1 &",
+                Duration::from_secs(30),
+            )
             .expect("spinner");
     }
     let pids: Vec<u32> = truth::processes(&guest)
@@ -75,16 +87,27 @@ fn kpti_user_mode_vcpu_still_gives_the_kernel() {
         tries += 1;
         let paused = vm.pause().expect("pause");
         let regs = vm
-            .registers(VcpuId(0), RegisterGroups::CONTROL | RegisterGroups::SEGMENTS, &[])
+            .registers(
+                VcpuId(0),
+                RegisterGroups::CONTROL | RegisterGroups::SEGMENTS,
+                &[],
+            )
             .expect("registers");
         let cs = regs.segments.expect("segments").cs.selector;
         let cr3 = regs.control.expect("CR3").cr3;
         if cs & 3 == 3 {
-            assert_ne!(cr3 & (1 << 12), 0, "user mode under KPTI runs on the user PGD");
+            assert_ne!(
+                cr3 & (1 << 12),
+                0,
+                "user mode under KPTI runs on the user PGD"
+            );
             let linux = Linux::attach(&vm, LinuxOptions::default())
                 .unwrap_or_else(|e| panic!("attach with vCPU 0 in user mode (CR3 {cr3:#x}): {e}"));
             eprintln!("after {tries} pauses, CR3 {cr3:#x}:\n{}", linux.report());
-            assert_eq!(linux.kernel().kernel_space.cr3.0, cr3 & 0x000f_ffff_ffff_e000);
+            assert_eq!(
+                linux.kernel().kernel_space.cr3.0,
+                cr3 & 0x000f_ffff_ffff_e000
+            );
             agrees_with_proc("pti=on, user mode", &linux, &kallsyms, &pids);
             // The task vCPU 0 runs is a user process (one of the spinners or a shell).
             let cur = linux.current_task(VcpuId(0)).expect("current task");
@@ -93,7 +116,10 @@ fn kpti_user_mode_vcpu_still_gives_the_kernel() {
             return;
         }
         drop(paused);
-        assert!(Instant::now() < deadline, "vCPU 0 never paused in user mode in {tries} tries");
+        assert!(
+            Instant::now() < deadline,
+            "vCPU 0 never paused in user mode in {tries} tries"
+        );
         std::thread::sleep(Duration::from_millis(37));
     }
 }
@@ -122,5 +148,7 @@ fn five_level_paging() {
     agrees_with_proc("la57", &linux, &kallsyms, &pids);
     let init = linux.process(1).expect("pid 1");
     let vmas = linux.vmas(&init).expect("VMAs");
-    assert!(vmas.iter().any(|v| v.name.as_deref() == Some("/bin/busybox")));
+    assert!(vmas
+        .iter()
+        .any(|v| v.name.as_deref() == Some("/bin/busybox")));
 }

@@ -50,6 +50,18 @@ pub trait PhysicalMemoryWrite {
     fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()>;
 }
 
+impl<T: PhysicalMemoryWrite + ?Sized> PhysicalMemoryWrite for &T {
+    fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        (**self).write_physical(gpa, data)
+    }
+}
+
+impl<T: PhysicalMemoryWrite + ?Sized> PhysicalMemoryWrite for std::sync::Arc<T> {
+    fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        (**self).write_physical(gpa, data)
+    }
+}
+
 /// The guest's physical memory size and layout.
 pub trait MemoryLayout {
     /// RAM size and the RAM ranges of guest physical address space.

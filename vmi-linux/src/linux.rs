@@ -505,6 +505,14 @@ impl<V: PhysicalMemory> Linux<V> {
         self.types.write_isf(&self.symbols, &banner, out)
     }
 
+    /// A breakpoint on kernel symbol `name` plus `offset` (for
+    /// [`vmi_core::Breakpoints::set_breakpoint`]): breakpoints by name, with the KASLR slide applied.
+    pub fn breakpoint(&self, name: &str, offset: u64) -> Result<vmi_core::Breakpoint> {
+        Ok(vmi_core::Breakpoint::at(vmi_core::Gva(
+            self.symbol(name)?.wrapping_add(offset),
+        )))
+    }
+
     pub(crate) fn mm_layout(&self) -> Result<&MmLayout> {
         self.mm
             .get_or_init(|| MmLayout::resolve(&self.types).map_err(|e| e.to_string()))

@@ -1,7 +1,9 @@
 //! Processes and threads: the task list, each task's identity, state, credentials and
 //! address space, and the task running on each vCPU.
 
-use vmi_core::{AddressSpace, Gpa, Gva, PhysicalMemory, ReadRegisters, VcpuId};
+use vmi_core::{
+    AddressSpace, Gpa, Gva, PhysicalMemory, PhysicalMemoryWrite, ReadRegisters, VcpuId,
+};
 
 use crate::error::{Error, Result};
 use crate::linux::Linux;
@@ -251,6 +253,37 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let p = self.process(pid)?;
         let space = self.process_space(&p)?;
         Reader::new(self.vm(), space).read(va, buf)
+    }
+
+    /// Writes `data` into the virtual memory of process `pid`, page by page through its
+    /// page tables (LibVMI's `vmi_write_va` with a pid). Stops at the first page that
+    /// does not translate (the guest would fault there; nothing is paged in) with the
+    /// earlier pages written.
+    pub fn write_process_memory(&self, pid: u32, va: u64, data: &[u8]) -> Result<()>
+    where
+        V: PhysicalMemoryWrite,
+    {
+        let p = self.process(pid)?;
+        let space = self.process_space(&p)?;
+        let mut at = va;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let t = vmi_core::translate(self.vm(), space.mode, space.cr3, Gva(at))?;
+            let n = usize::try_from(t.bytes_to_page_end())
+                .unwrap_or(usize::MAX)
+                .min(rest.len());
+            self.vm().write_physical(t.gpa, &rest[..n])?;
+            rest = &rest[n..];
+            at = at.wrapping_add(n as u64);
+        }
+        Ok(())
+    }
+
+    /// The process an event belongs to: the task current on the event's vCPU (its
+    /// registers come from the parked vCPU's snapshot, so this costs no round trip for
+    /// them).
+    pub fn event_process(&self, event: &vmi_core::Event) -> Result<Process> {
+        self.current_task(event.vcpu)
     }
 
     fn user_strings(&self, process: &Process, start_field: bool) -> Result<Vec<String>> {

@@ -12,6 +12,7 @@ use vmi_core::{
     VcpuControl, VcpuId,
 };
 use vmi_legacy::{LegacyConfig, LegacyQemu};
+use vmi_linux::{Linux, LinuxOptions};
 use vmi_tests::{Guest, GuestOptions, GuestPaths};
 
 use crate::util::Result;
@@ -32,11 +33,9 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
     );
     let markers = guest.wait_ready()?;
     println!("guest ready after {:.1?}", start.elapsed());
-    let banner_va = markers.kallsyms("linux_banner");
-    println!(
-        "the guest says (serial console): linux_banner = {}",
-        banner_va.map_or("?".into(), |v| format!("{v:#x}"))
-    );
+    // The serial console's view, for comparison only: everything below is found by
+    // vmi-linux from the guest's own memory.
+    let console_banner_va = markers.kallsyms("linux_banner");
 
     // QMP for status and layout, shared RAM for memory, the GDB stub for registers and
     // events.
@@ -56,6 +55,68 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
     let paused = vmi.pause()?;
     let vcpus = vmi.vcpu_count()?;
     println!("paused {vcpus} vCPUs");
+
+    // 0. The operating system, from the guest's own kallsyms and BTF (no profile).
+    let linux = Linux::attach(&vmi, LinuxOptions::default())?;
+    println!("\nvmi-linux attached ({} symbols):", linux.symbols().len());
+    for line in linux.report().to_string().lines() {
+        println!("  {line}");
+    }
+    let banner_va = Some(linux.symbol("linux_banner")?);
+    println!(
+        "  linux_banner = {:#x} (the serial console says {})",
+        banner_va.unwrap_or(0),
+        console_banner_va.map_or("?".into(), |v| format!("{v:#x}"))
+    );
+    println!("\nprocesses:");
+    println!(
+        "  {:>5} {:>5} {:>4} S  {:<16} CMDLINE",
+        "PID", "PPID", "UID", "NAME"
+    );
+    for p in linux.processes()? {
+        let cmdline = linux.cmdline(&p).unwrap_or_default().join(" ");
+        let name = if p.kernel_thread {
+            format!("[{}]", p.name)
+        } else {
+            p.name.clone()
+        };
+        println!(
+            "  {:>5} {:>5} {:>4} {}  {:<16} {}",
+            p.pid,
+            p.ppid,
+            p.uid,
+            p.state.letter(),
+            name,
+            cmdline
+        );
+    }
+    let modules = linux.modules()?;
+    println!(
+        "\nmodules:{}",
+        if modules.is_empty() {
+            " none loaded (this initramfs loads none)"
+        } else {
+            ""
+        }
+    );
+    for m in modules {
+        println!(
+            "  {:<16} {:>8} {:<8} {:#x}",
+            m.name,
+            m.size,
+            m.state.proc_name(),
+            m.base
+        );
+    }
+    println!("\nlast kernel log lines:");
+    let log = linux.dmesg()?;
+    for r in &log[log.len().saturating_sub(5)..] {
+        for line in r.dmesg_lines() {
+            println!("  {line}");
+        }
+    }
+    let breakpoint_target = linux.symbol("do_sys_openat2").ok();
+    drop(linux);
 
     // 1. The kernel banner, found by scanning guest physical memory: the first
     // "Linux version " followed by a printable line (other hits are fragments in
@@ -138,7 +199,7 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
 
     // 4. A breakpoint on a kernel function the guest calls every second, then a few
     // single steps from there.
-    if let Some(func) = markers.kallsyms("do_sys_openat2") {
+    if let Some(func) = breakpoint_target {
         breakpoint_and_steps(&vmi, func)?;
     }
 
