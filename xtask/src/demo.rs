@@ -62,10 +62,9 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
     for line in linux.report().to_string().lines() {
         println!("  {line}");
     }
-    let banner_va = Some(linux.symbol("linux_banner")?);
+    let banner_va = linux.symbol("linux_banner")?;
     println!(
-        "  linux_banner = {:#x} (the serial console says {})",
-        banner_va.unwrap_or(0),
+        "  linux_banner = {banner_va:#x} (the serial console says {})",
         console_banner_va.map_or("?".into(), |v| format!("{v:#x}"))
     );
     println!("\nprocesses:");
@@ -158,7 +157,8 @@ pub(crate) fn run(paths: &GuestPaths) -> Result {
     }
 
     // 3. linux_banner's virtual address, translated with the CR3 QEMU reported.
-    if let (Some(va), Some(regs)) = (banner_va, vcpu0) {
+    if let Some(regs) = vcpu0 {
+        let va = banner_va;
         let (cr0, cr4, efer) = regs.paging_inputs().ok_or("CR0/CR4/EFER not reported")?;
         let mode = PagingMode::from_registers(cr0, cr4, efer);
         let cr3 = regs.get(Register::Cr3).ok_or("CR3 not reported")?;
