@@ -30,6 +30,7 @@ pub mod markers;
 mod output;
 pub mod paths;
 pub mod scan;
+pub mod volatility;
 
 pub use guest::{CommandOutput, Guest, GuestOptions, RamBackend, DEFAULT_APPEND};
 pub use markers::Markers;

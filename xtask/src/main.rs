@@ -14,6 +14,7 @@ mod provision;
 mod spinners;
 mod testguest;
 mod util;
+mod volatility;
 
 use std::ffi::OsString;
 use std::process::Command;
@@ -27,7 +28,8 @@ usage: cargo xtask <command> [args]
 
 commands:
   provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
-                 build the initramfs, choose the accelerator; print the guest environment
+                 build the initramfs, choose the accelerator, install Volatility 3 (pip,
+                 for the tests that compare with it); print the guest environment
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
@@ -151,6 +153,7 @@ fn prepare() -> Result<GuestPaths> {
     // Inherited by every cargo command xtask runs, and printed by `env`.
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
+    volatility::export(&cache);
     Ok(GuestPaths {
         kernel: p.kernel,
         initrd,
@@ -159,10 +162,15 @@ fn prepare() -> Result<GuestPaths> {
 }
 
 fn print_env(paths: &GuestPaths, shell: bool) {
-    let test_guest = [testguest::ENV_TEST_GUEST, accel::ENV_TEST_GUEST_ACCEL]
-        .into_iter()
-        .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
-    for (name, value) in paths.env_vars().into_iter().chain(test_guest) {
+    let set_by_prepare = [
+        testguest::ENV_TEST_GUEST,
+        accel::ENV_TEST_GUEST_ACCEL,
+        volatility::ENV_VOLATILITY,
+        volatility::ENV_VOLATILITY_ERROR,
+    ]
+    .into_iter()
+    .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
+    for (name, value) in paths.env_vars().into_iter().chain(set_by_prepare) {
         let value = value.to_string_lossy();
         if shell {
             println!("export {name}='{}'", value.replace('\'', r"'\''"));
