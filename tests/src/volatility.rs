@@ -2,30 +2,36 @@
 //!
 //! `cargo xtask` installs a pinned Volatility 3 from PyPI into a virtual environment and
 //! sets [`ENV_VOLATILITY`] to its `vol` program (or [`ENV_VOLATILITY_ERROR`] to why it
-//! could not). Each run gets a scratch directory of its own, so runs neither see each
-//! other's caches nor the user's `~/.cache/volatility3`, and never go online
-//! (`--offline`):
+//! could not). A run never goes online (`--offline`), sees only the ISF it is given, and
+//! not the user's `~/.cache/volatility3`:
 //!
 //! ```text
-//! XDG_CACHE_HOME=<scratch>/cache vol --offline --quiet --renderer json \
+//! XDG_CACHE_HOME=<cache> vol --offline --quiet --renderer json --log <scratch>/vol.log \
 //!     --symbol-dirs <scratch>/symbols --file <dump> <plugin> <extra…>
 //! ```
 //!
-//! with the ISF file linked as `<scratch>/symbols/linux/<its file name>`.
+//! with the ISF file linked as `<scratch>/symbols/linux/<its file name>` (a scratch
+//! directory per run) and `<cache>` shared by the runs with the same ISF file, one at a
+//! time (it remembers which ISFs passed schema validation, the slowest step).
 //!
 //! How Volatility uses that ISF: it has no option naming one ISF file for a Linux
 //! kernel. It indexes every `*.json`, `*.json.xz`, `*.json.gz` and `*.json.bz2` below the
 //! symbol directories, keyed by the bytes base64-encoded in
 //! `symbols.linux_banner.constant_data`; its Linux stackers scan the dump for those
-//! exact bytes (the kernel's `linux_banner`, `Linux version …`), and the ISF whose banner
-//! is found describes the kernel. So an ISF is used only when its banner matches the
-//! dump's byte for byte. It is then validated against Volatility's JSON schema for its
-//! `metadata.format` (a format without a schema file in Volatility is rejected), and
-//! the stacker finds KASLR from `init_task` (scanning for `swapper/0` at
-//! `task_struct.comm`), `init_files` and `init_mm`, and the page tables from
-//! `init_top_pgt` (or from the guest's VMCOREINFO note when present).
+//! exact bytes (the kernel's `linux_banner`, `Linux version …`, with or without the
+//! trailing `\n\0`), and the ISF whose banner is found describes the kernel. So an ISF is
+//! used only when its banner matches the dump's. It is then validated against
+//! Volatility's JSON schema for its `metadata.format` (`6.x.y`; with `jsonschema`
+//! installed, as here, an invalid ISF is rejected: e.g. `metadata.linux.symbols[].kind`
+//! and `types[].kind` must be `dwarf`, `symtab` or `system-map`), must define the types
+//! Volatility's Linux symbol table requires (`task_struct`, `file`, `list_head`,
+//! `mm_struct`, `dentry`, `inode`, `net`, `sock`, … — a kernel's full BTF has them),
+//! and the stacker finds the page tables and KASLR shifts from the guest's VMCOREINFO
+//! note or else from `init_task` (scanning for `swapper/0` at `task_struct.comm`),
+//! `init_files`, `init_mm` and `init_top_pgt`.
 
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,7 +64,8 @@ pub struct PluginRun {
 /// A task as `linux.pslist` reports it (thread-group leaders unless `--threads`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolTask {
-    /// Virtual address of the `task_struct`.
+    /// Virtual address of the `task_struct` (canonical: Volatility prints it masked to
+    /// 48 bits, this is sign-extended back).
     pub offset: u64,
     /// Process id as user space sees it (`task_struct.tgid`).
     pub pid: u64,
@@ -73,7 +80,7 @@ pub struct VolTask {
 /// A loaded module as `linux.lsmod` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolModule {
-    /// Virtual address of the `struct module`.
+    /// Virtual address of the `struct module` (canonical, as [`VolTask::offset`]).
     pub offset: u64,
     /// The module's name.
     pub name: String,
@@ -162,12 +169,11 @@ impl Volatility {
     ) -> io::Result<PluginRun> {
         let scratch = Scratch::new()?;
         let symbols = scratch.path.join("symbols");
-        let cache = scratch.path.join("cache");
         fs::create_dir_all(symbols.join("linux"))?;
-        fs::create_dir_all(&cache)?;
         if let Some(isf) = isf {
             link_isf(isf, &symbols.join("linux"))?;
         }
+        let (cache, _lock) = SharedCache::lock(isf)?;
         let dump = std::path::absolute(dump)?;
         let log = scratch.path.join("vol.log");
         let mut cmd = Command::new(&self.program);
@@ -223,7 +229,7 @@ impl Volatility {
             .iter()
             .map(|r| {
                 Ok(VolTask {
-                    offset: uint(r, "OFFSET (V)")?,
+                    offset: kernel_address(uint(r, "OFFSET (V)")?),
                     pid: uint(r, "PID")?,
                     tid: uint(r, "TID")?,
                     ppid: uint(r, "PPID")?,
@@ -242,7 +248,7 @@ impl Volatility {
             .iter()
             .map(|r| {
                 Ok(VolModule {
-                    offset: uint(r, "Offset")?,
+                    offset: kernel_address(uint(r, "Offset")?),
                     name: text(r, "Module Name")?,
                     size: uint(r, "Code Size")?,
                 })
@@ -348,6 +354,9 @@ const LOG_CLUES: [&str; 5] = [
     "Unsatisfied requirement",
 ];
 
+/// Characters kept of one log line (a schema error quotes whole ISF sections).
+const LOG_LINE_MAX: usize = 400;
+
 /// The lines of the `--log` file that match [`LOG_CLUES`], at most 40, or nothing.
 fn log_excerpt(log: &Path) -> String {
     let Ok(text) = fs::read_to_string(log) else {
@@ -357,6 +366,10 @@ fn log_excerpt(log: &Path) -> String {
         .lines()
         .filter(|l| LOG_CLUES.iter().any(|c| l.contains(c)) && !l.contains("ModuleNotFoundError"))
         .take(40)
+        .map(|l| match l.char_indices().nth(LOG_LINE_MAX) {
+            Some((cut, _)) => &l[..cut],
+            None => l,
+        })
         .collect();
     if lines.is_empty() {
         return String::new();
@@ -376,11 +389,47 @@ fn uint(row: &Row, column: &str) -> io::Result<u64> {
     })
 }
 
+/// The canonical form of an x86-64 virtual address that Volatility printed masked to
+/// the 48 bits its page tables translate (`0xffff8880…` comes out as `0x8880…`).
+fn kernel_address(masked: u64) -> u64 {
+    if masked < 1 << 48 && masked & 1 << 47 != 0 {
+        masked | 0xffff_0000_0000_0000
+    } else {
+        masked
+    }
+}
+
 fn text(row: &Row, column: &str) -> io::Result<String> {
     row.get(column)
         .and_then(Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| invalid(format!("column {column:?} is not a string in {row:?}")))
+}
+
+/// Volatility's cache directory (`XDG_CACHE_HOME`) for the runs with one ISF file (by
+/// path, size and modification time), locked for one run at a time.
+///
+/// Shared because the cache remembers which ISF files passed schema validation, which
+/// costs ~18 s for a 6 MiB ISF on every run otherwise (measured: `linux.pslist` 19 s
+/// uncached, ~2 s cached); locked because Volatility's cache files are not safe for
+/// concurrent writers.
+struct SharedCache;
+
+impl SharedCache {
+    fn lock(isf: Option<&Path>) -> io::Result<(PathBuf, fs::File)> {
+        let mut key = std::collections::hash_map::DefaultHasher::new();
+        if let Some(isf) = isf {
+            let meta = fs::metadata(isf)?;
+            (std::path::absolute(isf)?, meta.len(), meta.modified()?).hash(&mut key);
+        }
+        let dir = std::env::temp_dir()
+            .join("vmi-volatility-cache")
+            .join(format!("{:016x}", key.finish()));
+        fs::create_dir_all(&dir)?;
+        let lock = fs::File::create(dir.join("lock"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok((dir, lock))
+    }
 }
 
 /// A scratch directory for one run, removed when dropped.
