@@ -167,6 +167,37 @@ impl Volatility {
         plugin: &str,
         extra: &[&str],
     ) -> io::Result<PluginRun> {
+        self.invoke(Some(dump), isf, plugin, extra)
+    }
+
+    /// Checks `isf` against Volatility's JSON schema for its `metadata.format`, as
+    /// Volatility does before using an ISF (`isfinfo.IsfInfo --isf <url> --validate
+    /// --live`; needs no dump). The error carries the schema violation. A valid ISF is
+    /// remembered, so later runs with it skip the check (the slowest step of a run).
+    pub fn validate_isf(&self, isf: &Path) -> io::Result<Duration> {
+        let url = file_url(&std::path::absolute(isf)?);
+        let run = self.invoke(
+            None,
+            Some(isf),
+            "isfinfo.IsfInfo",
+            &["--isf", &url, "--validate", "--live"],
+        )?;
+        match run.rows.as_slice() {
+            [row] if row.get("Valid").and_then(Value::as_str) == Some("True") => Ok(run.elapsed),
+            rows => Err(invalid(format!(
+                "Volatility does not call {} valid: {rows:?}",
+                isf.display()
+            ))),
+        }
+    }
+
+    fn invoke(
+        &self,
+        dump: Option<&Path>,
+        isf: Option<&Path>,
+        plugin: &str,
+        extra: &[&str],
+    ) -> io::Result<PluginRun> {
         let scratch = Scratch::new()?;
         let symbols = scratch.path.join("symbols");
         fs::create_dir_all(symbols.join("linux"))?;
@@ -174,17 +205,22 @@ impl Volatility {
             link_isf(isf, &symbols.join("linux"))?;
         }
         let (cache, _lock) = SharedCache::lock(isf)?;
-        let dump = std::path::absolute(dump)?;
         let log = scratch.path.join("vol.log");
         let mut cmd = Command::new(&self.program);
         cmd.env("XDG_CACHE_HOME", &cache)
             .args(["--offline", "--quiet", "--renderer", "json", "--log"])
             .arg(&log)
             .arg("--symbol-dirs")
-            .arg(&symbols)
-            .arg("--file")
-            .arg(&dump)
-            .arg(plugin)
+            .arg(&symbols);
+        let on = match dump {
+            Some(dump) => {
+                let dump = std::path::absolute(dump)?;
+                cmd.arg("--file").arg(&dump);
+                format!(" on {}", dump.display())
+            }
+            None => String::new(),
+        };
+        cmd.arg(plugin)
             .args(extra)
             .current_dir(&scratch.path)
             .stdin(Stdio::null());
@@ -196,24 +232,18 @@ impl Volatility {
             )
         })?;
         let elapsed = start.elapsed();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = excerpt(&String::from_utf8_lossy(&out.stderr), |_| true);
         if !out.status.success() {
             return Err(io::Error::other(format!(
-                "`vol {plugin}` on {} failed ({}):\n{}{}",
-                dump.display(),
+                "`vol {plugin}`{on} failed ({}):\n{stderr}{}",
                 out.status,
-                stderr.trim_end(),
                 log_excerpt(&log)
             )));
         }
         let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "`vol {plugin}` printed no JSON ({e}); stderr:\n{}",
-                    stderr.trim_end()
-                ),
-            )
+            invalid(format!(
+                "`vol {plugin}`{on} printed no JSON ({e}); stderr:\n{stderr}"
+            ))
         })?;
         Ok(PluginRun {
             rows: flatten(json)?,
@@ -357,24 +387,49 @@ const LOG_CLUES: [&str; 5] = [
 /// Characters kept of one log line (a schema error quotes whole ISF sections).
 const LOG_LINE_MAX: usize = 400;
 
-/// The lines of the `--log` file that match [`LOG_CLUES`], at most 40, or nothing.
-fn log_excerpt(log: &Path) -> String {
-    let Ok(text) = fs::read_to_string(log) else {
-        return String::new();
-    };
+/// Lines kept of Volatility's stderr or log in an error.
+const LOG_LINES_MAX: usize = 40;
+
+/// The lines of `text` that `keep` selects, at most [`LOG_LINES_MAX`] (the last ones,
+/// where Python's tracebacks end), each cut at [`LOG_LINE_MAX`] characters.
+fn excerpt(text: &str, keep: impl Fn(&str) -> bool) -> String {
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| LOG_CLUES.iter().any(|c| l.contains(c)) && !l.contains("ModuleNotFoundError"))
-        .take(40)
+        .filter(|l| keep(l))
         .map(|l| match l.char_indices().nth(LOG_LINE_MAX) {
             Some((cut, _)) => &l[..cut],
             None => l,
         })
         .collect();
-    if lines.is_empty() {
+    lines[lines.len().saturating_sub(LOG_LINES_MAX)..].join("\n")
+}
+
+/// The lines of the `--log` file that match [`LOG_CLUES`], or nothing.
+fn log_excerpt(log: &Path) -> String {
+    let Ok(text) = fs::read_to_string(log) else {
+        return String::new();
+    };
+    let clues = excerpt(&text, |l| {
+        LOG_CLUES.iter().any(|c| l.contains(c)) && !l.contains("ModuleNotFoundError")
+    });
+    if clues.is_empty() {
         return String::new();
     }
-    format!("\nfrom Volatility's log:\n{}", lines.join("\n"))
+    format!("\nfrom Volatility's log:\n{clues}")
+}
+
+/// `file://` URL of an absolute path, percent-encoding all but unreserved bytes and `/`.
+fn file_url(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut url = String::from("file://");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
 }
 
 fn invalid(msg: String) -> io::Error {

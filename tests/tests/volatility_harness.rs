@@ -95,8 +95,16 @@ fn base64(data: &[u8]) -> String {
 /// An ISF holding nothing but `linux_banner` with `banner` (plus the kernel's `\n\0`)
 /// as its constant data: enough for Volatility to pick it, far too little to use it.
 fn banner_only_isf(path: &Path, banner: &str) {
+    std::fs::write(
+        path,
+        serde_json::to_vec(&banner_only_isf_json(banner)).unwrap(),
+    )
+    .unwrap();
+}
+
+fn banner_only_isf_json(banner: &str) -> serde_json::Value {
     let bytes = format!("{banner}\n\0");
-    let isf = serde_json::json!({
+    serde_json::json!({
         "metadata": {
             "format": "6.2.0",
             "producer": { "name": "vmi-tests", "version": "0.1.0" }
@@ -117,8 +125,7 @@ fn banner_only_isf(path: &Path, banner: &str) {
                 }
             }
         }
-    });
-    std::fs::write(path, serde_json::to_vec(&isf).unwrap()).unwrap();
+    })
 }
 
 #[test]
@@ -170,4 +177,42 @@ fn isf_is_picked_by_its_linux_banner() {
         err.contains("kernel.symbol_table_name") && !err.contains("Symbol type not in"),
         "Volatility tried an ISF whose banner is not in the dump: {err}"
     );
+}
+
+/// Volatility's schema check, without a dump: the banner-only ISF is well-formed; the
+/// same ISF claiming BTF as its types' source (a `kind` the schema does not allow) is not.
+#[test]
+fn validate_isf_accepts_a_valid_isf_and_reports_schema_violations() {
+    let vol = Volatility::from_env_or_panic();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("volatility_harness");
+    std::fs::create_dir_all(&dir).unwrap();
+    let banner = "Linux version 0.0.0-schema-check (nobody@nowhere) #1";
+    let valid = dir.join("valid.json");
+    banner_only_isf(&valid, banner);
+    let elapsed = vol
+        .validate_isf(&valid)
+        .expect("the banner-only ISF is valid");
+    eprintln!("isfinfo --validate: {:.1} s", elapsed.as_secs_f64());
+
+    let mut isf = banner_only_isf_json(banner);
+    isf["metadata"]["linux"] = serde_json::json!({
+        "symbols": [{ "kind": "system-map", "name": "System.map" }],
+        "types": [{ "kind": "btf", "name": "vmlinux" }]
+    });
+    let btf_kind = dir.join("btf-kind.json");
+    std::fs::write(&btf_kind, serde_json::to_vec(&isf).unwrap()).unwrap();
+    let err = vol
+        .validate_isf(&btf_kind)
+        .expect_err("metadata.linux.types[].kind `btf` is not in Volatility's schema")
+        .to_string();
+    eprintln!("{err}");
+    assert!(err.contains("ValidationError"), "unexpected error: {err}");
+
+    // Not JSON at all: Volatility skips it; the harness must not call it valid.
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, b"not json").unwrap();
+    let err = vol
+        .validate_isf(&garbage)
+        .expect_err("a file that is not JSON is no ISF");
+    eprintln!("{err}");
 }
