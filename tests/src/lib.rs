@@ -37,6 +37,7 @@ mod output;
 pub mod paths;
 pub mod scan;
 pub mod truth;
+pub mod volatility;
 
 pub use guest::{CommandOutput, Guest, GuestOptions, RamBackend, DEFAULT_APPEND};
 pub use markers::Markers;

@@ -20,6 +20,7 @@ mod provision;
 mod spinners;
 mod testguest;
 mod util;
+mod volatility;
 
 use std::ffi::OsString;
 use std::process::Command;
@@ -34,8 +35,8 @@ usage: cargo xtask <command> [args]
 commands:
   provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
                  build the initramfs, choose the accelerator, fetch the kernel matrix
-                 (bullseye, bookworm, trixie, sid; VMI_LINUX_KERNELS); print the guest
-                 environment
+                 (bullseye, bookworm, trixie, sid; VMI_LINUX_KERNELS), install Volatility 3
+                 (pip, for the tests that compare with it); print the guest environment
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
@@ -169,6 +170,7 @@ fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
     if with_matrix {
         let matrix = matrix::provision(&cache, &p.busybox)?;
         std::env::set_var(matrix::ENV_LINUX_KERNELS, &matrix);
+        volatility::export(&cache);
     }
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
@@ -180,14 +182,16 @@ fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
 }
 
 fn print_env(paths: &GuestPaths, shell: bool) {
-    let test_guest = [
+    let set_by_prepare = [
         testguest::ENV_TEST_GUEST,
         accel::ENV_TEST_GUEST_ACCEL,
         matrix::ENV_LINUX_KERNELS,
+        volatility::ENV_VOLATILITY,
+        volatility::ENV_VOLATILITY_ERROR,
     ]
     .into_iter()
     .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
-    for (name, value) in paths.env_vars().into_iter().chain(test_guest) {
+    for (name, value) in paths.env_vars().into_iter().chain(set_by_prepare) {
         let value = value.to_string_lossy();
         if shell {
             println!("export {name}='{}'", value.replace('\'', r"'\''"));
