@@ -13,7 +13,7 @@ use vmi_core::{VcpuControl, VcpuId};
 use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
 use vmi_linux::{Linux, LinuxOptions, Process};
 use vmi_tests::matrix::{kernels_dir_or_skip, MatrixKernel};
-use vmi_tests::{dump, truth, Guest, GuestOptions};
+use vmi_tests::{dump, truth, volatility, Guest, GuestOptions};
 
 struct Truth {
     kallsyms: Vec<(u64, char, String)>,
@@ -275,6 +275,49 @@ fn check_dump_and_kvmi(suite: &str, elf: &Path, live: &[Process]) {
     );
 }
 
+/// Volatility 3 (PyPI) with the ISF vmi-linux exported, on the dump: its pslist and
+/// lsmod agree with vmi-linux.
+fn check_volatility(
+    suite: &str,
+    elf: &Path,
+    isf: &Path,
+    live: &[Process],
+    modules: &[vmi_linux::Module],
+) {
+    let vol = volatility::Volatility::from_env_or_panic();
+    let (tasks, took) = vol.pslist(elf, isf).expect("linux.pslist");
+    let got: BTreeMap<u64, (u64, String, u64)> = tasks
+        .iter()
+        .map(|t| (t.pid, (t.ppid, t.comm.clone(), t.offset)))
+        .collect();
+    let want: BTreeMap<u64, (u64, String, u64)> = live
+        .iter()
+        .filter(|p| p.pid != 0)
+        .map(|p| {
+            (
+                u64::from(p.pid),
+                (u64::from(p.ppid), p.comm.clone(), p.task),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{suite}: Volatility's linux.pslist");
+    let (vol_modules, took_lsmod) = vol.lsmod(elf, isf).expect("linux.lsmod");
+    let got: Vec<(String, u64)> = vol_modules
+        .iter()
+        .map(|m| (m.name.clone(), m.offset))
+        .collect();
+    let want: Vec<(String, u64)> = modules
+        .iter()
+        .map(|m| (m.name.clone(), m.address))
+        .collect();
+    assert_eq!(got, want, "{suite}: Volatility's linux.lsmod");
+    eprintln!(
+        "{suite}: Volatility agrees: {} tasks (pslist {took:.1?}), {} modules (lsmod {took_lsmod:.1?})",
+        tasks.len(),
+        vol_modules.len()
+    );
+}
+
 fn check_kernel(suite: &str) {
     let test = format!("linux_matrix::{suite}");
     let Some(dir) = kernels_dir_or_skip(&test) else {
@@ -314,13 +357,25 @@ fn check_kernel(suite: &str) {
             "{suite}: vCPU {v} runs {cur:?}"
         );
     }
-    let elf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("linux-{suite}.elf"));
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let elf = tmp.join(format!("linux-{suite}.elf"));
     let _ = std::fs::remove_file(&elf);
     dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
+    let isf = tmp.join(format!("linux-{suite}.isf.json"));
+    let t = Instant::now();
+    linux
+        .write_isf(std::io::BufWriter::new(
+            std::fs::File::create(&isf).unwrap(),
+        ))
+        .expect("ISF export");
+    eprintln!("{suite}: ISF exported in {:.1?}", t.elapsed());
+    let modules = linux.modules().expect("modules");
     drop(linux);
     drop(paused);
     check_dump_and_kvmi(suite, &elf, &live);
+    check_volatility(suite, &elf, &isf, &live, &modules);
     let _ = std::fs::remove_file(&elf);
+    let _ = std::fs::remove_file(&isf);
 }
 
 #[test]

@@ -496,13 +496,17 @@ impl<V: PhysicalMemory> Linux<V> {
         Vmcoreinfo::parse(&text)
     }
 
-    /// Exports what was derived (types from BTF, runtime symbols, the banner) as a
-    /// Volatility 3 ISF: Volatility can then analyse a dump of this boot of the guest
-    /// without a debug kernel. See [`Types::write_isf`].
+    /// Exports what was derived (types from BTF, symbols, the banner) as a Volatility 3
+    /// ISF: Volatility can then analyse a dump of this kernel build without a debug
+    /// kernel. Symbols are written at their link-time addresses (the KASLR slide
+    /// removed; per-CPU offsets kept), as dwarf2json writes them: Volatility finds the
+    /// slide of each dump itself, so the file serves every boot of this build. See
+    /// [`Types::write_isf`].
     pub fn write_isf(&self, out: impl std::io::Write) -> Result<()> {
         // The banner as in memory (with its newline), which Volatility scans for.
         let banner = format!("{}\n", self.info.banner);
-        self.types.write_isf(&self.symbols, &banner, out)
+        let link_time = self.symbols.slid(self.info.slide.wrapping_neg());
+        self.types.write_isf(&link_time, &banner, out)
     }
 
     /// A breakpoint on kernel symbol `name` plus `offset` (for

@@ -296,6 +296,46 @@ fn bitfield(m: &Model, ty: TypeId, bit: u64, width: u8) -> Result<FieldOut> {
     })
 }
 
+/// Arrays whose length is a kernel `#define` that changes between versions
+/// (`TAINT_FLAGS_COUNT`: 18 in 5.10, 19 in 6.1, 20 in 6.15): typed by their extent in the
+/// symbol table (up to the next symbol's address) divided by the element's size.
+const EXTENT_ARRAYS: &[(&str, &str)] = &[("taint_flags", "taint_flag")];
+
+/// Longest array typed by [`EXTENT_ARRAYS`].
+const MAX_EXTENT_ELEMENTS: u64 = 4096;
+
+fn extent_array(
+    types: &Types,
+    symbols: &SymbolTable,
+    name: &str,
+    address: u64,
+) -> Result<Option<Desc>> {
+    let Some(&(_, element)) = EXTENT_ARRAYS.iter().find(|(n, _)| *n == name) else {
+        return Ok(None);
+    };
+    let Ok(size) = types.size_of(element) else {
+        return Ok(None);
+    };
+    let next = symbols
+        .iter()
+        .map(|s| s.address)
+        .filter(|&a| a > address)
+        .min();
+    let count = match (next, size) {
+        (Some(next), size) if size > 0 => (next - address) / size,
+        _ => return Ok(None),
+    };
+    if count == 0 || count > MAX_EXTENT_ELEMENTS {
+        return Ok(None);
+    }
+    Ok(Some(Desc::Array {
+        count,
+        subtype: Box::new(Desc::Struct {
+            name: element.to_owned(),
+        }),
+    }))
+}
+
 pub(crate) fn build(types: &Types, symbols: &SymbolTable, banner: &str) -> Result<Isf> {
     let m = &types.model;
     let mut base_types = BTreeMap::new();
@@ -381,7 +421,7 @@ pub(crate) fn build(types: &Types, symbols: &SymbolTable, banner: &str) -> Resul
         }
         let ty = match types.symbol_type_id(s.name) {
             Some(id) => Some(desc(m, id, 0)?),
-            None => None,
+            None => extent_array(types, symbols, s.name, s.address)?,
         };
         out_symbols.insert(
             s.name.to_owned(),
