@@ -5,8 +5,10 @@
 //! (/proc/1/maps). Then the same kernel through a memory dump and through vmi-kvm on
 //! kvmi-sim serving that dump. Each kernel boots once.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vmi_core::{VcpuControl, VcpuId};
@@ -339,6 +341,195 @@ fn check_volatility(
     );
 }
 
+/// The examples' directory and the kvmi-sim binary, built once per test process.
+fn binaries() -> &'static (PathBuf, PathBuf) {
+    static DIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(p) => p,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--quiet", "-p", "vmi-linux", "--examples"])
+            .args(["-p", "kvmi-sim", "--bin", "kvmi-sim", "--profile", profile])
+            .arg("--target-dir")
+            .arg(profile_dir.parent().unwrap())
+            .status()
+            .expect("cargo build");
+        assert!(
+            status.success(),
+            "building the vmi-linux examples and kvmi-sim"
+        );
+        (profile_dir.join("examples"), profile_dir.join("kvmi-sim"))
+    })
+}
+
+/// Waits for `child` (at most 120 s) and returns its output.
+fn finish(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "{what} ran longer than 120 s: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs example `name` with `args`; returns its stdout, failing with its output if it
+/// failed.
+fn example(name: &str, args: &[&str]) -> String {
+    let child = Command::new(binaries().0.join(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let out = finish(child, name);
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `process-list` over vmi-kvm, with the `kvmi-sim` binary serving the dump as the
+/// KVMi host (two processes, as with a real KVM-VMI QEMU).
+fn example_over_kvmi(suite: &str, name: &str, elf: &Path) -> String {
+    let sock =
+        std::env::temp_dir().join(format!("vmi-linux-ex-{suite}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let sock_s = sock.to_str().unwrap().to_owned();
+    let tool = Command::new(binaries().0.join(name))
+        .args(["--kvmi", &sock_s, "--secret", "linux"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never listened on {sock_s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let host = Command::new(&binaries().1)
+        .args([
+            "--socket",
+            &sock_s,
+            "--secret",
+            "linux",
+            "--duration",
+            "120",
+            "--from-dump",
+        ])
+        .arg(elf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(tool, name);
+    let host = finish(host, "kvmi-sim");
+    let _ = std::fs::remove_file(&sock);
+    assert!(
+        out.status.success(),
+        "{name} over KVMi: {}\n{}\nkvmi-sim: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&host.stdout),
+        String::from_utf8_lossy(&host.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The examples named after LibVMI's, run as a user runs them: live through vmi-legacy
+/// (the guest running; each example pauses it), on the dump, and over vmi-kvm.
+fn check_examples(suite: &str, guest: &Guest, elf: &Path, truth: &Truth) {
+    let qmp = guest.qmp_socket().to_str().unwrap().to_owned();
+    let live = ["--qmp", qmp.as_str()];
+    let init_line = |out: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some("1"))
+            .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
+    };
+    let want_init = Some("init /bin/busybox sh /init".to_owned());
+    let ps = example("process-list", &live);
+    assert_eq!(
+        init_line(&ps),
+        want_init,
+        "{suite}: process-list live:\n{ps}"
+    );
+    assert!(ps.contains("[kthreadd]"), "{suite}: process-list:\n{ps}");
+    let ps = example("process-list", &["--dump", elf.to_str().unwrap()]);
+    assert_eq!(
+        init_line(&ps),
+        want_init,
+        "{suite}: process-list on the dump:\n{ps}"
+    );
+    let ps = example_over_kvmi(suite, "process-list", elf);
+    assert_eq!(
+        init_line(&ps),
+        want_init,
+        "{suite}: process-list over KVMi:\n{ps}"
+    );
+
+    let lsmod = example("module-list", &live);
+    let names: BTreeSet<&str> = lsmod
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let want: BTreeSet<&str> = truth.modules.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, want, "{suite}: module-list:\n{lsmod}");
+
+    let sym = |name: &str| {
+        truth
+            .kallsyms
+            .iter()
+            .find(|(_, _, n)| n == name)
+            .map(|(a, _, _)| *a)
+            .unwrap()
+    };
+    let banner = sym("linux_banner");
+    let out = example("map-symbol", &[&live[..], &["linux_banner"]].concat());
+    assert!(
+        out.contains(&format!("linux_banner = {banner:#x}")),
+        "{suite}: map-symbol:\n{out}"
+    );
+    let func = sym("do_sys_openat2");
+    let hex = format!("{:x}", func + 0x10); // as /proc/kallsyms prints, without 0x
+    let out = example("map-symbol", &[&live[..], &[hex.as_str()]].concat());
+    assert!(
+        out.contains("= do_sys_openat2+0x10"),
+        "{suite}: map-symbol {hex}:\n{out}"
+    );
+
+    let out = example("dmesg", &[&live[..], &["--last", "3"]].concat());
+    assert!(
+        out.lines().count() >= 3 && out.lines().all(|l| l.starts_with('[')),
+        "{suite}: dmesg:\n{out}"
+    );
+    let out = example("proc-maps", &[&live[..], &["1"]].concat());
+    assert!(
+        out.contains("/bin/busybox") && out.contains("[stack]"),
+        "{suite}: proc-maps 1:\n{out}"
+    );
+    eprintln!("{suite}: the examples agree (live, dump, KVMi)");
+}
+
 fn check_kernel(suite: &str) {
     let test = format!("linux_matrix::{suite}");
     let Some(dir) = kernels_dir_or_skip(&test) else {
@@ -395,6 +586,8 @@ fn check_kernel(suite: &str) {
     drop(linux);
     drop(paused);
     check_dump_and_kvmi(suite, &elf, &live);
+    drop(vm);
+    check_examples(suite, &guest, &elf, &truth);
     check_volatility(suite, &elf, &isf, &live, &modules, taint_flag_module);
     let _ = std::fs::remove_file(&elf);
     let _ = std::fs::remove_file(&isf);
