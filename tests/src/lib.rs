@@ -34,6 +34,7 @@ pub mod guest;
 pub mod markers;
 pub mod matrix;
 mod output;
+pub mod overlay;
 pub mod paths;
 pub mod scan;
 pub mod truth;

@@ -134,9 +134,7 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let tail = r.u64(rb + l.tail_id.offset)? & DESC_ID_MASK;
         let ring = 1u64 << count_bits;
         let data_size = 1u64 << size_bits;
-        // Copy the whole data ring once: records are read from it, not one by one.
-        let mut text_ring = vec![0u8; data_size as usize];
-        r.read(data, &mut text_ring)?;
+        // The ids are checked before anything is allocated for the records.
         let n = head.wrapping_sub(tail) & DESC_ID_MASK;
         if n >= ring.min(MAX_RECORDS) {
             return Err(Error::malformed(
@@ -146,7 +144,12 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
                 ),
             ));
         }
-        let mut out = Vec::with_capacity(n as usize + 1);
+        // Copy the whole data ring once: records are read from it, not one by one.
+        let mut text_ring = vec![0u8; data_size as usize];
+        r.read(data, &mut text_ring)?;
+        // Each record takes at least a block header in the data ring: that, not the
+        // guest's ids, bounds what is reserved up front.
+        let mut out = Vec::with_capacity((n as usize + 1).min(text_ring.len() / 16));
         let mut desc_raw = vec![0u8; l.desc_size as usize];
         let mut info_raw = vec![0u8; l.info_size as usize];
         for k in 0..=n {

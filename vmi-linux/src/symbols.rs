@@ -242,11 +242,13 @@ impl SymbolTable {
 
     /// A copy with every address moved by `slide` (wrapping, as the CPU adds).
     /// For link-time tables (System.map, ISF) of a KASLR kernel. Symbols of kind `A`
-    /// (absolute, e.g. per-CPU offsets) keep their value.
+    /// (absolute) keep their value, and so does every value below the kernel half of the
+    /// address space: x86-64's zero-based per-CPU offsets, which kallsyms marks `A` but a
+    /// System.map (`nm`) lists as the `D`/`d`/`b` symbols they are in vmlinux.
     pub fn slid(&self, slide: i64) -> SymbolTable {
         let mut t = self.clone();
         for e in &mut t.entries {
-            if e.kind != b'A' {
+            if e.kind != b'A' && e.address >= 1 << 63 {
                 e.address = e.address.wrapping_add(slide as u64);
             }
         }
@@ -306,6 +308,7 @@ mod tests {
         b.push("start_kernel", 0xffff_ffff_8200_0000, 'T').unwrap();
         b.push("linux_banner", 0xffff_ffff_8280_0100, 'D').unwrap();
         b.push("current_task", 0x1fbc0, 'A').unwrap();
+        b.push("cpu_tss_rw", 0x6000, 'D').unwrap();
         b.build()
     }
 
@@ -326,6 +329,8 @@ mod tests {
         let t = table().slid(0x1000_0000);
         assert_eq!(t.address_of("_text"), Some(0xffff_ffff_9100_0000));
         assert_eq!(t.address_of("current_task"), Some(0x1fbc0));
+        // A per-CPU offset as System.map types it.
+        assert_eq!(t.address_of("cpu_tss_rw"), Some(0x6000));
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
                 arange64,
             } => {
                 let root = r.u64(mm + mm_mt.offset + ma_root.offset)?;
-                let mut nodes = 0usize;
+                let mut nodes = HashSet::new();
                 maple_walk(
                     &r,
                     root,
@@ -298,7 +298,7 @@ fn maple_walk<M: PhysicalMemory + ?Sized>(
     depth: u32,
     range64: (u64, u64, u64),
     arange64: (u64, u64, u64),
-    nodes: &mut usize,
+    nodes: &mut HashSet<u64>,
     out: &mut Vec<u64>,
 ) -> Result<()> {
     if entry == 0 {
@@ -312,14 +312,21 @@ fn maple_walk<M: PhysicalMemory + ?Sized>(
         }
         return Ok(());
     }
-    *nodes += 1;
-    if depth > MAX_DEPTH || *nodes > MAX_VMAS {
+    if depth > MAX_DEPTH || nodes.len() >= MAX_VMAS {
         return Err(Error::Limit {
             what: "maple tree nodes",
             limit: MAX_VMAS as u64,
         });
     }
     let node = entry & !0xff;
+    // Every node of a maple tree has one parent: a node reached twice makes a DAG whose
+    // paths multiply (6 hostile nodes of 16 slots each would be a million visits).
+    if !nodes.insert(node) {
+        return Err(Error::malformed(
+            "maple tree",
+            format!("node {node:#x} is reached twice"),
+        ));
+    }
     let kind = (entry >> 3) & 0xf;
     let (pivots, slots, count) = match kind {
         MAPLE_LEAF_64 | MAPLE_RANGE_64 => range64,
