@@ -158,6 +158,10 @@ fn check_processes<V: vmi_core::PhysicalMemory + vmi_core::ReadRegisters>(
         }
         compared += 1;
     }
+    assert!(
+        idle_agree * 10 >= idle * 8,
+        "{suite}: only {idle_agree} of {idle} idle kernel threads read as idle"
+    );
     let kthreads = truth
         .iter()
         .filter(|t| t.is_kernel_thread && t.pid == t.tgid)
