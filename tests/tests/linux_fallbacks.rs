@@ -55,8 +55,11 @@ fn fixture() -> Option<&'static Fixture> {
         let _ = std::fs::remove_file(&elf);
         dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
         drop(paused);
+        let dump = ElfDump::open(&elf).expect("reading the dump");
+        // The open dump keeps its data; the 256 MiB file need not stay in target/.
+        let _ = std::fs::remove_file(&elf);
         Some(Fixture {
-            dump: ElfDump::open(&elf).expect("reading the dump"),
+            dump,
             vmlinux: kernel.vmlinux,
             release: kernel.release,
             modules,
