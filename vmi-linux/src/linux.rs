@@ -215,8 +215,8 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
                 let (va, blob) = types::carve_btf(&copy).map_err(|e| Error::Unavailable {
                     what: "kernel BTF",
                     reason: format!(
-                        "{e}; the kernel may be built without CONFIG_DEBUG_INFO_BTF: use \
-                         TypeSource::BtfFile (BTFHub, or the guest's /sys/kernel/btf/vmlinux) \
+                        "no valid .BTF in the kernel image ({e}): the kernel may be built without \
+                         CONFIG_DEBUG_INFO_BTF, or its BTF is damaged; use TypeSource::BtfFile (BTFHub, or the guest's /sys/kernel/btf/vmlinux) \
                          or TypeSource::Isf (dwarf2json/btf2json), with SymbolSource::SystemMap \
                          if kallsyms is missing too"
                     )
