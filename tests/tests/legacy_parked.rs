@@ -34,11 +34,18 @@ impl Fixture {
         let mut cfg = LegacyConfig::new(guest.qmp_socket());
         cfg.gdb_socket = Some(guest.gdb_socket().into());
         let vm = LegacyQemu::connect(cfg).expect("connect");
-        Self {
+        let f = Self {
             _guest: guest,
             m,
             vm,
-        }
+        };
+        // Tests pause the guest expecting it in its loop. A test guest built before
+        // r12 was zeroed ahead of `VMI-TEST ready` zeroes it after printing the marker:
+        // a pause landing there (measured: RIP in `putc` or at the `xorq`) had the guest
+        // itself overwrite the r12 written under the pause. `counter` moves only once
+        // the loop runs.
+        assert_runs(&f, "in its loop after `VMI-TEST ready`");
+        f
     }
 
     fn gdb(&self) -> &GdbSession {
@@ -165,6 +172,8 @@ fn register_writes_to_a_paused_vcpu_are_queued_until_it_runs() {
     let gdb = f.gdb();
     let site_1 = f.sym("site_1");
     const START: u64 = 0x5_0000;
+    const UNTOUCHED: u64 = 0x1357_9bdf;
+    let rip_at_pause;
     {
         let _p = f.vm.pause().unwrap();
         // Placed while paused: the first hit is in the iteration the write starts.
@@ -174,7 +183,11 @@ fn register_writes_to_a_paused_vcpu_are_queued_until_it_runs() {
                 .unwrap();
         let mut gprs = regs.gprs.unwrap();
         let old = gprs.r12;
+        rip_at_pause = gprs.rip;
         gprs.r12 = START;
+        // The guest never touches r13: it shows the write reached the vCPU whatever the
+        // guest does with r12 (which shows the guest continues from it).
+        gprs.r13 = UNTOUCHED;
         let set = RegisterSnapshot {
             gprs: Some(gprs),
             ..RegisterSnapshot::default()
@@ -193,9 +206,11 @@ fn register_writes_to_a_paused_vcpu_are_queued_until_it_runs() {
     }
     let p = next_event(gdb, "hit after the write");
     let got = r12(&p);
+    let r13 = p.registers.gprs.expect("GPRs").r13;
+    assert_eq!(r13, UNTOUCHED, "the queued write reached the vCPU");
     assert!(
         (START..START + 2).contains(&got),
-        "r12 {got:#x} continues from the written {START:#x}"
+        "r12 {got:#x} continues from the written {START:#x} (paused at RIP {rip_at_pause:#x})"
     );
     p.reply(Response::continue_()).unwrap();
     gdb.clear_breakpoint(Breakpoint::at(Gva(site_1))).unwrap();

@@ -122,10 +122,12 @@ high_entry:
     leaq name_pattern(%rip), %rsi
     movq $pattern, %rax
     call put_sym
+    /* The iteration counter, set before `ready`: a tool that pauses the guest as soon
+     * as it reads `ready` and writes r12 must not see the guest zero it afterwards
+     * (puts and putc leave r12 alone). */
+    xorq %r12, %r12
     leaq msg_ready(%rip), %rsi
     call puts
-
-    xorq %r12, %r12                 /* iteration counter */
 main_loop:
     .globl site_1
 site_1:
