@@ -403,10 +403,9 @@ pub fn find_banners(image: &ImageCopy) -> Vec<Banner> {
     const NEEDLE: &[u8] = b"Linux version ";
     let bytes = image.bytes();
     let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(pos) = find(&bytes[from..], NEEDLE) {
-        let at = from + pos;
-        from = at + 1;
+    // SIMD substring search: a scan for the needle's first byte alone stops at every `L`
+    // (0x4c, a common REX prefix in x86 code), which made this the slowest step of attach.
+    for at in memchr::memmem::find_iter(bytes, NEEDLE) {
         let rest = &bytes[at + NEEDLE.len()..bytes.len().min(at + 1024)];
         if !rest.first().is_some_and(u8::is_ascii_digit) {
             continue;
@@ -426,23 +425,6 @@ pub fn find_banners(image: &ImageCopy) -> Vec<Banner> {
         }
     }
     out
-}
-
-/// Substring search (the image is tens of MiB: first-byte scan, then compare).
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        let pos = hay[i..hay.len() - needle.len() + 1]
-            .iter()
-            .position(|&b| b == first)?;
-        let at = i + pos;
-        if &hay[at..at + needle.len()] == needle {
-            return Some(at);
-        }
-        i = at + 1;
-    }
-    None
 }
 
 #[cfg(test)]

@@ -1,0 +1,437 @@
+//! vmi-linux on a real guest, beside floors measured in the same run (`cargo xtask bench
+//! -p vmi-tests --bench linux`, which provisions the kernel matrix and sets its variables).
+//!
+//! The guest is the 6.1 kernel of the matrix (Debian bookworm), read through vmi-legacy
+//! with shared RAM, paused once for the whole measurement (nothing changes under the
+//! reads, so every iteration does the same work):
+//!
+//! - `bootstrap/attach`: [`Linux::attach`] until symbols and types are ready (registers,
+//!   page-table walk and image copy, banner, BTF, kallsyms, `init_task` check);
+//!   `bootstrap/image_copy`: only the step that finds and copies the kernel image
+//!   ([`kernel_map::locate_kernel`]); floor `bootstrap/image_memcpy`: one `memcpy` of a
+//!   buffer as large as the image copy into a buffer allocated once.
+//! - `processes/list`: [`Linux::processes`], every thread-group leader with its fields.
+//! - `lookup/*`: symbols both ways over the kernel's whole table, keys in shuffled order
+//!   (so neither caches nor the branch predictor see one key twice in a row); floors: a
+//!   `HashMap<u64, u64>` of as many entries, and a binary search of a sorted `Vec<u64>`.
+//! - `dump/*`: vmi-linux on a QEMU ELF dump of the same paused guest (attach, then the
+//!   process list), and, with `VMI_VOLATILITY` naming Volatility 3's `vol`, Volatility's
+//!   `linux.pslist` on that dump with the ISF [`Linux::write_isf`] exported (a process per
+//!   run: interpreter start, ISF load, stacking and the walk; not in criterion, timed
+//!   rounds printed).
+//!
+//! At the end a summary prints each median and the ratios the bars are stated in; absolute
+//! times differ between runs and machines, ratios within one run are what to compare.
+#![allow(missing_docs)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use vmi_core::VcpuControl;
+use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
+use vmi_linux::{kernel_map, Linux, LinuxOptions};
+use vmi_tests::matrix::kernels_dir_or_skip;
+use vmi_tests::{dump, Guest, GuestOptions};
+
+/// The matrix suite benchmarked: Debian bookworm, Linux 6.1.
+const SUITE: &str = "bookworm";
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+/// Per-iteration times of every sample criterion takes (warm-up included), by benchmark:
+/// the summary's medians.
+#[derive(Default)]
+struct Samples(RefCell<BTreeMap<String, Vec<f64>>>);
+
+impl Samples {
+    /// Benchmarks `f` as `group/name` and records each sample's time per iteration.
+    fn bench<R>(
+        &self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        group: &str,
+        name: &str,
+        mut f: impl FnMut() -> R,
+    ) {
+        let key = format!("{group}/{name}");
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(f());
+                }
+                let elapsed = start.elapsed();
+                self.0
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(elapsed.as_secs_f64() / iters as f64);
+                elapsed
+            })
+        });
+    }
+
+    /// As [`Self::bench`] for routines whose result is large (a kernel image copy): each
+    /// iteration is timed alone and its result dropped outside the timing (freeing
+    /// tens of MiB is not part of what is measured).
+    fn bench_large_drop<R>(
+        &self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        group: &str,
+        name: &str,
+        mut f: impl FnMut() -> R,
+    ) {
+        let key = format!("{group}/{name}");
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let r = black_box(f());
+                    elapsed += start.elapsed();
+                    drop(r);
+                }
+                self.0
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(elapsed.as_secs_f64() / iters as f64);
+                elapsed
+            })
+        });
+    }
+
+    /// The median time per iteration of `key`, in seconds.
+    fn median(&self, key: &str) -> Option<f64> {
+        let map = self.0.borrow();
+        let mut v = map.get(key)?.clone();
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    }
+}
+
+fn main() {
+    let Some(_) = kernels_dir_or_skip("bench linux") else {
+        return;
+    };
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    let samples = Samples::default();
+
+    let guest = Guest::launch(GuestOptions::for_matrix_kernel(SUITE)).expect("launching the guest");
+    guest.wait_ready().expect("guest boot");
+    let mut cfg = LegacyConfig::new(guest.qmp_socket());
+    cfg.ram = RamSource::File(guest.ram_path().to_path_buf());
+    cfg.writable = false;
+    let vm = LegacyQemu::connect(cfg).expect("QMP session");
+    let paused = vm.pause().expect("pausing the guest");
+
+    let linux = Linux::attach(&vm, LinuxOptions::default()).expect("attach");
+    println!("{SUITE}: {}\n{}", linux.kernel().release, linux.report());
+    let image_len = linux.image().len();
+    let task_count = linux.processes().expect("processes").len();
+    println!(
+        "{SUITE}: kernel image copy {:.1} MiB, {} symbols, {task_count} processes",
+        image_len as f64 / (1 << 20) as f64,
+        linux.symbols().len()
+    );
+
+    {
+        let name = "bootstrap";
+        let mut g = c.benchmark_group(name);
+        g.sampling_mode(SamplingMode::Flat);
+        g.throughput(Throughput::Bytes(image_len as u64));
+        // A source that is not all zeros (the kernel allocator's zero pages would make a
+        // fresh `vec![0; n]` read from one shared page), touched before the first copy.
+        let src: Vec<u8> = (0..image_len).map(|i| (i * 7 + 1) as u8).collect();
+        let mut dst = vec![0u8; image_len];
+        samples.bench(&mut g, name, "image_memcpy", || {
+            dst.copy_from_slice(black_box(&src));
+            dst[image_len / 2]
+        });
+        drop((src, dst));
+        let facts = kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
+        let max = LinuxOptions::default().max_image_size;
+        samples.bench_large_drop(&mut g, name, "image_copy", || {
+            kernel_map::locate_kernel(&vm, &facts, max).expect("kernel image")
+        });
+        samples.bench_large_drop(&mut g, name, "attach", || {
+            Linux::attach(&vm, LinuxOptions::default()).expect("attach")
+        });
+        g.finish();
+        // Where a warm attach spends its time (the first one above also faulted the
+        // shared RAM mapping in).
+        let warm = Linux::attach(&vm, LinuxOptions::default()).expect("attach");
+        let phases: Vec<String> = warm
+            .report()
+            .timings
+            .iter()
+            .map(|(n, d)| format!("{n} {:.1} ms", d.as_secs_f64() * 1e3))
+            .collect();
+        println!("bootstrap/attach phases (one warm attach): {}", phases.join(", "));
+    }
+
+    {
+        let name = "processes";
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(task_count as u64));
+        samples.bench(&mut g, name, "list", || {
+            linux.processes().expect("processes").len()
+        });
+        g.finish();
+    }
+
+    lookups(&mut c, &samples, &linux);
+
+    // The same paused guest through a dump: vmi-linux, and Volatility 3 for scale.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-linux");
+    std::fs::create_dir_all(dir.join("symbols/linux")).expect("scratch directory");
+    let elf = dir.join(format!("{SUITE}.elf"));
+    let _ = std::fs::remove_file(&elf);
+    dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
+    let isf = dir.join(format!("symbols/linux/{SUITE}.json"));
+    let file = std::fs::File::create(&isf).expect("ISF file");
+    let mut out = std::io::BufWriter::new(file);
+    linux.write_isf(&mut out).expect("ISF export");
+    std::io::Write::flush(&mut out).expect("ISF written");
+    drop(out);
+    drop(linux);
+    drop(paused);
+    drop(vm);
+    drop(guest);
+
+    let dumped = vmi_dump::ElfDump::open(&elf).expect("opening the dump");
+    {
+        let name = "dump";
+        let mut g = c.benchmark_group(name);
+        g.sampling_mode(SamplingMode::Flat);
+        g.sample_size(10);
+        samples.bench_large_drop(&mut g, name, "attach", || {
+            Linux::attach(&dumped, LinuxOptions::default()).expect("attach to the dump")
+        });
+        let linux = Linux::attach(&dumped, LinuxOptions::default()).expect("attach to the dump");
+        samples.bench(&mut g, name, "processes", || {
+            linux.processes().expect("processes from the dump").len()
+        });
+        g.finish();
+    }
+    drop(dumped);
+    let vol = volatility_pslist(&dir, &elf, task_count);
+    let _ = std::fs::remove_file(&elf);
+
+    c.final_summary();
+    summary(&samples, vol);
+}
+
+/// Name → VA and VA → name over every symbol, beside their floors.
+fn lookups<V: vmi_core::PhysicalMemory>(c: &mut Criterion, samples: &Samples, linux: &Linux<V>) {
+    let table = linux.symbols();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut names: Vec<String> = table.iter().map(|s| s.name.to_owned()).collect();
+    rng.shuffle(&mut names);
+    // Addresses inside each symbol: its start plus up to 15 bytes, clamped below the next
+    // symbol's start.
+    let sorted: Vec<u64> = {
+        let mut a: Vec<u64> = table.iter().map(|s| s.address).collect();
+        a.dedup();
+        a
+    };
+    let mut probes: Vec<u64> = sorted
+        .iter()
+        .zip(sorted.iter().skip(1).chain([&u64::MAX]))
+        .map(|(&a, &next)| a + (rng.next() % 16).min(next.saturating_sub(a + 1)))
+        .collect();
+    rng.shuffle(&mut probes);
+    // The floors, as many entries as the table: a HashMap keyed by the addresses (looked
+    // up in shuffled order), and the sorted addresses themselves.
+    let floor_map: HashMap<u64, u64> = table.iter().map(|s| (s.address, s.address)).collect();
+    let mut floor_keys: Vec<u64> = floor_map.keys().copied().collect();
+    rng.shuffle(&mut floor_keys);
+    println!(
+        "lookup: {} names, {} distinct addresses",
+        names.len(),
+        sorted.len()
+    );
+
+    let name = "lookup";
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    samples.bench(&mut g, name, "name_to_va", || {
+        i = (i + 1) % names.len();
+        table.address_of(black_box(&names[i]))
+    });
+    let mut i = 0usize;
+    samples.bench(&mut g, name, "hashmap_u64", || {
+        i = (i + 1) % floor_keys.len();
+        floor_map.get(&black_box(floor_keys[i])).copied()
+    });
+    let mut i = 0usize;
+    samples.bench(&mut g, name, "va_to_name", || {
+        i = (i + 1) % probes.len();
+        table
+            .symbol_at(black_box(probes[i]))
+            .map(|(s, off)| (s.name.len(), off))
+    });
+    let mut i = 0usize;
+    samples.bench(&mut g, name, "binary_search_u64", || {
+        i = (i + 1) % probes.len();
+        sorted.partition_point(|&a| a <= black_box(probes[i]))
+    });
+    g.finish();
+}
+
+/// Wall times of Volatility's `linux.pslist` runs on the dump: the first (Volatility
+/// validates and caches the ISF) and the later ones.
+struct VolRuns {
+    command: String,
+    first: f64,
+    rest: Vec<f64>,
+}
+
+/// Runs Volatility 3's `linux.pslist` on `elf` with the ISF under `dir/symbols` when
+/// `VMI_VOLATILITY` names its `vol` program; checks it lists as many processes as
+/// vmi-linux did (it lists the same leaders, without pid 0).
+fn volatility_pslist(dir: &Path, elf: &Path, task_count: usize) -> Option<VolRuns> {
+    let Some(vol) = std::env::var_os("VMI_VOLATILITY").filter(|v| !v.is_empty()) else {
+        println!("volatility: skipped (set VMI_VOLATILITY to Volatility 3's `vol`)");
+        return None;
+    };
+    let vol = PathBuf::from(vol);
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let symbols = dir.join("symbols");
+    let args = [
+        "--offline".as_ref(),
+        "--quiet".as_ref(),
+        "-r".as_ref(),
+        "json".as_ref(),
+        "--symbol-dirs".as_ref(),
+        symbols.as_os_str(),
+        "-f".as_ref(),
+        elf.as_os_str(),
+        "linux.pslist".as_ref(),
+    ];
+    let command = format!(
+        "XDG_CACHE_HOME={} {} {}",
+        cache.display(),
+        vol.display(),
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("volatility: {command}");
+    let mut times = Vec::new();
+    for round in 0..6 {
+        let start = Instant::now();
+        let out = Command::new(&vol)
+            .args(args)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .expect("running vol");
+        let t = start.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "vol failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("vol's JSON output");
+        let n = rows.as_array().map_or(0, Vec::len);
+        // vmi-linux lists pid 0 too.
+        assert_eq!(n + 1, task_count, "linux.pslist rows");
+        println!("volatility: round {round}: {n} processes in {t:.2} s");
+        times.push(t);
+    }
+    Some(VolRuns {
+        command,
+        first: times[0],
+        rest: times[1..].to_vec(),
+    })
+}
+
+fn summary(samples: &Samples, vol: Option<VolRuns>) {
+    let m = |k: &str| samples.median(k).unwrap_or(f64::NAN);
+    let ms = |s: f64| format!("{:.3} ms", s * 1e3);
+    let ns = |s: f64| format!("{:.1} ns", s * 1e9);
+    let memcpy = m("bootstrap/image_memcpy");
+    let copy = m("bootstrap/image_copy");
+    let attach = m("bootstrap/attach");
+    let list = m("processes/list");
+    println!("\nsummary (medians of every sample, this run):");
+    println!("bootstrap/image_memcpy {} (floor)", ms(memcpy));
+    println!(
+        "bootstrap/image_copy   {} = {:.2}x the memcpy",
+        ms(copy),
+        copy / memcpy
+    );
+    println!(
+        "bootstrap/attach       {} = {:.2}x the memcpy (bars: < 150 ms, < 10x)",
+        ms(attach),
+        attach / memcpy
+    );
+    println!(
+        "processes/list         {} (bar: < 2 ms)",
+        ms(list)
+    );
+    for (key, floor, bar) in [
+        ("lookup/name_to_va", "lookup/hashmap_u64", 5e6),
+        ("lookup/va_to_name", "lookup/binary_search_u64", 2e6),
+    ] {
+        let (t, f) = (m(key), m(floor));
+        println!(
+            "{key} {} = {:.2} M/s, {:.2}x {floor} ({}) (bar: >= {:.0} M/s)",
+            ns(t),
+            1e-6 / t,
+            t / f,
+            ns(f),
+            bar / 1e6
+        );
+    }
+    let dump_attach = m("dump/attach");
+    let dump_list = m("dump/processes");
+    println!(
+        "dump/attach {} + dump/processes {}",
+        ms(dump_attach),
+        ms(dump_list)
+    );
+    if let Some(v) = vol {
+        let mut rest = v.rest.clone();
+        rest.sort_by(f64::total_cmp);
+        let warm = rest[rest.len() / 2];
+        println!(
+            "volatility linux.pslist: first run {:.2} s, later runs (median of {}) {:.2} s = {:.0}x vmi-linux's attach + process list on the same dump",
+            v.first,
+            rest.len(),
+            warm,
+            warm / (dump_attach + dump_list)
+        );
+        println!("volatility command: {}", v.command);
+    }
+}
