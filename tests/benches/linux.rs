@@ -9,7 +9,9 @@
 //!   page-table walk and image copy, banner, BTF, kallsyms, `init_task` check);
 //!   `bootstrap/image_copy`: only the step that finds and copies the kernel image
 //!   ([`kernel_map::locate_kernel`]); floor `bootstrap/image_memcpy`: one `memcpy` of a
-//!   buffer as large as the image copy into a buffer allocated once.
+//!   buffer as large as the image copy into a buffer allocated once, and
+//!   `bootstrap/image_memcpy_fresh`, the same into freshly allocated memory (as the image
+//!   copy does: each page is faulted in and zeroed by the kernel first).
 //! - `processes/list`: [`Linux::processes`], every thread-group leader with its fields.
 //! - `lookup/*`: symbols both ways over the kernel's whole table, keys in shuffled order
 //!   (so neither caches nor the branch predictor see one key twice in a row); floors: a
@@ -28,7 +30,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
@@ -37,7 +38,7 @@ use vmi_core::VcpuControl;
 use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
 use vmi_linux::{kernel_map, Linux, LinuxOptions};
 use vmi_tests::matrix::kernels_dir_or_skip;
-use vmi_tests::{dump, Guest, GuestOptions};
+use vmi_tests::{dump, volatility, Guest, GuestOptions};
 
 /// The matrix suite benchmarked: Debian bookworm, Linux 6.1.
 const SUITE: &str = "bookworm";
@@ -153,7 +154,13 @@ fn main() {
     let linux = Linux::attach(&vm, LinuxOptions::default()).expect("attach");
     println!("{SUITE}: {}\n{}", linux.kernel().release, linux.report());
     let image_len = linux.image().len();
-    let task_count = linux.processes().expect("processes").len();
+    let pids: Vec<u32> = linux
+        .processes()
+        .expect("processes")
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    let task_count = pids.len();
     println!(
         "{SUITE}: kernel image copy {:.1} MiB, {} symbols, {task_count} processes",
         image_len as f64 / (1 << 20) as f64,
@@ -172,6 +179,13 @@ fn main() {
         samples.bench(&mut g, name, "image_memcpy", || {
             dst.copy_from_slice(black_box(&src));
             dst[image_len / 2]
+        });
+        // The same copy into fresh memory, as the image copy allocates its buffer: every
+        // 4 KiB page is then faulted in and zeroed by the kernel first.
+        samples.bench_large_drop(&mut g, name, "image_memcpy_fresh", || {
+            let mut fresh = vec![0u8; image_len];
+            fresh.copy_from_slice(black_box(&src));
+            fresh
         });
         drop((src, dst));
         let facts = kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
@@ -209,11 +223,11 @@ fn main() {
 
     // The same paused guest through a dump: vmi-linux, and Volatility 3 for scale.
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-linux");
-    std::fs::create_dir_all(dir.join("symbols/linux")).expect("scratch directory");
+    std::fs::create_dir_all(&dir).expect("scratch directory");
     let elf = dir.join(format!("{SUITE}.elf"));
     let _ = std::fs::remove_file(&elf);
     dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
-    let isf = dir.join(format!("symbols/linux/{SUITE}.json"));
+    let isf = dir.join(format!("{SUITE}.json"));
     let file = std::fs::File::create(&isf).expect("ISF file");
     let mut out = std::io::BufWriter::new(file);
     linux.write_isf(&mut out).expect("ISF export");
@@ -240,7 +254,7 @@ fn main() {
         g.finish();
     }
     drop(dumped);
-    let vol = volatility_pslist(&dir, &elf, task_count);
+    let vol = volatility_pslist(&elf, &isf, &pids);
     let _ = std::fs::remove_file(&elf);
 
     c.final_summary();
@@ -305,74 +319,46 @@ fn lookups<V: vmi_core::PhysicalMemory>(c: &mut Criterion, samples: &Samples, li
     g.finish();
 }
 
-/// Wall times of Volatility's `linux.pslist` runs on the dump: the first (Volatility
-/// validates and caches the ISF) and the later ones.
+/// Wall times of Volatility's runs on the dump: the schema check of the ISF (once per
+/// ISF, remembered in Volatility's cache) and `linux.pslist` rounds after it.
 struct VolRuns {
-    command: String,
-    first: f64,
-    rest: Vec<f64>,
+    program: PathBuf,
+    validate: f64,
+    pslist: Vec<f64>,
 }
 
-/// Runs Volatility 3's `linux.pslist` on `elf` with the ISF under `dir/symbols` when
-/// `VMI_VOLATILITY` names its `vol` program; checks it lists as many processes as
-/// vmi-linux did (it lists the same leaders, without pid 0).
-fn volatility_pslist(dir: &Path, elf: &Path, task_count: usize) -> Option<VolRuns> {
-    let Some(vol) = std::env::var_os("VMI_VOLATILITY").filter(|v| !v.is_empty()) else {
-        println!("volatility: skipped (set VMI_VOLATILITY to Volatility 3's `vol`)");
-        return None;
+/// Volatility 3's `linux.pslist` on `elf` with `isf` (through [`volatility`], as the
+/// matrix tests run it), when xtask provisioned it; checks that it lists the processes
+/// vmi-linux listed (the same leaders, without pid 0).
+fn volatility_pslist(elf: &Path, isf: &Path, pids: &[u32]) -> Option<VolRuns> {
+    let vol = match volatility::Volatility::from_env() {
+        Ok(v) => v,
+        Err(e) => {
+            println!("volatility: skipped ({e})");
+            return None;
+        }
     };
-    let vol = PathBuf::from(vol);
-    let cache = dir.join("cache");
-    let _ = std::fs::remove_dir_all(&cache);
-    let symbols = dir.join("symbols");
-    let args = [
-        "--offline".as_ref(),
-        "--quiet".as_ref(),
-        "-r".as_ref(),
-        "json".as_ref(),
-        "--symbol-dirs".as_ref(),
-        symbols.as_os_str(),
-        "-f".as_ref(),
-        elf.as_os_str(),
-        "linux.pslist".as_ref(),
-    ];
-    let command = format!(
-        "XDG_CACHE_HOME={} {} {}",
-        cache.display(),
-        vol.display(),
-        args.iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
+    let validate = vol.validate_isf(isf).expect("Volatility validates the ISF");
+    println!(
+        "volatility: isfinfo --validate {:.2} s",
+        validate.as_secs_f64()
     );
-    println!("volatility: {command}");
-    let mut times = Vec::new();
-    for round in 0..6 {
-        let start = Instant::now();
-        let out = Command::new(&vol)
-            .args(args)
-            .env("XDG_CACHE_HOME", &cache)
-            .output()
-            .expect("running vol");
-        let t = start.elapsed().as_secs_f64();
-        assert!(
-            out.status.success(),
-            "vol failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+    let mut pslist = Vec::new();
+    for round in 0..5 {
+        let (tasks, elapsed) = vol.pslist(elf, isf).expect("linux.pslist");
+        let theirs: Vec<u32> = tasks.iter().map(|t| t.pid as u32).collect();
+        assert_eq!(theirs, pids[1..], "linux.pslist pids");
+        println!(
+            "volatility: linux.pslist round {round}: {} processes in {:.2} s",
+            tasks.len(),
+            elapsed.as_secs_f64()
         );
-        let rows: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("vol's JSON output");
-        let n = rows.as_array().map_or(0, Vec::len);
-        // vmi-linux lists pid 0 too.
-        assert_eq!(n + 1, task_count, "linux.pslist rows");
-        println!("volatility: round {round}: {n} processes in {t:.2} s");
-        times.push(t);
+        pslist.push(elapsed.as_secs_f64());
     }
     Some(VolRuns {
-        command,
-        first: times[0],
-        rest: times[1..].to_vec(),
+        program: vol.program().to_path_buf(),
+        validate: validate.as_secs_f64(),
+        pslist,
     })
 }
 
@@ -386,10 +372,17 @@ fn summary(samples: &Samples, vol: Option<VolRuns>) {
     let list = m("processes/list");
     println!("\nsummary (medians of every sample, this run):");
     println!("bootstrap/image_memcpy {} (floor)", ms(memcpy));
+    let fresh = m("bootstrap/image_memcpy_fresh");
     println!(
-        "bootstrap/image_copy   {} = {:.2}x the memcpy",
+        "bootstrap/image_memcpy_fresh {} = {:.2}x the memcpy",
+        ms(fresh),
+        fresh / memcpy
+    );
+    println!(
+        "bootstrap/image_copy   {} = {:.2}x the memcpy, {:.2}x the memcpy into fresh memory",
         ms(copy),
-        copy / memcpy
+        copy / memcpy,
+        copy / fresh
     );
     println!(
         "bootstrap/attach       {} = {:.2}x the memcpy (bars: < 150 ms, < 10x)",
@@ -422,16 +415,20 @@ fn summary(samples: &Samples, vol: Option<VolRuns>) {
         ms(dump_list)
     );
     if let Some(v) = vol {
-        let mut rest = v.rest.clone();
-        rest.sort_by(f64::total_cmp);
-        let warm = rest[rest.len() / 2];
+        let mut runs = v.pslist.clone();
+        runs.sort_by(f64::total_cmp);
+        let median = runs[runs.len() / 2];
         println!(
-            "volatility linux.pslist: first run {:.2} s, later runs (median of {}) {:.2} s = {:.0}x vmi-linux's attach + process list on the same dump",
-            v.first,
-            rest.len(),
-            warm,
-            warm / (dump_attach + dump_list)
+            "volatility linux.pslist (median of {}) {:.2} s = {:.0}x vmi-linux's attach + process list on the same dump; ISF schema check once before: {:.2} s",
+            runs.len(),
+            median,
+            median / (dump_attach + dump_list),
+            v.validate,
         );
-        println!("volatility command: {}", v.command);
+        println!(
+            "volatility command: XDG_CACHE_HOME=<cache> {} --offline --quiet --renderer json \
+             --log <log> --symbol-dirs <dir with linux/{SUITE}.json> --file <dump> linux.pslist.PsList",
+            v.program.display()
+        );
     }
 }
