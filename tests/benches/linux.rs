@@ -206,7 +206,10 @@ fn main() {
             .iter()
             .map(|(n, d)| format!("{n} {:.1} ms", d.as_secs_f64() * 1e3))
             .collect();
-        println!("bootstrap/attach phases (one warm attach): {}", phases.join(", "));
+        println!(
+            "bootstrap/attach phases (one warm attach): {}",
+            phases.join(", ")
+        );
     }
 
     {
@@ -389,10 +392,7 @@ fn summary(samples: &Samples, vol: Option<VolRuns>) {
         ms(attach),
         attach / memcpy
     );
-    println!(
-        "processes/list         {} (bar: < 2 ms)",
-        ms(list)
-    );
+    println!("processes/list         {} (bar: < 2 ms)", ms(list));
     for (key, floor, bar) in [
         ("lookup/name_to_va", "lookup/hashmap_u64", 5e6),
         ("lookup/va_to_name", "lookup/binary_search_u64", 2e6),
