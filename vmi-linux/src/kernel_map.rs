@@ -379,9 +379,9 @@ pub fn copy_kernel_image<M: PhysicalMemory + ?Sized>(
 /// Fresh memory is faulted in page by page on its first write: for a 40 MiB image that
 /// is ten thousand page faults, which cost several times the copy itself (the
 /// `bootstrap/image_memcpy_fresh` floor of `cargo xtask bench -p vmi-tests --bench
-/// linux`). Advised huge pages (Linux's default THP mode on several distributions is
-/// `madvise`) take one fault per 2 MiB. The advice is only a hint: without THP the
-/// buffer is ordinary memory.
+/// linux`). Huge pages take one fault per 2 MiB; where THP is `madvise` only (Ubuntu's
+/// default, and the benchmark host's) they need this advice, with `always` it changes
+/// nothing, and with THP off the buffer is ordinary memory.
 fn buffer_for_copy(len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
     #[cfg(target_os = "linux")]

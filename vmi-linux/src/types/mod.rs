@@ -3,7 +3,7 @@
 //! Sources:
 //! - The kernel's own BTF, carved from the copy of its mapped image ([`carve_btf`], or
 //!   [`carve_btf_at`] with `__start_BTF`/`__stop_BTF` from kallsyms), then
-//!   [`Types::from_btf`]. The same constructor takes a BTF file a user supplies (a copy of
+//!   [`Types::from_btf`]; [`carve_btf_types`] does both with one parse and no copy. The same constructor takes a BTF file a user supplies (a copy of
 //!   the guest's `/sys/kernel/btf/vmlinux`, or one from BTFHub for kernels built without).
 //!   Parsing is our own bounded single-pass reader (4–8 ms for a Debian kernel's 3–5 MB).
 //!   The [btfparse](https://crates.io/crates/btfparse) crate (Apache-2.0; chosen over
