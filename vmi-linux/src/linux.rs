@@ -212,7 +212,7 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let mut isf_symbols = None;
         let types = timed(&mut report, "types", |report| match &options.types {
             TypeSource::KernelBtf => {
-                let (va, blob) = types::carve_btf(&copy).map_err(|e| Error::Unavailable {
+                let (va, n, t) = types::carve_btf_types(&copy).map_err(|e| Error::Unavailable {
                     what: "kernel BTF",
                     reason: format!(
                         "no valid .BTF in the kernel image ({e}): the kernel may be built without \
@@ -224,9 +224,9 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
                 })?;
                 report.steps.push(format!(
                     "types: the kernel's own .BTF carved from memory at {va:#x} ({} KiB)",
-                    blob.len() >> 10
+                    n >> 10
                 ));
-                Types::from_btf(blob)
+                Ok(t)
             }
             TypeSource::BtfFile(bytes) => {
                 report

@@ -3,7 +3,7 @@
 //! Sources:
 //! - The kernel's own BTF, carved from the copy of its mapped image ([`carve_btf`], or
 //!   [`carve_btf_at`] with `__start_BTF`/`__stop_BTF` from kallsyms), then
-//!   [`Types::from_btf`]. The same constructor takes a BTF file a user supplies (a copy of
+//!   [`Types::from_btf`]; [`carve_btf_types`] does both with one parse and no copy. The same constructor takes a BTF file a user supplies (a copy of
 //!   the guest's `/sys/kernel/btf/vmlinux`, or one from BTFHub for kernels built without).
 //!   Parsing is our own bounded single-pass reader (4–8 ms for a Debian kernel's 3–5 MB).
 //!   The [btfparse](https://crates.io/crates/btfparse) crate (Apache-2.0; chosen over
@@ -40,7 +40,7 @@ mod path;
 use std::collections::HashMap;
 
 pub use btf::MAX_BTF;
-pub use carve::{carve_btf, carve_btf_at};
+pub use carve::{carve_btf, carve_btf_at, carve_btf_types};
 pub use globals::{GlobalType, GLOBAL_TYPES};
 pub use isf_import::IsfInfo;
 
@@ -99,14 +99,22 @@ impl Types {
     /// Parses BTF bytes: the kernel's (from [`carve_btf`]) or a BTF file's, such as a copy
     /// of a guest's `/sys/kernel/btf/vmlinux`. At most [`MAX_BTF`] bytes.
     pub fn from_btf(bytes: Vec<u8>) -> Result<Types> {
-        let model = btf::parse(&bytes, 2 * GLOBAL_TYPES.len() + 1)?;
+        let model = btf::parse(&bytes, Self::SPARE_TYPES)?;
+        Ok(Self::from_btf_model(model))
+    }
+
+    /// Room for the types [`Self::add_global_types`] adds to a BTF model.
+    const SPARE_TYPES: usize = 2 * GLOBAL_TYPES.len() + 1;
+
+    /// Types over a parsed BTF model (parsed with [`Self::SPARE_TYPES`] spare).
+    fn from_btf_model(model: Model) -> Types {
         let mut types = Types {
             model,
             source: TypeSource::Btf,
             symbol_types: HashMap::new(),
         };
         types.add_global_types();
-        Ok(types)
+        types
     }
 
     /// Reads a Volatility 3 ISF (`dwarf2json` or `btf2json` output, formats 4.x to 6.x): its types,
