@@ -302,3 +302,133 @@ fn a_missing_part_names_the_qemu_option_to_add() {
     assert_eq!(out.status.code(), Some(2), "usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: legacy-map-addr"));
 }
+
+/// Issue 17: `--help` (and `-h`) print the usage alone, on stdout, and exit 0 — no
+/// stray empty line, no "error". Needs no guest.
+#[test]
+fn help_prints_the_usage_alone_and_exits_0() {
+    for name in [
+        "legacy-breakpoint",
+        "legacy-dump-memory",
+        "legacy-map-addr",
+        "legacy-singlestep",
+    ] {
+        for flag in ["--help", "-h"] {
+            let out = run(name, &[flag]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{name} {flag}: {stderr}");
+            assert!(stderr.is_empty(), "{name} {flag} wrote to stderr: {stderr}");
+            assert!(
+                stdout.starts_with(&format!("usage: {name} ")),
+                "{name} {flag}: {stdout:?}"
+            );
+            assert!(
+                !stdout.to_lowercase().contains("error") && !stdout.contains("\n\n"),
+                "{name} {flag}: {stdout:?}"
+            );
+        }
+    }
+    // Addresses are documented as hex where an address is taken.
+    for name in ["legacy-breakpoint", "legacy-map-addr"] {
+        let stdout = String::from_utf8_lossy(&run(name, &["--help"]).stdout).into_owned();
+        assert!(stdout.contains("hex, with or without 0x"), "{stdout}");
+    }
+}
+
+/// Issue 17: an address as `/proc/kallsyms` prints it (hex without `0x`) is taken as
+/// hex by map-addr (the VA and `--cr3`) and breakpoint; a string that is not hex is a
+/// usage error; `legacy-dump-memory --live` works as its usage says.
+#[test]
+fn addresses_without_0x_are_hex_and_dump_memory_live_works() {
+    let (guest, m) = boot();
+    let site_1 = sym(&m, "site_1");
+    let qmp = path(guest.qmp_socket());
+    let stdout = run_ok("legacy-map-addr", &[qmp, &format!("{site_1:x}")]);
+    assert!(
+        stdout.contains(&format!("{site_1:#x} -> {:#x} (Size4K", site_1 - HIGH)),
+        "{stdout}"
+    );
+    let cr3 = stdout
+        .lines()
+        .find_map(|l| hex_after(l, "CR3 "))
+        .expect("CR3 line");
+    let stdout = run_ok(
+        "legacy-map-addr",
+        &[qmp, &format!("{site_1:X}"), "--cr3", &format!("{cr3:x}")],
+    );
+    assert!(stdout.contains(&format!("CR3 {cr3:#x}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{site_1:#x} -> {:#x}", site_1 - HIGH)),
+        "{stdout}"
+    );
+    for bad in ["site_1", "-1", "+ff", "0x", "12345678901234567"] {
+        let out = run("legacy-map-addr", &[qmp, bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("not a hex address"), "{bad:?}: {stderr}");
+    }
+    let stdout = run_ok(
+        "legacy-breakpoint",
+        &[
+            qmp,
+            path(guest.gdb_socket()),
+            &format!("{site_1:016x}"),
+            "--hits",
+            "1",
+        ],
+    );
+    let hit = stdout
+        .lines()
+        .find(|l| l.starts_with("hit 1:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(hex_after(hit, "rip "), Some(site_1), "{stdout}");
+    let out = guest.dir().join("live.bin");
+    let stdout = run_ok("legacy-dump-memory", &[qmp, path(&out), "--live"]);
+    assert!(stdout.contains(", live"), "{stdout}");
+    let mut want = [0u8; 64];
+    guest.read_ram(sym(&m, "pattern_phys"), &mut want).unwrap();
+    let dump = std::fs::read(&out).unwrap();
+    let at = sym(&m, "pattern_phys") as usize;
+    assert_eq!(
+        &dump[at..at + 64],
+        want,
+        "the pattern page in the live dump"
+    );
+    std::fs::remove_file(&out).unwrap();
+    assert_ticks_on(&guest, "the examples");
+}
+
+/// Issue 17: `legacy-singlestep --vcpu 5` on a 2-vCPU guest fails at once naming the
+/// missing vCPU (it used to wait 10 s for steps that could not come).
+#[test]
+fn singlestep_on_a_vcpu_the_guest_lacks_fails_at_once() {
+    let mut opts = GuestOptions::test_guest();
+    opts.cpus = 2;
+    let guest = Guest::launch(opts).expect("launching the test guest");
+    guest.wait_ready().expect("test guest ready");
+    let start = Instant::now();
+    let out = run(
+        "legacy-singlestep",
+        &[
+            path(guest.qmp_socket()),
+            path(guest.gdb_socket()),
+            "--vcpu",
+            "5",
+        ],
+    );
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("vCPU 5 does not exist (the guest has 2)"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("single-stepping"),
+        "refused before it started"
+    );
+    // The old wait was 10 s per step; connecting takes well under a second.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_ticks_on(&guest, "the refused singlestep");
+}

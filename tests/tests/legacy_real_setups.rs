@@ -1,7 +1,8 @@
 //! vmi-legacy on the setups a new user has (issue 11, "Found on the current main"):
 //! real gdb attached to the same stub before us, a guest someone else paused, ROM the
 //! firmware shadows into RAM, a QEMU that dies or freezes, a tool that is killed, the
-//! gdbstub on TCP (`-s`), and a monitor another client holds. Against the
+//! gdbstub on TCP (`-s`), and a monitor another client holds; and (issue 17) the QMP
+//! and gdbstub paths swapped, and monitors for a vCPU the guest lacks. Against the
 //! purpose-built test guest (its loop: `site_1`, store the iteration count into
 //! `counter`, `site_2`, …).
 
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use vmi_core::registers::msr;
 use vmi_core::{
-    Breakpoint, Breakpoints, Error, EventControl, Gpa, Gva, MemoryLayout, PhysicalMemory,
-    PhysicalMemoryWrite, ReadRegisters, VcpuControl, VcpuId,
+    Breakpoint, Breakpoints, Error, EventControl, Gpa, Gva, MemoryLayout, Monitor, PhysicalMemory,
+    PhysicalMemoryWrite, ReadRegisters, VcpuControl, VcpuId, VcpuSet,
 };
 use vmi_legacy::{LegacyConfig, LegacyQemu, QmpClient, RamAccess};
 use vmi_tests::{Guest, GuestOptions, Markers};
@@ -514,4 +515,81 @@ fn item10_a_held_monitor_is_reported_as_in_use() {
     let err = LegacyQemu::connect(cfg).expect_err("a second QMP client");
     let msg = err.to_string();
     assert!(msg.contains("in use"), "error: {msg}");
+}
+
+/// Issue 17: the QMP and gdbstub paths swapped by mistake. The stub stops the guest
+/// when a client connects and never resumes it on its own; the error names the swap,
+/// and the guest runs on (checked through a correct QMP connection afterwards).
+#[test]
+fn swapped_qmp_and_gdbstub_paths_are_named_and_the_guest_runs_on() {
+    let (guest, m) = boot();
+    let mut cfg = LegacyConfig::new(guest.gdb_socket());
+    cfg.gdb_socket = Some(guest.qmp_socket().into());
+    cfg.timeout = Duration::from_secs(2);
+    let err = LegacyQemu::connect(cfg).expect_err("the gdbstub is no QMP monitor");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("swapped")
+            && msg.contains(&guest.gdb_socket().display().to_string())
+            && msg.contains(&guest.qmp_socket().display().to_string()),
+        "error: {msg}"
+    );
+    assert!(
+        !msg.contains("in use"),
+        "not blamed on a busy monitor: {msg}"
+    );
+    assert_runs(&guest, &m, None, "after connecting with swapped paths");
+    // The stub is free again: a correct session attaches and the guest stays running.
+    let vm = LegacyQemu::connect(config(&guest, true)).expect("connecting the right way");
+    drop(vm);
+    assert_keeps_running(&guest, &m, "after the correct session");
+}
+
+/// Issue 17: single-stepping a vCPU the guest lacks is refused at `enable`, before a
+/// packet reaches the stub (it used to be dropped silently, and a caller waited for
+/// steps that never came).
+#[test]
+fn singlestep_of_a_vcpu_the_guest_lacks_is_refused_at_enable() {
+    let mut opts = GuestOptions::test_guest();
+    opts.cpus = 2;
+    let guest = Guest::launch(opts).expect("launching the test guest");
+    let m = guest.wait_ready().expect("test guest ready");
+    let vm = LegacyQemu::connect(config(&guest, true)).unwrap();
+    let gdb = vm.gdb().unwrap();
+    assert_eq!(gdb.vcpus(), 2);
+    let before = gdb.counters();
+    let monitor = Monitor::Singlestep(VcpuSet::single(VcpuId(5)));
+    match gdb.enable(&monitor) {
+        Err(Error::NoSuchVcpu { vcpu, count }) => assert_eq!((vcpu, count), (VcpuId(5), 2)),
+        other => panic!("enable for vCPU 5 of 2: {other:?}"),
+    }
+    let mixed: VcpuSet = [VcpuId(0), VcpuId(2)].into_iter().collect();
+    assert!(
+        matches!(
+            gdb.enable(&Monitor::Singlestep(mixed)),
+            Err(Error::NoSuchVcpu {
+                vcpu: VcpuId(2),
+                count: 2
+            })
+        ),
+        "one missing vCPU refuses the whole set"
+    );
+    let after = gdb.counters();
+    assert_eq!(
+        (after.requests, after.interrupts),
+        (before.requests, before.interrupts),
+        "nothing was sent to the stub"
+    );
+    // Nothing was enabled: waiting yields no step (the guest just runs).
+    assert!(gdb
+        .wait_event(Duration::from_millis(300))
+        .unwrap()
+        .is_none());
+    assert_runs(&guest, &m, Some(&vm), "after the refused enable");
+    // The vCPUs the guest has still step.
+    let ok = Monitor::Singlestep(VcpuSet::single(VcpuId(1)));
+    gdb.enable(&ok).expect("vCPU 1 of 2");
+    gdb.disable(&ok).unwrap();
+    drop(vm);
+    assert_keeps_running(&guest, &m, "after the session");
 }

@@ -6,21 +6,26 @@
 //! breakpoint QMP_SOCKET GDB_SOCKET ADDRESS|SYMBOL [--kallsyms FILE] [--hits N] [--timeout SECS]
 //! ```
 //!
-//! A symbol is looked up in `--kallsyms` (the format of the guest's `/proc/kallsyms`:
-//! `ffffffff81234560 T name`; read it in the guest as root, with
-//! `kptr_restrict=0`). The breakpoint is invisible to the guest (no `0xCC` in memory:
-//! QEMU keeps it under TCG; a debug register under KVM) and is removed on exit.
+//! An address is hex, with or without `0x` (`ffffffff81234560` as `/proc/kallsyms`
+//! prints it); anything else is a symbol (a symbol whose name is all hex digits is
+//! taken as an address: give its address). A symbol is looked up in `--kallsyms` (the
+//! format of the guest's `/proc/kallsyms`: `ffffffff81234560 T name`; read it in the
+//! guest as root, with `kptr_restrict=0`). The breakpoint is invisible to the guest
+//! (no `0xCC` in memory: QEMU keeps it under TCG; a debug register under KVM) and is
+//! removed on exit.
 
 mod common;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use common::{connect, parse_u64, usage, Args, Failure, Needs};
+use common::{connect, parse_address, usage, Args, Failure, Needs};
 use vmi_core::{Backend, Breakpoint, EventKind, Gva, Response};
 
 const USAGE: &str = "usage: legacy-breakpoint QMP_SOCKET GDB_SOCKET ADDRESS|SYMBOL \
-                     [--kallsyms FILE] [--hits N] [--timeout SECS]";
+                     [--kallsyms FILE] [--hits N] [--timeout SECS]
+  ADDRESS is hex, with or without 0x (as /proc/kallsyms prints it); anything else is a
+  SYMBOL, looked up in --kallsyms FILE";
 
 fn main() -> ExitCode {
     common::main_with("breakpoint", run)
@@ -36,8 +41,7 @@ fn lookup(kallsyms: &str, name: &str) -> Option<u64> {
 }
 
 fn run() -> Result<(), Failure> {
-    let args = Args::parse(&["kallsyms", "hits", "timeout"])
-        .map_err(|e| usage(&format!("{e}\n{USAGE}")))?;
+    let args = Args::parse(&["kallsyms", "hits", "timeout"], &[], USAGE)?;
     let (Some(qmp), Some(gdb), Some(target)) = (args.path(0), args.path(1), args.positional.get(2))
     else {
         return Err(usage(USAGE));
@@ -50,7 +54,7 @@ fn run() -> Result<(), Failure> {
         Some(s) => Duration::from_secs(s.parse().map_err(|_| usage("--timeout takes seconds"))?),
         None => Duration::from_secs(30),
     };
-    let addr = match parse_u64(target) {
+    let addr = match parse_address(target) {
         Some(a) => a,
         None => {
             let file = args.option("kallsyms").ok_or_else(|| {

@@ -44,10 +44,9 @@ fn progress(done: u64, total: u64) -> String {
 }
 
 fn run() -> Result<(), Failure> {
-    let args = Args::parse(&[]).map_err(|e| usage(&format!("{e}\n{USAGE}")))?;
-    let live = args.positional.iter().any(|a| a == "--live");
-    let positional: Vec<&String> = args.positional.iter().filter(|a| *a != "--live").collect();
-    let [qmp, out] = positional[..] else {
+    let args = Args::parse(&[], &["live"], USAGE)?;
+    let live = args.switch("live");
+    let [qmp, out] = &args.positional[..] else {
         return Err(usage(USAGE));
     };
     let vm = connect(qmp.as_ref(), None, Needs::SharedRam)?;

@@ -5,6 +5,9 @@
 //! map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]
 //! ```
 //!
+//! `VA` and `CR3` are hex, with or without `0x` (`ffffffff81000000` as `/proc/kallsyms`
+//! prints it).
+//!
 //! The paging mode and CR3 come from the vCPU (QMP `info registers`, or the gdbstub with
 //! `--gdb`); `--cr3` walks another address space in the same mode. The walk is
 //! `vmi-core`'s ([`vmi_core::translate`]), reading the page tables from shared guest
@@ -15,11 +18,11 @@ mod common;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use common::{connect, parse_u64, usage, Args, Failure, Needs};
+use common::{connect, parse_address, usage, Args, Failure, Needs};
 use vmi_core::{AddressSpace, Gpa, Gva, PagingMode, VcpuId, VirtualMemory};
 
-const USAGE: &str =
-    "usage: legacy-map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]";
+const USAGE: &str = "usage: legacy-map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]
+  VA and CR3 are hex, with or without 0x (as /proc/kallsyms prints them)";
 
 fn main() -> ExitCode {
     common::main_with("map-addr", run)
@@ -53,11 +56,12 @@ fn flags(v: u64) -> String {
 }
 
 fn run() -> Result<(), Failure> {
-    let args = Args::parse(&["vcpu", "cr3", "gdb"]).map_err(|e| usage(&format!("{e}\n{USAGE}")))?;
+    let args = Args::parse(&["vcpu", "cr3", "gdb"], &[], USAGE)?;
     let (Some(qmp), Some(va)) = (args.path(0), args.positional.get(1)) else {
         return Err(usage(USAGE));
     };
-    let va = parse_u64(va).ok_or_else(|| usage(&format!("{va:?} is not an address\n{USAGE}")))?;
+    let va =
+        parse_address(va).ok_or_else(|| usage(&format!("{va:?} is not a hex address\n{USAGE}")))?;
     let vcpu = match args.option("vcpu") {
         Some(v) => VcpuId(v.parse().map_err(|_| usage("--vcpu takes a number"))?),
         None => VcpuId(0),
@@ -66,7 +70,8 @@ fn run() -> Result<(), Failure> {
     let vm = connect(&qmp, gdb.as_deref(), Needs::SharedRam)?;
     let mut space = vm.address_space(vcpu)?;
     if let Some(cr3) = args.option("cr3") {
-        let cr3 = parse_u64(cr3).ok_or_else(|| usage("--cr3 takes an address"))?;
+        let cr3 = parse_address(cr3)
+            .ok_or_else(|| usage(&format!("--cr3 takes a hex address, not {cr3:?}\n{USAGE}")))?;
         space = AddressSpace::new(space.mode, Gpa(cr3));
     }
     println!(

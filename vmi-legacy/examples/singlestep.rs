@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Failure> {
-    let args = Args::parse(&["steps", "vcpu"]).map_err(|e| usage(&format!("{e}\n{USAGE}")))?;
+    let args = Args::parse(&["steps", "vcpu"], &[], USAGE)?;
     let (Some(qmp), Some(gdb)) = (args.path(0), args.path(1)) else {
         return Err(usage(USAGE));
     };

@@ -97,6 +97,7 @@ pub mod procfs;
 pub mod qmp;
 pub mod ram;
 pub mod session;
+mod sockets;
 
 pub use debugger::{Accelerator, GdbSegments, GdbSession};
 pub use layout::{RamLayout, RamRange};

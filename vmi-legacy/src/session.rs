@@ -253,8 +253,12 @@ impl ParkOps for QmpPause {
 impl LegacyQemu {
     /// Connects to QEMU's QMP socket, reads the memory layout (`info mtree -f`), finds
     /// QEMU's pid and opens guest RAM as `config.ram` says.
+    ///
+    /// A QMP socket that turns out to be QEMU's gdbstub (the two paths swapped) fails
+    /// with [`Error::InvalidArgument`] naming the swap, after detaching from the stub so
+    /// that the guest it stopped runs again.
     pub fn connect(config: LegacyConfig) -> Result<Self> {
-        let mut qmp = QmpClient::connect_with_timeout(&config.qmp_socket, config.timeout)?;
+        let mut qmp = crate::sockets::connect_qmp(&config)?;
         let version = qmp.query_version()?;
         let mtree = qmp.human_monitor_command("info mtree -f")?;
         let full_layout = hmp::parse_mtree_flat(&mtree)?;

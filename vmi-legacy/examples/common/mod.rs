@@ -1,5 +1,5 @@
 //! What the examples share: argument parsing, connecting with a message that names the
-//! QEMU option a failed part needs, and number parsing.
+//! QEMU option a failed part needs, and address parsing.
 
 #![allow(dead_code)] // Each example uses a subset.
 
@@ -15,17 +15,28 @@ pub(crate) const GDB_OPTION: &str =
 pub(crate) const RAM_OPTION: &str = "-object memory-backend-memfd,id=ram0,size=<RAM>,share=on \
                               -machine memory-backend=ram0 (or memory-backend-file,…,share=on)";
 
-/// An error for `main` to print: the message, then exit code 1 (2 for usage errors).
+/// What `main` prints and how it exits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A failure: `NAME: error: …` on stderr, exit code 1.
+    Error,
+    /// Arguments `main` cannot use: `NAME: …` (with the usage) on stderr, exit code 2.
+    Usage,
+    /// `--help` was asked for: the usage alone on stdout, exit code 0.
+    Help,
+}
+
+/// Why `run` stopped early: a message and how to report it.
 pub(crate) struct Failure {
     pub(crate) message: String,
-    pub(crate) usage: bool,
+    pub(crate) outcome: Outcome,
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
         Failure {
             message: e.to_string(),
-            usage: false,
+            outcome: Outcome::Error,
         }
     }
 }
@@ -33,22 +44,29 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub(crate) fn usage(text: &str) -> Failure {
     Failure {
         message: text.to_owned(),
-        usage: true,
+        outcome: Outcome::Usage,
     }
 }
 
-/// Runs `body`, printing a failure as `NAME: error: …`.
+/// Runs `body`: a failure is printed as `NAME: error: …` (exit 1), a usage error as
+/// `NAME: …` (exit 2), `--help` as the usage alone on stdout (exit 0).
 pub(crate) fn main_with(name: &str, body: impl FnOnce() -> Result<(), Failure>) -> ExitCode {
     match body() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!(
-                "{name}: {}{}",
-                if f.usage { "" } else { "error: " },
-                f.message
-            );
-            ExitCode::from(if f.usage { 2 } else { 1 })
-        }
+        Err(f) => match f.outcome {
+            Outcome::Help => {
+                println!("{}", f.message);
+                ExitCode::SUCCESS
+            }
+            Outcome::Usage => {
+                eprintln!("{name}: {}", f.message);
+                ExitCode::from(2)
+            }
+            Outcome::Error => {
+                eprintln!("{name}: error: {}", f.message);
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -85,6 +103,8 @@ pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<Le
     }
     let vm = LegacyQemu::connect(cfg).map_err(|e| {
         let hint = match gdb {
+            // A wrong socket (the two paths swapped) is already named in the error.
+            _ if matches!(e, vmi_core::Error::InvalidArgument { .. }) => String::new(),
             Some(g) => format!(
                 " (is {} QEMU's gdbstub? it needs `{GDB_OPTION}`; is another debugger attached?)",
                 g.display()
@@ -112,44 +132,71 @@ pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<Le
     Ok(vm)
 }
 
-/// Parses `0x…` hex or decimal.
-pub(crate) fn parse_u64(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
+/// Parses an address: hex, with or without `0x`/`0X` (`ffffffff81000000` as
+/// `/proc/kallsyms` prints it, or `0xffffffff81000000`). Never decimal, so that one
+/// string cannot mean two addresses.
+pub(crate) fn parse_address(s: &str) -> Option<u64> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    // from_str_radix takes a leading sign; an address has none.
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
     }
+    u64::from_str_radix(hex, 16).ok()
 }
 
-/// Positional arguments and `--name value` options.
+/// Positional arguments, `--name value` options and `--name` switches.
 pub(crate) struct Args {
     pub(crate) positional: Vec<String>,
     pub(crate) options: Vec<(String, String)>,
+    pub(crate) switches: Vec<String>,
 }
 
 impl Args {
-    /// Parses the process arguments; `flags` take a value.
-    pub(crate) fn parse(flags: &[&str]) -> Result<Self, String> {
-        let mut positional = Vec::new();
-        let mut options = Vec::new();
+    /// Parses the process arguments: `flags` take a value, `switches` do not.
+    /// `-h`/`--help` anywhere asks for `usage_text` (a [`Outcome::Help`] failure); an
+    /// unknown option is a usage error.
+    pub(crate) fn parse(
+        flags: &[&str],
+        switches: &[&str],
+        usage_text: &str,
+    ) -> Result<Self, Failure> {
+        let mut parsed = Self {
+            positional: Vec::new(),
+            options: Vec::new(),
+            switches: Vec::new(),
+        };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
             if a == "-h" || a == "--help" {
-                return Err(String::new());
+                return Err(Failure {
+                    message: usage_text.to_owned(),
+                    outcome: Outcome::Help,
+                });
             }
-            if let Some(name) = a.strip_prefix("--") {
-                if !flags.contains(&name) {
-                    return Err(format!("unknown option --{name}"));
-                }
-                let v = it.next().ok_or(format!("--{name} needs a value"))?;
-                options.push((name.to_owned(), v));
+            let Some(name) = a.strip_prefix("--") else {
+                parsed.positional.push(a);
+                continue;
+            };
+            if switches.contains(&name) {
+                parsed.switches.push(name.to_owned());
+            } else if flags.contains(&name) {
+                let v = it
+                    .next()
+                    .ok_or_else(|| usage(&format!("--{name} needs a value\n{usage_text}")))?;
+                parsed.options.push((name.to_owned(), v));
             } else {
-                positional.push(a);
+                return Err(usage(&format!("unknown option --{name}\n{usage_text}")));
             }
         }
-        Ok(Self {
-            positional,
-            options,
-        })
+        Ok(parsed)
+    }
+
+    /// Whether switch `--name` was given.
+    pub(crate) fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
     }
 
     pub(crate) fn option(&self, name: &str) -> Option<&str> {

@@ -167,16 +167,23 @@ impl EventControl for GdbSession {
     /// [`vmi_core::Breakpoints`]; setting a breakpoint enables it),
     /// [`Monitor::Singlestep`] and [`Monitor::MemoryAccess`] (hits of
     /// [`GdbSession::watch`]; always delivered). Everything else is refused by the
-    /// capability table with its reason.
+    /// capability table with its reason; single-stepping a vCPU the guest does not have
+    /// is refused with [`Error::NoSuchVcpu`], before anything reaches the stub.
     fn enable(&self, monitor: &Monitor) -> Result<()> {
         self.parking.capabilities().check_monitor(monitor)?;
         let mut g = self.lock();
         match monitor {
             Monitor::Interrupt(InterruptKind::Int3) => g.int3 = true,
             Monitor::Singlestep(set) => {
-                let mut set = set.clone();
-                set.truncate(g.vcpus);
-                g.singlestep.union_with(&set);
+                // Refused before anything changes: a vCPU the guest lacks would never
+                // step, and a caller waiting for its steps would wait for nothing.
+                if let Some(vcpu) = set.iter().find(|v| u32::from(v.raw()) >= g.vcpus) {
+                    return Err(Error::NoSuchVcpu {
+                        vcpu,
+                        count: g.vcpus,
+                    });
+                }
+                g.singlestep.union_with(set);
             }
             _ => {}
         }
