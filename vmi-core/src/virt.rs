@@ -123,7 +123,9 @@ pub trait VirtualMemory {
     /// Reads a NUL-terminated string of at most `max_len` bytes (the NUL not included
     /// in the result). Reads page by page, so a string that ends just before an
     /// unmapped page is read. Fails with [`Error::InvalidArgument`] if no NUL comes
-    /// within `max_len` bytes.
+    /// within `max_len` bytes, or before the end of the address space (as
+    /// [`read_va`](Self::read_va) does for a range that wraps past it). The buffer grows
+    /// with what was read, never beyond `max_len`, so `usize::MAX` is a valid limit.
     fn read_va_cstr(&self, space: impl Into<Space>, gva: Gva, max_len: usize) -> Result<Vec<u8>>;
 }
 
@@ -160,12 +162,30 @@ impl<T: PhysicalMemory + ReadRegisters + ?Sized> VirtualMemory for T {
             let in_page = (PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize;
             let n = in_page.min(max_len - out.len());
             read_virtual(self, a.mode, a.cr3, Gva(va), &mut page[..n])?;
-            if let Some(end) = page[..n].iter().position(|b| *b == 0) {
-                out.extend_from_slice(&page[..end]);
+            let end = page[..n].iter().position(|b| *b == 0);
+            let take = end.unwrap_or(n);
+            // Grow by what was read, doubling for long strings, but never past the
+            // caller's limit (`take <= max_len - out.len()`).
+            if out.capacity() - out.len() < take {
+                out.reserve_exact(out.len().max(take).min(max_len - out.len()));
+            }
+            out.extend_from_slice(&page[..take]);
+            if end.is_some() {
                 return Ok(out);
             }
-            out.extend_from_slice(&page[..n]);
-            va = va.wrapping_add(n as u64);
+            if out.len() < max_len {
+                // More to read: the string must not continue at address 0.
+                va = va
+                    .checked_add(n as u64)
+                    .ok_or_else(|| Error::InvalidArgument {
+                        what: "gva",
+                        reason: format!(
+                            "no NUL in the C string at {gva} before the virtual range \
+                             wraps past the end of the address space"
+                        )
+                        .into(),
+                    })?;
+            }
         }
         Err(Error::InvalidArgument {
             what: "C string",
@@ -263,5 +283,69 @@ mod tests {
             Err(Error::InvalidArgument { .. })
         ));
         assert_eq!(vm.read_va_cstr(VcpuId(0), Gva(VA), 17).unwrap().len(), 16);
+    }
+
+    /// A 4-level address space with the last page of the address space
+    /// (`0xffff_ffff_ffff_f000`, at GPA 0x8000) and the first (at GPA 0xd000) mapped.
+    fn vm_with_both_ends() -> Vm {
+        let mut mem = SparseMemory::new();
+        // PML4[511] -> PDPT[511] -> PD[511] -> PT[511] -> 0x8000.
+        mem.write_u64(Gpa(0x1000 + 511 * 8), 0x2003);
+        mem.write_u64(Gpa(0x2000 + 511 * 8), 0x3003);
+        mem.write_u64(Gpa(0x3000 + 511 * 8), 0x4003);
+        mem.write_u64(Gpa(0x4000 + 511 * 8), 0x8003);
+        // PML4[0] -> PDPT[0] -> PD[0] -> PT[0] -> 0xd000.
+        mem.write_u64(Gpa(0x1000), 0xa003);
+        mem.write_u64(Gpa(0xa000), 0xb003);
+        mem.write_u64(Gpa(0xb000), 0xc003);
+        mem.write_u64(Gpa(0xc000), 0xd003);
+        Vm { mem, cr3: 0x1000 }
+    }
+
+    #[test]
+    fn unbounded_strings_stop_at_the_end_of_the_address_space() {
+        const LAST_PAGE: u64 = 0xffff_ffff_ffff_f000;
+        let mut vm = vm_with_both_ends();
+        vm.mem.write(Gpa(0x8000), &[b'x'; PAGE_SIZE as usize]);
+        vm.mem.write(Gpa(0xd000), b"tail\0");
+        // No NUL before the end: an error like read_va's for a range past the end, not
+        // a string continued at address 0 (the old loop wrapped and returned
+        // 4096 x "x" + "tail").
+        fn wraps<T>(r: &Result<T>) -> bool {
+            matches!(r, Err(Error::InvalidArgument { what: "gva", reason })
+                if reason.contains("wraps past the end"))
+        }
+        let r = vm.read_va_cstr(VcpuId(0), Gva(LAST_PAGE), usize::MAX);
+        assert!(wraps(&r), "{:?}", r.map(|s| s.len()));
+        let mut buf = [0u8; 8];
+        assert!(wraps(&vm.read_va(
+            VcpuId(0),
+            Gva(LAST_PAGE + 0xffc),
+            &mut buf
+        )));
+        // A NUL in the very last byte ends the string in time.
+        vm.mem.write(Gpa(0x8fff), b"\0");
+        let s = vm
+            .read_va_cstr(VcpuId(0), Gva(LAST_PAGE), usize::MAX)
+            .unwrap();
+        assert_eq!(s.len(), PAGE_SIZE as usize - 1);
+    }
+
+    #[test]
+    fn string_buffers_grow_by_what_was_read_up_to_the_limit() {
+        let mut vm = vm();
+        // 4500 bytes across the two pages, then the NUL; the limit is 5000.
+        vm.mem.write(Gpa(0x9000), &[b'a'; PAGE_SIZE as usize]);
+        vm.mem
+            .write(Gpa(0x5000), &[b'b'; 4500 - PAGE_SIZE as usize]);
+        vm.mem.write(Gpa(0x5000 + 4500 - PAGE_SIZE), b"\0");
+        let s = vm.read_va_cstr(VcpuId(0), Gva(VA), 5000).unwrap();
+        assert_eq!(s.len(), 4500);
+        // The old loop doubled to 8 KiB, past what the caller allowed.
+        assert!(s.capacity() <= 5000, "capacity {}", s.capacity());
+        // A limit of usize::MAX reserves nothing up front.
+        let s = vm.read_va_cstr(VcpuId(0), Gva(VA), usize::MAX).unwrap();
+        assert_eq!(s.len(), 4500);
+        assert!(s.capacity() < 2 * 4500, "capacity {}", s.capacity());
     }
 }

@@ -386,6 +386,10 @@ impl std::fmt::Display for GdbAddress {
 #[path = "gdb_cache_tests.rs"]
 mod cache_tests;
 
+#[cfg(test)]
+#[path = "gdb_hostile_tests.rs"]
+mod hostile_tests;
+
 /// A byte stream the client can talk over.
 pub trait Transport: Read + Write + Send {
     /// Sets the read timeout.
@@ -488,6 +492,9 @@ pub struct GdbClient {
     counters: GdbCounters,
     /// When the last stop reply arrived, while the target is still stopped.
     stopped_since: Option<Instant>,
+    /// Why the connection was abandoned (a stub flooding us without a packet); every
+    /// later call fails with [`Error::Disconnected`].
+    abandoned: Option<&'static str>,
 }
 
 impl std::fmt::Debug for GdbClient {
@@ -500,6 +507,15 @@ impl std::fmt::Debug for GdbClient {
 }
 
 const ACK_RETRIES: usize = 3;
+
+/// The most received bytes kept while waiting for a complete packet: twice the
+/// largest packet accepted (its escapes may double it) and one read. A stub that sends
+/// more without completing a packet is hostile or broken and the connection is
+/// abandoned.
+pub(crate) const MAX_BUFFERED: usize = 2 * codec::MAX_PACKET + READ_CHUNK;
+
+/// How much one read takes from the socket.
+const READ_CHUNK: usize = 65536;
 
 /// How long [`GdbClient::await_answer`] waits for more output once the stub started
 /// answering again.
@@ -581,6 +597,7 @@ impl GdbClient {
             g_cache: None,
             counters: GdbCounters::default(),
             stopped_since: None,
+            abandoned: None,
         };
         let sup = c.command(b"qSupported:multiprocess-;swbreak+;hwbreak+;xmlRegisters=i386")?;
         for f in sup.split(|&b| b == b';') {
@@ -668,15 +685,47 @@ impl GdbClient {
     }
 
     fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check_abandoned()?;
         self.io
             .write_all(bytes)
             .and_then(|()| self.io.flush())
             .map_err(|e| crate::liveness::stream_error("writing to gdbstub", e))
     }
 
-    /// Reads more bytes into `buf`, honouring `deadline`.
+    /// Fails with [`Error::Disconnected`] once the connection was abandoned.
+    fn check_abandoned(&self) -> Result<()> {
+        match self.abandoned {
+            Some(why) => Err(Error::Disconnected {
+                reason: format!("gdbstub connection abandoned: {why}").into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives up on the connection: drops what was received (so a flood does not stay
+    /// in memory) and fails every later call. Returns the error for this call.
+    fn abandon(&mut self, why: &'static str) -> Error {
+        self.buf = Vec::new();
+        self.abandoned = Some(why);
+        Error::malformed("gdbstub", format!("{why}; connection abandoned"))
+    }
+
+    /// Reads more bytes into `buf` unless `deadline` has passed: bytes that keep coming
+    /// without making a packet (noise, a bad packet resent on every NAK) do not extend
+    /// a wait.
     fn fill(&mut self, deadline: Deadline) -> Result<()> {
-        let mut tmp = [0u8; 65536];
+        deadline.check("gdbstub reply")?;
+        self.read_more(deadline)
+    }
+
+    /// Reads more bytes into `buf`: one read, made even if `deadline` has passed (so a
+    /// zero timeout polls), repeated while nothing arrives until it has.
+    fn read_more(&mut self, deadline: Deadline) -> Result<()> {
+        self.check_abandoned()?;
+        if self.buf.len() > MAX_BUFFERED - READ_CHUNK {
+            return Err(self.abandon("the stub sent too much without a complete packet"));
+        }
+        let mut tmp = [0u8; READ_CHUNK];
         loop {
             match self.io.read(&mut tmp) {
                 Ok(0) => {
@@ -702,8 +751,9 @@ impl GdbClient {
         }
     }
 
-    /// Sends a packet and waits for its acknowledgement, retransmitting on `-`.
-    fn send_packet(&mut self, payload: &[u8]) -> Result<()> {
+    /// Sends a packet and waits until `deadline` for its acknowledgement,
+    /// retransmitting on `-`.
+    fn send_packet(&mut self, payload: &[u8], deadline: Deadline) -> Result<()> {
         if payload.len() + 4 > self.packet_size.max(256) * 2 {
             return Err(Error::InvalidArgument {
                 what: "gdb packet",
@@ -715,7 +765,6 @@ impl GdbClient {
         self.before_send(payload);
         for _ in 0..ACK_RETRIES {
             self.send_raw(&framed)?;
-            let deadline = Deadline::after(self.timeout);
             loop {
                 if let Some(pos) = self
                     .buf
@@ -740,6 +789,9 @@ impl GdbClient {
                             }
                         }
                     }
+                } else {
+                    // Neither an ack nor a packet: noise, not worth keeping.
+                    self.buf.clear();
                 }
                 self.fill(deadline)?;
             }
@@ -798,7 +850,7 @@ impl GdbClient {
         };
         let Some(hash) = self.buf[start..].iter().position(|&b| b == b'#') else {
             if self.buf.len() - start > 2 * codec::MAX_PACKET {
-                return Err(Error::malformed("gdbstub", "unterminated packet too large"));
+                return Err(self.abandon("unterminated packet too large"));
             }
             return Ok(None);
         };
@@ -807,10 +859,12 @@ impl GdbClient {
             return Ok(None);
         }
         let body = self.buf[start + 1..hash].to_vec();
-        let sum = codec::parse_hex_u64(&self.buf[hash + 1..hash + 3])?;
+        // A checksum that is not hex is a corrupted packet like a wrong one: consumed
+        // and NAKed, never left in the buffer to fail every later call.
+        let sum = codec::parse_hex_u64(&self.buf[hash + 1..hash + 3]).ok();
         let notification = self.buf[start] == b'%';
         self.buf.drain(..hash + 3);
-        if u64::from(codec::checksum(&body)) != sum {
+        if sum != Some(u64::from(codec::checksum(&body))) {
             if !notification {
                 self.send_raw(b"-")?;
             }
@@ -844,8 +898,9 @@ impl GdbClient {
 
     /// Sends a command packet and returns its reply. `E nn` replies become errors.
     pub fn command(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
-        self.send_packet(payload)?;
+        // One deadline for the ack and the reply: the call returns within the timeout.
         let deadline = Deadline::after(self.timeout);
+        self.send_packet(payload, deadline)?;
         let reply = loop {
             let p = self.recv_packet(deadline)?;
             // Console output may precede the reply.
@@ -1059,14 +1114,15 @@ impl GdbClient {
     /// Resumes all vCPUs (`c`) without waiting for a stop.
     pub fn resume(&mut self) -> Result<()> {
         self.stashed_stop = None;
-        self.send_packet(b"c")
+        self.send_packet(b"c", Deadline::after(self.timeout))
     }
 
     /// Single-steps the selected thread (`s`) and waits for the stop.
     pub fn step(&mut self) -> Result<StopReason> {
         self.stashed_stop = None;
-        self.send_packet(b"s")?;
-        self.wait_stop(self.timeout)?.ok_or(Error::Timeout {
+        let deadline = Deadline::after(self.timeout);
+        self.send_packet(b"s", deadline)?;
+        self.wait_stop_until(deadline)?.ok_or(Error::Timeout {
             what: "single step".into(),
             after: self.timeout,
         })
@@ -1075,8 +1131,9 @@ impl GdbClient {
     /// Single-steps one vCPU thread while the others stay stopped (`vCont;s:<tid>`).
     pub fn step_thread(&mut self, thread: u64) -> Result<StopReason> {
         self.stashed_stop = None;
-        self.send_packet(format!("vCont;s:{thread:x}").as_bytes())?;
-        self.wait_stop(self.timeout)?.ok_or(Error::Timeout {
+        let deadline = Deadline::after(self.timeout);
+        self.send_packet(format!("vCont;s:{thread:x}").as_bytes(), deadline)?;
+        self.wait_stop_until(deadline)?.ok_or(Error::Timeout {
             what: "single step".into(),
             after: self.timeout,
         })
@@ -1095,10 +1152,15 @@ impl GdbClient {
     /// Waits up to `timeout` for a stop reply after [`Self::resume`]. `Ok(None)` if the
     /// target is still running.
     pub fn wait_stop(&mut self, timeout: Duration) -> Result<Option<StopReason>> {
+        self.wait_stop_until(Deadline::after(timeout))
+    }
+
+    /// [`Self::wait_stop`] until `deadline`.
+    fn wait_stop_until(&mut self, deadline: Deadline) -> Result<Option<StopReason>> {
         if let Some(s) = self.stashed_stop.take() {
             return Ok(Some(s));
         }
-        let deadline = Deadline::after(timeout);
+        let mut polled = false;
         loop {
             if let Some(p) = self.try_take_packet()? {
                 match p.first() {
@@ -1110,7 +1172,14 @@ impl GdbClient {
                     _ => continue, // console output
                 }
             }
-            match self.fill(deadline) {
+            // The first read is made even at a zero timeout: a poll sees a stop that
+            // was already sent.
+            let read = if std::mem::replace(&mut polled, true) {
+                self.fill(deadline)
+            } else {
+                self.read_more(deadline)
+            };
+            match read {
                 Ok(()) => {}
                 Err(Error::Timeout { .. }) => return Ok(None),
                 Err(e) => return Err(e),
@@ -1120,8 +1189,11 @@ impl GdbClient {
 
     /// Runs a monitor (HMP) command through the stub (`qRcmd`) and returns its output.
     pub fn monitor(&mut self, cmd: &str) -> Result<String> {
-        self.send_packet(format!("qRcmd,{}", codec::to_hex(cmd.as_bytes())).as_bytes())?;
         let deadline = Deadline::after(self.timeout);
+        self.send_packet(
+            format!("qRcmd,{}", codec::to_hex(cmd.as_bytes())).as_bytes(),
+            deadline,
+        )?;
         let mut out = Vec::new();
         loop {
             let p = self.recv_packet(deadline)?;
@@ -1199,6 +1271,7 @@ impl GdbClient {
             g_cache: None,
             counters: GdbCounters::default(),
             stopped_since: None,
+            abandoned: self.abandoned,
         })
     }
 
@@ -1206,12 +1279,15 @@ impl GdbClient {
     /// answering what was queued for it), then takes (and acknowledges) what it sends
     /// until it has been quiet for [`QUIET_AFTER_WAKE`]. Returns whether it answered.
     pub(crate) fn await_answer(&mut self, max: Duration) -> bool {
-        if self.fill(Deadline::after(max)).is_err() {
+        let deadline = Deadline::after(max);
+        if self.fill(deadline).is_err() {
             return false;
         }
         loop {
             while let Ok(Some(_)) = self.try_take_packet() {}
-            if self.fill(Deadline::after(QUIET_AFTER_WAKE)).is_err() {
+            // A stub that never goes quiet ends the wait at `max` too.
+            let quiet = Deadline::after(deadline.remaining_capped(QUIET_AFTER_WAKE));
+            if deadline.expired() || self.fill(quiet).is_err() {
                 return true;
             }
         }
