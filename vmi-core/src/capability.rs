@@ -394,6 +394,60 @@ impl fmt::Display for CapabilityReport {
 /// the gdbstub crate's `Option<…Ops>` pattern — so a tool holding a `&dyn Backend` asks
 /// once and gets either the part or a clear "not here", and
 /// [`Backend::capabilities`] explains the details row by row.
+///
+/// A `dyn Backend` reads memory and registers itself (through
+/// [`Backend::physical_memory`] and [`Backend::register_reader`]), so guest virtual
+/// memory is one call away through it too:
+///
+/// ```
+/// use std::borrow::Cow;
+/// use std::sync::Arc;
+/// use vmi_core::prelude::*;
+/// use vmi_core::{CapabilityReport, RegisterGroups, RegisterSnapshot, SparseMemory};
+///
+/// /// Guest RAM in a map, and a vCPU 0 in 4-level paging with CR3 = 0x1000.
+/// struct InMemory(SparseMemory);
+///
+/// impl ReadRegisters for InMemory {
+///     fn registers(&self, _: VcpuId, _: RegisterGroups, _: &[u32]) -> Result<RegisterSnapshot> {
+///         let mut regs = RegisterSnapshot::default();
+///         let control = regs.control.get_or_insert_with(Default::default);
+///         (control.cr0, control.cr4, control.cr3) = (0x8000_0011, 0x20, 0x1000);
+///         regs.msrs.insert(vmi_core::registers::msr::EFER, 0x500);
+///         Ok(regs)
+///     }
+/// }
+///
+/// impl Backend for InMemory {
+///     fn name(&self) -> Cow<'_, str> {
+///         "in-memory".into()
+///     }
+///     fn capabilities(&self) -> Arc<CapabilityReport> {
+///         Arc::new(CapabilityReport::undeclared("in-memory"))
+///     }
+///     fn physical_memory(&self) -> &dyn PhysicalMemory {
+///         &self.0
+///     }
+///     fn register_reader(&self) -> Option<&dyn ReadRegisters> {
+///         Some(self)
+///     }
+/// }
+///
+/// let mut ram = SparseMemory::new();
+/// ram.write_u64(Gpa(0x1000 + 256 * 8), 0x2003); // PML4 -> PDPT
+/// ram.write_u64(Gpa(0x2000), 0x3003); // PDPT -> PD
+/// ram.write_u64(Gpa(0x3000), 0x20_0083); // PD -> 2 MiB page at 0x20_0000
+/// ram.write(Gpa(0x20_0040), b"init\0");
+///
+/// let backend: &dyn Backend = &InMemory(ram);
+/// let va = Gva(0xffff_8000_0000_0040);
+/// assert_eq!(backend.translate_va(VcpuId(0), va)?.gpa, Gpa(0x20_0040));
+/// let mut comm = [0u8; 4];
+/// backend.read_va(VcpuId(0), va, &mut comm)?;
+/// assert_eq!(&comm, b"init");
+/// assert_eq!(backend.read_va_cstr(VcpuId(0), va, 16)?, b"init");
+/// # Ok::<(), Error>(())
+/// ```
 pub trait Backend {
     /// A short name, e.g. "kvmi-v7" or "legacy (QMP + shared RAM)".
     fn name(&self) -> Cow<'_, str>;
@@ -494,6 +548,75 @@ pub trait Backend {
     fn host_translation(&self) -> Option<&dyn crate::HostTranslation> {
         None
     }
+}
+
+/// A `&dyn Backend` reads memory and registers itself, so [`crate::VirtualMemory`]
+/// (implemented for everything that does both) works on it in one call, like on a
+/// concrete backend: `backend.read_va(VcpuId(0), gva, &mut buf)`.
+///
+/// Memory goes to [`Backend::physical_memory`]. Registers go to
+/// [`Backend::register_reader`]; a backend without one fails register reads — and so
+/// virtual accesses in a vCPU's address space — with [`crate::Error::Unsupported`],
+/// while accesses in an explicit [`crate::AddressSpace`] need no registers and work.
+macro_rules! backend_reads_memory_and_registers {
+    ($($backend:ty),*) => {$(
+        impl crate::PhysicalMemory for $backend {
+            fn read_physical(&self, gpa: crate::Gpa, buf: &mut [u8]) -> crate::Result<()> {
+                self.physical_memory().read_physical(gpa, buf)
+            }
+
+            fn read_physical_many(
+                &self,
+                requests: &mut [(crate::Gpa, &mut [u8])],
+            ) -> crate::Result<()> {
+                // The backend's own batching, not one request per range.
+                self.physical_memory().read_physical_many(requests)
+            }
+
+            fn read_frame(
+                &self,
+                gfn: crate::Gfn,
+                buf: &mut [u8; crate::PAGE_SIZE as usize],
+            ) -> crate::Result<()> {
+                self.physical_memory().read_frame(gfn, buf)
+            }
+        }
+
+        impl crate::ReadRegisters for $backend {
+            fn registers(
+                &self,
+                vcpu: crate::VcpuId,
+                groups: crate::RegisterGroups,
+                msrs: &[u32],
+            ) -> crate::Result<crate::RegisterSnapshot> {
+                self.register_reader()
+                    .ok_or_else(|| no_register_reader(self.name()))?
+                    .registers(vcpu, groups, msrs)
+            }
+
+            fn all_registers(
+                &self,
+                vcpu: crate::VcpuId,
+            ) -> crate::Result<crate::RegisterSnapshot> {
+                self.register_reader()
+                    .ok_or_else(|| no_register_reader(self.name()))?
+                    .all_registers(vcpu)
+            }
+        }
+    )*};
+}
+
+backend_reads_memory_and_registers!(
+    dyn Backend + '_,
+    dyn Backend + Send + '_,
+    dyn Backend + Send + Sync + '_
+);
+
+fn no_register_reader(backend: Cow<'_, str>) -> crate::Error {
+    crate::Error::unsupported(
+        "read registers",
+        format!("the backend {backend} has no register reader"),
+    )
 }
 
 #[cfg(test)]

@@ -39,7 +39,9 @@
 //! # Example
 //!
 //! Translate a kernel virtual address with a hand-built page table, the way a tool does
-//! with the CR3 a backend reports:
+//! with the CR3 a backend reports (a tool with a backend calls
+//! [`VirtualMemory::translate_va`] or [`VirtualMemory::read_va`] instead, which take
+//! the paging mode and CR3 from a vCPU; [`prelude`] imports what a tool needs):
 //!
 //! ```
 //! use vmi_core::{translate, Gpa, Gva, PagingMode, PhysicalMemory, SparseMemory};
@@ -71,6 +73,7 @@ pub mod event;
 pub mod memory;
 pub mod paging;
 pub mod park;
+pub mod prelude;
 pub mod registers;
 pub mod slat;
 pub mod vcpu;

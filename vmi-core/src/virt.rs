@@ -252,6 +252,82 @@ mod tests {
         Vm { mem, cr3: 0x1000 }
     }
 
+    impl crate::Backend for Vm {
+        fn name(&self) -> std::borrow::Cow<'_, str> {
+            "test vm".into()
+        }
+        fn capabilities(&self) -> std::sync::Arc<crate::CapabilityReport> {
+            std::sync::Arc::new(crate::CapabilityReport::undeclared("test vm"))
+        }
+        fn physical_memory(&self) -> &dyn PhysicalMemory {
+            &self.mem
+        }
+        fn register_reader(&self) -> Option<&dyn ReadRegisters> {
+            Some(self)
+        }
+    }
+
+    /// The same memory, from a backend that cannot read registers.
+    struct MemoryOnly(Vm);
+
+    impl crate::Backend for MemoryOnly {
+        fn name(&self) -> std::borrow::Cow<'_, str> {
+            "memory only".into()
+        }
+        fn capabilities(&self) -> std::sync::Arc<crate::CapabilityReport> {
+            std::sync::Arc::new(crate::CapabilityReport::undeclared("memory only"))
+        }
+        fn physical_memory(&self) -> &dyn PhysicalMemory {
+            &self.0.mem
+        }
+    }
+
+    #[test]
+    fn a_dyn_backend_reads_virtual_memory_like_its_concrete_type() {
+        let mut vm = vm();
+        vm.mem.write(Gpa(0x9ffc), b"spli");
+        vm.mem.write(Gpa(0x5000), b"t\0rest");
+        let direct = vm.read_va_cstr(VcpuId(0), Gva(VA + 0xffc), 64).unwrap();
+        let backend: &(dyn crate::Backend + Send + Sync) = &vm;
+        assert_eq!(
+            backend
+                .read_va_cstr(VcpuId(0), Gva(VA + 0xffc), 64)
+                .unwrap(),
+            direct
+        );
+        let t = backend.translate_va(VcpuId(0), Gva(VA + 0x1004)).unwrap();
+        assert_eq!(t.gpa, Gpa(0x5004));
+        let mut buf = [0u8; 8];
+        backend
+            .read_va(VcpuId(0), Gva(VA + 0xffc), &mut buf)
+            .unwrap();
+        assert_eq!(&buf, b"split\0re");
+        // Unmapped stays a page fault through the trait object.
+        assert!(matches!(
+            backend.read_va(VcpuId(0), Gva(VA + 0x2000), &mut buf),
+            Err(Error::PageFault { .. })
+        ));
+    }
+
+    #[test]
+    fn a_dyn_backend_without_registers_reads_explicit_address_spaces_only() {
+        let mut vm = vm();
+        vm.mem.write(Gpa(0x5000), b"abc\0");
+        let space = vm.address_space(VcpuId(0)).unwrap();
+        let only = MemoryOnly(vm);
+        let backend: &dyn crate::Backend = &only;
+        let e = backend.read_va_u8(VcpuId(0), Gva(VA + 0x1000)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported { reason, .. } if reason.contains("memory only")),
+            "{e}"
+        );
+        assert!(backend.address_space(VcpuId(0)).is_err());
+        assert_eq!(
+            backend.read_va_cstr(space, Gva(VA + 0x1000), 8).unwrap(),
+            b"abc"
+        );
+    }
+
     #[test]
     fn strings_cross_pages_and_stop_at_the_nul() {
         let mut vm = vm();
