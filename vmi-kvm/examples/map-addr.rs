@@ -6,37 +6,22 @@
 #[path = "common/args.rs"]
 mod args;
 
-use vmi_core::{
-    Gpa, Gva, HostTranslation, PagingMode, PhysicalMemory, ReadRegisters, RegisterGroups,
-    Translator, VcpuId,
-};
+use vmi_core::prelude::*;
 
 fn main() {
     let a = args::parse("map-addr");
     let va = Gva(a.extra.unwrap_or_else(|| args::die("map-addr needs a VA")));
     let vm = args::connect(&a);
-    let r = vm
-        .registers(
-            VcpuId(0),
-            RegisterGroups::CONTROL | RegisterGroups::EFER,
-            &[],
-        )
-        .unwrap_or_else(|e| args::die(e));
-    let (cr0, cr4, efer) = r
-        .paging_inputs()
-        .unwrap_or_else(|| args::die("no CR0/CR4/EFER"));
-    let tr = Translator::from(PagingMode::from_registers(cr0, cr4, efer));
-    let cr3 = Gpa(r.control.map_or(0, |c| c.cr3));
-    let t = tr
-        .translate(&vm, tr.root_base(cr3), va)
-        .unwrap_or_else(|e| args::die(e));
+    // vCPU 0's paging mode and CR3, read once so the walk and the read use the same.
+    let kernel = vm.address_space(VcpuId(0)).unwrap_or_else(|e| args::die(e));
+    let t = vm.translate_va(kernel, va).unwrap_or_else(|e| args::die(e));
     println!("{va} -> {} (software walk, {:?} page)", t.gpa, t.page_size);
     match vm.translate_gva(VcpuId(0), va) {
         Ok(gpa) => println!("{va} -> {gpa} (host)"),
         Err(e) => println!("host translation: {e}"),
     }
     let mut buf = vec![0u8; a.count.min(4096) as usize];
-    vm.read_physical(t.gpa, &mut buf)
+    vm.read_va(kernel, va, &mut buf)
         .unwrap_or_else(|e| args::die(e));
     println!("{:02x?}", buf);
 }
