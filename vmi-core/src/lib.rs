@@ -78,6 +78,7 @@ pub mod registers;
 pub mod slat;
 pub mod vcpu;
 pub mod virt;
+mod volatile_copy;
 
 pub use addr::{Gfn, Gpa, Gva, VcpuId, View, PAGE_SHIFT, PAGE_SIZE};
 pub use breakpoint::{Breakpoint, Breakpoints};

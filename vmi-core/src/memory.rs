@@ -133,7 +133,11 @@ pub trait MapPhysical {
 /// A region of guest physical memory mapped into this process.
 ///
 /// The guest's vCPUs may write it at any time, so the region never hands out `&[u8]`
-/// (which would promise the bytes do not change); it copies with [`MappedRegion::read`].
+/// (which would promise the bytes do not change); it copies with [`MappedRegion::read`]
+/// and [`MappedRegion::write`], which access the mapping only with volatile loads and
+/// stores: naturally aligned 8-byte words where the range allows (an aligned `u64` the
+/// guest writes whole is read either old or new, never torn), single bytes at the
+/// unaligned head and tail.
 #[derive(Debug, Clone, Copy)]
 pub struct MappedRegion<'a> {
     gpa: Gpa,
@@ -187,10 +191,16 @@ impl<'a> MappedRegion<'a> {
     pub fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
         let off = self.offset_of(gpa, buf.len())?;
         // SAFETY: `offset_of` checked `off + buf.len() <= self.len`, and `new`'s contract
-        // keeps `ptr..ptr+len` mapped for `'a`. A byte copy through raw pointers is the
-        // documented way to read memory another agent (the guest) may be writing.
+        // keeps `ptr..ptr+len` mapped for `'a`; `buf` is ours alone (`&mut`) and cannot
+        // overlap the mapping, which nothing in this process borrows as a Rust reference.
+        // The guest may write the mapping meanwhile, which `copy_from_shared` tolerates
+        // (volatile accesses only).
         unsafe {
-            core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len());
+            crate::volatile_copy::copy_from_shared(
+                self.ptr.as_ptr().add(off),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
         }
         Ok(())
     }
@@ -202,9 +212,16 @@ impl<'a> MappedRegion<'a> {
     /// The mapping must be writable.
     pub unsafe fn write(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
         let off = self.offset_of(gpa, data.len())?;
-        // SAFETY: bounds checked by `offset_of`; writability is the caller's contract.
+        // SAFETY: bounds checked by `offset_of`; writability is the caller's contract;
+        // `data` is a shared borrow nobody writes during the call, and cannot overlap the
+        // mapping (which is never borrowed as a Rust reference). The guest may access the
+        // mapping meanwhile, which `copy_to_shared` tolerates (volatile accesses only).
         unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len());
+            crate::volatile_copy::copy_to_shared(
+                data.as_ptr(),
+                self.ptr.as_ptr().add(off),
+                data.len(),
+            );
         }
         Ok(())
     }
@@ -358,5 +375,83 @@ mod tests {
         assert!(region.read(Gpa(0xfff), &mut b).is_err());
         let mut big = [0u8; 65];
         assert!(region.read(Gpa(0x1000), &mut big).is_err());
+    }
+
+    /// Another thread rewrites every word of the mapping, each time with a new
+    /// generation byte repeated eight times, while this one reads it through the region
+    /// at word-aligned and unaligned offsets: every aligned word read is one whole
+    /// generation (old or new, never a mix of bytes of two), and the reads see the
+    /// writer's progress (the loads are not hoisted out of the loop).
+    #[test]
+    fn mapped_region_reads_whole_words_under_concurrent_writes() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const WORDS: usize = 512;
+        let backing: Vec<AtomicU64> = (0..WORDS).map(|_| AtomicU64::new(0)).collect();
+        let ptr = core::ptr::NonNull::new(backing.as_ptr().cast_mut().cast::<u8>()).unwrap();
+        // SAFETY: `backing` outlives `region`; another thread writes it only through
+        // atomics, and the region only reads it (volatile, never through references).
+        let region = unsafe { MappedRegion::new(Gpa(0x10_0000), ptr, WORDS * 8) };
+        let stop = AtomicBool::new(false);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut torn = None;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut generation = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    generation = generation.wrapping_add(1);
+                    let word = u64::from_ne_bytes([generation; 8]);
+                    for w in &backing {
+                        w.store(word, Ordering::Relaxed);
+                    }
+                }
+            });
+            let mut buf = vec![0u8; WORDS * 8];
+            'rounds: for round in 0..4_000usize {
+                // Start offsets 0..8 within the region, destination offsets 0..8 in
+                // `buf`, so the words are read aligned whatever the destination.
+                let skip = round % 8;
+                let dst = (round / 8) % 8;
+                let len = WORDS * 8 - 8;
+                region
+                    .read(Gpa(0x10_0000 + skip as u64), &mut buf[dst..dst + len])
+                    .unwrap();
+                // The aligned words of the source start at `8 - skip` bytes in (or 0).
+                let first = (8 - skip) % 8;
+                for word in buf[dst + first..dst + len].chunks_exact(8) {
+                    if word.iter().any(|&b| b != word[0]) {
+                        torn = Some((round, word.to_vec()));
+                        break 'rounds;
+                    }
+                    seen.insert(word[0]);
+                }
+            }
+            // Stopped before asserting, so a failure cannot leave the writer spinning.
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(torn, None, "a torn word (round, bytes)");
+        assert!(
+            seen.len() > 2,
+            "reads saw only generations {seen:?}: the writer's stores never showed"
+        );
+    }
+
+    #[test]
+    fn mapped_region_writes_land_at_every_offset() {
+        let mut backing = vec![0u8; 64];
+        let ptr = core::ptr::NonNull::new(backing.as_mut_ptr()).unwrap();
+        // SAFETY: `backing` outlives `region` and is writable; it is not touched
+        // otherwise until the region is gone.
+        let region = unsafe { MappedRegion::new(Gpa(0x2000), ptr, 64) };
+        let data: Vec<u8> = (1..=21).collect();
+        for off in 0..=43u64 {
+            // SAFETY: the mapping (a Vec) is writable.
+            unsafe { region.write(Gpa(0x2000 + off), &data).unwrap() };
+            let mut back = [0u8; 21];
+            region.read(Gpa(0x2000 + off), &mut back).unwrap();
+            assert_eq!(back[..], data[..], "offset {off}");
+        }
+        // SAFETY: as above; this write is out of bounds and must be refused.
+        assert!(unsafe { region.write(Gpa(0x2000 + 44), &data) }.is_err());
+        drop(backing);
     }
 }
