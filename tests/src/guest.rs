@@ -98,6 +98,22 @@ fn env_secs(name: &str) -> Option<Duration> {
     }
 }
 
+/// The `-accel` value for `accel` with `cpus` vCPUs.
+///
+/// Multi-threaded TCG (QEMU's default with more than one vCPU) loses cross-modifying code
+/// between vCPU threads now and then: Linux patches a static branch with `text_poke_bp`
+/// (int3 first, then the new bytes, a sync IPI, then the int3 removed) and another vCPU
+/// still executes the stale int3 after the patch completed, which the kernel reports as
+/// `Oops: int3` and panics on (seen booting Debian 6.12 on QEMU 7.2, about one boot in a
+/// few hundred). One TCG thread running the vCPUs in turn cannot interleave inside a
+/// translated block, so the guest sees code changes exactly as it made them.
+fn accel_option(accel: Accel, cpus: u32) -> String {
+    match accel {
+        Accel::Tcg if cpus > 1 => "tcg,thread=single".to_owned(),
+        other => other.as_str().to_owned(),
+    }
+}
+
 impl GuestOptions {
     /// Default options for a guest booting `paths`.
     pub fn new(paths: GuestPaths) -> Self {
@@ -377,7 +393,7 @@ impl Guest {
         arg("-machine");
         arg("pc,memory-backend=ram0");
         arg("-accel");
-        arg(opts.paths.accel.as_str());
+        arg(&accel_option(opts.paths.accel, opts.cpus));
         if let Some(cpu) = &opts.cpu_model {
             arg("-cpu");
             arg(cpu);
