@@ -47,7 +47,61 @@ pub struct LegacyTarget {
     progress_pa: u64,
 }
 
+/// Whether the guest environment names what `needs` lists; prints a skip message and
+/// returns `false` if not, or panics when `VMI_REQUIRE_QEMU=1` (under `cargo xtask`).
+fn provisioned(test: &str, needs: &[&str]) -> bool {
+    let missing: Vec<&str> = needs
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{} not set (run through `cargo xtask test`)", missing.join(", "));
+    if std::env::var(crate::matrix::ENV_REQUIRE_QEMU).as_deref() == Ok("1") {
+        panic!("{test}: {why}, and VMI_REQUIRE_QEMU=1");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
 impl LegacyTarget {
+    /// [`LegacyTarget::test_guest`], or `None` (after a message) where the test guest is
+    /// not provisioned — or, for `Some(Accel::Kvm)`, where `cargo xtask` found that KVM
+    /// cannot run it on this host (`VMI_TEST_GUEST_ACCEL` is not `kvm`).
+    pub fn test_guest_or_skip(accel: Option<Accel>) -> Option<Self> {
+        let test = "conformance (test guest)";
+        if !provisioned(test, &[
+            crate::guest::ENV_TEST_GUEST,
+            crate::paths::ENV_KERNEL,
+            crate::paths::ENV_INITRD,
+        ]) {
+            return None;
+        }
+        if accel == Some(Accel::Kvm)
+            && std::env::var(crate::guest::ENV_TEST_GUEST_ACCEL).as_deref() != Ok("kvm")
+        {
+            eprintln!(
+                "SKIPPED {test} under KVM: {} is not `kvm` (KVM cannot run the test guest \
+                 here; the TCG suite covers it)",
+                crate::guest::ENV_TEST_GUEST_ACCEL
+            );
+            return None;
+        }
+        Some(Self::test_guest(accel))
+    }
+
+    /// [`LegacyTarget::linux`], or `None` (after a message) where the Linux guest is not
+    /// provisioned.
+    pub fn linux_or_skip() -> Option<Self> {
+        provisioned(
+            "conformance (Linux guest)",
+            &[crate::paths::ENV_KERNEL, crate::paths::ENV_INITRD],
+        )
+        .then(Self::linux)
+    }
+
     /// Boots the test guest on `accel` (`None`: the accelerator `cargo xtask` chose for
     /// it) and waits until it is ready.
     pub fn test_guest(accel: Option<Accel>) -> Self {
