@@ -1,13 +1,11 @@
 //! Breakpoints and single steps.
 
 use vmi_core::event::VcpuSet;
-use vmi_core::{
-    Backend, Breakpoint, Capability, Error, EventKind, Monitor, Response, VcpuId,
-};
+use vmi_core::{Backend, Breakpoint, Capability, Error, EventKind, Monitor, Response, VcpuId};
 
 use super::{
-    assert_no_event, breakpoints_of, events_of, next_event, next_hit, truth_bytes,
-    wait_progress, ConformanceTarget,
+    assert_no_event, breakpoints_of, events_of, next_event, next_hit, truth_bytes, wait_progress,
+    ConformanceTarget,
 };
 
 /// A breakpoint at the hot site is listed, hit with exact addresses, hit again after a

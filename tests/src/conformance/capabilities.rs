@@ -1,12 +1,9 @@
 //! The capability report against the backend: accessors, monitors and responses.
 
-use vmi_core::event::{
-    InterruptKind, RegisterAccess, RegisterFilter, VcpuSet,
-};
+use vmi_core::event::{InterruptKind, RegisterAccess, RegisterFilter, VcpuSet};
 use vmi_core::registers::msr;
 use vmi_core::{
-    Backend, Breakpoint, Capability as C, Error, EventKind, Monitor,
-    Response, VcpuId, View,
+    Backend, Breakpoint, Capability as C, Error, EventKind, Monitor, Response, VcpuId, View,
 };
 
 use super::{
@@ -26,26 +23,61 @@ pub fn rows_agree_with_accessors<T: ConformanceTarget>(t: &T) {
     assert!(text.contains(C::ReadPhysicalMemory.name()), "{text}");
     let yes = |c| caps.is_supported(c);
     let parts: [(&str, bool, bool); 9] = [
-        ("memory writer", vm.physical_memory_writer().is_some(), yes(C::WritePhysicalMemory)),
-        ("memory layout", vm.memory_layout().is_some(), yes(C::MemorySize)),
-        ("memory mapping", vm.memory_mapping().is_some(), yes(C::GuestMemoryMapping)),
-        ("register reader", vm.register_reader().is_some(), yes(C::ReadGprs)),
-        ("vCPU control", vm.vcpu_control().is_some(), yes(C::PauseResume)),
-        ("breakpoints", vm.breakpoints().is_some(), yes(C::SoftwareBreakpoints)),
+        (
+            "memory writer",
+            vm.physical_memory_writer().is_some(),
+            yes(C::WritePhysicalMemory),
+        ),
+        (
+            "memory layout",
+            vm.memory_layout().is_some(),
+            yes(C::MemorySize),
+        ),
+        (
+            "memory mapping",
+            vm.memory_mapping().is_some(),
+            yes(C::GuestMemoryMapping),
+        ),
+        (
+            "register reader",
+            vm.register_reader().is_some(),
+            yes(C::ReadGprs),
+        ),
+        (
+            "vCPU control",
+            vm.vcpu_control().is_some(),
+            yes(C::PauseResume),
+        ),
+        (
+            "breakpoints",
+            vm.breakpoints().is_some(),
+            yes(C::SoftwareBreakpoints),
+        ),
         ("SLAT views", vm.slat_views().is_some(), yes(C::Slat)),
         ("MTRR", vm.mtrr().is_some(), yes(C::Mtrr)),
         ("XSAVE", vm.xsave().is_some(), yes(C::Xsave)),
     ];
     for (part, present, row) in parts {
-        assert_eq!(present, row, "{part}: present {present}, report says {row}\n{caps}");
+        assert_eq!(
+            present, row,
+            "{part}: present {present}, report says {row}\n{caps}"
+        );
     }
     let any_event = C::ALL
         .iter()
         .any(|c| c.name().starts_with("event:") && caps.is_supported(*c));
     if !any_event {
-        assert!(vm.events().is_none() || event_monitors().iter().all(|m| caps.check_monitor(m).is_err()));
+        assert!(
+            vm.events().is_none()
+                || event_monitors()
+                    .iter()
+                    .all(|m| caps.check_monitor(m).is_err())
+        );
     } else {
-        assert!(vm.events().is_some(), "event rows supported, no event control\n{caps}");
+        assert!(
+            vm.events().is_some(),
+            "event rows supported, no event control\n{caps}"
+        );
     }
     if yes(C::HostTranslateGva) {
         assert!(vm.host_translation().is_some(), "host translation\n{caps}");
@@ -56,7 +88,9 @@ pub fn rows_agree_with_accessors<T: ConformanceTarget>(t: &T) {
         let info = layout.memory_info().expect("memory_info");
         let (gpa, want) = t.known_bytes();
         assert!(
-            info.ranges.iter().any(|r| r.contains(gpa, want.len() as u64)),
+            info.ranges
+                .iter()
+                .any(|r| r.contains(gpa, want.len() as u64)),
             "the known bytes at {gpa} are in the layout's RAM: {info:x?}"
         );
     }
@@ -86,7 +120,8 @@ pub fn rows_agree_with_accessors<T: ConformanceTarget>(t: &T) {
         }
     }
     if let Some(m) = vm.mtrr() {
-        m.mtrr_type(VcpuId(0), t.known_bytes().0).expect("MTRR type");
+        m.mtrr_type(VcpuId(0), t.known_bytes().0)
+            .expect("MTRR type");
     }
     t.close(vm);
 }
@@ -96,19 +131,38 @@ fn event_monitors() -> Vec<Monitor> {
     let write = RegisterAccess::Write;
     let plain = RegisterFilter::default();
     vec![
-        Monitor::ControlRegister { cr: 3, access: write, filter: plain },
-        Monitor::ControlRegister { cr: 0, access: RegisterAccess::Read, filter: plain },
         Monitor::ControlRegister {
-            cr: 4,
+            cr: 3,
             access: write,
-            filter: RegisterFilter { equal: Some(0), on_change: true, asynchronous: false },
+            filter: plain,
+        },
+        Monitor::ControlRegister {
+            cr: 0,
+            access: RegisterAccess::Read,
+            filter: plain,
         },
         Monitor::ControlRegister {
             cr: 4,
             access: write,
-            filter: RegisterFilter { asynchronous: true, ..plain },
+            filter: RegisterFilter {
+                equal: Some(0),
+                on_change: true,
+                asynchronous: false,
+            },
         },
-        Monitor::Msr { index: msr::LSTAR, access: write, filter: plain },
+        Monitor::ControlRegister {
+            cr: 4,
+            access: write,
+            filter: RegisterFilter {
+                asynchronous: true,
+                ..plain
+            },
+        },
+        Monitor::Msr {
+            index: msr::LSTAR,
+            access: write,
+            filter: plain,
+        },
         Monitor::AllMsrs { access: write },
         Monitor::Xsetbv,
         Monitor::Interrupt(InterruptKind::Int3),
@@ -151,11 +205,16 @@ pub fn unsupported_monitors_are_refused<T: ConformanceTarget>(t: &T) {
                 events
                     .enable(&m)
                     .unwrap_or_else(|e| panic!("{m:?}, supported by the report: {e}"));
-                events.disable(&m).unwrap_or_else(|e| panic!("disabling {m:?}: {e}"));
+                events
+                    .disable(&m)
+                    .unwrap_or_else(|e| panic!("disabling {m:?}: {e}"));
             }
         }
     }
-    eprintln!("{}: {refused} monitors refused as the report says", vm.name());
+    eprintln!(
+        "{}: {refused} monitors refused as the report says",
+        vm.name()
+    );
     drain(events);
     let from = t.progress();
     wait_progress(t, from, "after the monitors");
@@ -190,7 +249,10 @@ pub fn unsupported_responses_are_refused<T: ConformanceTarget>(t: &T) {
             other => panic!("{response:?}, unsupported by the report: {other:?}"),
         }
     }
-    eprintln!("{}: {refused} responses refused as the report says", vm.name());
+    eprintln!(
+        "{}: {refused} responses refused as the report says",
+        vm.name()
+    );
 
     // Supported: writing back the hit's own registers.
     let p = next_hit(events, site);
@@ -214,7 +276,11 @@ pub fn unsupported_responses_are_refused<T: ConformanceTarget>(t: &T) {
         bps.clear_breakpoint(Breakpoint::at(site.gva)).unwrap();
         p.reply(Response::continue_().toggle_singlestep()).unwrap();
         let s = next_event(events, "the step the answer asked for");
-        assert!(matches!(s.kind, EventKind::Singlestep { .. }), "{:?}", s.kind);
+        assert!(
+            matches!(s.kind, EventKind::Singlestep { .. }),
+            "{:?}",
+            s.kind
+        );
         assert_eq!(s.vcpu, vcpu);
         s.reply(Response::continue_().toggle_singlestep()).unwrap();
     } else {

@@ -5,9 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use vmi_core::event::{InterruptKind, VcpuSet};
-use vmi_core::{
-    Backend, Breakpoint, Capability, Event, Monitor, Response, VcpuId,
-};
+use vmi_core::{Backend, Breakpoint, Capability, Event, Monitor, Response, VcpuId};
 
 use super::{
     assert_no_event, breakpoints_of, events_of, next_hit, truth_bytes, vcpus_of, wait_progress,

@@ -1,7 +1,7 @@
 //! Guest memory: reads equal the guest's RAM, writes reach it, and a range beyond RAM is
 //! a typed error.
 
-use vmi_core::{Backend, Capability, Error, Gfn, Gpa, VirtualMemory, VcpuId};
+use vmi_core::{Backend, Capability, Error, Gfn, Gpa, VcpuId, VirtualMemory};
 
 use super::{truth_bytes, ConformanceTarget};
 
@@ -70,7 +70,9 @@ pub fn writes_reach_guest_ram<T: ConformanceTarget>(t: &T) {
     let at = t.scratch();
     let saved = truth_bytes(t, at, 64);
     let pattern: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
-    writer.write_physical(at, &pattern).expect("writing scratch");
+    writer
+        .write_physical(at, &pattern)
+        .expect("writing scratch");
     assert_eq!(truth_bytes(t, at, 64), pattern, "the write is in guest RAM");
     let mut back = [0u8; 64];
     vm.physical_memory().read_physical(at, &mut back).unwrap();
@@ -79,11 +81,15 @@ pub fn writes_reach_guest_ram<T: ConformanceTarget>(t: &T) {
     let cross = Gpa((at.0 | 0xfff) - 3);
     if cross.0 + 8 <= t.ram_end().0 {
         let saved_cross = truth_bytes(t, cross, 8);
-        writer.write_physical(cross, &[0xa5; 8]).expect("a write across a page");
+        writer
+            .write_physical(cross, &[0xa5; 8])
+            .expect("a write across a page");
         assert_eq!(truth_bytes(t, cross, 8), [0xa5; 8]);
         writer.write_physical(cross, &saved_cross).unwrap();
     }
-    writer.write_physical(at, &saved).expect("restoring scratch");
+    writer
+        .write_physical(at, &saved)
+        .expect("restoring scratch");
     assert_eq!(truth_bytes(t, at, 64), saved);
     t.close(vm);
 }

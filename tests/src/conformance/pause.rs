@@ -49,7 +49,10 @@ pub fn stops_the_guest_and_guards_nest<T: ConformanceTarget>(t: &T) {
     // One vCPU: works where the report says so, refused otherwise.
     if caps.is_supported(Capability::PauseVcpu) {
         let g = vcpus.pause_vcpu(VcpuId(0)).expect("pause_vcpu");
-        assert!(!vcpus.is_paused(), "a vCPU pause is not a pause of the guest");
+        assert!(
+            !vcpus.is_paused(),
+            "a vCPU pause is not a pause of the guest"
+        );
         drop(g);
     } else {
         match vcpus.pause_vcpu(VcpuId(0)) {

@@ -2,9 +2,7 @@
 //! single registers against the snapshot, and writes as the report says.
 
 use vmi_core::registers::{msr, Register};
-use vmi_core::{
-    Backend, Capability, Error, RegisterGroups, RegisterSnapshot, VcpuId,
-};
+use vmi_core::{Backend, Capability, Error, RegisterGroups, RegisterSnapshot, VcpuId};
 
 use super::{vcpus_of, wait_progress, ConformanceTarget};
 
@@ -103,7 +101,11 @@ pub fn agree_with_the_guest<T: ConformanceTarget>(t: &T) {
     // The reader works on a running guest too.
     let from = t.progress();
     let running = reader
-        .registers(VcpuId(0), RegisterGroups::CONTROL | RegisterGroups::EFER, &[])
+        .registers(
+            VcpuId(0),
+            RegisterGroups::CONTROL | RegisterGroups::EFER,
+            &[],
+        )
         .expect("registers of a running vCPU");
     assert!(running.control.is_some() && running.efer().is_some());
     wait_progress(t, from, "after reading registers of the running guest");
@@ -165,7 +167,11 @@ pub fn writes_follow_the_report<T: ConformanceTarget>(t: &T) {
             Err(Error::Unsupported { .. }) => {}
             other => panic!("writing {group:?} ({cap} unsupported): {other:?}"),
         }
-        assert_eq!(t.requests(&vm), before, "refused {group:?} write sent requests");
+        assert_eq!(
+            t.requests(&vm),
+            before,
+            "refused {group:?} write sent requests"
+        );
     }
 
     if caps.is_supported(Capability::WriteGprs) {
@@ -181,13 +187,21 @@ pub fn writes_follow_the_report<T: ConformanceTarget>(t: &T) {
             gprs: Some(g),
             ..Default::default()
         };
-        writer.set_registers(VcpuId(0), &set(changed)).expect("GPR write");
+        writer
+            .set_registers(VcpuId(0), &set(changed))
+            .expect("GPR write");
         let seen = reader
             .registers(VcpuId(0), RegisterGroups::GPRS, &[])
             .unwrap();
-        assert_eq!(seen.get(Register::R15), Some(changed.r15), "queued write visible");
+        assert_eq!(
+            seen.get(Register::R15),
+            Some(changed.r15),
+            "queued write visible"
+        );
         // Put the value back before the vCPU runs: the guest must not notice.
-        writer.set_registers(VcpuId(0), &set(orig)).expect("GPR write back");
+        writer
+            .set_registers(VcpuId(0), &set(orig))
+            .expect("GPR write back");
         let seen = reader
             .registers(VcpuId(0), RegisterGroups::GPRS, &[])
             .unwrap();

@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvmi_sim::guest::{
-    BANNER, BANNER_PA, BANNER_VA, JIFFIES_PA, SYM_BP_TARGET, SYM_BP_TARGET_PA,
-};
+use kvmi_sim::guest::{BANNER, BANNER_PA, BANNER_VA, JIFFIES_PA, SYM_BP_TARGET, SYM_BP_TARGET_PA};
 use kvmi_sim::{Abi, GuestOp, SimConfig, SimError, Simulator, Vcpu};
 use vmi_core::{Gpa, Gva, RegisterSnapshot};
 use vmi_kvm::KvmiVm;
@@ -209,16 +207,18 @@ impl ConformanceTarget for KvmiSimTarget {
 
     fn event_accounting(&self) -> Option<(u64, u64)> {
         let st = self.with_sim(|s| s.stats());
-        Some((
-            st.events.values().sum(),
-            st.event_replies.values().sum(),
-        ))
+        Some((st.events.values().sum(), st.event_replies.values().sum()))
     }
 }
 
 impl Drop for KvmiSimTarget {
     fn drop(&mut self) {
-        if let Some(c) = self.current.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(c) = self
+            .current
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
             c.sim.shutdown();
             Self::stop(c);
         }

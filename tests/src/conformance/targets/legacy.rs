@@ -27,10 +27,7 @@ const LIFETIME: Duration = Duration::from_secs(1200);
 enum Kind {
     /// The test guest: its symbols (higher-half VAs, `pml4_*` and `pattern_phys`
     /// physical).
-    TestGuest {
-        pml4: [u64; 2],
-        counter_pa: u64,
-    },
+    TestGuest { pml4: [u64; 2], counter_pa: u64 },
     /// Linux: physical = virtual − `_text` + the start of "Kernel code" in /proc/iomem.
     Linux { banner_va: u64, banner_pa: u64 },
 }
@@ -58,7 +55,10 @@ fn provisioned(test: &str, needs: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!("{} not set (run through `cargo xtask test`)", missing.join(", "));
+    let why = format!(
+        "{} not set (run through `cargo xtask test`)",
+        missing.join(", ")
+    );
     if std::env::var(crate::matrix::ENV_REQUIRE_QEMU).as_deref() == Ok("1") {
         panic!("{test}: {why}, and VMI_REQUIRE_QEMU=1");
     }
@@ -72,11 +72,14 @@ impl LegacyTarget {
     /// cannot run it on this host (`VMI_TEST_GUEST_ACCEL` is not `kvm`).
     pub fn test_guest_or_skip(accel: Option<Accel>) -> Option<Self> {
         let test = "conformance (test guest)";
-        if !provisioned(test, &[
-            crate::guest::ENV_TEST_GUEST,
-            crate::paths::ENV_KERNEL,
-            crate::paths::ENV_INITRD,
-        ]) {
+        if !provisioned(
+            test,
+            &[
+                crate::guest::ENV_TEST_GUEST,
+                crate::paths::ENV_KERNEL,
+                crate::paths::ENV_INITRD,
+            ],
+        ) {
             return None;
         }
         if accel == Some(Accel::Kvm)
@@ -172,7 +175,12 @@ impl LegacyTarget {
         let banner_va = sym("linux_banner");
         let mut check = vec![0u8; banner.len()];
         guest.read_ram(pa(banner_va), &mut check).unwrap();
-        assert_eq!(check, banner, "linux_banner at {:#x} (from /proc/iomem)", pa(banner_va));
+        assert_eq!(
+            check,
+            banner,
+            "linux_banner at {:#x} (from /proc/iomem)",
+            pa(banner_va)
+        );
         guest
             .run_command(
                 "(while :; do read x < /proc/uptime; usleep 20000; done) \
@@ -266,7 +274,11 @@ impl ConformanceTarget for LegacyTarget {
         let root = Gpa(c.cr3 & 0x000f_ffff_ffff_f000);
         match &self.kind {
             Kind::TestGuest { pml4, counter_pa } => {
-                assert!(pml4.contains(&root.0), "CR3 {:#x} is pml4_a or pml4_b", c.cr3);
+                assert!(
+                    pml4.contains(&root.0),
+                    "CR3 {:#x} is pml4_a or pml4_b",
+                    c.cr3
+                );
                 let g = regs.gprs.expect("GPRs");
                 assert!(
                     (HIGH..HIGH + (2 << 20)).contains(&g.rip),

@@ -15,7 +15,11 @@ pub struct RamFile<'a>(pub &'a Guest);
 impl PhysicalMemory for RamFile<'_> {
     fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
-        if gpa.0.checked_add(len).is_none_or(|end| end > self.0.ram_size()) {
+        if gpa
+            .0
+            .checked_add(len)
+            .is_none_or(|end| end > self.0.ram_size())
+        {
             return Err(Error::UnmappedPhysical { gpa, len });
         }
         self.0
