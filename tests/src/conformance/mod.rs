@@ -5,7 +5,7 @@
 //! A backend gets the suite by implementing [`ConformanceTarget`] — how to open a
 //! session on its guest, and where the guest's ground truth comes from (its RAM read
 //! without the backend, a code site it executes over and over, a counter it advances) —
-//! and invoking [`conformance_tests!`] in one test file, which generates one `#[test]`
+//! and invoking [`conformance_tests!`](crate::conformance_tests) in one test file, which generates one `#[test]`
 //! per case (see [`CASES`]). The cases share one guest per test binary and run one at a
 //! time on it ([`Suite`]).
 //!
@@ -158,7 +158,7 @@ impl<T: ConformanceTarget> Suite<T> {
     }
 }
 
-/// Every case, by name, in the order [`conformance_tests!`] generates them.
+/// Every case, by name, in the order [`conformance_tests!`](crate::conformance_tests) generates them.
 pub const CASES: &[&str] = &[
     "memory_reads_equal_guest_ram",
     "memory_writes_reach_guest_ram",
