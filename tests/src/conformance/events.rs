@@ -12,6 +12,9 @@ use super::{
     ConformanceTarget, Site, WAIT,
 };
 
+/// The message of the handler that panics on purpose.
+const ON_PURPOSE: &str = "conformance: a handler panics on purpose";
+
 /// Opens a session with a breakpoint at the hot site, or `None` where the backend has
 /// no breakpoints (the report said so: checked by the breakpoint case).
 /// Also returns the site's bytes before the breakpoint.
@@ -99,12 +102,31 @@ pub fn panicking_handler_answers_once<T: ConformanceTarget>(t: &T) {
     };
     let events = events_of(&vm);
     let mut seen: Option<Event> = None;
+    // Keep the intended panic off stderr (cases run one at a time, so the hook swap
+    // hides no other test's panic); any other panic still prints.
+    let hook = std::sync::Arc::new(std::panic::take_hook());
+    let previous = std::sync::Arc::clone(&hook);
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        let intended = message.is_some_and(|m| m.contains(ON_PURPOSE));
+        if !intended {
+            previous(info);
+        }
+    }));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         events.dispatch(WAIT, &mut |ev: &Event| -> Response {
             seen = Some(ev.clone());
-            panic!("conformance: a handler panics on purpose");
+            panic!("{}", ON_PURPOSE);
         })
     }));
+    drop(std::panic::take_hook());
+    if let Ok(hook) = std::sync::Arc::try_unwrap(hook) {
+        std::panic::set_hook(hook);
+    }
     assert!(outcome.is_err(), "the handler's panic reaches the caller");
     let ev = seen.expect("the handler ran on a hit");
     assert!(
