@@ -77,3 +77,20 @@ pub fn pmemsave_with(qmp: &mut QmpClient, size: u64, path: &Path) -> io::Result<
         serde_json::json!({ "val": 0, "size": size, "filename": file }),
     )
 }
+
+/// Pauses `guest` (through a vmi-legacy session reading its RAM file), dumps its memory
+/// with `dump-guest-memory` to `elf`, resumes it and opens the dump. The file is removed
+/// once open (the dump keeps its data), so a 256 MiB guest does not stay on disk.
+pub fn paused_elf_dump(guest: &Guest, elf: &Path) -> io::Result<vmi_dump::ElfDump> {
+    use vmi_core::VcpuControl;
+    let mut cfg = vmi_legacy::LegacyConfig::new(guest.qmp_socket());
+    cfg.ram = vmi_legacy::RamSource::File(guest.ram_path().to_path_buf());
+    let vm = vmi_legacy::LegacyQemu::connect(cfg).map_err(|e| qmp_io("connecting to QEMU", e))?;
+    let paused = vm.pause().map_err(|e| qmp_io("pausing the guest", e))?;
+    let _ = std::fs::remove_file(elf);
+    dump_guest_memory_with(&mut vm.qmp(), elf)?;
+    drop(paused);
+    let dump = vmi_dump::ElfDump::open(elf).map_err(|e| qmp_io("reading the dump", e));
+    let _ = std::fs::remove_file(elf);
+    dump
+}

@@ -29,8 +29,10 @@
 //! [`truth`] reads ground truth (kallsyms, processes, modules, dmesg, memory maps) from
 //! inside a running guest to check introspection against.
 
+pub mod conformance;
 pub mod dump;
 pub mod guest;
+pub mod kvmi;
 pub mod markers;
 pub mod matrix;
 mod output;

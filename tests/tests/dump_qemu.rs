@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use vmi_core::registers::msr;
 use vmi_core::{
@@ -280,22 +279,7 @@ fn linux_banner_reads_through_the_dumps_page_tables() {
 fn kvmi_sim_serves_the_dump_to_a_vmi_kvm_session() {
     let f = fixture();
     let dump = ElfDump::open(&f.elf).unwrap();
-    let cfg = kvmi_sim::SimConfig::from_dump(&dump).expect("simulated guest from the dump");
-    let path = std::env::temp_dir().join(format!("vmi-dump-sim-{}.sock", std::process::id()));
-    let kcfg = vmi_kvm::Config {
-        secret: Some(b"dump".to_vec()),
-        request_timeout: Duration::from_secs(10),
-        ..vmi_kvm::Config::default()
-    };
-    let listener = vmi_kvm::KvmiListener::bind(&path, kcfg).unwrap();
-    let sc = kvmi_sim::SimConfig {
-        secret: Some(b"dump".to_vec()),
-        ..cfg
-    };
-    let p = path.clone();
-    let sim = std::thread::spawn(move || kvmi_sim::Simulator::connect(&p, sc).unwrap());
-    let vm = listener.accept(Duration::from_secs(10)).unwrap();
-    let _sim = sim.join().unwrap();
+    let (vm, _sim) = vmi_tests::kvmi::serving_dump(&dump, "dump");
     assert_eq!(vm.vcpu_count().unwrap(), dump.vcpu_count());
     // Memory: the same bytes as the dump at spread addresses in every segment.
     let mut a = vec![0u8; 4096];
@@ -332,5 +316,4 @@ fn kvmi_sim_serves_the_dump_to_a_vmi_kvm_session() {
         let text = vm.read_va_cstr(vcpu, Gva(f.banner_va), 4096).unwrap();
         assert!(String::from_utf8_lossy(&text).starts_with(&f.banner));
     }
-    let _ = std::fs::remove_file(&path);
 }

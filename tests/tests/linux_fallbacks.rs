@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use vmi_core::{VcpuControl, VcpuId};
+use vmi_core::VcpuId;
 use vmi_dump::ElfDump;
-use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
 use vmi_linux::{
     Error, ImageCopy, Linux, LinuxOptions, Module, Process, SymbolSource, SymbolTable, TypeSource,
 };
@@ -47,17 +46,8 @@ fn fixture() -> Option<&'static Fixture> {
         let guest = Guest::launch(GuestOptions::for_matrix_kernel("bookworm")).expect("launch");
         guest.wait_ready().expect("boot");
         let modules = truth::modules(&guest).expect("/proc/modules");
-        let mut cfg = LegacyConfig::new(guest.qmp_socket());
-        cfg.ram = RamSource::File(guest.ram_path().to_path_buf());
-        let vm = LegacyQemu::connect(cfg).expect("connecting to QEMU");
-        let paused = vm.pause().expect("pause");
         let elf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-fallbacks-bookworm.elf");
-        let _ = std::fs::remove_file(&elf);
-        dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
-        drop(paused);
-        let dump = ElfDump::open(&elf).expect("reading the dump");
-        // The open dump keeps its data; the 256 MiB file need not stay in target/.
-        let _ = std::fs::remove_file(&elf);
+        let dump = dump::paused_elf_dump(&guest, &elf).expect("a dump of the paused guest");
         Some(Fixture {
             dump,
             vmlinux: kernel.vmlinux,

@@ -22,9 +22,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use vmi_core::{Gva, PhysicalMemory, VcpuControl};
+use vmi_core::{Gva, PhysicalMemory};
 use vmi_dump::ElfDump;
-use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
 use vmi_linux::{Error, Linux, LinuxOptions};
 use vmi_tests::matrix::kernels_dir_or_skip;
 use vmi_tests::overlay::Overlay;
@@ -46,17 +45,8 @@ fn fixture() -> Option<&'static Fixture> {
         kernels_dir_or_skip("linux_hostile")?;
         let guest = Guest::launch(GuestOptions::for_matrix_kernel("bookworm")).expect("launch");
         guest.wait_ready().expect("boot");
-        let mut cfg = LegacyConfig::new(guest.qmp_socket());
-        cfg.ram = RamSource::File(guest.ram_path().to_path_buf());
-        let vm = LegacyQemu::connect(cfg).expect("connecting to QEMU");
-        let paused = vm.pause().expect("pause");
         let elf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-hostile-bookworm.elf");
-        let _ = std::fs::remove_file(&elf);
-        dump::dump_guest_memory_with(&mut vm.qmp(), &elf).expect("dump-guest-memory");
-        drop(paused);
-        let dump = ElfDump::open(&elf).expect("reading the dump");
-        // The open dump keeps its data; the 256 MiB file need not stay in target/.
-        let _ = std::fs::remove_file(&elf);
+        let dump = dump::paused_elf_dump(&guest, &elf).expect("a dump of the paused guest");
         Some(Fixture {
             dump,
             clean: OnceLock::new(),

@@ -249,22 +249,7 @@ fn check_dump_and_kvmi(suite: &str, elf: &Path, live: &[Process]) {
     let want: Vec<(u32, String)> = live.iter().map(|p| (p.pid, p.comm.clone())).collect();
     assert_eq!(from_dump, want, "{suite}: processes from the dump");
 
-    let cfg = kvmi_sim::SimConfig::from_dump(&dump).expect("simulated guest from the dump");
-    let path = std::env::temp_dir().join(format!("vmi-linux-{suite}-{}.sock", std::process::id()));
-    let kcfg = vmi_kvm::Config {
-        secret: Some(b"linux".to_vec()),
-        request_timeout: Duration::from_secs(10),
-        ..vmi_kvm::Config::default()
-    };
-    let listener = vmi_kvm::KvmiListener::bind(&path, kcfg).unwrap();
-    let sc = kvmi_sim::SimConfig {
-        secret: Some(b"linux".to_vec()),
-        ..cfg
-    };
-    let p = path.clone();
-    let sim = std::thread::spawn(move || kvmi_sim::Simulator::connect(&p, sc).unwrap());
-    let vm = listener.accept(Duration::from_secs(10)).unwrap();
-    let _sim = sim.join().unwrap();
+    let (vm, _sim) = vmi_tests::kvmi::serving_dump(&dump, &format!("linux-{suite}"));
     let started = Instant::now();
     let linux = Linux::attach(&vm, LinuxOptions::default()).expect("attach over KVMi");
     let over_kvmi: Vec<(u32, String)> = linux

@@ -218,12 +218,15 @@ fn with_guest_env(mut cmd: Command, paths: &GuestPaths) -> Command {
 }
 
 /// The suites that run on the test guest: run a second time under KVM when the test
-/// guest boots with it.
-const TEST_GUEST_SUITES: [&str; 4] = [
+/// guest boots with it. (`conformance_legacy_testguest_kvm` skips in the first, TCG,
+/// pass and runs in this one; `conformance_legacy_testguest_tcg` forces TCG and runs in
+/// the first pass only.)
+const TEST_GUEST_SUITES: [&str; 5] = [
     "legacy_test_guest",
     "legacy_parked",
     "test_guest",
     "examples",
+    "conformance_legacy_testguest_kvm",
 ];
 
 /// All tests of the workspace except xtask's, with the guest environment, the test guest
