@@ -301,32 +301,25 @@ impl GdbClient {
         for _ in 0..ACK_RETRIES {
             self.send_raw(&framed)?;
             loop {
-                if let Some(pos) = self
-                    .buf
-                    .iter()
-                    .position(|b| matches!(b, b'+' | b'-' | b'$' | b'%'))
-                {
-                    match self.buf[pos] {
-                        b'+' => {
-                            self.buf.drain(..=pos);
-                            return Ok(());
-                        }
-                        b'-' => {
-                            self.buf.drain(..=pos);
-                            break; // retransmit
-                        }
-                        // A packet (e.g. an asynchronous stop) before our ack: leave it for
-                        // the reader; QEMU acks before replying, so keep waiting.
-                        _ => {
-                            if let Some(p) = self.try_take_packet()? {
-                                self.stash_async(&p)?;
-                                continue;
-                            }
+                match codec::first_token(&self.buf) {
+                    Some((pos, codec::Token::Ack)) => {
+                        self.buf.drain(..=pos);
+                        return Ok(());
+                    }
+                    Some((pos, codec::Token::Nak)) => {
+                        self.buf.drain(..=pos);
+                        break; // retransmit
+                    }
+                    // A packet (e.g. an asynchronous stop) before our ack: leave it for
+                    // the reader; QEMU acks before replying, so keep waiting.
+                    Some((_, codec::Token::PacketStart)) => {
+                        if let Some(p) = self.try_take_packet()? {
+                            self.stash_async(&p)?;
+                            continue;
                         }
                     }
-                } else {
                     // Neither an ack nor a packet: noise, not worth keeping.
-                    self.buf.clear();
+                    None => self.buf.clear(),
                 }
                 self.fill(deadline)?;
             }
@@ -376,39 +369,34 @@ impl GdbClient {
 
     /// Takes one complete packet out of `buf`, if there is one; acks it.
     fn try_take_packet(&mut self) -> Result<Option<Vec<u8>>> {
-        let Some(start) = self.buf.iter().position(|&b| b == b'$' || b == b'%') else {
-            // Only stray acks or noise: keep the tail small.
-            if self.buf.len() > codec::MAX_PACKET {
-                self.buf.clear();
+        let (frame, consumed) = match codec::scan(&self.buf) {
+            codec::Scan::Nothing => {
+                // Only stray acks or noise: keep the tail small.
+                if self.buf.len() > codec::MAX_PACKET {
+                    self.buf.clear();
+                }
+                return Ok(None);
             }
-            return Ok(None);
+            codec::Scan::Partial { start } => {
+                if self.buf.len() - start > 2 * codec::MAX_PACKET {
+                    return Err(self.abandon("unterminated packet too large"));
+                }
+                return Ok(None);
+            }
+            codec::Scan::Complete { frame, consumed } => (frame, consumed),
         };
-        let Some(hash) = self.buf[start..].iter().position(|&b| b == b'#') else {
-            if self.buf.len() - start > 2 * codec::MAX_PACKET {
-                return Err(self.abandon("unterminated packet too large"));
-            }
-            return Ok(None);
+        let (packet, reply) = match frame {
+            codec::Frame::Packet { body, notification } => (
+                Some(codec::decode_body(body)),
+                (!notification).then_some(b"+"),
+            ),
+            codec::Frame::Corrupt { notification } => (None, (!notification).then_some(b"-")),
         };
-        let hash = start + hash;
-        if self.buf.len() < hash + 3 {
-            return Ok(None);
+        self.buf.drain(..consumed);
+        if let Some(reply) = reply {
+            self.send_raw(reply)?;
         }
-        let body = self.buf[start + 1..hash].to_vec();
-        // A checksum that is not hex is a corrupted packet like a wrong one: consumed
-        // and NAKed, never left in the buffer to fail every later call.
-        let sum = codec::parse_hex_u64(&self.buf[hash + 1..hash + 3]).ok();
-        let notification = self.buf[start] == b'%';
-        self.buf.drain(..hash + 3);
-        if sum != Some(u64::from(codec::checksum(&body))) {
-            if !notification {
-                self.send_raw(b"-")?;
-            }
-            return Ok(None);
-        }
-        if !notification {
-            self.send_raw(b"+")?;
-        }
-        Ok(Some(codec::decode_body(&body)?))
+        packet.transpose()
     }
 
     /// Remembers stop replies and drops console output (`O` packets) that arrive while

@@ -31,6 +31,90 @@ pub fn encode_packet(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What the front of a receive buffer holds, as [`scan`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan<'a> {
+    /// No packet starts in the buffer: only acknowledgements or noise.
+    Nothing,
+    /// A packet starts at `start` but its end (`#xx`) has not arrived.
+    Partial {
+        /// Where the `$` or `%` is.
+        start: usize,
+    },
+    /// A complete packet; the buffer's first `consumed` bytes are done with (noise
+    /// before the packet included).
+    Complete {
+        /// The packet.
+        frame: Frame<'a>,
+        /// Bytes of the buffer up to and including the checksum.
+        consumed: usize,
+    },
+}
+
+/// A complete packet found by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// The checksum matches: the raw body, still escaped and run-length encoded (see
+    /// [`decode_body`]).
+    Packet {
+        /// The bytes between `$`/`%` and `#`.
+        body: &'a [u8],
+        /// A `%` notification, which is never acknowledged.
+        notification: bool,
+    },
+    /// A wrong or non-hex checksum: a corrupted packet, answered with `-` unless it is
+    /// a notification. It is consumed like a good one, so it cannot fail later reads.
+    Corrupt {
+        /// A `%` notification.
+        notification: bool,
+    },
+}
+
+/// Finds the first packet (`$…#xx`, or a `%…#xx` notification) in received bytes.
+pub fn scan(buf: &[u8]) -> Scan<'_> {
+    let Some(start) = buf.iter().position(|&b| b == b'$' || b == b'%') else {
+        return Scan::Nothing;
+    };
+    let Some(hash) = buf[start..].iter().position(|&b| b == b'#') else {
+        return Scan::Partial { start };
+    };
+    let hash = start + hash;
+    let Some(sum) = buf.get(hash + 1..hash + 3) else {
+        return Scan::Partial { start };
+    };
+    let body = &buf[start + 1..hash];
+    let notification = buf[start] == b'%';
+    let frame = match parse_hex_u64(sum) {
+        Ok(sum) if sum == u64::from(checksum(body)) => Frame::Packet { body, notification },
+        _ => Frame::Corrupt { notification },
+    };
+    Scan::Complete {
+        frame,
+        consumed: hash + 3,
+    }
+}
+
+/// The first acknowledgement or packet start in received bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// `+`: the last packet sent arrived intact.
+    Ack,
+    /// `-`: it arrived corrupted; send it again.
+    Nak,
+    /// `$` or `%`: a packet begins (use [`scan`]).
+    PacketStart,
+}
+
+/// The first [`Token`] in `buf` and its position; `None` if `buf` holds only noise.
+pub fn first_token(buf: &[u8]) -> Option<(usize, Token)> {
+    buf.iter().enumerate().find_map(|(i, b)| match b {
+        b'+' => Some((i, Token::Ack)),
+        b'-' => Some((i, Token::Nak)),
+        b'$' | b'%' => Some((i, Token::PacketStart)),
+        _ => None,
+    })
+}
+
 /// Undoes escapes (`}` + byte^0x20) and run-length encoding (`X*n`: repeat the
 /// previous byte `n - 29` more times) of a received packet body.
 pub fn decode_body(body: &[u8]) -> Result<Vec<u8>> {
@@ -398,5 +482,64 @@ mod tests {
         assert!(parse_hex_u64(b"").is_err());
         assert!(parse_hex_u64(b"11111111111111111").is_err());
         assert_eq!(to_hex(&[0xde, 0xad]), "dead");
+    }
+
+    #[test]
+    fn scanning_received_bytes() {
+        assert_eq!(scan(b""), Scan::Nothing);
+        assert_eq!(scan(b"++noise-"), Scan::Nothing);
+        assert_eq!(scan(b"+$T05thr"), Scan::Partial { start: 1 });
+        assert_eq!(scan(b"+$OK#9"), Scan::Partial { start: 1 });
+        assert_eq!(
+            scan(b"x+$OK#9arest"),
+            Scan::Complete {
+                frame: Frame::Packet {
+                    body: b"OK",
+                    notification: false
+                },
+                consumed: 8
+            }
+        );
+        assert_eq!(
+            scan(b"%Stop:T05;#56"),
+            Scan::Complete {
+                frame: Frame::Corrupt { notification: true },
+                consumed: 13
+            }
+        );
+        let stop = encode_packet(b"T05thread:01;");
+        assert!(matches!(
+            scan(&stop),
+            Scan::Complete { frame: Frame::Packet { body: b"T05thread:01;", .. }, consumed }
+                if consumed == stop.len()
+        ));
+        // A wrong checksum and a checksum that is not hex are consumed alike.
+        for bad in [&b"$OK#00$OK#9a"[..], b"$OK#zz$OK#9a"] {
+            let Scan::Complete { frame, consumed } = scan(bad) else {
+                panic!("{bad:?}")
+            };
+            assert_eq!(
+                frame,
+                Frame::Corrupt {
+                    notification: false
+                }
+            );
+            assert!(matches!(
+                scan(&bad[consumed..]),
+                Scan::Complete {
+                    frame: Frame::Packet { body: b"OK", .. },
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn acknowledgements_and_packet_starts() {
+        assert_eq!(first_token(b"noise"), None);
+        assert_eq!(first_token(b"ab+"), Some((2, Token::Ack)));
+        assert_eq!(first_token(b"-+"), Some((0, Token::Nak)));
+        assert_eq!(first_token(b"x$T05#b9+"), Some((1, Token::PacketStart)));
+        assert_eq!(first_token(b"%Stop"), Some((0, Token::PacketStart)));
     }
 }
