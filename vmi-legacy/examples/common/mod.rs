@@ -105,6 +105,8 @@ pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<Le
         let hint = match gdb {
             // A wrong socket (the two paths swapped) is already named in the error.
             _ if matches!(e, vmi_core::Error::InvalidArgument { .. }) => String::new(),
+            // A stub held by another client: the error names it and what to do.
+            _ if vmi_legacy::attach::stub_in_use(&e).is_some() => String::new(),
             Some(g) => format!(
                 " (is {} QEMU's gdbstub? it needs `{GDB_OPTION}`; is another debugger attached?)",
                 g.display()

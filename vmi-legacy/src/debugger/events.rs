@@ -115,13 +115,14 @@ impl GdbSession {
         let fast = self.lock().fast_memory.clone();
         match fast {
             Some(m) => translate(&*m.0, mode, Gpa(cr3), Gva(gla)),
-            None => self.stopped(|g| {
-                physical(&mut g.client, |c| {
-                    let stub = StubPhysical(RefCell::new(c));
-                    Ok(translate(&stub, mode, Gpa(cr3), Gva(gla)))
+            None => self
+                .stopped(|g| {
+                    physical(&mut g.client, |c| {
+                        let stub = StubPhysical(RefCell::new(c));
+                        Ok(translate(&stub, mode, Gpa(cr3), Gva(gla)))
+                    })
                 })
-            })
-            .and_then(|walk| walk),
+                .and_then(|walk| walk),
         }
         .ok()
         .map(|t| t.gpa)

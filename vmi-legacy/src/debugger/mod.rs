@@ -204,7 +204,8 @@ impl GdbSession {
     /// physical accesses); the single-step mask stays (set here); the multiprocess mode a
     /// client such as gdb negotiated stays for good (detected from the thread ids, and
     /// detach uses the form it needs); a guest left stopped at a breakpoint stays in
-    /// `debug` ([`crate::LegacyQemu`] treats `debug` at connect as "was running").
+    /// `debug` ([`crate::LegacyQemu`] treats `debug` at connect as "was running", which
+    /// recovers a guest a killed tool left there: see [`crate::attach`]).
     pub fn with_prior_state(mut client: GdbClient, guest_was_running: bool) -> Result<Self> {
         let vcpus = client.threads()?.len() as u32;
         client.set_physical_mode(false)?;

@@ -16,6 +16,7 @@ use vmi_core::{
     VcpuControl, VcpuId,
 };
 
+use crate::attach;
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
 use crate::debugger::{Accelerator, GdbSession};
 use crate::gdb::GdbAddress;
@@ -181,6 +182,8 @@ pub struct LegacyQemu {
     gdb: Option<GdbSession>,
     /// Set once QEMU exited (`None`: pid unknown, or pidfds unavailable).
     watch: Option<ProcessWatch>,
+    /// [`Self::connect`] found the guest in `debug` with nobody attached to the stub.
+    recovered_stale_debug_stop: bool,
 }
 
 /// Pausing through QMP `stop`/`cont` (the session without a gdbstub).
@@ -299,17 +302,22 @@ impl LegacyQemu {
             backend.as_ref(),
             &mut fallbacks,
         )?;
+        let mut stale_debug = false;
         let gdb = match &config.gdb_socket {
             Some(path) => {
                 let addr = GdbAddress::parse(path)?;
+                let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
+                // A client of the stub already: our connection would wait in QEMU's
+                // queue and stop the guest when that client leaves (`crate::attach`).
+                attach::refuse_if_held(&mut q, &addr)?;
                 // The stub stops the guest on attach and cannot tell whether it ran:
-                // ask QMP first. `debug` is a stop at a breakpoint of an earlier gdb
-                // client, which is gone (the stub serves one client): let it run.
-                let status = qmp
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .query_status()?;
-                let was_running = status.running || status.status == "debug";
+                // ask QMP first. `debug` with nobody attached is a stop at a breakpoint
+                // of a client that is gone (a killed tool): our handshake's `?` removes
+                // its breakpoints, and the session lets the guest run.
+                let status = q.query_status()?;
+                drop(q);
+                stale_debug = status.status == "debug";
+                let was_running = status.running || stale_debug;
                 Some(GdbSession::connect(&addr, config.timeout, was_running)?)
             }
             None => None,
@@ -361,7 +369,16 @@ impl LegacyQemu {
             ram,
             ram_fallbacks: fallbacks,
             cpus: Mutex::new(cpus),
+            recovered_stale_debug_stop: stale_debug,
         })
+    }
+
+    /// Whether [`Self::connect`] found the guest stopped in run state `debug` with no
+    /// gdbstub client attached — the breakpoints of a tool that died without removing
+    /// them (see [`crate::attach`]) — and recovered it: attaching removed QEMU's stale
+    /// breakpoints and the session let the guest run.
+    pub fn recovered_stale_debug_stop(&self) -> bool {
+        self.recovered_stale_debug_stop
     }
 
     /// The GDB stub session, if [`LegacyConfig::gdb_socket`] was given: breakpoints,
