@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use common::{connect, usage, Args, Failure, Needs};
 
-const USAGE: &str = "usage: legacy-recover QMP_SOCKET GDB_SOCKET
+const USAGE: &str = "usage: legacy-recover QMP_SOCKET GDB_SOCKET [--qmp-timeout SECS]
   lets a guest run again that a killed tool left stopped at its breakpoints (run state
   `debug`): attaching to the gdbstub removes them, detaching lets the guest run";
 
@@ -34,7 +34,7 @@ fn run() -> Result<(), Failure> {
     let (Some(qmp), Some(gdb)) = (args.path(0), args.path(1)) else {
         return Err(usage(USAGE));
     };
-    let vm = connect(&qmp, Some(&gdb), Needs::Gdb)?;
+    let vm = connect(&qmp, Some(&gdb), Needs::Gdb, args.timeout()?)?;
     if vm.recovered_stale_debug_stop() {
         println!(
             "the guest was stopped in `debug` with no debugger attached (a tool that died \

@@ -685,7 +685,21 @@ impl QmpClient {
         if let (Some(i), Some(obj)) = (cpu_index, args.as_object_mut()) {
             obj.insert("cpu-index".into(), Value::from(i));
         }
-        let out = self.execute("human-monitor-command", Some(args))?;
+        let out = self
+            .execute("human-monitor-command", Some(args))
+            .map_err(|e| match e {
+                // Name the HMP command, not the QMP wrapper every HMP command shares, and
+                // what raises the limit: `info mtree -f` of a large guest can be slow.
+                Error::Timeout { after, .. } => Error::Timeout {
+                    what: format!(
+                        "the reply to HMP `{command_line}` (raise the QMP timeout: \
+                         LegacyConfig::timeout or QmpClient::set_timeout)"
+                    )
+                    .into(),
+                    after,
+                },
+                e => e,
+            })?;
         out.as_str().map(str::to_owned).ok_or_else(|| {
             Error::malformed(ORIGIN, "human-monitor-command did not return a string")
         })

@@ -244,3 +244,24 @@ fn peer_pid_of_a_socket_pair_is_ours() {
     drop((a, c));
     h.join().unwrap();
 }
+
+#[test]
+fn a_slow_hmp_reply_names_the_command_and_what_raises_the_limit() {
+    let (s, h) = server(|cmd| match cmd["execute"].as_str().unwrap() {
+        "qmp_capabilities" => vec![ok(cmd, json!({}))],
+        _ => {
+            thread::sleep(Duration::from_millis(300));
+            vec![ok(cmd, json!("late"))]
+        }
+    });
+    let mut c = QmpClient::from_stream(s, Duration::from_millis(100)).unwrap();
+    let e = c.human_monitor_command("info mtree -f").unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(
+        msg.contains("HMP `info mtree -f`") && msg.contains("LegacyConfig::timeout"),
+        "{msg}"
+    );
+    drop(c);
+    h.join().unwrap();
+}
