@@ -67,22 +67,38 @@ pub(crate) struct Chardev {
 /// Fails with [`StubInUse`] if `query-chardev` shows a client attached to the
 /// character device that serves `addr`. A QEMU that does not answer, or lists no device
 /// for `addr`, is not refused: connecting is then the only way to find out.
+///
+/// A client that closed its connection a moment ago may still be listed until QEMU's
+/// main loop sees the close: a held stub is asked about again [`RECHECKS`] times,
+/// [`RECHECK_AFTER`] apart, before it is refused.
 pub(crate) fn refuse_if_held(qmp: &mut QmpClient, addr: &GdbAddress) -> Result<()> {
-    let Ok(chardevs) = qmp.execute_as::<Vec<Chardev>>("query-chardev", None) else {
-        return Ok(());
-    };
-    match held_chardev(&chardevs, addr) {
-        Some(c) => Err(Error::backend(
-            "attaching to the gdbstub",
-            StubInUse {
-                address: addr.to_string(),
-                chardev: c.label.clone(),
-                filename: c.filename.clone(),
-            },
-        )),
-        None => Ok(()),
+    let mut checks = 0;
+    loop {
+        let Ok(chardevs) = qmp.execute_as::<Vec<Chardev>>("query-chardev", None) else {
+            return Ok(());
+        };
+        let Some(c) = held_chardev(&chardevs, addr) else {
+            return Ok(());
+        };
+        if checks == RECHECKS {
+            return Err(Error::backend(
+                "attaching to the gdbstub",
+                StubInUse {
+                    address: addr.to_string(),
+                    chardev: c.label.clone(),
+                    filename: c.filename.clone(),
+                },
+            ));
+        }
+        checks += 1;
+        std::thread::sleep(RECHECK_AFTER);
     }
 }
+
+/// How often a stub found held is asked about again before it is refused.
+const RECHECKS: u32 = 3;
+/// How long before asking again.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The character device serving `addr`, if a client is attached to it.
 fn held_chardev<'a>(chardevs: &'a [Chardev], addr: &GdbAddress) -> Option<&'a Chardev> {
