@@ -23,7 +23,7 @@ use common::{connect, parse_address, usage, Args, Failure, Needs};
 use vmi_core::{Backend, Breakpoint, EventKind, Gva, Response};
 
 const USAGE: &str = "usage: legacy-breakpoint QMP_SOCKET GDB_SOCKET ADDRESS|SYMBOL \
-                     [--kallsyms FILE] [--hits N] [--timeout SECS]
+                     [--kallsyms FILE] [--hits N] [--timeout SECS] [--qmp-timeout SECS]
   ADDRESS is hex, with or without 0x (as /proc/kallsyms prints it); anything else is a
   SYMBOL, looked up in --kallsyms FILE";
 
@@ -67,7 +67,7 @@ fn run() -> Result<(), Failure> {
         }
     };
 
-    let vm = connect(&qmp, Some(&gdb), Needs::Gdb)?;
+    let vm = connect(&qmp, Some(&gdb), Needs::Gdb, args.timeout()?)?;
     let gdb = vm.gdb().expect("connected with a gdbstub");
     let events = vm.events().expect("events come with the gdbstub");
     let bp = Breakpoint::at(Gva(addr));

@@ -1,14 +1,15 @@
 //! `dump-memory`: writes guest physical memory to a file, like LibVMI's `dump-memory`.
 //!
 //! ```text
-//! dump-memory QMP_SOCKET OUTPUT [--live]
+//! dump-memory QMP_SOCKET OUTPUT [--live] [--qmp-timeout SECS]
 //! ```
 //!
 //! Every range the session reports through `vmi-core`'s [`MemoryLayout`] (RAM, and any
 //! ROM range the layout serves) is written at its guest physical address as file offset;
 //! the gaps between ranges stay holes of the (sparse) file. The guest is paused for the
-//! dump unless `--live` is given. Needs guest RAM as a shared backend (the fast path);
-//! a progress bar goes to stderr.
+//! dump unless `--live` is given. Reads guest RAM directly: a shared backend (mapped),
+//! or anonymous RAM through QEMU's process memory (`process_vm_readv`, needs ptrace
+//! access to QEMU); the path taken goes to stderr, and so does a progress bar.
 
 mod common;
 
@@ -20,7 +21,7 @@ use std::time::Instant;
 use common::{connect, usage, Args, Failure, Needs};
 use vmi_core::{Gpa, MemoryLayout, PhysicalMemory, VcpuControl};
 
-const USAGE: &str = "usage: legacy-dump-memory QMP_SOCKET OUTPUT [--live]";
+const USAGE: &str = "usage: legacy-dump-memory QMP_SOCKET OUTPUT [--live] [--qmp-timeout SECS]";
 /// Bytes per read.
 const CHUNK: usize = 1 << 20;
 
@@ -49,7 +50,8 @@ fn run() -> Result<(), Failure> {
     let [qmp, out] = &args.positional[..] else {
         return Err(usage(USAGE));
     };
-    let vm = connect(qmp.as_ref(), None, Needs::SharedRam)?;
+    let vm = connect(qmp.as_ref(), None, Needs::DirectRam, args.timeout()?)?;
+    eprintln!("guest RAM through {}", vm.ram_access().kind());
     let info = vm.memory_info()?;
     let total: u64 = info.ranges.iter().map(|r| r.len).sum();
     println!("{} ranges, {total} bytes:", info.ranges.len());

@@ -2,7 +2,7 @@
 //! walk, like LibVMI's `map-addr`.
 //!
 //! ```text
-//! map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]
+//! map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET] [--qmp-timeout SECS]
 //! ```
 //!
 //! `VA` and `CR3` are hex, with or without `0x` (`ffffffff81000000` as `/proc/kallsyms`
@@ -10,8 +10,10 @@
 //!
 //! The paging mode and CR3 come from the vCPU (QMP `info registers`, or the gdbstub with
 //! `--gdb`); `--cr3` walks another address space in the same mode. The walk is
-//! `vmi-core`'s ([`vmi_core::translate`]), reading the page tables from shared guest
-//! RAM; the 16 bytes at the address are read with [`VirtualMemory`].
+//! `vmi-core`'s ([`vmi_core::translate`]), reading the page tables from guest RAM the
+//! fastest way the session has (a shared backend, QEMU's process memory for anonymous
+//! RAM, else QMP; the path taken goes to stderr); the 16 bytes at the address are read
+//! with [`VirtualMemory`].
 
 mod common;
 
@@ -21,7 +23,7 @@ use std::process::ExitCode;
 use common::{connect, parse_address, usage, Args, Failure, Needs};
 use vmi_core::{AddressSpace, Gpa, Gva, PagingMode, VcpuId, VirtualMemory};
 
-const USAGE: &str = "usage: legacy-map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET]
+const USAGE: &str = "usage: legacy-map-addr QMP_SOCKET VA [--vcpu N] [--cr3 CR3] [--gdb GDB_SOCKET] [--qmp-timeout SECS]
   VA and CR3 are hex, with or without 0x (as /proc/kallsyms prints them)";
 
 fn main() -> ExitCode {
@@ -67,7 +69,8 @@ fn run() -> Result<(), Failure> {
         None => VcpuId(0),
     };
     let gdb = args.option("gdb").map(PathBuf::from);
-    let vm = connect(&qmp, gdb.as_deref(), Needs::SharedRam)?;
+    let vm = connect(&qmp, gdb.as_deref(), Needs::Qmp, args.timeout()?)?;
+    eprintln!("guest RAM through {}", vm.ram_access().kind());
     let mut space = vm.address_space(vcpu)?;
     if let Some(cr3) = args.option("cr3") {
         let cr3 = parse_address(cr3)

@@ -17,7 +17,8 @@ use std::time::Duration;
 use common::{connect, usage, Args, Failure, Needs};
 use vmi_core::{Backend, EventKind, Monitor, Response, VcpuId, VcpuSet, VirtualMemory};
 
-const USAGE: &str = "usage: legacy-singlestep QMP_SOCKET GDB_SOCKET [--steps N] [--vcpu N]";
+const USAGE: &str =
+    "usage: legacy-singlestep QMP_SOCKET GDB_SOCKET [--steps N] [--vcpu N] [--qmp-timeout SECS]";
 /// How long one step may take (a busy TCG host).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,7 +39,7 @@ fn run() -> Result<(), Failure> {
         Some(v) => VcpuId(v.parse().map_err(|_| usage("--vcpu takes a number"))?),
         None => VcpuId(0),
     };
-    let vm = connect(&qmp, Some(&gdb), Needs::Gdb)?;
+    let vm = connect(&qmp, Some(&gdb), Needs::Gdb, args.timeout()?)?;
     let gdb = vm.gdb().expect("connected with a gdbstub");
     let events = vm.events().expect("events come with the gdbstub");
     let monitor = Monitor::Singlestep(VcpuSet::single(vcpu));

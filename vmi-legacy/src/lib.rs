@@ -24,7 +24,12 @@
 //!   patch, for hosts still running such a QEMU.
 //! * [`procfs`] — what `/proc` says about the QEMU process.
 //! * [`liveness`] — noticing that QEMU exited (shared RAM stays readable after it).
-//! * [`gdb`] — a GDB remote-protocol client for QEMU's gdbstub.
+//! * [`gdb`] — a GDB remote-protocol client for QEMU's gdbstub: [`gdb::codec`] (framing,
+//!   checksums, packet scanning, stop replies, target XML; no I/O), its transports, and
+//!   [`gdb::GdbClient`].
+//! * [`attach`] — checks before attaching to the gdbstub: a stub another client holds
+//!   is refused ([`attach::StubInUse`]), and a guest a killed tool left stopped at its
+//!   breakpoints is recovered.
 //! * [`debugger`] — [`GdbSession`]: registers, pause/resume, breakpoints, watchpoints
 //!   and single steps through the gdbstub, as `vmi-core` events.
 //! * [`session`] — [`LegacyQemu`], which ties them together and implements the
@@ -86,6 +91,7 @@
 //! # }
 //! ```
 
+pub mod attach;
 pub mod capabilities;
 pub mod debugger;
 pub mod gdb;

@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use vmi_core::{Deadline, Error, Result};
 
+use crate::gdb::codec;
 use crate::qmp::QmpClient;
 use crate::session::LegacyConfig;
 
-/// `?` (why did the target stop), framed: the one packet every stub answers.
-const STOP_REASON: &[u8] = b"$?#3f";
+/// `?` (why did the target stop): the one packet every stub answers.
+const STOP_REASON: &[u8] = b"?";
 /// `D`: detach; QEMU lets the guest run when its last client detaches.
-const DETACH: &[u8] = b"$D#44";
+const DETACH: &[u8] = b"D";
 /// `D;1`: detach from process 1, what a stub a multiprocess client used expects.
-const DETACH_PID1: &[u8] = b"$D;1#b0";
+const DETACH_PID1: &[u8] = b"D;1";
 /// How long a gdbstub may take to answer one packet (it answers from QEMU's main loop).
 const STUB_REPLY: Duration = Duration::from_secs(2);
 /// How many bytes of a reply are looked at; a stop reply and `OK` are far shorter.
@@ -55,7 +56,7 @@ pub(crate) fn connect_qmp(config: &LegacyConfig) -> Result<QmpClient> {
 fn release_if_gdbstub(mut stream: UnixStream, timeout: Duration) -> Result<bool> {
     let limit = timeout.min(STUB_REPLY);
     stream
-        .write_all(STOP_REASON)
+        .write_all(&codec::encode_packet(STOP_REASON))
         .map_err(|e| Error::io("asking the silent peer for its stop reason", e))?;
     if !is_packet_reply(&read_reply(&mut stream, limit)?) {
         return Ok(false);
@@ -63,14 +64,14 @@ fn release_if_gdbstub(mut stream: UnixStream, timeout: Duration) -> Result<bool>
     // Acknowledge the stop reply, then detach.
     stream
         .write_all(b"+")
-        .and_then(|()| stream.write_all(DETACH))
+        .and_then(|()| stream.write_all(&codec::encode_packet(DETACH)))
         .map_err(|e| Error::io("detaching from the gdbstub", e))?;
     let reply = read_reply(&mut stream, limit)?;
     if packet_payload(&reply) == Some(b"E22".as_slice()) {
         // A multiprocess client was here before: detach from the one process.
         stream
             .write_all(b"+")
-            .and_then(|()| stream.write_all(DETACH_PID1))
+            .and_then(|()| stream.write_all(&codec::encode_packet(DETACH_PID1)))
             .map_err(|e| Error::io("detaching from the gdbstub", e))?;
         read_reply(&mut stream, limit)?;
     }
@@ -83,7 +84,7 @@ fn read_reply(stream: &mut UnixStream, limit: Duration) -> Result<Vec<u8>> {
     let deadline = Deadline::after(limit);
     let mut reply = Vec::new();
     let mut chunk = [0u8; 256];
-    while packet_payload(&reply).is_none() && reply.len() < MAX_REPLY {
+    while !matches!(codec::scan(&reply), codec::Scan::Complete { .. }) && reply.len() < MAX_REPLY {
         let left = deadline.remaining_capped(limit);
         if left.is_zero() {
             break;
@@ -112,15 +113,22 @@ fn read_reply(stream: &mut UnixStream, limit: Duration) -> Result<Vec<u8>> {
 /// Whether `reply` is what a gdbstub sends to a packet: an ack (`+`/`-`), then the
 /// framed answer.
 fn is_packet_reply(reply: &[u8]) -> bool {
-    matches!(reply.first(), Some(b'+' | b'-')) && packet_payload(reply).is_some()
+    let acked = matches!(
+        codec::first_token(reply),
+        Some((0, codec::Token::Ack | codec::Token::Nak))
+    );
+    acked && matches!(codec::scan(reply), codec::Scan::Complete { .. })
 }
 
-/// The payload of the first complete `$…#xx` packet in `bytes`.
+/// The payload of the first complete packet in `bytes` whose checksum is right.
 fn packet_payload(bytes: &[u8]) -> Option<&[u8]> {
-    let start = bytes.iter().position(|b| *b == b'$')? + 1;
-    let len = bytes[start..].iter().position(|b| *b == b'#')?;
-    let end = start + len;
-    (bytes.len() >= end + 3).then(|| &bytes[start..end])
+    match codec::scan(bytes) {
+        codec::Scan::Complete {
+            frame: codec::Frame::Packet { body, .. },
+            ..
+        } => Some(body),
+        _ => None,
+    }
 }
 
 /// The error for a gdbstub found at the QMP path: the swap when the gdbstub path
@@ -164,25 +172,15 @@ fn greets_as_qmp(path: &Path, timeout: Duration) -> bool {
 mod tests {
     use super::*;
 
-    fn framed(payload: &[u8]) -> Vec<u8> {
-        let sum = payload.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-        [b"$".as_slice(), payload, format!("#{sum:02x}").as_bytes()].concat()
-    }
-
-    #[test]
-    fn the_probe_packets_are_framed_with_their_checksums() {
-        assert_eq!(STOP_REASON, framed(b"?"));
-        assert_eq!(DETACH, framed(b"D"));
-        assert_eq!(DETACH_PID1, framed(b"D;1"));
-    }
-
     #[test]
     fn only_an_acknowledged_packet_counts_as_a_gdbstub() {
         assert!(is_packet_reply(b"+$T05thread:01;#07"));
         assert!(!is_packet_reply(b"+$T05thr"), "incomplete");
         assert!(!is_packet_reply(b""), "silence: a busy monitor");
         assert!(!is_packet_reply(b"{\"QMP\": {}}"));
-        assert_eq!(packet_payload(b"+$E22#aa"), Some(b"E22".as_slice()));
+        assert!(!is_packet_reply(b"$T05thread:01;#07"), "no ack");
+        assert_eq!(packet_payload(b"+$E22#a9"), Some(b"E22".as_slice()));
+        assert_eq!(packet_payload(b"+$E22#aa"), None, "bad checksum");
         assert_eq!(packet_payload(b"+$OK#9"), None);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use vmi_legacy::{LegacyConfig, LegacyQemu, RamAccess};
 
@@ -15,6 +16,8 @@ pub(crate) const GDB_OPTION: &str =
 pub(crate) const RAM_OPTION: &str = "-object memory-backend-memfd,id=ram0,size=<RAM>,share=on \
                               -machine memory-backend=ram0 (or memory-backend-file,…,share=on)";
 
+/// The option every example takes for how long one request to QEMU may take.
+pub(crate) const TIMEOUT_FLAG: &str = "qmp-timeout";
 /// What `main` prints and how it exits.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -75,14 +78,24 @@ pub(crate) fn main_with(name: &str, body: impl FnOnce() -> Result<(), Failure>) 
 pub(crate) enum Needs {
     /// QMP only.
     Qmp,
-    /// QMP and guest RAM mapped from QEMU's shared backend.
-    SharedRam,
+    /// QMP and guest RAM read directly: mapped from QEMU's shared backend, or, for
+    /// anonymous RAM (no shared backend), copied from QEMU's memory with
+    /// `process_vm_readv` (needs ptrace access to QEMU: same user, and
+    /// `kernel.yama.ptrace_scope` 0 or `CAP_SYS_PTRACE`). Not QMP `pmemsave`/`xp`.
+    DirectRam,
     /// QMP and the gdbstub.
     Gdb,
 }
 
-/// Connects to QEMU; a missing part becomes a message with the option to add.
-pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<LegacyQemu, Failure> {
+/// Connects to QEMU, with `timeout` per request if given (`--qmp-timeout`); a missing
+/// part becomes a message with the option to add, a request that timed out one that
+/// names `--qmp-timeout`.
+pub(crate) fn connect(
+    qmp: &Path,
+    gdb: Option<&Path>,
+    needs: Needs,
+    timeout: Option<Duration>,
+) -> Result<LegacyQemu, Failure> {
     if !qmp.exists() {
         return Err(Failure::from(format!(
             "no QMP socket at {}: start QEMU with `{QMP_OPTION}` (with your path)",
@@ -91,6 +104,9 @@ pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<Le
     }
     let mut cfg = LegacyConfig::new(qmp);
     cfg.writable = false;
+    if let Some(t) = timeout {
+        cfg.timeout = t;
+    }
     if let Some(gdb) = gdb {
         if !gdb.exists() {
             return Err(Failure::from(format!(
@@ -103,8 +119,14 @@ pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<Le
     }
     let vm = LegacyQemu::connect(cfg).map_err(|e| {
         let hint = match gdb {
+            _ if matches!(e, vmi_core::Error::Timeout { .. }) => format!(
+                " (each request may take {:?}: raise it with --{TIMEOUT_FLAG} SECS)",
+                timeout.unwrap_or(vmi_legacy::qmp::DEFAULT_TIMEOUT)
+            ),
             // A wrong socket (the two paths swapped) is already named in the error.
             _ if matches!(e, vmi_core::Error::InvalidArgument { .. }) => String::new(),
+            // A stub held by another client: the error names it and what to do.
+            _ if vmi_legacy::attach::stub_in_use(&e).is_some() => String::new(),
             Some(g) => format!(
                 " (is {} QEMU's gdbstub? it needs `{GDB_OPTION}`; is another debugger attached?)",
                 g.display()
@@ -116,16 +138,16 @@ pub(crate) fn connect(qmp: &Path, gdb: Option<&Path>, needs: Needs) -> Result<Le
             qmp.display()
         ))
     })?;
-    if needs == Needs::SharedRam && !matches!(vm.ram_access(), RamAccess::Shared(_)) {
+    if needs == Needs::DirectRam && matches!(vm.ram_access(), RamAccess::Qmp(_)) {
         let why: Vec<String> = vm
             .ram_fallbacks()
             .iter()
             .map(|(path, e)| format!("{path}: {e}"))
             .collect();
         return Err(Failure::from(format!(
-            "guest RAM is not a shared backend (reached through {} instead; {}): start QEMU \
-             with `{RAM_OPTION}`",
-            vm.ram_access().kind(),
+            "guest RAM can be read only through QMP here, too slowly for this ({}): give \
+             this process ptrace access to QEMU (same user; kernel.yama.ptrace_scope 0 or \
+             CAP_SYS_PTRACE), or start QEMU with `{RAM_OPTION}`",
             why.join("; ")
         )));
     }
@@ -155,7 +177,8 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    /// Parses the process arguments: `flags` take a value, `switches` do not.
+    /// Parses the process arguments: `flags` (and `--qmp-timeout`, which every example
+    /// takes) take a value, `switches` do not.
     /// `-h`/`--help` anywhere asks for `usage_text` (a [`Outcome::Help`] failure); an
     /// unknown option is a usage error.
     pub(crate) fn parse(
@@ -182,7 +205,7 @@ impl Args {
             };
             if switches.contains(&name) {
                 parsed.switches.push(name.to_owned());
-            } else if flags.contains(&name) {
+            } else if flags.contains(&name) || name == TIMEOUT_FLAG {
                 let v = it
                     .next()
                     .ok_or_else(|| usage(&format!("--{name} needs a value\n{usage_text}")))?;
@@ -205,6 +228,19 @@ impl Args {
             .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// `--qmp-timeout SECS`, if given.
+    pub(crate) fn timeout(&self) -> Result<Option<Duration>, Failure> {
+        self.option(TIMEOUT_FLAG)
+            .map(|s| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e9)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| usage(&format!("--{TIMEOUT_FLAG} takes seconds, not {s:?}")))
+            })
+            .transpose()
     }
 
     pub(crate) fn path(&self, i: usize) -> Option<PathBuf> {

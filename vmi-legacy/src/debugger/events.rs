@@ -2,6 +2,7 @@
 //! ([`Watch`]), the translation of a stop into an [`Event`], and [`EventControl`]
 //! (enable, wait). Answers are in `park`.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use vmi_core::deadline::Deadline;
@@ -11,11 +12,12 @@ use vmi_core::paging::{translate, PagingMode};
 use vmi_core::registers::RegisterGroups;
 use vmi_core::{
     Access, Error, Event, EventControl, EventKind, Gfn, Gpa, Gva, Monitor, PendingEvent,
-    RegisterSnapshot, Result, VcpuId, View,
+    PhysicalMemory, RegisterSnapshot, Result, VcpuId, View,
 };
 
-use super::GdbSession;
+use super::{physical, GdbSession};
 use crate::gdb::codec::WatchKind;
+use crate::gdb::GdbClient;
 
 /// How long one slice of [`EventControl::wait_event`] holds the lock.
 const WAIT_SLICE: Duration = Duration::from_millis(20);
@@ -92,9 +94,20 @@ pub(super) fn watch_for(gva: Gva, len: u64, access: Access) -> Result<Watch> {
     })
 }
 
+/// The stub's memory reads while it is already in physical mode, for one page walk.
+struct StubPhysical<'a>(RefCell<&'a mut GdbClient>);
+
+impl PhysicalMemory for StubPhysical<'_> {
+    fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+        self.0.borrow_mut().read_memory(gpa.0, buf)
+    }
+}
+
 impl GdbSession {
     /// The walk goes through the session's fast memory if it has one (no requests),
-    /// else through the stub's physical reads.
+    /// else through the stub's physical reads, with `Qqemu.PhyMemMode` switched on once
+    /// for the whole walk (one `m` per level and two switches, not three requests per
+    /// level).
     fn translate_gla(&self, regs: &RegisterSnapshot, gla: u64) -> Option<Gpa> {
         let (cr0, cr4, efer) = regs.paging_inputs()?;
         let cr3 = regs.control?.cr3;
@@ -102,7 +115,14 @@ impl GdbSession {
         let fast = self.lock().fast_memory.clone();
         match fast {
             Some(m) => translate(&*m.0, mode, Gpa(cr3), Gva(gla)),
-            None => translate(self, mode, Gpa(cr3), Gva(gla)),
+            None => self
+                .stopped(|g| {
+                    physical(&mut g.client, |c| {
+                        let stub = StubPhysical(RefCell::new(c));
+                        Ok(translate(&stub, mode, Gpa(cr3), Gva(gla)))
+                    })
+                })
+                .and_then(|walk| walk),
         }
         .ok()
         .map(|t| t.gpa)

@@ -180,6 +180,11 @@ impl GdbSession {
     /// Connects to the gdbstub at `addr` (UNIX socket or TCP). `guest_was_running`: the
     /// run state before attaching (e.g. from QMP `query-status`); see
     /// [`Self::with_prior_state`].
+    ///
+    /// A bare session has no QMP to ask whether another client holds the stub; if one
+    /// does, this connection waits in QEMU's queue until the handshake times out, and
+    /// QEMU stops the guest for it when that client leaves. [`crate::LegacyQemu::connect`]
+    /// checks first and refuses ([`crate::attach::StubInUse`]).
     pub fn connect(addr: &GdbAddress, timeout: Duration, guest_was_running: bool) -> Result<Self> {
         let client = GdbClient::connect(addr, timeout)?;
         Self::with_prior_state(client, guest_was_running)
@@ -204,7 +209,8 @@ impl GdbSession {
     /// physical accesses); the single-step mask stays (set here); the multiprocess mode a
     /// client such as gdb negotiated stays for good (detected from the thread ids, and
     /// detach uses the form it needs); a guest left stopped at a breakpoint stays in
-    /// `debug` ([`crate::LegacyQemu`] treats `debug` at connect as "was running").
+    /// `debug` ([`crate::LegacyQemu`] treats `debug` at connect as "was running", which
+    /// recovers a guest a killed tool left there: see [`crate::attach`]).
     pub fn with_prior_state(mut client: GdbClient, guest_was_running: bool) -> Result<Self> {
         let vcpus = client.threads()?.len() as u32;
         client.set_physical_mode(false)?;

@@ -1,7 +1,6 @@
 //! A session with one unpatched QEMU: [`LegacyQemu`].
 
 use std::borrow::Cow;
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,15 +9,16 @@ use std::time::Duration;
 use vmi_core::deadline::Deadline;
 use vmi_core::memory::{MapPhysical, MappedRegion, MemoryLayout};
 use vmi_core::park::{AfterAnswer, EventTicket, ParkOps, Parking};
-use vmi_core::registers::{msr, ReadRegisters, RegisterGroups, WriteRegisters};
+use vmi_core::registers::{ReadRegisters, WriteRegisters};
 use vmi_core::{
     Backend, Breakpoints, CapabilityReport, Error, EventControl, Gpa, MemoryInfo, PauseGuard,
     PauseScope, PhysicalMemory, PhysicalMemoryWrite, RegisterSnapshot, Response, Result,
     VcpuControl, VcpuId,
 };
 
+use crate::attach;
 use crate::capabilities::{legacy_capabilities, Parts, RamPath};
-use crate::debugger::{all_msrs, Accelerator, GdbSession};
+use crate::debugger::{Accelerator, GdbSession};
 use crate::gdb::GdbAddress;
 use crate::hmp;
 use crate::layout::RamLayout;
@@ -26,6 +26,11 @@ use crate::liveness::ProcessWatch;
 use crate::procfs;
 use crate::qmp::{CpuInfo, QemuVersion, QmpClient, StatusInfo, DEFAULT_TIMEOUT};
 use crate::ram::{ProcMem, QmpMemory, QmpReadMethod, SharedRam};
+
+mod open_ram;
+mod registers;
+
+use open_ram::{locate_backend, open_ram};
 
 /// How to reach guest RAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +182,8 @@ pub struct LegacyQemu {
     gdb: Option<GdbSession>,
     /// Set once QEMU exited (`None`: pid unknown, or pidfds unavailable).
     watch: Option<ProcessWatch>,
+    /// [`Self::connect`] found the guest in `debug` with nobody attached to the stub.
+    recovered_stale_debug_stop: bool,
 }
 
 /// Pausing through QMP `stop`/`cont` (the session without a gdbstub).
@@ -295,17 +302,22 @@ impl LegacyQemu {
             backend.as_ref(),
             &mut fallbacks,
         )?;
+        let mut stale_debug = false;
         let gdb = match &config.gdb_socket {
             Some(path) => {
                 let addr = GdbAddress::parse(path)?;
+                let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
+                // A client of the stub already: our connection would wait in QEMU's
+                // queue and stop the guest when that client leaves (`crate::attach`).
+                attach::refuse_if_held(&mut q, &addr)?;
                 // The stub stops the guest on attach and cannot tell whether it ran:
-                // ask QMP first. `debug` is a stop at a breakpoint of an earlier gdb
-                // client, which is gone (the stub serves one client): let it run.
-                let status = qmp
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .query_status()?;
-                let was_running = status.running || status.status == "debug";
+                // ask QMP first. `debug` with nobody attached is a stop at a breakpoint
+                // of a client that is gone (a killed tool): our handshake's `?` removes
+                // its breakpoints, and the session lets the guest run.
+                let status = q.query_status()?;
+                drop(q);
+                stale_debug = status.status == "debug";
+                let was_running = status.running || stale_debug;
                 Some(GdbSession::connect(&addr, config.timeout, was_running)?)
             }
             None => None,
@@ -357,7 +369,16 @@ impl LegacyQemu {
             ram,
             ram_fallbacks: fallbacks,
             cpus: Mutex::new(cpus),
+            recovered_stale_debug_stop: stale_debug,
         })
+    }
+
+    /// Whether [`Self::connect`] found the guest stopped in run state `debug` with no
+    /// gdbstub client attached — the breakpoints of a tool that died without removing
+    /// them (see [`crate::attach`]) — and recovered it: attaching removed QEMU's stale
+    /// breakpoints and the session let the guest run.
+    pub fn recovered_stale_debug_stop(&self) -> bool {
+        self.recovered_stale_debug_stop
     }
 
     /// The GDB stub session, if [`LegacyConfig::gdb_socket`] was given: breakpoints,
@@ -468,190 +489,6 @@ fn find_pid(qmp: &QmpClient, cpus: &[CpuInfo]) -> Option<libc::pid_t> {
         .find_map(|tid| procfs::tgid_of(tid).ok())
 }
 
-/// Finds where QEMU maps the backend: `gpa2hva` of the first range, then the
-/// `/proc/<pid>/maps` entry containing it.
-fn locate_backend(
-    qmp: &mut QmpClient,
-    pid: libc::pid_t,
-    layout: &RamLayout,
-) -> Result<BackendMapping> {
-    let first = layout
-        .ranges()
-        .first()
-        .ok_or_else(|| Error::malformed("HMP", "empty RAM layout"))?;
-    let text = qmp.human_monitor_command(&format!("gpa2hva {:#x}", first.gpa_start.0))?;
-    let (name, hva) = hmp::parse_gpa2hva(&text)?;
-    if name != first.backend_name {
-        return Err(Error::malformed(
-            "HMP",
-            format!(
-                "gpa2hva names region {name:?}, expected {:?}",
-                first.backend_name
-            ),
-        ));
-    }
-    let hva = hva
-        .checked_sub(first.backend_offset)
-        .ok_or_else(|| Error::malformed("HMP", "gpa2hva address below the backend offset"))?;
-    let maps_entry = procfs::read_maps(pid)
-        .ok()
-        .and_then(|maps| procfs::mapping_containing(&maps, hva, layout.backend_extent()).cloned());
-    Ok(BackendMapping { hva, maps_entry })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn open_ram(
-    config: &LegacyConfig,
-    qmp: &Arc<Mutex<QmpClient>>,
-    pid: Option<libc::pid_t>,
-    layout: &RamLayout,
-    backend_name: &str,
-    backend: Option<&BackendMapping>,
-    fallbacks: &mut Vec<(&'static str, Error)>,
-) -> Result<RamAccess> {
-    let writable = config.writable;
-    let no_pid = || {
-        Error::unsupported(
-            "QEMU's pid",
-            "neither SO_PEERCRED nor the vCPU threads revealed QEMU's process",
-        )
-    };
-    let file = |path: &PathBuf| -> Result<RamAccess> {
-        let ram = SharedRam::open_file(path, layout.clone(), writable)?;
-        // If QEMU's mapping is known, make sure it is this very file, and shared.
-        if let Some(m) = backend.and_then(|b| b.maps_entry.as_ref()) {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path)
-                .map_err(|e| Error::io(format!("stat of {}", path.display()), e))?;
-            let same_inode = meta.ino() == m.inode && procfs::dev_major_minor(meta.dev()) == m.dev;
-            // Overlay file systems show the underlying inode in maps: accept the path.
-            let same_path =
-                std::fs::canonicalize(path).is_ok_and(|p| p.to_str() == Some(m.path.as_str()));
-            if !same_inode && !same_path {
-                return Err(Error::InvalidArgument {
-                    what: "RAM backend file",
-                    reason: format!(
-                        "{} is not the file QEMU maps as guest RAM ({})",
-                        path.display(),
-                        m.path
-                    )
-                    .into(),
-                });
-            }
-            if !m.shared {
-                return Err(not_shared(&m.path));
-            }
-        }
-        Ok(RamAccess::Shared(ram))
-    };
-    let memfd = || -> Result<RamAccess> {
-        let pid = pid.ok_or_else(no_pid)?;
-        if let Some(m) = backend.and_then(|b| b.maps_entry.as_ref()) {
-            if m.inode == 0 {
-                return Err(Error::unsupported(
-                    "shared guest RAM",
-                    "QEMU's RAM is anonymous memory (no memory-backend-memfd/file)",
-                ));
-            }
-            if !m.shared {
-                return Err(not_shared(&m.path));
-            }
-            let hva = backend.map_or(0, |b| b.hva);
-            let file_offset = m.offset + (hva - m.start);
-            let fd = procfs::regular_fds(pid)?
-                .into_iter()
-                .find(|f| f.inode == m.inode && procfs::dev_major_minor(f.dev) == m.dev)
-                .ok_or_else(|| {
-                    Error::unsupported(
-                        "shared guest RAM",
-                        format!("QEMU holds no descriptor of {} open", m.path),
-                    )
-                })?;
-            let f = OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .open(&fd.path)
-                .map_err(|e| Error::io(format!("opening {}", fd.path.display()), e))?;
-            let source = format!("{} ({})", fd.path.display(), fd.target);
-            return Ok(RamAccess::Shared(SharedRam::from_file(
-                &f,
-                file_offset,
-                layout.clone(),
-                writable,
-                source,
-            )?));
-        }
-        // No gpa2hva or maps: choose a memfd by size and name.
-        Ok(RamAccess::Shared(SharedRam::open_memfd(
-            pid,
-            Some(backend_name),
-            layout.backend_extent(),
-            layout.clone(),
-            writable,
-        )?))
-    };
-    let procmem = || -> Result<RamAccess> {
-        let pid = pid.ok_or_else(no_pid)?;
-        let b = backend.ok_or_else(|| {
-            Error::unsupported(
-                "process memory access",
-                "gpa2hva did not reveal where QEMU maps guest RAM",
-            )
-        })?;
-        let pm = ProcMem::new(pid, b.hva, layout.clone(), writable)?;
-        // Probe: fails here (not on first use) without ptrace access.
-        let first = layout.ranges().first().map_or(Gpa(0), |r| r.gpa_start);
-        pm.read_physical(first, &mut [0u8; 1])?;
-        Ok(RamAccess::Proc(pm))
-    };
-    let via_qmp = |method: QmpReadMethod| -> Result<RamAccess> {
-        Ok(RamAccess::Qmp(QmpMemory::new(
-            Arc::clone(qmp),
-            layout.memory_info(),
-            method,
-        )?))
-    };
-    match &config.ram {
-        RamSource::File(path) => file(path),
-        RamSource::Memfd => memfd(),
-        RamSource::ProcMem => procmem(),
-        RamSource::Qmp(method) => via_qmp(*method),
-        RamSource::Auto { file: path } => {
-            if let Some(path) = path {
-                match file(path) {
-                    Ok(r) => return Ok(r),
-                    Err(e) => fallbacks.push(("file", e)),
-                }
-            }
-            match memfd() {
-                Ok(r) => return Ok(r),
-                Err(e) => fallbacks.push(("memfd", e)),
-            }
-            match procmem() {
-                Ok(r) => return Ok(r),
-                Err(e) => fallbacks.push(("procmem", e)),
-            }
-            let first = layout.ranges().first().map_or(Gpa(0), |r| r.gpa_start);
-            // pmemsave needs QEMU to write a file we can read (same host, same user).
-            match via_qmp(QmpReadMethod::Pmemsave).and_then(|r| {
-                r.memory().read_physical(first, &mut [0u8; 1])?;
-                Ok(r)
-            }) {
-                Ok(r) => return Ok(r),
-                Err(e) => fallbacks.push(("pmemsave", e)),
-            }
-            via_qmp(QmpReadMethod::Xp)
-        }
-    }
-}
-
-fn not_shared(path: &str) -> Error {
-    Error::unsupported(
-        "shared guest RAM",
-        format!("QEMU maps {path} privately (share=off): its changes never reach the file"),
-    )
-}
-
 impl PhysicalMemory for LegacyQemu {
     /// Reads guest RAM and ROM (the firmware's shadowed BIOS and option ROMs, `rom:` in
     /// `info mtree -f`); [`Error::Disconnected`] once QEMU has exited.
@@ -707,110 +544,6 @@ impl MapPhysical for LegacyQemu {
                 ),
             )),
         }
-    }
-}
-
-impl ReadRegisters for LegacyQemu {
-    /// Reads the registers of `vcpu` from HMP `info registers` (with `cpu-index`), and,
-    /// when CONTROL is asked for, CR8 from the TPR in `info lapic` (CR8 = TPR bits 7:4); if
-    /// that fails the CONTROL group is left out rather than reporting CR8 = 0.
-    ///
-    /// `VcpuId(n)` is QEMU's `cpu-index` n (`query-cpus-fast`).
-    ///
-    /// Available: GPRS (not in compatibility mode), CONTROL, DEBUG, SEGMENTS,
-    /// DESCRIPTOR_TABLES, EFER, and MSR `IA32_EFER` when listed. Absent: XCR0 and every
-    /// other MSR (QEMU does not print them; with the gdbstub see below). The
-    /// two monitor commands are not atomic: pause the guest for a consistent snapshot.
-    ///
-    /// With a GDB stub session, GPRS, CONTROL, EFER and the MSRs `FS_BASE`, `GS_BASE`,
-    /// `KERNEL_GS_BASE` come from the stub's `g` packet instead (exact, and GPRS in every
-    /// mode); segments, descriptor tables and DRs still from `info registers`.
-    ///
-    /// While the vCPU is parked (in an event, or paused) what is already known is
-    /// served from the parked vCPU's cache without asking QEMU.
-    fn registers(
-        &self,
-        vcpu: VcpuId,
-        groups: RegisterGroups,
-        msrs: &[u32],
-    ) -> Result<RegisterSnapshot> {
-        self.parking
-            .read_registers(vcpu, groups, msrs, |groups, msrs| match &self.gdb {
-                Some(gdb) => {
-                    let mut snap = self.hmp_registers(vcpu, groups, msrs)?;
-                    snap.merge(&gdb.fetch_registers(vcpu, groups, msrs)?);
-                    Ok(snap)
-                }
-                None => self.hmp_registers(vcpu, groups, msrs),
-            })
-    }
-
-    /// Every group, [`msr::ESSENTIAL`], and with the gdbstub `FS_BASE` and `GS_BASE`.
-    fn all_registers(&self, vcpu: VcpuId) -> Result<RegisterSnapshot> {
-        self.registers(vcpu, RegisterGroups::all(), &all_msrs())
-    }
-}
-
-impl LegacyQemu {
-    fn hmp_registers(
-        &self,
-        vcpu: VcpuId,
-        groups: RegisterGroups,
-        msrs: &[u32],
-    ) -> Result<RegisterSnapshot> {
-        let index = self.cpu_index(vcpu)?;
-        let with_vcpu = |e: Error| match e {
-            Error::Backend {
-                command,
-                address,
-                source,
-                ..
-            } => Error::Backend {
-                command,
-                vcpu: Some(vcpu),
-                address,
-                source,
-            },
-            e => e,
-        };
-        let mut qmp = self.qmp();
-        let text = qmp
-            .human_monitor_command_on("info registers", Some(index))
-            .map_err(with_vcpu)?;
-        let parsed = hmp::parse_cpu_registers(&text, index)?;
-        let cr8 = if groups.contains(RegisterGroups::CONTROL) {
-            qmp.human_monitor_command_on("info lapic", Some(index))
-                .ok()
-                .and_then(|t| hmp::parse_lapic_tpr(&t).ok())
-                .map(|tpr| u64::from(tpr >> 4))
-        } else {
-            None
-        };
-        drop(qmp);
-        let full = parsed.to_snapshot(cr8);
-        let mut snap = RegisterSnapshot::default();
-        if groups.contains(RegisterGroups::GPRS) {
-            snap.gprs = full.gprs;
-        }
-        if groups.contains(RegisterGroups::CONTROL) {
-            snap.control = full.control;
-        }
-        if groups.contains(RegisterGroups::DEBUG) {
-            snap.debug = full.debug;
-        }
-        if groups.contains(RegisterGroups::SEGMENTS) {
-            snap.segments = full.segments;
-        }
-        if groups.contains(RegisterGroups::DESCRIPTOR_TABLES) {
-            snap.gdtr = full.gdtr;
-            snap.idtr = full.idtr;
-        }
-        let want_efer = groups.contains(RegisterGroups::EFER)
-            || (groups.contains(RegisterGroups::MSRS) && msrs.contains(&msr::EFER));
-        if let (true, Some(efer)) = (want_efer, full.efer()) {
-            snap.msrs.insert(msr::EFER, efer);
-        }
-        Ok(snap)
     }
 }
 
