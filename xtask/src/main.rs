@@ -221,12 +221,14 @@ fn with_guest_env(mut cmd: Command, paths: &GuestPaths) -> Command {
 /// guest boots with it. (`conformance_legacy_testguest_kvm` skips in the first, TCG,
 /// pass and runs in this one; `conformance_legacy_testguest_tcg` forces TCG and runs in
 /// the first pass only.)
-const TEST_GUEST_SUITES: [&str; 5] = [
+const TEST_GUEST_SUITES: [&str; 7] = [
     "legacy_test_guest",
     "legacy_parked",
     "test_guest",
     "examples",
     "conformance_legacy_testguest_kvm",
+    "legacy_safety",
+    "legacy_newcomer",
 ];
 
 /// All tests of the workspace except xtask's, with the guest environment, the test guest
