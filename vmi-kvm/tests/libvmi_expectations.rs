@@ -45,7 +45,10 @@ fn replying_with_an_edited_copy_of_the_event_registers_sets_rax() {
     let ev = vm.wait_event(T).unwrap().unwrap();
     assert_eq!(ev.vcpu, VcpuId(1));
     let mut regs = ev.registers.clone();
-    assert!(regs.control.is_some() && !regs.msrs.is_empty(), "a full copy");
+    assert!(
+        regs.control.is_some() && !regs.msrs.is_empty(),
+        "a full copy"
+    );
     regs.set(Register::Rax, 0x1234_5678).unwrap();
     ev.reply(Response::continue_().with_registers(regs))
         .unwrap();
@@ -119,8 +122,14 @@ fn one_register_comes_from_the_parked_vcpu_cache() {
     let ev = vm.wait_event(T).unwrap().unwrap();
     let reads = commands(&sim, sys::KVMI_VCPU_GET_REGISTERS);
     let vcpu = sim.vm().vcpus[1].clone();
-    assert_eq!(vm.register(VcpuId(1), Register::Rip).unwrap(), vcpu.regs.rip);
-    assert_eq!(vm.register(VcpuId(1), Register::Cr3).unwrap(), vcpu.sregs.cr3);
+    assert_eq!(
+        vm.register(VcpuId(1), Register::Rip).unwrap(),
+        vcpu.regs.rip
+    );
+    assert_eq!(
+        vm.register(VcpuId(1), Register::Cr3).unwrap(),
+        vcpu.sregs.cr3
+    );
     assert_eq!(
         vm.register(VcpuId(1), Register::Msr(msr::LSTAR)).unwrap(),
         ev.registers.get(Register::Msr(msr::LSTAR)).unwrap()
