@@ -19,7 +19,11 @@ impl Parking {
             let mut st = self.lock();
             let v = st.vcpu_mut(vcpu);
             v.in_event = true;
-            v.cache.merge(&event.registers);
+            if v.cache.is_empty() {
+                v.cache.clone_from(&event.registers);
+            } else {
+                v.cache.merge(&event.registers);
+            }
             if let Some(q) = &v.queued {
                 // Writes queued under a pause stay visible to reads.
                 let q = q.clone();

@@ -235,7 +235,12 @@ impl RegisterSnapshot {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
         take!(gprs, control, debug, segments, gdtr, idtr, xcr0);
-        self.msrs.extend(other.msrs.iter());
+        if self.msrs.is_empty() {
+            // The common case (an event's snapshot into an empty cache): one copy.
+            self.msrs.clone_from(&other.msrs);
+        } else {
+            self.msrs.extend(other.msrs.iter());
+        }
     }
 
     /// The part of this snapshot that differs from `base`: each group present here
@@ -259,7 +264,7 @@ impl RegisterSnapshot {
 
     /// Whether the snapshot holds nothing.
     pub fn is_empty(&self) -> bool {
-        *self == RegisterSnapshot::default()
+        self.groups().is_empty() && self.gdtr.is_none() && self.idtr.is_none()
     }
 
     /// IA32_EFER, if held.
