@@ -53,7 +53,13 @@ impl Msrs {
 
     /// Sets MSR `index`, returning the previous value.
     pub fn insert(&mut self, index: u32, value: u64) -> Option<u64> {
-        let pos = self.as_slice().binary_search_by_key(&index, |e| e.0);
+        let s = self.as_slice();
+        // Ascending input (a copy, a sorted list) appends without a search.
+        let pos = if s.last().is_none_or(|e| e.0 < index) {
+            Err(s.len())
+        } else {
+            s.binary_search_by_key(&index, |e| e.0)
+        };
         match (&mut self.storage, pos) {
             (MsrStorage::Inline { entries, .. }, Ok(i)) => {
                 Some(std::mem::replace(&mut entries[i].1, value))
