@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use vmi_core::{
     Backend, Breakpoint, Breakpoints, Capability, EventControl, EventKind, Gpa, Gva, PendingEvent,
-    PhysicalMemory, ReadRegisters, RegisterGroups, RegisterSnapshot, Response, Support,
+    PhysicalMemory, ReadRegisters, Register, RegisterGroups, RegisterSnapshot, Response, Support,
     VcpuControl, VcpuId, WriteRegisters,
 };
 use vmi_legacy::{GdbSession, LegacyConfig, LegacyQemu};
@@ -270,6 +270,9 @@ fn events_of_a_parked_vcpu_read_registers_without_asking_qemu_again() {
     .unwrap();
     let cached = gdb.registers(p.vcpu, RegisterGroups::GPRS, &[]).unwrap();
     assert_eq!(cached.gprs.unwrap().r12, 0x7000);
+    // One register at a time (`vmi_get_vcpureg`), from the same cache.
+    assert_eq!(gdb.register(p.vcpu, Register::R12).unwrap(), 0x7000);
+    assert_eq!(gdb.register(p.vcpu, Register::Rip).unwrap(), site_2);
     p.reply(Response::continue_()).unwrap();
     let p = next_event(gdb, "next hit");
     assert_eq!(r12(&p), 0x7001);

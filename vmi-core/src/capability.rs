@@ -200,6 +200,11 @@ impl CapabilitySet {
         self.0 == 0
     }
 
+    /// Whether every row of this set is in `other`.
+    pub fn is_subset(self, other: CapabilitySet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
     /// The rows, in checklist order.
     pub fn iter(self) -> impl Iterator<Item = Capability> {
         Capability::ALL
@@ -347,6 +352,18 @@ impl CapabilityReport {
     /// Whether the groups present in `regs` can be written.
     pub fn check_register_write(&self, regs: &crate::RegisterSnapshot) -> crate::Result<()> {
         self.require_all(crate::event::register_write_capabilities(regs))
+    }
+
+    /// The rows that work, fully or partly: a set to test requirements against without
+    /// a table lookup per row (a backend's event path computes it once per session).
+    pub fn supported_set(&self) -> CapabilitySet {
+        let mut s = CapabilitySet::new();
+        for (c, support) in &self.rows {
+            if support.is_supported() {
+                s.insert(*c);
+            }
+        }
+        s
     }
 
     /// Whether `cap` is supported.
