@@ -185,9 +185,11 @@ fn action(name: &str) -> PyResult<Action> {
         "emulate_no_write" => Action::EmulateNoWrite,
         "deny" => Action::Deny,
         "retry" => Action::Retry,
-        other => return Err(PyValueError::new_err(format!(
+        other => {
+            return Err(PyValueError::new_err(format!(
             "unknown action {other:?} (continue, reinject, emulate, emulate_no_write, deny, retry)"
-        ))),
+        )))
+        }
     })
 }
 

@@ -43,6 +43,7 @@ class LocationError(ValueError):
 
 
 _sessions: Dict[str, Tuple["vmi.Vm", Optional["vmi.Pause"]]] = {}
+_attached: Dict[str, "vmi.Vm"] = {}
 _lock = threading.Lock()
 
 
@@ -67,6 +68,8 @@ def parse_location(url: str) -> Tuple[str, Dict[str, str]]:
 def open_location(url: str) -> "vmi.Vm":
     """The session a ``vmi://`` URL names, opened (and paused) once per process."""
     with _lock:
+        if url in _attached:
+            return _attached[url]
         if url in _sessions:
             return _sessions[url][0]
         backend, params = parse_location(url)
@@ -82,6 +85,15 @@ def open_location(url: str) -> "vmi.Vm":
         pause = vm.pause() if params.get("pause", "1") not in ("0", "no", "false") else None
         _sessions[url] = (vm, pause)
         return vm
+
+
+def attach(vm: "vmi.Vm", name: str = "session") -> str:
+    """Serves an already open session as ``vmi://session/NAME`` to Volatility running in
+    this process (the caller pauses and resumes; the session is not closed at exit)."""
+    url = f"{SCHEME}://session/{name}"
+    with _lock:
+        _attached[url] = vm
+    return url
 
 
 def close_all() -> None:
