@@ -79,6 +79,8 @@ fn pytest(venv: &Path, dir: &Path, truth: &Value, files: &[&str]) {
     let truth_path = dir.join("python-truth.json");
     std::fs::write(&truth_path, serde_json::to_vec_pretty(truth).unwrap()).unwrap();
     let tests = root().join("vmi-python/tests");
+    // Output to files: a pipe nobody reads while pytest runs would fill and block it.
+    let (out_path, err_path) = (dir.join("pytest.out"), dir.join("pytest.err"));
     let mut child = Command::new(venv.join("bin/python"))
         .args([
             "-m",
@@ -95,30 +97,31 @@ fn pytest(venv: &Path, dir: &Path, truth: &Value, files: &[&str]) {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("running pytest");
     let deadline = Instant::now() + Duration::from_secs(900);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+            let _ = child.wait();
             panic!(
                 "pytest ran longer than 900 s:\n{}",
-                String::from_utf8_lossy(&out.stdout)
+                std::fs::read_to_string(&out_path).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     eprintln!("{stdout}");
     assert!(
-        out.status.success(),
-        "pytest {files:?} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "pytest {files:?} failed ({status}):\n{stdout}\n{stderr}"
     );
     assert!(
         !stdout.contains(" skipped") && stdout.contains(" passed"),

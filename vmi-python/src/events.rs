@@ -19,7 +19,7 @@ use vmi_core::{
 };
 
 use crate::errors::{CoreResult, VmiError};
-use crate::guest::SharedGuest;
+use crate::guest::GuestRef;
 use crate::registers::{self, Registers};
 use crate::vm::duration;
 
@@ -296,9 +296,10 @@ impl Event {
 }
 
 /// Waits up to `timeout` seconds for the next event (GIL released).
-pub(crate) fn wait(py: Python<'_>, guest: &SharedGuest, timeout: f64) -> PyResult<Option<Event>> {
+pub(crate) fn wait(py: Python<'_>, guest: &GuestRef, timeout: f64) -> PyResult<Option<Event>> {
     let t = duration(timeout)?;
-    let pending = py.detach(|| guest.events()?.wait_event(t)).py()?;
+    let g = guest.get().py()?;
+    let pending = py.detach(|| g.events()?.wait_event(t)).py()?;
     Ok(pending.map(Event::new))
 }
 
@@ -306,7 +307,7 @@ pub(crate) fn wait(py: Python<'_>, guest: &SharedGuest, timeout: f64) -> PyResul
 /// and the iteration ends when none came (or after `count` events).
 #[pyclass(module = "vmi")]
 pub(crate) struct Events {
-    pub(crate) guest: SharedGuest,
+    pub(crate) guest: GuestRef,
     pub(crate) timeout: f64,
     pub(crate) remaining: Option<usize>,
 }
@@ -340,7 +341,11 @@ enum Armed {
 }
 
 impl Armed {
-    fn remove(&self, guest: &SharedGuest) -> vmi_core::Result<()> {
+    fn remove(&self, guest: &GuestRef) -> vmi_core::Result<()> {
+        // A closed session removed everything when it ended.
+        let Ok(guest) = guest.get() else {
+            return Ok(());
+        };
         match self {
             Armed::Monitor(m) => guest.events()?.disable(m),
             Armed::Breakpoint(b) => guest.breakpoints()?.clear_breakpoint(*b),
@@ -352,7 +357,7 @@ impl Armed {
 /// or the handle being collected.
 #[pyclass(module = "vmi", frozen)]
 pub(crate) struct Trap {
-    guest: SharedGuest,
+    guest: GuestRef,
     armed: Mutex<Option<Armed>>,
     what: String,
 }
@@ -412,7 +417,7 @@ impl Drop for Trap {
 /// guest-physical address with `physical=True`.
 pub(crate) fn breakpoint(
     py: Python<'_>,
-    guest: SharedGuest,
+    guest: GuestRef,
     address: u64,
     cr3: Option<u64>,
     physical: bool,
@@ -422,7 +427,8 @@ pub(crate) fn breakpoint(
         (false, Some(cr3)) => CoreBreakpoint::in_space(Gva(address), Gpa(cr3)),
         (false, None) => CoreBreakpoint::at(Gva(address)),
     };
-    py.detach(|| guest.breakpoints()?.set_breakpoint(bp)).py()?;
+    let g = guest.get().py()?;
+    py.detach(|| g.breakpoints()?.set_breakpoint(bp)).py()?;
     Ok(Trap {
         guest,
         armed: Mutex::new(Some(Armed::Breakpoint(bp))),
@@ -459,10 +465,11 @@ pub(crate) struct MonitorOptions<'a> {
 /// `"debug"`, `"xsetbv"`, `"memory"`.
 pub(crate) fn monitor(
     py: Python<'_>,
-    guest: SharedGuest,
+    guest: GuestRef,
     kind: &str,
     o: MonitorOptions<'_>,
 ) -> PyResult<Trap> {
+    let g = guest.get().py()?;
     let filter = RegisterFilter {
         equal: o.equal,
         on_change: o.on_change,
@@ -496,7 +503,7 @@ pub(crate) fn monitor(
                     s
                 }
                 None => {
-                    let n = py.detach(|| guest.vcpus()?.vcpu_count()).py()?;
+                    let n = py.detach(|| g.vcpus()?.vcpu_count()).py()?;
                     VcpuSet::first(n)
                 }
             };
@@ -512,7 +519,7 @@ pub(crate) fn monitor(
             return Err(PyValueError::new_err(format!("unknown monitor {other:?}")));
         }
     };
-    py.detach(|| guest.events()?.enable(&m)).py()?;
+    py.detach(|| g.events()?.enable(&m)).py()?;
     Ok(Trap {
         guest,
         armed: Mutex::new(Some(Armed::Monitor(m))),

@@ -126,3 +126,67 @@ impl PhysicalMemoryWrite for Guest {
         self.writer()?.write_physical(gpa, data)
     }
 }
+
+/// How the Python objects of one `Vm` reach its session: closing the `Vm` empties the
+/// slot, so the session ends (its breakpoints and monitors removed, what it paused
+/// resumed) as soon as no call is running on it — even while Python still holds a
+/// `Linux`, a `PhysicalFile` or a handle, whose later calls raise `Disconnected`. Only a
+/// held `Pause` keeps the session until it is resumed.
+#[derive(Clone)]
+pub(crate) struct GuestRef(Arc<std::sync::RwLock<Option<SharedGuest>>>);
+
+impl GuestRef {
+    /// A slot holding `guest`.
+    pub(crate) fn new(guest: Guest) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Some(Arc::new(guest)))))
+    }
+
+    /// The session, or `Disconnected` once closed.
+    pub(crate) fn get(&self) -> Result<SharedGuest> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Error::Disconnected {
+                reason: "the Vm was closed".into(),
+            })
+    }
+
+    /// Whether the slot still holds the session.
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Empties the slot; the session ends when the last running call returns.
+    pub(crate) fn close(&self) {
+        let taken = self.0.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+}
+
+impl PhysicalMemory for GuestRef {
+    fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
+        self.get()?.read_physical(gpa, buf)
+    }
+
+    fn read_physical_many(&self, requests: &mut [(Gpa, &mut [u8])]) -> Result<()> {
+        self.get()?.read_physical_many(requests)
+    }
+}
+
+impl ReadRegisters for GuestRef {
+    fn registers(
+        &self,
+        vcpu: VcpuId,
+        groups: RegisterGroups,
+        msrs: &[u32],
+    ) -> Result<RegisterSnapshot> {
+        self.get()?.registers(vcpu, groups, msrs)
+    }
+}
+
+impl PhysicalMemoryWrite for GuestRef {
+    fn write_physical(&self, gpa: Gpa, data: &[u8]) -> Result<()> {
+        self.get()?.write_physical(gpa, data)
+    }
+}

@@ -7,18 +7,18 @@ use vmi_core::VcpuId;
 use vmi_linux::{LinuxOptions, Process as CoreProcess};
 
 use crate::errors::LinuxResult;
-use crate::guest::SharedGuest;
+use crate::guest::GuestRef;
 use crate::vm::new_bytes;
 
 /// A Linux guest, understood from its own memory (kallsyms and BTF): attach with
 /// `vm.linux()` while the guest is paused.
 #[pyclass(module = "vmi", frozen)]
 pub(crate) struct Linux {
-    linux: vmi_linux::Linux<SharedGuest>,
+    linux: vmi_linux::Linux<GuestRef>,
 }
 
 /// Attaches to the Linux kernel the registers of `vcpu` locate.
-pub(crate) fn attach(py: Python<'_>, guest: SharedGuest, vcpu: u16) -> PyResult<Linux> {
+pub(crate) fn attach(py: Python<'_>, guest: GuestRef, vcpu: u16) -> PyResult<Linux> {
     let options = LinuxOptions {
         vcpu: VcpuId(vcpu),
         ..LinuxOptions::default()
@@ -147,13 +147,13 @@ impl Object {
     fn with<T>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&vmi_linux::object::Object<'_, SharedGuest>) -> vmi_linux::Result<T>,
+        f: impl FnOnce(&vmi_linux::object::Object<'_, GuestRef>) -> vmi_linux::Result<T>,
     ) -> PyResult<T> {
         let l = self.linux.bind(py).get();
         f(&l.linux.object(&self.ty, self.address)).py()
     }
 
-    fn derived(&self, py: Python<'_>, o: vmi_linux::object::Object<'_, SharedGuest>) -> Object {
+    fn derived(&self, py: Python<'_>, o: vmi_linux::object::Object<'_, GuestRef>) -> Object {
         Object {
             linux: self.linux.clone_ref(py),
             ty: o.type_name().to_owned(),

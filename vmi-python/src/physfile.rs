@@ -10,14 +10,14 @@ use pyo3::types::{PyBytes, PyTuple};
 use vmi_core::prelude::*;
 
 use crate::errors::CoreResult;
-use crate::guest::SharedGuest;
+use crate::guest::GuestRef;
 use crate::vm::DETACH_AT;
 
 /// Guest-physical memory as a binary file of `size` bytes (the end of the highest RAM
 /// range): `read`, `readinto`, `seek`, `tell`. Holes read as zeros.
 #[pyclass(module = "vmi", frozen)]
 pub(crate) struct PhysicalFile {
-    guest: SharedGuest,
+    guest: GuestRef,
     /// RAM ranges `(start, end)`, sorted.
     ranges: Vec<(u64, u64)>,
     size: u64,
@@ -27,8 +27,9 @@ pub(crate) struct PhysicalFile {
 
 impl PhysicalFile {
     /// A file over the guest's RAM ranges.
-    pub(crate) fn open(py: Python<'_>, guest: SharedGuest) -> PyResult<Self> {
-        let info = py.detach(|| crate::vm::memory_info(&guest)).py()?;
+    pub(crate) fn open(py: Python<'_>, guest: GuestRef) -> PyResult<Self> {
+        let g = guest.get().py()?;
+        let info = py.detach(|| crate::vm::memory_info(&g)).py()?;
         let mut ranges: Vec<(u64, u64)> =
             info.ranges.iter().map(|r| (r.start.0, r.end())).collect();
         ranges.sort_unstable();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use vmi_core::prelude::*;
 use vmi_core::{AddressSpace, RegisterGroups, Space, Support};
 
-use crate::errors::{CoreResult, Disconnected};
-use crate::guest::{Guest, SharedGuest};
+use crate::errors::CoreResult;
+use crate::guest::{Guest, GuestRef, SharedGuest};
 use crate::registers::{self, Registers};
 
 /// Longest C string read when no limit is given.
@@ -30,23 +30,19 @@ pub(crate) const DETACH_AT: usize = 16 * 1024;
 /// `Event`, a `Linux`) is left.
 #[pyclass(module = "vmi", frozen)]
 pub(crate) struct Vm {
-    guest: Mutex<Option<SharedGuest>>,
+    guest: GuestRef,
 }
 
 impl Vm {
     pub(crate) fn new(guest: Guest) -> Self {
         Self {
-            guest: Mutex::new(Some(Arc::new(guest))),
+            guest: GuestRef::new(guest),
         }
     }
 
     /// The session, or `Disconnected` once closed.
     pub(crate) fn guest(&self) -> PyResult<SharedGuest> {
-        self.guest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| Disconnected::new_err("the Vm was closed"))
+        self.guest.get().py()
     }
 }
 
@@ -121,10 +117,7 @@ impl Vm {
     /// Whether the session is open.
     #[getter]
     fn is_open(&self) -> bool {
-        self.guest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.guest.is_open()
     }
 
     /// Number of vCPUs.
@@ -395,7 +388,7 @@ impl Vm {
     /// (continue) when collected.
     #[pyo3(signature = (timeout=1.0))]
     fn wait_event(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<crate::events::Event>> {
-        crate::events::wait(py, &self.guest()?, timeout)
+        crate::events::wait(py, &self.guest, timeout)
     }
 
     /// The events, as an iterator: each step waits up to `timeout` seconds; it ends when
@@ -404,7 +397,7 @@ impl Vm {
     fn events(&self, timeout: f64, count: Option<usize>) -> PyResult<crate::events::Events> {
         duration(timeout)?;
         Ok(crate::events::Events {
-            guest: self.guest()?,
+            guest: self.guest.clone(),
             timeout,
             remaining: count,
         })
@@ -422,7 +415,7 @@ impl Vm {
         cr3: Option<u64>,
         physical: bool,
     ) -> PyResult<crate::events::Trap> {
-        crate::events::breakpoint(py, self.guest()?, address, cr3, physical)
+        crate::events::breakpoint(py, self.guest.clone(), address, cr3, physical)
     }
 
     /// Enables a monitor: `"cr0"`, `"cr3"`, `"cr4"`, `"cr8"` (register writes, or
@@ -449,26 +442,27 @@ impl Vm {
             equal,
             on_change,
         };
-        crate::events::monitor(py, self.guest()?, kind, o)
+        crate::events::monitor(py, self.guest.clone(), kind, o)
     }
 
     /// Attaches Linux OS awareness (symbols and types from the guest's own kallsyms and
     /// BTF). Pause the guest first for a consistent view.
     #[pyo3(signature = (vcpu=0))]
     fn linux(&self, py: Python<'_>, vcpu: u16) -> PyResult<crate::linux::Linux> {
-        crate::linux::attach(py, self.guest()?, vcpu)
+        crate::linux::attach(py, self.guest.clone(), vcpu)
     }
 
     /// Guest-physical memory as a read-only binary file (holes read as zeros), e.g. for
     /// Volatility 3.
     fn physical_file(&self, py: Python<'_>) -> PyResult<crate::physfile::PhysicalFile> {
-        crate::physfile::PhysicalFile::open(py, self.guest()?)
+        crate::physfile::PhysicalFile::open(py, self.guest.clone())
     }
 
-    /// Ends the session (the guest runs on, untouched) once nothing else uses it.
+    /// Ends the session: breakpoints and monitors are removed and the guest runs on
+    /// (once a `Pause` still held is resumed). Objects made from this `Vm` raise
+    /// `Disconnected` afterwards.
     fn close(&self) {
-        let g = self.guest.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(g);
+        self.guest.close();
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
