@@ -1,7 +1,7 @@
 //! Python bindings of the vmi crates: the native module `vmi._vmi` behind the `vmi`
 //! Python package (built with maturin; see the crate's README).
 //!
-//! One [`vm::Vm`] is one introspection session, opened through either backend:
+//! One `Vm` is one introspection session, opened through either backend:
 //! vmi-legacy (an unpatched QEMU's QMP socket, optionally its GDB stub) or vmi-kvm (a
 //! KVMi listener socket). Everything Python holds that must be undone — a pause, a
 //! breakpoint, a monitor, an event waiting for its answer — is a Rust guard inside a

@@ -301,7 +301,7 @@ impl Vm {
             while done < data.len() {
                 let at = va.wrapping_add(done as u64);
                 let chunk = ((0x1000 - (at & 0xfff)) as usize).min(data.len() - done);
-                let gpa = g.translate_va(s.clone(), Gva(at))?.gpa;
+                let gpa = g.translate_va(s, Gva(at))?.gpa;
                 writer.write_physical(gpa, &data[done..done + chunk])?;
                 done += chunk;
             }
