@@ -217,7 +217,7 @@ fn python_bindings_on_the_test_guest_and_kvmi_sim() {
         &venv,
         guest.dir(),
         &truth,
-        &["test_testguest.py", "test_kvmi.py"],
+        &["test_testguest.py", "test_kvmi.py", "test_examples.py"],
     );
 
     // What Python wrote, as the Rust API reads it; and the guest runs on.

@@ -28,16 +28,17 @@ def leaders(processes):
     return {p.pid: (p.ppid, p.comm) for p in processes}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vm(linuxguest):
+    # QEMU serves one QMP client at a time: a session per test, closed after it.
     with vmi.open_qemu(linuxguest["qmp"]) as vm:
         yield vm
 
 
 @pytest.fixture(scope="module")
-def symbol_dir(vm, tmp_path_factory):
+def symbol_dir(linuxguest, tmp_path_factory):
     d = tmp_path_factory.mktemp("symbols")
-    with vm.pause():
+    with vmi.open_qemu(linuxguest["qmp"]) as vm, vm.pause():
         vmi.volatility.write_isf(vm.linux(), str(d))
     return str(d)
 
@@ -178,3 +179,22 @@ def test_volatility_command_line_on_the_live_guest(vm, linuxguest, symbol_dir, v
     unseen = {p: t for p, t in vol_tasks.items() if p not in before and p not in after}
     assert len(unseen) <= 2 and all(t[0] in before for t in unseen.values()), unseen
     print(f"vol linux.pslist on the live guest: {len(rows)} tasks in {took:.2f} s")
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+
+
+def test_process_list_example(linuxguest):
+    out = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "process_list.py"), "--qmp", linuxguest["qmp"]],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == linuxguest["banner"]
+    rows = {int(l.split()[0]): l.split() for l in lines[2:]}
+    ps = {t["pid"]: t for t in linuxguest["ps"] if t["pid"] == t["tgid"]}
+    # pid 1 and the kernel threads started at boot are there, with their parents.
+    for pid in (1, 2):
+        assert int(rows[pid][1]) == ps[pid]["ppid"], rows[pid]
+    assert " ".join(ps[1]["cmdline"]) in lines[2 + list(rows).index(1)]
