@@ -49,7 +49,9 @@ def bench_read(vm):
     seek_read = per_call("seek(gpa); rd(4096)", n, seek=f.seek, rd=f.read, gpa=gpa)
     big = per_call("read(gpa, 1 << 20)", 500, read=vm.read, gpa=start)
     big_floor = per_call("bytes(mv)", 500, mv=memoryview(vm.read(start, 1 << 20)))
+    small = per_call("read(gpa, 8)", n, read=vm.read, gpa=gpa)
     print(f"RAM access: {vm.ram_access}")
+    print(f"8 B vm.read (per-call cost)   {small * 1e9:8.0f} ns")
     print(f"4 KiB vm.read                 {read * 1e9:8.0f} ns")
     print(f"4 KiB Python copy (floor)     {floor * 1e9:8.0f} ns")
     print(f"  ratio                       {read / floor:8.2f}x   (bar <= 3x)")
@@ -74,6 +76,7 @@ def bench_volatility(qmp, vol, rounds, scratch):
     symbols = os.path.join(scratch, "symbols")
     cache = os.path.join(scratch, "cache")
     dump = os.path.join(scratch, "guest.raw")
+    os.makedirs(cache)
     with vmi.open_qemu(qmp) as vm, vm.pause():
         vmi.volatility.write_isf(vm.linux(), symbols)
         ranges = vm.memory_ranges()

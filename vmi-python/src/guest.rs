@@ -152,6 +152,18 @@ impl GuestRef {
             })
     }
 
+    /// Runs `f` on the session (holding the slot's read lock, no reference count
+    /// traffic: the per-call cost of small reads), or `Disconnected` once closed.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Guest) -> Result<T>) -> Result<T> {
+        let slot = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match slot.as_deref() {
+            Some(g) => f(g),
+            None => Err(Error::Disconnected {
+                reason: "the Vm was closed".into(),
+            }),
+        }
+    }
+
     /// Whether the slot still holds the session.
     pub(crate) fn is_open(&self) -> bool {
         self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
@@ -166,11 +178,11 @@ impl GuestRef {
 
 impl PhysicalMemory for GuestRef {
     fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> Result<()> {
-        self.get()?.read_physical(gpa, buf)
+        self.with(|g| g.read_physical(gpa, buf))
     }
 
     fn read_physical_many(&self, requests: &mut [(Gpa, &mut [u8])]) -> Result<()> {
-        self.get()?.read_physical_many(requests)
+        self.with(|g| g.read_physical_many(requests))
     }
 }
 

@@ -87,7 +87,7 @@ pub(crate) fn memory_info(g: &Guest) -> vmi_core::Result<vmi_core::MemoryInfo> {
 }
 
 /// Reads an unsigned little-endian integer of `N` bytes.
-fn read_uint<const N: usize>(g: &Guest, gpa: u64) -> PyResult<u64> {
+fn read_uint<const N: usize>(g: &GuestRef, gpa: u64) -> PyResult<u64> {
     let mut b = [0u8; 8];
     g.read_physical(Gpa(gpa), &mut b[..N]).py()?;
     Ok(u64::from_le_bytes(b))
@@ -156,32 +156,28 @@ impl Vm {
 
     /// `size` bytes of guest-physical memory at `gpa`.
     fn read<'py>(&self, py: Python<'py>, gpa: u64, size: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let g = self.guest()?;
+        let g = &self.guest;
         new_bytes(py, size, |buf| g.read_physical(Gpa(gpa), buf))
     }
 
     /// One byte of guest-physical memory.
     fn read_u8(&self, gpa: u64) -> PyResult<u64> {
-        let g = self.guest()?;
-        read_uint::<1>(&g, gpa)
+        read_uint::<1>(&self.guest, gpa)
     }
 
     /// A little-endian u16 of guest-physical memory.
     fn read_u16(&self, gpa: u64) -> PyResult<u64> {
-        let g = self.guest()?;
-        read_uint::<2>(&g, gpa)
+        read_uint::<2>(&self.guest, gpa)
     }
 
     /// A little-endian u32 of guest-physical memory.
     fn read_u32(&self, gpa: u64) -> PyResult<u64> {
-        let g = self.guest()?;
-        read_uint::<4>(&g, gpa)
+        read_uint::<4>(&self.guest, gpa)
     }
 
     /// A little-endian u64 of guest-physical memory.
     fn read_u64(&self, gpa: u64) -> PyResult<u64> {
-        let g = self.guest()?;
-        read_uint::<8>(&g, gpa)
+        read_uint::<8>(&self.guest, gpa)
     }
 
     /// The NUL-terminated string at `gpa` (without the NUL), at most `max_len` bytes.
