@@ -171,10 +171,21 @@ fn python_bindings_on_the_test_guest_and_kvmi_sim() {
     let m = guest.wait_ready().expect("test guest ready");
     let (site_1, pattern) = (sym(&m, "site_1"), sym(&m, "pattern_phys"));
 
-    // The Rust API's view, in one pause; r13 set for Python to find.
+    // The Rust API's view, in one pause once the loop runs (its first iteration reloads
+    // GDTR and IDTR with their higher-half addresses); r13 set for Python to find.
     let truth = {
         let vm = connect(&guest, true);
-        let _paused = vm.pause().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let _paused = loop {
+            let paused = vm.pause().unwrap();
+            let r12 = vm.registers(VcpuId(0), RegisterGroups::GPRS, &[]).unwrap();
+            if r12.get(Register::R12).unwrap() >= 2 {
+                break paused;
+            }
+            drop(paused);
+            assert!(Instant::now() < deadline, "the test guest's loop never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let mut page = vec![0u8; 4096];
         vm.read_physical(Gpa(pattern), &mut page).unwrap();
         let mut code = vec![0u8; 64];

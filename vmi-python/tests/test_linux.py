@@ -51,6 +51,8 @@ def test_linux_awareness_matches_the_guest(vm, linuxguest):
         assert linux.banner == linuxguest["banner"]
         assert linux.symbol("linux_banner") == h(linuxguest["linux_banner"])
         assert linux.symbol_at(linux.symbol("linux_banner") + 3) == ("linux_banner", 3)
+        with pytest.raises(vmi.LinuxError):
+            linux.symbol("no_such_symbol_anywhere")
         banner = vm.read_va(linux.symbol("linux_banner"), 13, cr3=linux.kernel_cr3)
         assert banner == b"Linux version"
         procs = linux.processes()
@@ -124,6 +126,10 @@ def test_volatility_in_process_equals_vmi_linux(vm, symbol_dir, vol_cache):
         pslist = run_vol_in_process(url, symbol_dir, vol_cache, "linux.pslist.PsList")
         lsmod = run_vol_in_process(url, symbol_dir, vol_cache, "linux.lsmod.Lsmod")
         psaux = run_vol_in_process(url, symbol_dir, vol_cache, "linux.psaux.PsAux")
+        # bash history from each bash's heap: the guest's shell is busybox, so the plugin
+        # must run through every process and find none.
+        bash = run_vol_in_process(url, symbol_dir, vol_cache, "linux.bash.Bash")
+    assert bash == []
     # One pause: exactly the same tasks (Volatility starts after init_task, pid 0).
     procs = [p for p in procs if p.pid != 0]
     vol = {r["PID"]: (r["PPID"], r["COMM"]) for r in pslist}

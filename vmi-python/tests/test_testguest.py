@@ -88,6 +88,19 @@ def test_registers_equal_the_rust_api_and_writes_reach_it(vm, testguest):
         assert vm.registers(0)["r12"] == regs["r12"], "the guest ran while paused"
 
 
+def test_physical_and_virtual_writes_land_in_guest_ram(vm, testguest):
+    gpa = h(testguest["pattern_phys"]) + 4088
+    va = gpa  # the guest identity-maps its first 8 MiB (2 MiB pages)
+    orig = vm.read(gpa, 8)
+    with vm.pause():
+        assert vm.translate(va) == gpa
+        vm.write_u64(gpa, 0x1122334455667788)
+        assert ram(testguest, gpa, 8) == (0x1122334455667788).to_bytes(8, "little")
+        vm.write_va(va, orig)  # restored through the page tables
+        assert ram(testguest, gpa, 8) == orig
+        assert vm.read_va(va, 8) == orig
+
+
 def test_pause_context_manager_resumes_on_exception(vm):
     assert not vm.is_paused
     with pytest.raises(RuntimeError, match="inside"):
