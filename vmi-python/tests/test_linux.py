@@ -146,6 +146,42 @@ def test_volatility_in_process_equals_vmi_linux(vm, symbol_dir, vol_cache):
             assert args[pid] == " ".join(cmd), pid
 
 
+def guest_runs(qmp):
+    """Whether the guest's jiffies advance over half a second."""
+    with vmi.open_qemu(qmp) as vm:
+        with vm.pause():
+            linux = vm.linux()
+            jiffies, cr3 = linux.symbol("jiffies"), linux.kernel_cr3
+            j0 = vm.read_va_u64(jiffies, cr3=cr3)
+        time.sleep(0.5)
+        with vm.pause():
+            return vm.read_va_u64(jiffies, cr3=cr3) > j0
+
+
+def test_vmi_location_pauses_the_guest_until_the_end(linuxguest):
+    from urllib.request import Request
+
+    url = f"vmi://qemu?qmp={linuxguest['qmp']}"
+    f = vmi.volatility.VmiHandler.vmi_open(Request(url))
+    vm = vmi.volatility.open_location(url)
+    try:
+        assert vm.is_paused, "Volatility would read a running guest"
+        with vm.pause():
+            linux = vm.linux()
+            banner_gpa = vm.translate(linux.symbol("linux_banner"), cr3=linux.kernel_cr3)
+        # The file reads guest-physical memory at its offsets, like a raw dump.
+        f.seek(banner_gpa)
+        assert f.read(13) == b"Linux version"
+        assert f.seek(0, 2) == max(e for _, e in vm.memory_ranges())
+    finally:
+        vmi.volatility.close_all()
+    assert not vm.is_open
+    assert guest_runs(linuxguest["qmp"])
+    for bad in ("vmi://", "vmi://qemu", "vmi://xen?qmp=/x", "file:///x"):
+        with pytest.raises(vmi.volatility.LocationError):
+            vmi.volatility.parse_location(bad)
+
+
 def test_volatility_command_line_on_the_live_guest(vm, linuxguest, symbol_dir, vol_cache, tmp_path):
     """`vol -f vmi://qemu?qmp=…` in its own process: it pauses the guest while the plugin
     runs and resumes it when it exits."""
@@ -162,17 +198,9 @@ def test_volatility_command_line_on_the_live_guest(vm, linuxguest, symbol_dir, v
     took = time.monotonic() - start
     assert out.returncode == 0, out.stderr[-4000:]
     rows = flatten(json.loads(out.stdout))
-    with vmi.open_qemu(vm_qmp) as vm2:
-        # vol resumed the guest: jiffies advance.
-        with vm2.pause():
-            linux = vm2.linux()
-            after = leaders(linux.processes())
-            jiffies = linux.symbol("jiffies")
-            cr3 = linux.kernel_cr3
-            j0 = vm2.read_va_u64(jiffies, cr3=cr3)
-        time.sleep(0.5)
-        with vm2.pause():
-            assert vm2.read_va_u64(jiffies, cr3=cr3) > j0, "the guest stayed paused after vol"
+    assert guest_runs(vm_qmp), "the guest stayed paused after vol"
+    with vmi.open_qemu(vm_qmp) as vm2, vm2.pause():
+        after = leaders(vm2.linux().processes())
     before.pop(0, None)
     after.pop(0, None)
     vol_tasks = {r["PID"]: (r["PPID"], r["COMM"]) for r in rows}
