@@ -171,6 +171,37 @@ fn python_bindings_on_the_test_guest_and_kvmi_sim() {
     let m = guest.wait_ready().expect("test guest ready");
     let (site_1, pattern) = (sym(&m, "site_1"), sym(&m, "pattern_phys"));
 
+    // A dump of the guest for kvmi-sim to serve over KVMi, and the Rust API's reads of it
+    // (vmi-dump) for the Python KVMi session to equal.
+    let dump_path = guest.dir().join("testguest.elf");
+    vmi_tests::dump::dump_guest_memory(&guest, &dump_path).expect("dump-guest-memory");
+    let dump_truth = {
+        let dump = vmi_dump::ElfDump::open(&dump_path).expect("opening the dump");
+        let mut page = vec![0u8; 4096];
+        dump.read_physical(Gpa(pattern), &mut page).unwrap();
+        let regs = dump.all_registers(VcpuId(0)).unwrap();
+        let names = [
+            ("rip", Register::Rip),
+            ("rsp", Register::Rsp),
+            ("r12", Register::R12),
+            ("cr0", Register::Cr0),
+            ("cr3", Register::Cr3),
+            ("cr4", Register::Cr4),
+        ];
+        let regs: serde_json::Map<String, Value> = names
+            .iter()
+            .filter_map(|(n, r)| {
+                regs.get(*r)
+                    .map(|v| ((*n).to_owned(), json!(format!("{v:#x}"))))
+            })
+            .collect();
+        assert!(
+            regs.contains_key("rip") && regs.contains_key("cr3"),
+            "{regs:?}"
+        );
+        json!({"path": dump_path, "pattern_page": hex(&page), "registers": regs})
+    };
+
     // The Rust API's view, in one pause once the loop runs (its first iteration reloads
     // GDTR and IDTR with their higher-half addresses); r13 set for Python to find.
     let truth = {
@@ -214,6 +245,7 @@ fn python_bindings_on_the_test_guest_and_kvmi_sim() {
             "site_1_code": hex(&code),
             "rust_r13": format!("{RUST_R13:#x}"),
             "python_r13": format!("{PYTHON_R13:#x}"),
+            "dump": dump_truth,
             "registers": {
                 "cr0": get(Register::Cr0),
                 "cr4": get(Register::Cr4),

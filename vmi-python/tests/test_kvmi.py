@@ -65,3 +65,30 @@ def test_pause_and_registers(kvmi_vm):
         page = vm.read(vm.translate(regs["rip"]) & ~0xFFF, 4096)
         assert len(page) == 4096
         assert vm.read_va(regs["rip"] & ~0xFFF, 4096) == page
+
+
+def test_memory_and_registers_over_kvmi_equal_the_rust_api(testguest, tmp_path):
+    """kvmi-sim serving a dump of the test guest: what the Python KVMi session reads
+    equals what the Rust API (vmi-dump) read from the same dump."""
+    dump = testguest["dump"]
+    sock = tmp_path / "kvmi-dump.sock"
+    listener = vmi.KvmiListener(str(sock))
+    proc = subprocess.Popen(
+        [testguest["kvmi_sim"], "--socket", str(sock), "--from-dump", dump["path"], "--duration", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        with listener.accept(30) as vm:
+            gpa = int(testguest["pattern_phys"], 16)
+            assert vm.read(gpa, 4096) == bytes.fromhex(dump["pattern_page"])
+            with vm.pause():
+                regs = vm.registers(0)
+                for name, value in dump["registers"].items():
+                    assert regs[name] == int(value, 16), name
+                    assert vm.register(name) == int(value, 16), name
+                site = int(testguest["site_1"], 16)
+                assert vm.read_va(site, 64) == bytes.fromhex(testguest["site_1_code"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
