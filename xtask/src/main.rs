@@ -208,7 +208,7 @@ fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
     })
 }
 
-/// The profile the Python wheel is built in: release for `bench` (set by [`bench`]
+/// The profile the Python wheel is built in: release for `bench` (set by [`bench()`]
 /// before provisioning), dev otherwise.
 fn python_profile() -> python::Profile {
     if BENCHING.load(std::sync::atomic::Ordering::Relaxed) {
