@@ -5,7 +5,9 @@
 //! and runs cargo with `VMI_GUEST_KERNEL`, `VMI_GUEST_INITRD` and `VMI_GUEST_ACCEL` set.
 //! It also provisions the kernel matrix ([`matrix`]: Debian kernels 5.10 to the newest,
 //! each with an initramfs loading some of its modules) and names it in
-//! `VMI_LINUX_KERNELS`. Everything it produces lives in `target/guest/`.
+//! `VMI_LINUX_KERNELS`. Everything it produces lives in `target/guest/`, but the Python
+//! bindings' virtual environment ([`python`]: maturin, pytest, Volatility 3 and the `vmi`
+//! wheel), which lives in `target/python/` and is named in `VMI_PYTHON_VENV`.
 
 mod accel;
 mod cpio;
@@ -37,7 +39,8 @@ commands:
   provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
                  build the initramfs, choose the accelerator, fetch the kernel matrix
                  (bullseye, bookworm, trixie, sid; VMI_LINUX_KERNELS), install Volatility 3
-                 (pip, for the tests that compare with it); print the guest environment
+                 (pip, for the tests that compare with it), build the Python bindings into
+                 target/python/venv (VMI_PYTHON_VENV); print the guest environment
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
