@@ -5,7 +5,9 @@
 //! and runs cargo with `VMI_GUEST_KERNEL`, `VMI_GUEST_INITRD` and `VMI_GUEST_ACCEL` set.
 //! It also provisions the kernel matrix ([`matrix`]: Debian kernels 5.10 to the newest,
 //! each with an initramfs loading some of its modules) and names it in
-//! `VMI_LINUX_KERNELS`. Everything it produces lives in `target/guest/`.
+//! `VMI_LINUX_KERNELS`. Everything it produces lives in `target/guest/`, but the Python
+//! bindings' virtual environment ([`python`]: maturin, pytest, Volatility 3 and the `vmi`
+//! wheel), which lives in `target/python/` and is named in `VMI_PYTHON_VENV`.
 
 mod accel;
 mod cpio;
@@ -17,6 +19,7 @@ mod kvmi_demo;
 mod matrix;
 mod privapt;
 mod provision;
+mod python;
 mod spinners;
 mod testguest;
 mod util;
@@ -36,7 +39,8 @@ commands:
   provision      install QEMU if missing (apt, as root), fetch the guest kernel and busybox,
                  build the initramfs, choose the accelerator, fetch the kernel matrix
                  (bullseye, bookworm, trixie, sid; VMI_LINUX_KERNELS), install Volatility 3
-                 (pip, for the tests that compare with it); print the guest environment
+                 (pip, for the tests that compare with it), build the Python bindings into
+                 target/python/venv (VMI_PYTHON_VENV); print the guest environment
   env            like provision, then print `export VMI_GUEST_…=…` lines for the shell
                  (`eval \"$(cargo xtask env)\"; cargo test …`)
   test [ARGS]    provision, then `cargo test --workspace --exclude xtask ARGS`
@@ -49,6 +53,10 @@ commands:
                  process; simulated, no KVM-VMI kernel; needs neither root nor QEMU);
                  legacy: provision, then boot the guest under QEMU and introspect it;
                  both (kvmi first) without an argument
+  python [--release]
+                 the Python bindings alone: a virtual environment in target/python/venv
+                 with maturin, pytest and Volatility 3 (PyPI, pinned) and the `vmi` wheel
+                 built from vmi-python installed in it (`test` and `bench` do this too)
   lint           fmt check, clippy, docs (warnings are errors)
   ci             `lint`, then `test`
 
@@ -85,6 +93,7 @@ fn main() {
         Some("test") => prepare().and_then(|paths| test(&paths, &rest)),
         Some("bench") => bench(&rest),
         Some("demo") => demo(&rest),
+        Some("python") => python_setup(&rest),
         Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
         Some("ci") => ci(&rest),
         Some("help" | "-h" | "--help") => {
@@ -136,6 +145,26 @@ fn demo(rest: &[OsString]) -> Result {
     Ok(())
 }
 
+/// `python [--release]`: the virtual environment with the `vmi` wheel; prints its path.
+fn python_setup(rest: &[OsString]) -> Result {
+    let profile = match rest {
+        [] => python::Profile::Dev,
+        [r] if r == "--release" => python::Profile::Release,
+        _ => bail!("`cargo xtask python` takes only --release (got {rest:?})"),
+    };
+    python::export(profile);
+    match std::env::var_os(python::ENV_VENV) {
+        Some(venv) => {
+            println!("{}", std::path::Path::new(&venv).display());
+            Ok(())
+        }
+        None => bail!(
+            "{}",
+            std::env::var(python::ENV_VENV_ERROR).unwrap_or_default()
+        ),
+    }
+}
+
 /// Provisions the host, builds the guest image and provisions the kernel matrix; returns
 /// the paths the tests need.
 fn prepare() -> Result<GuestPaths> {
@@ -171,6 +200,7 @@ fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
         let matrix = matrix::provision(&cache, &p.busybox)?;
         std::env::set_var(matrix::ENV_LINUX_KERNELS, &matrix);
         volatility::export(&cache);
+        python::export(python_profile());
     }
     std::env::set_var(testguest::ENV_TEST_GUEST, &test_guest);
     std::env::set_var(accel::ENV_TEST_GUEST_ACCEL, test_guest_accel.as_str());
@@ -181,6 +211,19 @@ fn prepare_guest(with_matrix: bool) -> Result<GuestPaths> {
     })
 }
 
+/// The profile the Python wheel is built in: release for `bench` (set by [`bench()`]
+/// before provisioning), dev otherwise.
+fn python_profile() -> python::Profile {
+    if BENCHING.load(std::sync::atomic::Ordering::Relaxed) {
+        python::Profile::Release
+    } else {
+        python::Profile::Dev
+    }
+}
+
+/// Set by `cargo xtask bench` before it provisions.
+static BENCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn print_env(paths: &GuestPaths, shell: bool) {
     let set_by_prepare = [
         testguest::ENV_TEST_GUEST,
@@ -188,6 +231,8 @@ fn print_env(paths: &GuestPaths, shell: bool) {
         matrix::ENV_LINUX_KERNELS,
         volatility::ENV_VOLATILITY,
         volatility::ENV_VOLATILITY_ERROR,
+        python::ENV_VENV,
+        python::ENV_VENV_ERROR,
     ]
     .into_iter()
     .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
@@ -304,7 +349,12 @@ fn bench(args: &[OsString]) -> Result {
         && packages
             .iter()
             .all(|p| HOST_ONLY_PACKAGES.contains(&p.as_str()));
-    let paths = if host_only { None } else { Some(prepare()?) };
+    let paths = if host_only {
+        None
+    } else {
+        BENCHING.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(prepare()?)
+    };
     let cargo_bench = || {
         let mut cmd = cargo();
         cmd.arg("bench");

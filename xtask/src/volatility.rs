@@ -23,7 +23,7 @@ const ENV_PYTHON: &str = "VMI_PYTHON";
 /// What pip installs, every package pinned (Volatility's own dependency `pefile`, and
 /// `jsonschema` with its dependencies: without it Volatility accepts any ISF file
 /// unvalidated, with it an ISF that breaks Volatility's schema is rejected).
-const REQUIREMENTS: [&str; 8] = [
+pub(crate) const REQUIREMENTS: [&str; 8] = [
     "volatility3==2.28.2",
     "pefile==2024.8.26",
     "jsonschema==4.25.1",
@@ -70,6 +70,21 @@ fn ensure(dir: &Path) -> Result<PathBuf> {
         "xtask: installing Volatility 3 from PyPI into {}",
         venv.display()
     );
+    pip_install(&venv, &REQUIREMENTS)?;
+    if !vol.is_file() {
+        bail!("pip installed volatility3 but {} is missing", vol.display());
+    }
+    std::fs::write(&stamp, wanted).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+    eprintln!(
+        "xtask: Volatility 3 installed in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(vol)
+}
+
+/// `pip install REQUIREMENTS` into the virtual environment `venv` (quiet, no prompts,
+/// bounded retries); a failure says whether PyPI was unreachable.
+pub(crate) fn pip_install(venv: &Path, requirements: &[&str]) -> Result {
     let pip = Command::new(venv.join("bin/python"))
         .args([
             "-m",
@@ -79,7 +94,7 @@ fn ensure(dir: &Path) -> Result<PathBuf> {
             "--no-input",
         ])
         .args(["--quiet", "--timeout", "30", "--retries", "2"])
-        .args(REQUIREMENTS)
+        .args(requirements)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run pip of {}: {e}", venv.display()))?;
@@ -101,24 +116,16 @@ fn ensure(dir: &Path) -> Result<PathBuf> {
         };
         bail!(
             "{why}: `pip install {}` ({}):\n{}",
-            REQUIREMENTS.join(" "),
+            requirements.join(" "),
             pip.status,
             stderr.trim_end()
         );
     }
-    if !vol.is_file() {
-        bail!("pip installed volatility3 but {} is missing", vol.display());
-    }
-    std::fs::write(&stamp, wanted).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
-    eprintln!(
-        "xtask: Volatility 3 installed in {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
-    Ok(vol)
+    Ok(())
 }
 
 /// The interpreter to build the environment from: `$VMI_PYTHON` or `python3`.
-fn python() -> Result<PathBuf> {
+pub(crate) fn python() -> Result<PathBuf> {
     let wanted = std::env::var(ENV_PYTHON).unwrap_or_else(|_| "python3".to_owned());
     match find_in_path(&wanted) {
         Some(p) => Ok(p),
@@ -131,7 +138,7 @@ fn python() -> Result<PathBuf> {
 
 /// `python -m venv venv`; on Debian, whose Python lacks `ensurepip` until `python3-venv`
 /// is installed, installs that package first (as root).
-fn make_venv(python: &Path, venv: &Path) -> Result {
+pub(crate) fn make_venv(python: &Path, venv: &Path) -> Result {
     let has_ensurepip = || {
         Command::new(python)
             .args(["-c", "import ensurepip, venv"])
