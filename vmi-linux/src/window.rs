@@ -16,7 +16,7 @@ use vmi_core::{Gpa, PhysicalMemory};
 use crate::error::Result;
 use crate::image::PAGE;
 use crate::kernel_map::MappedRun;
-use crate::types::{btf_plausible_len, BTF_MAGIC, BTF_MAX_HEADER};
+use crate::types::{btf_plausible_len, BTF_MAGIC_HDR24, BTF_MAX_HEADER};
 
 /// Bytes scanned per read.
 const CHUNK: usize = 1 << 20;
@@ -76,12 +76,15 @@ pub(crate) fn kernel_window<M: PhysicalMemory + ?Sized>(
         let n = (len - off).min(CHUNK + OVERLAP);
         let buf = &mut chunk[..n];
         read_image(mem, runs, text, off, buf)?;
-        // Hits starting in this chunk; the overlap belongs to the next one.
+        // Hits starting in this chunk; the overlap belongs to the next one. BTF headers
+        // are looked for with the usual 24-byte header length, as the carve tries them
+        // first (the bare magic stops at every `jmp rel8` of the code): a BTF with
+        // another header length is not in the window, and the whole image is read.
         let own = n.min(CHUNK);
         for at in memchr::memmem::find_iter(buf, BANNER).take_while(|&a| a < own) {
             widen(&mut banners, off + at, off + at + BANNER_SPAN);
         }
-        for at in memchr::memmem::find_iter(buf, &BTF_MAGIC).take_while(|&a| a < own) {
+        for at in memchr::memmem::find_iter(buf, &BTF_MAGIC_HDR24).take_while(|&a| a < own) {
             // A whole header: `at < CHUNK` and the overlap is as long as the longest
             // header (only the image's tail may cut one short, which then fails the checks).
             let total = btf_plausible_len(&buf[at..n.min(at + BTF_MAX_HEADER)]);

@@ -63,7 +63,7 @@ fn confirm(bytes: &[u8], spare: usize) -> Result<Model> {
 /// The BTF magic, version 1, flags 0.
 pub(crate) const MAGIC: [u8; 4] = [0x9f, 0xeb, 0x01, 0x00];
 /// [`MAGIC`] and the 24-byte header every kernel writes so far (`hdr_len` 24).
-const MAGIC_HDR24: [u8; 8] = [0x9f, 0xeb, 0x01, 0x00, 24, 0, 0, 0];
+pub(crate) const MAGIC_HDR24: [u8; 8] = [0x9f, 0xeb, 0x01, 0x00, 24, 0, 0, 0];
 
 /// Scans `image` for the BTF header and confirms the first plausible candidate: its
 /// virtual address, its bytes (in the copy) and its parsed model.
