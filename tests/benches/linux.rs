@@ -226,7 +226,10 @@ fn main() {
         paired = paired_rounds(
             &src,
             &mut dst,
-            || kernel_map::locate_kernel(&vm, &facts, max, CopyExtent::Window).expect("kernel image"),
+            || {
+                kernel_map::locate_kernel(&vm, &facts, max, CopyExtent::Window)
+                    .expect("kernel image")
+            },
             || Linux::attach(&vm, LinuxOptions::default()).expect("attach"),
         );
         drop((src, dst));
@@ -378,7 +381,8 @@ fn fresh_process_sample(mode: &str) {
             println!("sample {t} {copy} {}", linux.image().len());
         }
         _ => {
-            let facts = kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
+            let facts =
+                kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
             // The image's length without copying it (the window path copies a few MiB
             // only: its cost is not part of the floor, which is timed alone).
             let runs = kernel_map::mapped_runs(

@@ -344,9 +344,12 @@ pub enum CopyExtent {
     /// Every mapped page from `_text` to the end of the image.
     Whole,
     /// Only the window from the first `Linux version` banner or BTF header to the end of
-    /// the last one (`.rodata` and `.BTF`: where the banner, kallsyms and the types are),
+    /// the last BTF (`.rodata` and `.BTF`: where the banner, kallsyms and the types are),
     /// found by scanning the image through a 1 MiB buffer; the whole image when it has no
-    /// banner or no plausible BTF header. This spares the first attach of a process most
+    /// plausible BTF header or no banner before the end of the last one. Copies of the
+    /// banner after the BTF (the printk ring in `.bss`, reused pages) are left out: they
+    /// are the running kernel's data, and [`find_banners`] on the window does not count
+    /// them. This spares the first attach of a process most
     /// of the fresh memory a whole copy faults in (see the crate's README, "Speed").
     Window,
 }
@@ -478,31 +481,43 @@ impl Banner {
 
 /// Every `Linux version X.Y…\n` string in the image (at most 16).
 pub fn find_banners(image: &ImageCopy) -> Vec<Banner> {
-    const NEEDLE: &[u8] = b"Linux version ";
     let bytes = image.bytes();
     let mut out = Vec::new();
     // SIMD substring search: a scan for the needle's first byte alone stops at every `L`
     // (0x4c, a common REX prefix in x86 code), which made this the slowest step of attach.
-    for at in memchr::memmem::find_iter(bytes, NEEDLE) {
-        let rest = &bytes[at + NEEDLE.len()..bytes.len().min(at + 1024)];
-        if !rest.first().is_some_and(u8::is_ascii_digit) {
-            continue;
-        }
-        let Some(nl) = rest.iter().position(|&b| b == b'\n' || b == 0) else {
+    for at in memchr::memmem::find_iter(bytes, BANNER_PREFIX) {
+        let Some(len) = banner_len(&bytes[at..bytes.len().min(at + BANNER_SPAN)]) else {
             continue;
         };
-        if rest[nl] != b'\n' || !rest[..nl].iter().all(|b| (0x20..0x7f).contains(b)) {
-            continue;
-        }
         out.push(Banner {
             address: image.va_of(at),
-            text: String::from_utf8_lossy(&bytes[at..at + NEEDLE.len() + nl]).into_owned(),
+            text: String::from_utf8_lossy(&bytes[at..at + len]).into_owned(),
         });
         if out.len() == 16 {
             break;
         }
     }
     out
+}
+
+/// What every banner starts with.
+pub(crate) const BANNER_PREFIX: &[u8] = b"Linux version ";
+/// How many bytes from its start a banner's newline is looked for within.
+pub(crate) const BANNER_SPAN: usize = 1024;
+
+/// The length (up to its newline) of the banner `bytes` start with ([`BANNER_SPAN`] bytes
+/// or fewer at the image's end): [`BANNER_PREFIX`], a digit, printable ASCII, then a
+/// newline. `None` when `bytes` hold no such banner. Shared by [`find_banners`] and the
+/// scan that sizes the image window, so both judge a banner alike.
+pub(crate) fn banner_len(bytes: &[u8]) -> Option<usize> {
+    let rest = bytes.strip_prefix(BANNER_PREFIX)?;
+    let rest = &rest[..rest.len().min(BANNER_SPAN - BANNER_PREFIX.len())];
+    if !rest.first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let nl = rest.iter().position(|&b| b == b'\n' || b == 0)?;
+    (rest[nl] == b'\n' && rest[..nl].iter().all(|b| (0x20..0x7f).contains(b)))
+        .then_some(BANNER_PREFIX.len() + nl)
 }
 
 #[cfg(test)]

@@ -173,7 +173,13 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         // did not hold what the bootstrap looks for, so that the outcome and its errors
         // are those of the whole image.
         let mut window_report = report.clone();
-        let found = match bootstrap(&vm, &options, &facts, CopyExtent::Window, &mut window_report) {
+        let found = match bootstrap(
+            &vm,
+            &options,
+            &facts,
+            CopyExtent::Window,
+            &mut window_report,
+        ) {
             Ok(b) => {
                 report = window_report;
                 b

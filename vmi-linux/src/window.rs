@@ -7,27 +7,37 @@
 //! which on a loaded or virtualised host takes 50–250 ms. So the image is first *scanned*
 //! through a small reused buffer (1 MiB at a time, read with the backend's ordinary reads —
 //! volatile copies out of a shared-RAM mapping), and only the window from the first
-//! banner or BTF header to the end of the last banner or BTF is copied. The decoders then
-//! run unchanged on that window; [`crate::Linux::attach`] falls back to the whole image
-//! when anything is not found in the window.
+//! banner or BTF header to the end of the last BTF is copied. The decoders then run
+//! unchanged on that window; [`crate::Linux::attach`] falls back to the whole image when
+//! anything is not found in the window.
+//!
+//! Banners count as [`crate::kernel_map::find_banners`] counts them (well formed: a
+//! release, printable text, a newline), and only those before the end of the last BTF:
+//! `linux_banner` (and 6.1+'s weak copy of it) lies at the start of `.rodata`, before
+//! kallsyms and `.BTF`. A running kernel has more copies further on, which are data, not
+//! the banner: the printk ring (`__log_buf`, in `.bss`) and pages the kernel freed after
+//! boot (the gap between `.BTF_ids` and `.data`, reused by the page allocator). On
+//! Debian's 6.1 these stretched the window to 19 MiB; without them it is 8 MiB.
 
 use vmi_core::{Gpa, PhysicalMemory};
 
 use crate::error::Result;
 use crate::image::PAGE;
-use crate::kernel_map::MappedRun;
+use crate::kernel_map::{banner_len, MappedRun, BANNER_PREFIX, BANNER_SPAN};
 use crate::types::{btf_plausible_len, BTF_MAGIC_HDR24, BTF_MAX_HEADER};
 
 /// Bytes scanned per read.
 const CHUNK: usize = 1 << 20;
-/// Bytes read past each chunk so that a needle or BTF header starting in the chunk is
-/// seen whole.
-const OVERLAP: usize = BTF_MAX_HEADER;
-/// The banner's prefix (as [`crate::kernel_map::find_banners`] looks for it).
-const BANNER: &[u8] = b"Linux version ";
-/// How far past its start a banner is read ([`crate::kernel_map::find_banners`] and
-/// kallsyms' banner check look at most 1 KiB).
-const BANNER_SPAN: usize = 1024;
+/// Bytes read past each chunk so that a banner or BTF header starting in the chunk is
+/// judged whole (a banner's newline is looked for within [`BANNER_SPAN`] bytes).
+const OVERLAP: usize = if BANNER_SPAN > BTF_MAX_HEADER {
+    BANNER_SPAN
+} else {
+    BTF_MAX_HEADER
+};
+/// Banners [`crate::kernel_map::find_banners`] reports at most (the first ones); the scan
+/// keeps as many.
+const MAX_BANNERS: usize = 16;
 /// Plausible BTF headers beyond which the window is given up (the whole image is copied
 /// and the carve's own limit speaks).
 const MAX_BTF_HEADERS: usize = 64;
@@ -56,8 +66,9 @@ pub(crate) fn read_image<M: PhysicalMemory + ?Sized>(
 }
 
 /// The byte range `[start, end)` of the image (offsets from `text`, whole pages) that
-/// holds every banner and every plausible BTF; `None` when the image has no banner or no
-/// plausible BTF (or too many), so that the whole image is to be copied.
+/// holds every plausible BTF and every well-formed banner that starts before the end of
+/// the last BTF (the first [`MAX_BANNERS`] of the image); `None` when there is no such
+/// banner or no plausible BTF (or too many), so that the whole image is to be copied.
 pub(crate) fn kernel_window<M: PhysicalMemory + ?Sized>(
     mem: &M,
     runs: &[MappedRun],
@@ -65,7 +76,8 @@ pub(crate) fn kernel_window<M: PhysicalMemory + ?Sized>(
     len: usize,
 ) -> Result<Option<(usize, usize)>> {
     let mut chunk = vec![0u8; CHUNK + OVERLAP];
-    let mut banners: Option<(usize, usize)> = None;
+    // Well-formed banners, `[start, start + BANNER_SPAN)`, in ascending order.
+    let mut banners: Vec<(usize, usize)> = Vec::new();
     let mut btf: Option<(usize, usize)> = None;
     let mut btf_headers = 0usize;
     let widen = |range: &mut Option<(usize, usize)>, s: usize, e: usize| {
@@ -81,8 +93,15 @@ pub(crate) fn kernel_window<M: PhysicalMemory + ?Sized>(
         // first (the bare magic stops at every `jmp rel8` of the code): a BTF with
         // another header length is not in the window, and the whole image is read.
         let own = n.min(CHUNK);
-        for at in memchr::memmem::find_iter(buf, BANNER).take_while(|&a| a < own) {
-            widen(&mut banners, off + at, off + at + BANNER_SPAN);
+        for at in memchr::memmem::find_iter(buf, BANNER_PREFIX).take_while(|&a| a < own) {
+            if banners.len() == MAX_BANNERS {
+                break;
+            }
+            // `at < CHUNK`: the overlap holds the banner's span, up to the image's end. The
+            // window keeps the whole span, which kallsyms' banner check reads too.
+            if banner_len(&buf[at..n.min(at + BANNER_SPAN)]).is_some() {
+                banners.push((off + at, off + at + BANNER_SPAN));
+            }
         }
         for at in memchr::memmem::find_iter(buf, &BTF_MAGIC_HDR24).take_while(|&a| a < own) {
             // A whole header: `at < CHUNK` and the overlap is as long as the longest
@@ -98,12 +117,20 @@ pub(crate) fn kernel_window<M: PhysicalMemory + ?Sized>(
         }
         off += CHUNK;
     }
-    let (Some(b), Some(t)) = (banners, btf) else {
+    let Some(t) = btf else {
+        return Ok(None);
+    };
+    // Copies of the banner after the BTF are the running kernel's data (see the module).
+    let before_btf_end = || banners.iter().take_while(|b| b.0 < t.1);
+    let (Some(first), Some(last_end)) = (
+        before_btf_end().next().map(|b| b.0),
+        before_btf_end().map(|b| b.1).max(),
+    ) else {
         return Ok(None);
     };
     let page = PAGE as usize;
-    let start = b.0.min(t.0) / page * page;
-    let end = b.1.max(t.1).min(len).next_multiple_of(page).min(len);
+    let start = first.min(t.0) / page * page;
+    let end = last_end.max(t.1).min(len).next_multiple_of(page).min(len);
     Ok(Some((start, end)))
 }
 
@@ -122,10 +149,12 @@ mod tests {
         fn read_physical(&self, gpa: Gpa, buf: &mut [u8]) -> vmi_core::Result<()> {
             let b = self.0.bytes();
             let s = gpa.0 as usize;
-            let src = b.get(s..s + buf.len()).ok_or(vmi_core::Error::UnmappedPhysical {
-                gpa,
-                len: buf.len() as u64,
-            })?;
+            let src = b
+                .get(s..s + buf.len())
+                .ok_or(vmi_core::Error::UnmappedPhysical {
+                    gpa,
+                    len: buf.len() as u64,
+                })?;
             buf.copy_from_slice(src);
             Ok(())
         }
@@ -148,6 +177,55 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The window starts at the first well-formed banner and ends with the BTF: a
+    /// `Linux version ` that is no banner before it, and well-formed copies of the banner
+    /// after the BTF (the printk ring, reused pages), are left out; without a banner before
+    /// the BTF's end there is no window.
+    #[test]
+    fn window_spans_the_banners_before_the_btf_end_and_the_btf() {
+        const MIB: usize = 1 << 20;
+        let banner =
+            b"Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP\n\0";
+        let mut bytes = vec![0u8; 12 * MIB];
+        let put =
+            |bytes: &mut Vec<u8>, at: usize, b: &[u8]| bytes[at..at + b.len()].copy_from_slice(b);
+        put(&mut bytes, MIB + 5, b"Linux version %s\n\0");
+        put(&mut bytes, 3 * MIB + 0x100, banner);
+        put(&mut bytes, 3 * MIB + 0x800, banner);
+        // A BTF header: 24-byte header, 0x100 bytes of types, 0x10 of strings.
+        let btf_at = 5 * MIB - 12;
+        let mut hdr = BTF_MAGIC_HDR24.to_vec();
+        for v in [0u32, 0x100, 0x100, 0x10] {
+            hdr.extend_from_slice(&v.to_le_bytes());
+        }
+        put(&mut bytes, btf_at, &hdr);
+        let btf_end = btf_at + 24 + 0x110;
+        put(&mut bytes, 7 * MIB - 20, banner);
+        put(&mut bytes, 11 * MIB, banner);
+        let image = ImageCopy::new(0xffff_ffff_8100_0000, bytes.clone());
+        let runs = runs(&image);
+        let window = |image: &ImageCopy| {
+            kernel_window(&Flat(image), &runs, image.base(), image.len()).unwrap()
+        };
+        let page = PAGE as usize;
+        assert_eq!(
+            window(&image),
+            Some((3 * MIB, btf_end.next_multiple_of(page)))
+        );
+        // A banner straddling the BTF's end: kept whole.
+        let mut straddling = bytes.clone();
+        put(&mut straddling, btf_end - 10, banner);
+        let image = ImageCopy::new(0xffff_ffff_8100_0000, straddling);
+        assert_eq!(
+            window(&image),
+            Some((3 * MIB, (btf_end - 10 + BANNER_SPAN).next_multiple_of(page)))
+        );
+        // Banners only after the BTF: no window.
+        bytes[3 * MIB..4 * MIB].fill(0);
+        let image = ImageCopy::new(0xffff_ffff_8100_0000, bytes);
+        assert_eq!(window(&image), None);
     }
 
     /// On each kernel of the matrix (5.10 to 7.x), the window found by the scan holds
@@ -205,7 +283,9 @@ mod tests {
             assert_eq!(wr.tables, fr.tables, "{suite}: kallsyms tables");
             assert_eq!(w.len(), f.len(), "{suite}");
             assert!(
-                w.iter().zip(f.iter()).all(|(a, b)| a.name == b.name && a.address == b.address),
+                w.iter()
+                    .zip(f.iter())
+                    .all(|(a, b)| a.name == b.name && a.address == b.address),
                 "{suite}: symbols"
             );
         }
