@@ -479,7 +479,7 @@ impl Banner {
     }
 }
 
-/// Every `Linux version X.Y…\n` string in the image (at most 16).
+/// Every `Linux version X.Y…\n` string in the image (at most 16; see [`banner_len`]).
 pub fn find_banners(image: &ImageCopy) -> Vec<Banner> {
     let bytes = image.bytes();
     let mut out = Vec::new();
