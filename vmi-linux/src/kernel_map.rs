@@ -479,7 +479,8 @@ impl Banner {
     }
 }
 
-/// Every `Linux version X.Y…\n` string in the image (at most 16; see [`banner_len`]).
+/// Every `Linux version X.Y…\n` string in the image (at most 16): a release, printable
+/// ASCII, then a newline within 1 KiB of its start.
 pub fn find_banners(image: &ImageCopy) -> Vec<Banner> {
     let bytes = image.bytes();
     let mut out = Vec::new();
