@@ -42,7 +42,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use vmi_core::VcpuControl;
 use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
-use vmi_linux::{kernel_map, Linux, LinuxOptions};
+use vmi_linux::kernel_map::{self, CopyExtent};
+use vmi_linux::{Linux, LinuxOptions};
 use vmi_tests::matrix::kernels_dir_or_skip;
 use vmi_tests::{dump, volatility, Guest, GuestOptions};
 
@@ -139,6 +140,9 @@ impl Samples {
 }
 
 fn main() {
+    if let Ok(mode) = std::env::var(FRESH_PROCESS_MODE) {
+        return fresh_process_sample(&mode);
+    }
     let Some(_) = kernels_dir_or_skip("bench linux") else {
         return;
     };
@@ -151,6 +155,9 @@ fn main() {
 
     let guest = Guest::launch(GuestOptions::for_matrix_kernel(SUITE)).expect("launching the guest");
     guest.wait_ready().expect("guest boot");
+    // First attaches, each in a process of its own, before this process connects (QMP
+    // takes one client at a time).
+    let fresh = fresh_process_rounds(&guest);
     let mut cfg = LegacyConfig::new(guest.qmp_socket());
     cfg.ram = RamSource::File(guest.ram_path().to_path_buf());
     cfg.writable = false;
@@ -163,7 +170,18 @@ fn main() {
     let linux = Linux::attach(&vm, LinuxOptions::default()).expect("attach");
     let first_attach = start.elapsed().as_secs_f64();
     println!("{SUITE}: {}\n{}", linux.kernel().release, linux.report());
-    let image_len = linux.image().len();
+    let facts = kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
+    let max = LinuxOptions::default().max_image_size;
+    // The floors copy as much as the whole image (what a copy of it faults in), not
+    // only the window attach now copies.
+    let image_len = kernel_map::locate_kernel(&vm, &facts, max, CopyExtent::Whole)
+        .expect("kernel image")
+        .image
+        .mapped_len;
+    println!(
+        "{SUITE}: attach copied {:.1} MiB of the image",
+        linux.image().len() as f64 / (1 << 20) as f64
+    );
     let pids: Vec<u32> = linux
         .processes()
         .expect("processes")
@@ -198,10 +216,8 @@ fn main() {
             fresh.copy_from_slice(black_box(&src));
             fresh
         });
-        let facts = kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
-        let max = LinuxOptions::default().max_image_size;
         samples.bench_large_drop(&mut g, name, "image_copy", || {
-            kernel_map::locate_kernel(&vm, &facts, max).expect("kernel image")
+            kernel_map::locate_kernel(&vm, &facts, max, CopyExtent::Window).expect("kernel image")
         });
         samples.bench_large_drop(&mut g, name, "attach", || {
             Linux::attach(&vm, LinuxOptions::default()).expect("attach")
@@ -210,7 +226,10 @@ fn main() {
         paired = paired_rounds(
             &src,
             &mut dst,
-            || kernel_map::locate_kernel(&vm, &facts, max).expect("kernel image"),
+            || {
+                kernel_map::locate_kernel(&vm, &facts, max, CopyExtent::Window)
+                    .expect("kernel image")
+            },
             || Linux::attach(&vm, LinuxOptions::default()).expect("attach"),
         );
         drop((src, dst));
@@ -279,6 +298,141 @@ fn main() {
 
     c.final_summary();
     summary(&samples, &paired, first_attach, vol);
+    fresh.print(m_or_nan(&samples, "bootstrap/image_memcpy"));
+}
+
+fn m_or_nan(samples: &Samples, key: &str) -> f64 {
+    samples.median(key).unwrap_or(f64::NAN)
+}
+
+/// Set (to `attach` or `fresh_memcpy`) in the environment of a process this benchmark
+/// spawns to take one sample of a fresh process.
+const FRESH_PROCESS_MODE: &str = "VMI_BENCH_LINUX_FRESH_PROCESS";
+/// The guest's QMP socket and RAM file, for those processes.
+const FRESH_PROCESS_QMP: &str = "VMI_BENCH_LINUX_QMP";
+const FRESH_PROCESS_RAM: &str = "VMI_BENCH_LINUX_RAM";
+/// Samples of each kind.
+const FRESH_PROCESS_ROUNDS: usize = 15;
+
+/// First attaches in fresh processes, and their floor: each round spawns this benchmark
+/// twice, once to attach (connect, pause, then [`Linux::attach`] timed: the first in its
+/// process), once to copy as many bytes as the whole kernel image into fresh memory (the
+/// memory a whole-image copy faults in; its source filled first, untimed).
+#[derive(Default)]
+struct FreshRounds {
+    attach: Vec<f64>,
+    image_copy: Vec<f64>,
+    copied: Vec<f64>,
+    fresh_memcpy: Vec<f64>,
+}
+
+fn fresh_process_rounds(guest: &Guest) -> FreshRounds {
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    let mut r = FreshRounds::default();
+    let run = |mode: &str| -> Vec<f64> {
+        let out = std::process::Command::new(&exe)
+            .env(FRESH_PROCESS_MODE, mode)
+            .env(FRESH_PROCESS_QMP, guest.qmp_socket())
+            .env(FRESH_PROCESS_RAM, guest.ram_path())
+            .output()
+            .expect("spawning a fresh-process sample");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "fresh-process sample {mode}: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("sample "))
+            .expect("a sample line")
+            .split_whitespace()
+            .map(|v| v.parse().expect("seconds"))
+            .collect()
+    };
+    for _ in 0..FRESH_PROCESS_ROUNDS {
+        let a = run("attach");
+        r.attach.push(a[0]);
+        r.image_copy.push(a[1]);
+        r.copied.push(a[2]);
+        r.fresh_memcpy.push(run("fresh_memcpy")[0]);
+    }
+    r
+}
+
+/// One fresh-process sample (see [`fresh_process_rounds`]); prints `sample <values>`.
+fn fresh_process_sample(mode: &str) {
+    let var = |k: &str| std::env::var_os(k).unwrap_or_else(|| panic!("{k} unset"));
+    let mut cfg = LegacyConfig::new(PathBuf::from(var(FRESH_PROCESS_QMP)));
+    cfg.ram = RamSource::File(PathBuf::from(var(FRESH_PROCESS_RAM)));
+    cfg.writable = false;
+    let vm = LegacyQemu::connect(cfg).expect("QMP session");
+    let paused = vm.pause().expect("pausing the guest");
+    match mode {
+        "attach" => {
+            let start = Instant::now();
+            let linux = Linux::attach(&vm, LinuxOptions::default()).expect("attach");
+            let t = start.elapsed().as_secs_f64();
+            let copy = linux
+                .report()
+                .timings
+                .iter()
+                .find(|(n, _)| *n == "image copy")
+                .map_or(f64::NAN, |(_, d)| d.as_secs_f64());
+            println!("sample {t} {copy} {}", linux.image().len());
+        }
+        _ => {
+            let facts =
+                kernel_map::vcpu_facts(&vm, LinuxOptions::default().vcpu).expect("registers");
+            // The image's length without copying it (the window path copies a few MiB
+            // only: its cost is not part of the floor, which is timed alone).
+            let runs = kernel_map::mapped_runs(
+                &vm,
+                facts.candidates[0],
+                vmi_linux::image::KERNEL_MAP_START,
+                kernel_map::KERNEL_MAP_END,
+                4096,
+            )
+            .expect("kernel map");
+            let len = match (runs.first(), runs.last()) {
+                (Some(f), Some(l)) => (l.va + l.len - f.va) as usize,
+                _ => panic!("no kernel image"),
+            };
+            let src: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let start = Instant::now();
+            let mut fresh = vec![0u8; len];
+            fresh.copy_from_slice(black_box(&src));
+            let t = start.elapsed().as_secs_f64();
+            black_box(&fresh);
+            println!("sample {t}");
+        }
+    }
+    drop(paused);
+}
+
+impl FreshRounds {
+    fn print(&self, memcpy: f64) {
+        let spread = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            (v[0] * 1e3, median(&v) * 1e3, v[v.len() - 1] * 1e3)
+        };
+        let (a0, am, a1) = spread(&self.attach);
+        let (c0, cm, c1) = spread(&self.image_copy);
+        let (f0, fm, f1) = spread(&self.fresh_memcpy);
+        println!(
+            "first attach in a fresh process ({} processes): median {am:.1} ms, min {a0:.1}, max {a1:.1} \
+             (image copy step {cm:.1} ms, {c0:.1}..{c1:.1}; {:.1} MiB copied) = {:.1}x the warm memcpy ({:.3} ms)",
+            self.attach.len(),
+            median(&self.copied) / (1 << 20) as f64,
+            am / (memcpy * 1e3),
+            memcpy * 1e3
+        );
+        println!(
+            "  floor: the whole image's bytes memcpy'd into fresh memory, first in a fresh process ({} processes): \
+             median {fm:.1} ms, min {f0:.1}, max {f1:.1}",
+            self.fresh_memcpy.len()
+        );
+    }
 }
 
 /// Times (seconds) of the bootstrap and its floors measured back to back in each round,

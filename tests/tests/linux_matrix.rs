@@ -569,6 +569,17 @@ fn check_kernel(suite: &str) {
         linux.report()
     );
     assert_eq!(linux.kernel().release, kernel.release, "{suite}: release");
+    // Attach copied only the window from the banner to the end of .BTF (kallsyms between),
+    // not up to the running kernel's later copies of the banner (printk ring in .bss,
+    // pages freed after boot): it ends at most a page past the BTF.
+    let (btf_va, btf) = vmi_linux::types::carve_btf(linux.image()).expect("BTF in the copy");
+    let copy_end = linux.image().base() + linux.image().len() as u64;
+    let btf_end = btf_va + btf.len() as u64;
+    assert!(
+        copy_end <= btf_end.next_multiple_of(4096) + 4096,
+        "{suite}: copy {:#x}..{copy_end:#x}, BTF ends at {btf_end:#x}",
+        linux.image().base()
+    );
     check_symbols(suite, &linux, &truth.kallsyms);
     let live = check_processes(suite, &linux, &truth.processes);
     check_modules(suite, &linux, &truth.modules);

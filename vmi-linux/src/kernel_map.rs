@@ -152,13 +152,14 @@ pub fn locate_kernel<M: PhysicalMemory + ?Sized>(
     mem: &M,
     facts: &VcpuFacts,
     max_len: usize,
+    extent: CopyExtent,
 ) -> Result<LocatedKernel> {
     let mut errors = Vec::new();
     for &space in &facts.candidates {
         let idt = facts.idt_base.and_then(|b| idt_divide_error(mem, space, b));
-        match copy_kernel_image(mem, space, max_len) {
+        match copy_kernel_image(mem, space, max_len, extent) {
             Ok(image) => {
-                let end = image.text + image.copy.len() as u64;
+                let end = image.text + image.mapped_len as u64;
                 match idt {
                     Some(t) if t < image.text || t >= end => errors.push(format!(
                         "root {:#x}: IDT divide-error gate {t:#x} outside the image at {:#x}..{end:#x}",
@@ -328,17 +329,38 @@ fn push_run(out: &mut Vec<MappedRun>, run: MappedRun) {
 pub struct KernelImage {
     /// `_text` at run time: the first mapped address of the kernel map.
     pub text: u64,
-    /// The copy, from `text` to the end of the last mapped page.
+    /// Bytes from `text` to the end of the last mapped page.
+    pub mapped_len: usize,
+    /// The copy: the whole image from `text` ([`CopyExtent::Whole`]), or the window of it
+    /// the bootstrap reads ([`CopyExtent::Window`]; see [`ImageCopy::base`]).
     pub copy: ImageCopy,
     /// Mapped runs (virtual → physical) of the image.
     pub runs: Vec<MappedRun>,
 }
 
-/// Finds and copies the kernel image mapped in `space`; at most `max_len` bytes.
+/// How much of the kernel image [`copy_kernel_image`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyExtent {
+    /// Every mapped page from `_text` to the end of the image.
+    Whole,
+    /// Only the window from the first `Linux version` banner or BTF header to the end of
+    /// the last BTF (`.rodata` and `.BTF`: where the banner, kallsyms and the types are),
+    /// found by scanning the image through a 1 MiB buffer; the whole image when it has no
+    /// plausible BTF header or no banner before the end of the last one. Copies of the
+    /// banner after the BTF (the printk ring in `.bss`, reused pages) are left out: they
+    /// are the running kernel's data, and [`find_banners`] on the window does not count
+    /// them. This spares the first attach of a process most
+    /// of the fresh memory a whole copy faults in (see the crate's README, "Speed").
+    Window,
+}
+
+/// Finds and copies the kernel image mapped in `space` (all of it or the bootstrap's
+/// window, per `extent`); at most `max_len` bytes of image.
 pub fn copy_kernel_image<M: PhysicalMemory + ?Sized>(
     mem: &M,
     space: AddressSpace,
     max_len: usize,
+    extent: CopyExtent,
 ) -> Result<KernelImage> {
     let runs = mapped_runs(mem, space, KERNEL_MAP_START, KERNEL_MAP_END, 4096)?;
     let first = runs.first().ok_or_else(|| {
@@ -356,19 +378,48 @@ pub fn copy_kernel_image<M: PhysicalMemory + ?Sized>(
             limit: max_len as u64,
         });
     }
-    let mut bytes = buffer_for_copy(len);
-    let mut present = vec![false; len.div_ceil(PAGE as usize)];
-    for r in &runs {
-        let at = (r.va - text) as usize;
-        let n = r.len as usize;
-        mem.read_physical(Gpa(r.pa), &mut bytes[at..at + n])?;
-        for p in &mut present[at / PAGE as usize..(at + n).div_ceil(PAGE as usize)] {
-            *p = true;
+    let window = match extent {
+        CopyExtent::Window => crate::window::kernel_window(mem, &runs, text, len)?,
+        CopyExtent::Whole => None,
+    };
+    let copy = match window {
+        Some((start, end)) => {
+            // A few MiB: plain memory (advising huge pages would let the first fault wait
+            // for the kernel to compact memory, which is what the window avoids).
+            let mut bytes = vec![0u8; end - start];
+            crate::window::read_image(mem, &runs, text, start, &mut bytes)?;
+            let mut present = vec![false; bytes.len().div_ceil(PAGE as usize)];
+            for r in &runs {
+                let (s, e) = (r.va - text, r.va - text + r.len);
+                let (s, e) = (s.max(start as u64), e.min(end as u64));
+                if s < e {
+                    let first = (s - start as u64) / PAGE;
+                    let last = (e - start as u64).div_ceil(PAGE);
+                    for p in &mut present[first as usize..last as usize] {
+                        *p = true;
+                    }
+                }
+            }
+            ImageCopy::with_presence(text + start as u64, bytes, present)?
         }
-    }
+        None => {
+            let mut bytes = buffer_for_copy(len);
+            let mut present = vec![false; len.div_ceil(PAGE as usize)];
+            for r in &runs {
+                let at = (r.va - text) as usize;
+                let n = r.len as usize;
+                mem.read_physical(Gpa(r.pa), &mut bytes[at..at + n])?;
+                for p in &mut present[at / PAGE as usize..(at + n).div_ceil(PAGE as usize)] {
+                    *p = true;
+                }
+            }
+            ImageCopy::with_presence(text, bytes, present)?
+        }
+    };
     Ok(KernelImage {
         text,
-        copy: ImageCopy::with_presence(text, bytes, present)?,
+        mapped_len: len,
+        copy,
         runs,
     })
 }
@@ -428,33 +479,46 @@ impl Banner {
     }
 }
 
-/// Every `Linux version X.Y…\n` string in the image (at most 16).
+/// Every `Linux version X.Y…\n` string in the image (at most 16): a release, printable
+/// ASCII, then a newline within 1 KiB of its start.
 pub fn find_banners(image: &ImageCopy) -> Vec<Banner> {
-    const NEEDLE: &[u8] = b"Linux version ";
     let bytes = image.bytes();
     let mut out = Vec::new();
     // SIMD substring search: a scan for the needle's first byte alone stops at every `L`
     // (0x4c, a common REX prefix in x86 code), which made this the slowest step of attach.
-    for at in memchr::memmem::find_iter(bytes, NEEDLE) {
-        let rest = &bytes[at + NEEDLE.len()..bytes.len().min(at + 1024)];
-        if !rest.first().is_some_and(u8::is_ascii_digit) {
-            continue;
-        }
-        let Some(nl) = rest.iter().position(|&b| b == b'\n' || b == 0) else {
+    for at in memchr::memmem::find_iter(bytes, BANNER_PREFIX) {
+        let Some(len) = banner_len(&bytes[at..bytes.len().min(at + BANNER_SPAN)]) else {
             continue;
         };
-        if rest[nl] != b'\n' || !rest[..nl].iter().all(|b| (0x20..0x7f).contains(b)) {
-            continue;
-        }
         out.push(Banner {
             address: image.va_of(at),
-            text: String::from_utf8_lossy(&bytes[at..at + NEEDLE.len() + nl]).into_owned(),
+            text: String::from_utf8_lossy(&bytes[at..at + len]).into_owned(),
         });
         if out.len() == 16 {
             break;
         }
     }
     out
+}
+
+/// What every banner starts with.
+pub(crate) const BANNER_PREFIX: &[u8] = b"Linux version ";
+/// How many bytes from its start a banner's newline is looked for within.
+pub(crate) const BANNER_SPAN: usize = 1024;
+
+/// The length (up to its newline) of the banner `bytes` start with ([`BANNER_SPAN`] bytes
+/// or fewer at the image's end): [`BANNER_PREFIX`], a digit, printable ASCII, then a
+/// newline. `None` when `bytes` hold no such banner. Shared by [`find_banners`] and the
+/// scan that sizes the image window, so both judge a banner alike.
+pub(crate) fn banner_len(bytes: &[u8]) -> Option<usize> {
+    let rest = bytes.strip_prefix(BANNER_PREFIX)?;
+    let rest = &rest[..rest.len().min(BANNER_SPAN - BANNER_PREFIX.len())];
+    if !rest.first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let nl = rest.iter().position(|&b| b == b'\n' || b == 0)?;
+    (rest[nl] == b'\n' && rest[..nl].iter().all(|b| (0x20..0x7f).contains(b)))
+        .then_some(BANNER_PREFIX.len() + nl)
 }
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ pub mod tasks;
 pub mod types;
 pub mod vma;
 pub mod vmcoreinfo;
+mod window;
 
 pub use dmesg::LogRecord;
 pub use error::{Error, Result};

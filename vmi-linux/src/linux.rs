@@ -9,7 +9,7 @@ use vmi_core::{AddressSpace, PhysicalMemory, ReadRegisters, VcpuId};
 use crate::error::{Error, Result};
 use crate::image::ImageCopy;
 use crate::kallsyms::{self, Anchors, KallsymsTables};
-use crate::kernel_map::{self, VcpuFacts};
+use crate::kernel_map::{self, CopyExtent, VcpuFacts};
 use crate::layout::{MmLayout, TaskLayout};
 use crate::reader::Reader;
 use crate::symbols::SymbolTable;
@@ -79,6 +79,8 @@ pub struct BootstrapReport {
     pub steps: Vec<String>,
     /// Time per phase.
     pub timings: Vec<(&'static str, Duration)>,
+    /// Set while bootstrapping: whether the image copy was a window smaller than the image.
+    window_was_partial: bool,
 }
 
 impl fmt::Display for BootstrapReport {
@@ -166,9 +168,80 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let facts = timed(&mut report, "registers", |_| {
             kernel_map::vcpu_facts(&vm, options.vcpu)
         })?;
-        let located = timed(&mut report, "image copy", |_| {
-            kernel_map::locate_kernel(&vm, &facts, options.max_image_size)
+        // The window of the image first (a fraction of the fresh memory: the first attach
+        // of a process is dominated by faulting it in); the whole image when the window
+        // did not hold what the bootstrap looks for, so that the outcome and its errors
+        // are those of the whole image.
+        let mut window_report = report.clone();
+        let found = match bootstrap(
+            &vm,
+            &options,
+            &facts,
+            CopyExtent::Window,
+            &mut window_report,
+        ) {
+            Ok(b) => {
+                report = window_report;
+                b
+            }
+            Err(e) if window_report.window_was_partial => {
+                report.steps.push(format!(
+                    "image window: {e}; the whole image is read instead"
+                ));
+                bootstrap(&vm, &options, &facts, CopyExtent::Whole, &mut report)?
+            }
+            Err(e) => return Err(e),
+        };
+        report.window_was_partial = false;
+        report.timings.push(("total", start.elapsed()));
+        let Bootstrap {
+            info,
+            symbols,
+            types,
+            task,
+            init_task,
+            image,
+        } = found;
+        Ok(Self {
+            vm,
+            info,
+            symbols,
+            types,
+            report,
+            task,
+            mm: OnceLock::new(),
+            init_task,
+            module_layout: OnceLock::new(),
+            log_layout: OnceLock::new(),
+            vma_layout: OnceLock::new(),
+            image,
+        })
+    }
+}
+
+/// What the bootstrap derives, before it becomes a [`Linux`].
+struct Bootstrap {
+    info: KernelInfo,
+    symbols: SymbolTable,
+    types: Types,
+    task: TaskLayout,
+    init_task: u64,
+    image: ImageCopy,
+}
+
+/// Everything of [`Linux::attach`] after the registers, on a copy of `extent` of the image.
+fn bootstrap<V: PhysicalMemory + ?Sized>(
+    vm: &V,
+    options: &LinuxOptions,
+    facts: &VcpuFacts,
+    extent: CopyExtent,
+    report: &mut BootstrapReport,
+) -> Result<Bootstrap> {
+    {
+        let located = timed(report, "image copy", |_| {
+            kernel_map::locate_kernel(vm, facts, options.max_image_size, extent)
         })?;
+        report.window_was_partial = located.image.copy.len() < located.image.mapped_len;
         let kernel = located.space;
         report.steps.push(format!(
             "kernel page tables: CR3 {:#x} of {} ({} mode) → root {:#x}{}",
@@ -186,15 +259,25 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let text = image.text;
         let copy = image.copy;
         validate_entry_points(
-            &facts,
+            facts,
             located.idt_divide_error,
             text,
-            copy.len() as u64,
-            &mut report,
+            image.mapped_len as u64,
+            report,
         )?;
+        let copied = if copy.len() < image.mapped_len {
+            format!(
+                "the window {:#x}..{:#x} holding the banners and .BTF copied ({:.1} MiB)",
+                copy.base(),
+                copy.base() + copy.len() as u64,
+                copy.len() as f64 / f64::from(1 << 20)
+            )
+        } else {
+            "copied whole".to_owned()
+        };
         report.steps.push(format!(
-            "kernel image: _text {text:#x} (first mapped 2 MiB slot of the kernel map), {} MiB mapped in {} runs, copied",
-            copy.len() >> 20,
+            "kernel image: _text {text:#x} (first mapped 2 MiB slot of the kernel map), {} MiB mapped in {} runs, {copied}",
+            image.mapped_len >> 20,
             image.runs.len()
         ));
         let banners = kernel_map::find_banners(&copy);
@@ -210,7 +293,7 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         };
 
         let mut isf_symbols = None;
-        let types = timed(&mut report, "types", |report| match &options.types {
+        let types = timed(report, "types", |report| match &options.types {
             TypeSource::KernelBtf => {
                 let (va, n, t) = types::carve_btf_types(&copy).map_err(|e| Error::Unavailable {
                     what: "kernel BTF",
@@ -262,7 +345,7 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
             ));
         }
         let tables = vmcoreinfo.as_ref().and_then(Vmcoreinfo::kallsyms_tables);
-        let symbols = timed(&mut report, "symbols", |report| {
+        let symbols = timed(report, "symbols", |report| {
             symbols_from(
                 &options.symbols,
                 &copy,
@@ -302,53 +385,46 @@ impl<V: PhysicalMemory + ReadRegisters> Linux<V> {
         let init_task = symbols
             .address_of("init_task")
             .ok_or_else(|| Error::not_found("symbol", "init_task"))?;
-        let mut linux = Self {
-            vm,
+        let t = Instant::now();
+        let step = validate_init_task(vm, kernel, &task, init_task)?;
+        report.steps.push(step);
+        report.timings.push(("validate", t.elapsed()));
+        Ok(Bootstrap {
             info,
             symbols,
             types,
-            report,
             task,
-            mm: OnceLock::new(),
             init_task,
-            module_layout: OnceLock::new(),
-            log_layout: OnceLock::new(),
-            vma_layout: OnceLock::new(),
             image: copy,
-        };
-        let t = Instant::now();
-        linux.validate_init_task()?;
-        linux.report.timings.push(("validate", t.elapsed()));
-        linux.report.timings.push(("total", start.elapsed()));
-        Ok(linux)
+        })
     }
+}
 
-    fn validate_init_task(&mut self) -> Result<()> {
-        let r = self.kernel_reader();
-        let t = &self.task;
-        let pid = r.u32(self.init_task + t.pid.offset)?;
-        let comm = r.cstr(self.init_task + t.comm.offset, t.comm.size as usize)?;
-        let mm = r.u64(self.init_task + t.mm.offset)?;
-        let next = r.u64(self.init_task + t.tasks.offset)?;
-        let back = r.u64(next + 8)?;
-        if pid != 0
-            || !comm.starts_with("swapper")
-            || mm != 0
-            || back != self.init_task + t.tasks.offset
-        {
-            return Err(Error::malformed(
-                "init_task",
-                format!(
-                    "pid {pid}, comm {comm:?}, mm {mm:#x}, tasks.next->prev {back:#x}: the symbols or types do not match this kernel"
-                ),
-            ));
-        }
-        self.report.steps.push(format!(
-            "init_task at {:#x}: pid 0, comm {comm:?}, no mm, task list linked both ways",
-            self.init_task
+/// Checks `init_task` as the symbols and types describe it: pid 0, a `swapper` comm, no
+/// mm, its task list linked both ways. Returns the report's line.
+fn validate_init_task<V: PhysicalMemory + ?Sized>(
+    vm: &V,
+    kernel: AddressSpace,
+    t: &TaskLayout,
+    init_task: u64,
+) -> Result<String> {
+    let r = Reader::new(vm, kernel);
+    let pid = r.u32(init_task + t.pid.offset)?;
+    let comm = r.cstr(init_task + t.comm.offset, t.comm.size as usize)?;
+    let mm = r.u64(init_task + t.mm.offset)?;
+    let next = r.u64(init_task + t.tasks.offset)?;
+    let back = r.u64(next + 8)?;
+    if pid != 0 || !comm.starts_with("swapper") || mm != 0 || back != init_task + t.tasks.offset {
+        return Err(Error::malformed(
+            "init_task",
+            format!(
+                "pid {pid}, comm {comm:?}, mm {mm:#x}, tasks.next->prev {back:#x}: the symbols or types do not match this kernel"
+            ),
         ));
-        Ok(())
     }
+    Ok(format!(
+        "init_task at {init_task:#x}: pid 0, comm {comm:?}, no mm, task list linked both ways"
+    ))
 }
 
 fn validate_entry_points(

@@ -21,25 +21,33 @@ const MAX_CANDIDATES: usize = 16;
 /// within the copy on mapped pages and at most [`MAX_BTF`] bytes.
 fn candidate(image: &ImageCopy, va: u64) -> Option<&[u8]> {
     let head = image.slice(va, 24)?;
-    if head[0..4] != [0x9f, 0xeb, 0x01, 0x00] {
-        return None;
-    }
     let hdr_len = u32::from_le_bytes(head[4..8].try_into().ok()?);
     let header_bytes = image.slice(va, hdr_len.clamp(24, btf::MAX_HDR_LEN) as usize)?;
-    let total = {
-        let h = Header::parse_prefix(header_bytes)?;
-        if h.type_off != 0 || h.str_off != h.type_len || h.type_len == 0 {
-            return None;
-        }
-        h.total_len()
-    };
-    if total > MAX_BTF {
-        return None;
-    }
+    let total = plausible_len(header_bytes)?;
     let bytes = image.slice(va, total)?;
     // The string section starts with the empty name and ends with a NUL.
     (bytes.last() == Some(&0)).then_some(bytes)
 }
+
+/// The header checks of a candidate: `header` starts with [`MAGIC`] and holds the whole
+/// header (up to `hdr_len`, at most 256 bytes); returns the BTF's total length when it looks
+/// like the kernel's (`hdr_len` ≥ 24, `type_off` 0, strings right after the types, at most
+/// [`MAX_BTF`] bytes). Shared with the scan that sizes the image window
+/// ([`crate::kernel_map::CopyExtent::Window`]), so both judge a header alike.
+pub(crate) fn plausible_len(header: &[u8]) -> Option<usize> {
+    if header.get(0..4)? != MAGIC {
+        return None;
+    }
+    let h = Header::parse_prefix(header)?;
+    if h.type_off != 0 || h.str_off != h.type_len || h.type_len == 0 {
+        return None;
+    }
+    let total = h.total_len();
+    (total <= MAX_BTF).then_some(total)
+}
+
+/// The longest BTF header [`plausible_len`] looks at.
+pub(crate) const MAX_HEADER: usize = btf::MAX_HDR_LEN as usize;
 
 /// Confirms a candidate: it parses (4-8 ms for a Debian kernel's) and defines
 /// `struct task_struct`. `spare` as for [`btf::parse`]; the model is returned.
@@ -53,9 +61,9 @@ fn confirm(bytes: &[u8], spare: usize) -> Result<Model> {
 }
 
 /// The BTF magic, version 1, flags 0.
-const MAGIC: [u8; 4] = [0x9f, 0xeb, 0x01, 0x00];
+pub(crate) const MAGIC: [u8; 4] = [0x9f, 0xeb, 0x01, 0x00];
 /// [`MAGIC`] and the 24-byte header every kernel writes so far (`hdr_len` 24).
-const MAGIC_HDR24: [u8; 8] = [0x9f, 0xeb, 0x01, 0x00, 24, 0, 0, 0];
+pub(crate) const MAGIC_HDR24: [u8; 8] = [0x9f, 0xeb, 0x01, 0x00, 24, 0, 0, 0];
 
 /// Scans `image` for the BTF header and confirms the first plausible candidate: its
 /// virtual address, its bytes (in the copy) and its parsed model.

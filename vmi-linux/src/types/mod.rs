@@ -41,6 +41,10 @@ use std::collections::HashMap;
 
 pub use btf::MAX_BTF;
 pub use carve::{carve_btf, carve_btf_at, carve_btf_types};
+pub(crate) use carve::{
+    plausible_len as btf_plausible_len, MAGIC_HDR24 as BTF_MAGIC_HDR24,
+    MAX_HEADER as BTF_MAX_HEADER,
+};
 pub use globals::{GlobalType, GLOBAL_TYPES};
 pub use isf_import::IsfInfo;
 
