@@ -65,17 +65,23 @@ pub mod error;
 pub mod event;
 pub mod handshake;
 pub mod listener;
+pub mod pipeline;
+pub mod request;
 pub mod router;
 pub mod stream;
 
 pub use batch::Batch;
 pub use codec::Abi;
-pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
 pub use error::{BatchFailure, CommandName, EventName, ProtoError, Result};
 pub use event::{Action, Event, EventInfo, EventKind, PfInfo, PfReply, Reply, TrapInfo};
 pub use handshake::{HookupInfo, PeerCredentials, PeerUids};
+/// The raw ids and wire structs this crate speaks (`kvmi-sys`), for users that need
+/// constants or register layouts without depending on it themselves.
+pub use kvmi_sys as sys;
 pub use listener::{Listener, Rejected};
+pub use pipeline::Flow;
+pub use request::{Pending, Registers, Request};
 pub use stream::{SocketTimeout, Stream, VsockStream};
 
 #[cfg(test)]

@@ -25,8 +25,8 @@
 //! marks space-limited breakpoints as partial there), whose event carries the CR3 to
 //! tell.
 
-use kvmi_proto::{Batch, Event as KEvent};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
+use kvmi_proto::{Batch, Event as KEvent, Request};
 use vmi_core::{
     Breakpoint, Breakpoints, Error, EventControl, Gpa, Monitor, PagingMode, PhysicalMemory,
     PhysicalMemoryWrite, ReadRegisters, RegisterGroups, Result, VcpuId,
@@ -72,8 +72,8 @@ pub(crate) fn step_over_foreign(sh: &Shared, ev: KEvent) {
     // the original instruction.
     let cmds = step_over_plan(sh, ev.vcpu(), gpa).unwrap_or_default();
     let mut batch = Batch::new(&sh.conn);
-    for (id, p) in &cmds {
-        let _ = batch.command(*id, p);
+    for c in cmds {
+        let _ = batch.push(c);
     }
     let _ = batch.reply(ev, kvmi_proto::Reply::breakpoint(false));
     let _ = batch.commit(sh.conn.config().request_timeout);
@@ -99,11 +99,9 @@ impl StepOver {
     }
 }
 
-fn write_byte(gpa: u64, byte: u8) -> Command {
-    let head = sys::VmWritePhysical { gpa, size: 1 };
-    let mut p = zerocopy::IntoBytes::as_bytes(&head).to_vec();
-    p.push(byte);
-    (sys::KVMI_VM_WRITE_PHYSICAL, p)
+fn write_byte(gpa: u64, byte: u8) -> Option<Command> {
+    // One byte is always within one page: only a gpa kvmi-proto refuses fails here.
+    Request::write_physical(gpa, &[byte]).ok()
 }
 
 /// The commands that start a step over our breakpoint at `gpa` on `vcpu`, or `None`
@@ -125,7 +123,7 @@ pub(crate) fn step_over_plan(sh: &Shared, vcpu: u16, gpa: u64) -> Option<Vec<Com
         tool_event,
         tool_armed,
     });
-    let mut cmds = vec![write_byte(gpa, orig)];
+    let mut cmds: Vec<Command> = write_byte(gpa, orig).into_iter().collect();
     if !tool_event {
         cmds.push(command_events(vcpu, sys::KVMI_EVENT_SINGLESTEP, true));
     }
@@ -148,7 +146,7 @@ pub(crate) fn on_singlestep(sh: &Shared, st: &mut HostState, ev: KEvent) -> Opti
     };
     let mut cmds = Vec::new();
     if st.breakpoints.contains_key(&s.gpa) {
-        cmds.push(write_byte(s.gpa, INT3));
+        cmds.extend(write_byte(s.gpa, INT3));
     }
     if !s.tool_armed {
         cmds.push(control_singlestep(vcpu, false));
@@ -158,8 +156,8 @@ pub(crate) fn on_singlestep(sh: &Shared, st: &mut HostState, ev: KEvent) -> Opti
     }
     let forward = s.tool_armed && s.tool_event;
     let mut batch = Batch::new(&sh.conn);
-    for (id, p) in &cmds {
-        let _ = batch.command(*id, p);
+    for c in cmds {
+        let _ = batch.push(c);
     }
     if forward {
         // Commit first: the tool's event is handed out with the byte back in place.

@@ -7,8 +7,8 @@
 //!
 //! Reasons cite the protocol reference (`kvmi-protocol.md`, section numbers).
 
+use kvmi_proto::sys;
 use kvmi_proto::{Abi, Connection};
-use kvmi_sys as sys;
 use vmi_core::{Capability as C, CapabilityReport, Support};
 
 /// What the table is derived from, captured once at connect time.

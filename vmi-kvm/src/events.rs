@@ -25,8 +25,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kvmi_proto::{Event as KEvent, EventKind as KKind};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
+use kvmi_proto::{Event as KEvent, EventKind as KKind, Flow, Request};
 use vmi_core::event::{
     DescriptorTableReg, InterruptKind, InterruptionType, RegisterAccess, RegisterId,
 };
@@ -103,154 +103,73 @@ impl Monitors {
     }
 }
 
-/// One host command: id and payload.
-pub(crate) type Command = (u16, Vec<u8>);
+/// One host command whose reply carries no data.
+pub(crate) type Command = Request<()>;
 
 pub(crate) fn command_events(vcpu: u16, event: u8, enable: bool) -> Command {
-    let body = sys::VcpuControlEvents {
-        event_id: event.into(),
-        enable: u8::from(enable),
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_EVENTS,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
-}
-
-pub(crate) fn command_cr(vcpu: u16, cr: u32, enable: bool) -> Command {
-    let body = sys::VcpuControlCr {
-        enable: u8::from(enable),
-        cr,
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_CR,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
-}
-
-pub(crate) fn command_msr(vcpu: u16, index: u32, enable: bool) -> Command {
-    let body = sys::VcpuControlMsr {
-        enable: u8::from(enable),
-        msr: index,
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_MSR,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
+    Request::control_events(vcpu, event, enable)
 }
 
 pub(crate) fn control_singlestep(vcpu: u16, enable: bool) -> Command {
-    let body = sys::VcpuControlSingleStep {
-        enable: u8::from(enable),
-        padding: [0; 7],
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_SINGLESTEP,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
-}
-
-pub(crate) fn command_vm_event(event: u8, enable: bool) -> Command {
-    let body = sys::VmControlEvents {
-        event_id: event.into(),
-        enable: u8::from(enable),
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VM_CONTROL_EVENTS,
-        zerocopy::IntoBytes::as_bytes(&body).to_vec(),
-    )
+    Request::control_singlestep(vcpu, enable)
 }
 
 impl Shared {
-    /// Sends `commands` (each its own request, so every error is seen), at most
-    /// [`COMMAND_WINDOW`] in flight, and waits for all replies under `deadline`.
-    /// Returns the first error; every reply of what was sent is waited for either way.
-    pub(crate) fn pipeline(&self, commands: &[Command], deadline: Deadline) -> Result<()> {
+    /// Sends `commands` (each its own request, so every error is seen) through
+    /// kvmi-proto's pipeline, [`COMMAND_WINDOW`] in flight, under `deadline`. Returns
+    /// the first error; every reply of what was sent is waited for either way.
+    pub(crate) fn pipeline(&self, commands: Vec<Command>, deadline: Deadline) -> Result<()> {
+        let names: Vec<&'static str> = commands.iter().map(Request::name).collect();
         let mut first = None;
-        for window in commands.chunks(COMMAND_WINDOW) {
-            if deadline.expired() {
-                first.get_or_insert(deadline.timeout_error("replies to host commands"));
-                break;
-            }
-            let mut pending = Vec::with_capacity(window.len());
-            for (id, payload) in window {
-                match self.conn.send_request(*id, payload) {
-                    Ok(p) => pending.push((*id, p)),
-                    Err(e) => {
-                        first.get_or_insert(proto_at(name(*id), None, None, e));
-                        break;
-                    }
+        let sent = self
+            .conn
+            .pipeline(commands, COMMAND_WINDOW, deadline.instant(), |i, r| {
+                if let Err(e) = r {
+                    first.get_or_insert_with(|| proto_at(names[i], None, None, e));
                 }
+                Flow::Continue
+            });
+        match sent {
+            Err(e) => {
+                Err(first.unwrap_or_else(|| proto_at("replies to host commands", None, None, e)))
             }
-            let sent_all = pending.len() == window.len();
-            for (id, p) in pending {
-                let t = deadline
-                    .remaining()
-                    .unwrap_or(self.conn.config().request_timeout);
-                if let Err(e) = p.wait(t) {
-                    first.get_or_insert(proto_at(name(id), None, None, e));
-                }
+            Ok(n) if n < names.len() => {
+                Err(first.unwrap_or_else(|| deadline.timeout_error("replies to host commands")))
             }
-            if !sent_all {
-                break;
-            }
+            Ok(_) => first.map_or(Ok(()), Err),
         }
-        first.map_or(Ok(()), Err)
     }
 
-    /// Sends `commands` with at most [`COMMAND_WINDOW`] in flight, each window under its
-    /// own request deadline. Returns whether the host accepted each command (`false`
-    /// for a `KVM_E*` refusal; `true` when the outcome is unknown) for those sent, and the first failure of another
-    /// kind (a timeout, the connection gone), after which nothing more is sent.
-    pub(crate) fn pipeline_each(&self, commands: &[Command]) -> (Vec<bool>, Option<Error>) {
+    /// Sends `commands` with at most [`COMMAND_WINDOW`] in flight, each reply waited for
+    /// at most the request timeout. Returns whether the host accepted each command
+    /// (`false` for a `KVM_E*` refusal; `true` when the outcome is unknown) for those
+    /// sent, and the first failure of another kind (a timeout, the connection gone),
+    /// after which nothing more is sent.
+    pub(crate) fn pipeline_each(&self, commands: Vec<Command>) -> (Vec<bool>, Option<Error>) {
+        let names: Vec<&'static str> = commands.iter().map(Request::name).collect();
         let mut accepted = Vec::with_capacity(commands.len());
-        for window in commands.chunks(COMMAND_WINDOW) {
-            let deadline = self.request_deadline();
-            let mut pending = Vec::with_capacity(window.len());
-            let mut failed = None;
-            for (id, payload) in window {
-                match self.conn.send_request(*id, payload) {
-                    Ok(p) => pending.push((*id, p)),
-                    Err(e) => {
-                        failed = Some(proto_at(name(*id), None, None, e));
-                        break;
-                    }
+        let mut failed = None;
+        let sent = self.conn.pipeline(commands, COMMAND_WINDOW, None, |i, r| {
+            match r {
+                Ok(()) => accepted.push(true),
+                Err(kvmi_proto::ProtoError::Kvm { .. }) => accepted.push(false),
+                Err(e) => {
+                    failed.get_or_insert_with(|| proto_at(names[i], None, None, e));
+                    // Unknown outcome: counted as enabled, so that it is undone.
+                    accepted.push(true);
                 }
             }
-            for (id, p) in pending {
-                let t = deadline
-                    .remaining()
-                    .unwrap_or(self.conn.config().request_timeout);
-                match p.wait(t) {
-                    Ok(_) => accepted.push(true),
-                    Err(kvmi_proto::ProtoError::Kvm { .. }) => accepted.push(false),
-                    Err(e) => {
-                        failed.get_or_insert(proto_at(name(id), None, None, e));
-                        // Unknown outcome: counted as enabled, so that it is undone.
-                        accepted.push(true);
-                    }
-                }
-            }
-            if failed.is_some() {
-                return (accepted, failed);
-            }
+            Flow::Continue
+        });
+        if let Err(e) = sent {
+            failed.get_or_insert_with(|| proto_at("host commands", None, None, e));
         }
-        (accepted, None)
+        (accepted, failed)
     }
 
     fn request_deadline(&self) -> Deadline {
         Deadline::after(self.conn.config().request_timeout)
     }
-}
-
-fn name(id: u16) -> &'static str {
-    sys::command_name(id)
-        .or(sys::v6::command_name(id))
-        .unwrap_or("KVMi command")
 }
 
 /// The vCPU-event id and per-register commands `monitor` needs on `vcpu`.
@@ -348,7 +267,10 @@ impl KvmiVm {
         }
         if let Monitor::VcpuCreate = monitor {
             let id = sys::KVMI_EVENT_CREATE_VCPU;
-            sh.pipeline(&[command_vm_event(id, enable)], sh.request_deadline())?;
+            sh.pipeline(
+                vec![Request::control_vm_events(id, enable)],
+                sh.request_deadline(),
+            )?;
             let mut st = sh.lock();
             if enable {
                 st.monitors.vm_events.insert(id);
@@ -422,7 +344,7 @@ impl KvmiVm {
                     Some(RegTarget::Cr(cr)) => {
                         let had = st.monitors.crs.contains(&(v, *cr));
                         if had != enable {
-                            cmds.push(command_cr(v, *cr, enable));
+                            cmds.push(Request::control_cr(v, *cr, enable));
                         }
                         if enable {
                             st.monitors.crs.insert((v, *cr));
@@ -440,7 +362,7 @@ impl KvmiVm {
                                 .as_ref()
                                 .is_some_and(|a| a.contains(&(v, *m)));
                         if had != enable && !keep {
-                            cmds.push(command_msr(v, *m, enable));
+                            cmds.push(Request::control_msr(v, *m, enable));
                         }
                         if enable {
                             st.monitors.msrs.insert((v, *m));
@@ -461,11 +383,11 @@ impl KvmiVm {
         }
         // Interception is enabled after the event, disabled before it.
         if enable {
-            cmds.sort_by_key(|(id, _)| u16::from(*id != sys::KVMI_VCPU_CONTROL_EVENTS));
+            cmds.sort_by_key(|c| u16::from(c.id() != sys::KVMI_VCPU_CONTROL_EVENTS));
         } else {
-            cmds.sort_by_key(|(id, _)| u16::from(*id == sys::KVMI_VCPU_CONTROL_EVENTS));
+            cmds.sort_by_key(|c| u16::from(c.id() == sys::KVMI_VCPU_CONTROL_EVENTS));
         }
-        sh.pipeline(&cmds, sh.request_deadline())
+        sh.pipeline(cmds, sh.request_deadline())
     }
 
     /// [`Monitor::AllMsrs`]: see the module documentation. Enabling it again, or
@@ -501,12 +423,12 @@ impl KvmiVm {
                 // that disabling (or the teardown) undoes.
                 st.monitors.all_msrs = Some(accepted);
             }
-            sh.pipeline(&events, sh.request_deadline())?;
+            sh.pipeline(events, sh.request_deadline())?;
             let cmds: Vec<Command> = tries
                 .iter()
-                .map(|&(v, m)| command_msr(v, m, true))
+                .map(|&(v, m)| Request::control_msr(v, m, true))
                 .collect();
-            let (results, failed) = sh.pipeline_each(&cmds);
+            let (results, failed) = sh.pipeline_each(cmds);
             let mut st = sh.lock();
             let mut any = false;
             for (&(v, m), ok) in tries.iter().zip(results) {
@@ -541,7 +463,7 @@ impl KvmiVm {
                 let mut undo = Vec::new();
                 for (v, m) in all {
                     if !st.monitors.single_msrs.contains(&m) && st.monitors.msrs.remove(&(v, m)) {
-                        undo.push(command_msr(v, m, false));
+                        undo.push(Request::control_msr(v, m, false));
                     }
                 }
                 let mut events = Vec::new();
@@ -557,8 +479,8 @@ impl KvmiVm {
                 (undo, events)
             };
             // Interception is removed before the event is disabled.
-            let (_, failed) = sh.pipeline_each(&undo);
-            let disabled = sh.pipeline(&events, sh.request_deadline());
+            let (_, failed) = sh.pipeline_each(undo);
+            let disabled = sh.pipeline(events, sh.request_deadline());
             failed.map_or(disabled, Err)
         }
     }
@@ -637,7 +559,10 @@ pub(crate) fn enable_unhook(sh: &Shared) {
         return;
     }
     if sh
-        .pipeline(&[command_vm_event(id, true)], sh.request_deadline())
+        .pipeline(
+            vec![Request::control_vm_events(id, true)],
+            sh.request_deadline(),
+        )
         .is_ok()
     {
         sh.lock().monitors.vm_events.insert(id);

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use kvmi_proto::{Batch, Event as KEvent};
-use kvmi_sys as sys;
+
 use vmi_core::park::{AfterAnswer, EventTicket, ParkOps};
 use vmi_core::{Deadline, Error, Event, PauseScope, RegisterSnapshot, Response, Result, VcpuId};
 
@@ -201,10 +201,9 @@ impl ParkOps for KvmiPark {
             }
         };
         self.finish_vcpu(vcpu, after, &mut batch)?;
-        for (id, payload) in &commands {
-            batch
-                .command(*id, payload)
-                .map_err(|e| proto(sys::command_name(*id).unwrap_or("command"), e))?;
+        for c in commands {
+            let name = c.name();
+            batch.push(c).map_err(|e| proto(name, e))?;
         }
         batch
             .reply(ev, reply)

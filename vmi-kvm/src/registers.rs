@@ -6,8 +6,8 @@
 //! vCPU parked in an event or a pause needs none: its event carried regs, sregs and
 //! nine MSRs, which [`vmi_core::park::Parking`] keeps as its cache.
 
-use kvmi_proto::{Connection, ProtoError};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
+use kvmi_proto::{Connection, ProtoError, Request};
 use vmi_core::registers::{
     msr, ControlRegs, DescriptorTable, Gprs, RegisterGroups, RegisterSnapshot, Segment,
     SegmentAttributes, Segments,
@@ -187,13 +187,8 @@ pub(crate) fn fetch(
         });
     }
     let xcr = if groups.contains(RegisterGroups::XCR0) {
-        let body = sys::VcpuGetXcr {
-            xcr: 0,
-            padding: [0; 7],
-        };
-        let p = kvmi_proto::commands::vcpu_payload(vcpu.0, zerocopy_bytes(&body));
         Some(
-            conn.send_request(sys::KVMI_VCPU_GET_XCR, &p)
+            conn.send(Request::get_xcr(vcpu.0, 0))
                 .map_err(|e| proto_at("KVMI_VCPU_GET_XCR", Some(vcpu), None, e))?,
         )
     } else {
@@ -214,13 +209,8 @@ pub(crate) fn fetch(
     };
     let mut snap = regs.select(groups, msrs);
     if let Some(p) = xcr {
-        let t = conn.config().request_timeout;
-        if let Ok(data) = p.wait(t) {
-            if let Some(b) = data.get(..8) {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                snap.xcr0 = Some(u64::from_le_bytes(a));
-            }
+        if let Ok(v) = p.wait(conn.config().request_timeout) {
+            snap.xcr0 = Some(v);
         }
     }
     Ok(snap)
@@ -234,39 +224,19 @@ fn read_msrs_one_by_one(
     want: &[u32],
     snap: &mut RegisterSnapshot,
 ) {
-    let head = core::mem::size_of::<sys::VcpuGetRegistersReply>();
-    let pending: Vec<_> = want
+    let reqs = want
         .iter()
-        .filter_map(|&m| {
-            let req = sys::VcpuGetRegisters {
-                nmsrs: 1,
-                ..Default::default()
-            };
-            let mut body = zerocopy::IntoBytes::as_bytes(&req).to_vec();
-            body.extend_from_slice(&m.to_le_bytes());
-            let p = kvmi_proto::commands::vcpu_payload(vcpu.0, &body);
-            conn.send_request(sys::KVMI_VCPU_GET_REGISTERS, &p)
-                .ok()
-                .map(|r| (m, r))
-        })
-        .collect();
+        .filter_map(|&m| Request::get_registers(vcpu.0, &[m]).ok());
+    let Ok(pending) = conn.send_all(reqs) else {
+        return;
+    };
     let t = conn.config().request_timeout;
-    for (m, p) in pending {
-        let Ok(data) = p.wait(t) else { continue };
-        let Some(entry) = data.get(head..head + 16) else {
-            continue;
-        };
-        let Ok(e) = <sys::KvmMsrEntry as zerocopy::FromBytes>::read_from_bytes(entry) else {
-            continue;
-        };
-        if e.index == m {
+    for (&m, p) in want.iter().zip(pending) {
+        let Ok(r) = p.wait(t) else { continue };
+        if let Some(e) = r.msrs.first().filter(|e| e.index == m) {
             snap.msrs.insert(m, e.data);
         }
     }
-}
-
-fn zerocopy_bytes(x: &sys::VcpuGetXcr) -> &[u8] {
-    zerocopy::IntoBytes::as_bytes(x)
 }
 
 /// The part of `regs` KVMi can write: only GPRs (`VCPU_SET_REGISTERS` takes a

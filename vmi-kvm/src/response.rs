@@ -14,8 +14,8 @@
 //! | `Emulate` | – | – | CONTINUE | – |
 //! | `EmulateWithReadData` | – | – | CONTINUE + ctx data at the gla | – |
 
+use kvmi_proto::{sys, Request};
 use kvmi_proto::{Action as KAction, Event as KEvent, EventKind as KKind, PfReply, Reply};
-use kvmi_sys as sys;
 use vmi_core::event::Action;
 use vmi_core::{Error, Event, EventKind, Response, Result};
 
@@ -108,21 +108,11 @@ pub(crate) fn build(
     let vcpu = ev.vcpu();
     if let Some(regs) = &response.set_registers {
         if let Some(k) = writable(regs)? {
-            commands.push((
-                sys::KVMI_VCPU_SET_REGISTERS,
-                kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&k)),
-            ));
+            commands.push(Request::set_registers(vcpu, &k));
         }
     }
     if let Some(view) = response.switch_view {
-        let body = sys::VcpuSetEptView {
-            view: view.0,
-            ..Default::default()
-        };
-        commands.push((
-            sys::KVMI_VCPU_SET_EPT_VIEW,
-            kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-        ));
+        commands.push(Request::set_ept_view(vcpu, view.0));
         sh.lock().switched.insert(vcpu);
     }
     if response.toggle_singlestep {

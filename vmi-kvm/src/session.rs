@@ -329,7 +329,7 @@ impl KvmiVm {
     }
 
     /// A session on an established connection.
-    pub fn from_connection(conn: Connection) -> Result<Self> {
+    pub(crate) fn from_connection(conn: Connection) -> Result<Self> {
         let vcpu_count = conn
             .get_guest_info()
             .map_err(|e| proto("KVMI_VM_GET_INFO", e))?;
@@ -376,11 +376,6 @@ impl KvmiVm {
             detached,
             closed: AtomicBool::new(false),
         })
-    }
-
-    /// The kvmi-proto connection (for commands this crate does not wrap).
-    pub fn connection(&self) -> &Connection {
-        &self.shared.conn
     }
 
     /// The VM's name as QEMU announced it.

@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use kvmi_sys as sys;
+use kvmi_proto::sys;
 use vmi_core::{
     Access, Error, Gfn, GfnAllocation, Gpa, PageAccess, Result, SlatViews, SubPageProtection,
     VcpuId, View, VirtualizationExceptions,
@@ -33,7 +33,7 @@ use crate::session::KvmiVm;
 
 /// Entries per `SET_PAGE_ACCESS` message: 8 + 16 × 511 bytes is the most a kvmi
 /// message carries (`KVMI_MSG_SIZE`, 8184 bytes of payload).
-pub const ENTRIES_PER_MESSAGE: usize = (kvmi_sys::KVMI_MSG_SIZE - 8) / 16;
+pub const ENTRIES_PER_MESSAGE: usize = (kvmi_proto::sys::KVMI_MSG_SIZE - 8) / 16;
 
 fn bits(a: Access) -> u8 {
     let mut b = 0;
@@ -88,8 +88,7 @@ impl KvmiVm {
         let cmds: Vec<_> = gpas
             .chunks(ENTRIES_PER_MESSAGE)
             .map(|c| {
-                kvmi_proto::commands::page_access_payload(view.0, c)
-                    .map(|p| (sys::KVMI_VM_SET_PAGE_ACCESS, p))
+                kvmi_proto::Request::set_page_access(view.0, c)
                     .map_err(|e| proto("KVMI_VM_SET_PAGE_ACCESS", e))
             })
             .collect::<Result<_>>()?;
@@ -106,7 +105,7 @@ impl KvmiVm {
             }
         }
         sh.pipeline(
-            &cmds,
+            cmds,
             vmi_core::Deadline::after(sh.conn.config().request_timeout),
         )
     }

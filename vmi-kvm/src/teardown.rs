@@ -22,7 +22,7 @@ use vmi_core::{Deadline, Result};
 
 use crate::events::{control_singlestep, Command};
 use crate::session::{Shared, PUMP_SLICE};
-use kvmi_sys as sys;
+use kvmi_proto::{sys, Request};
 
 fn keep_first(first: &mut Option<vmi_core::Error>, r: Result<()>) {
     if let Err(e) = r {
@@ -57,8 +57,8 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
     let mut cmds: Vec<Command> = Vec::new();
     for (view, entries) in by_view {
         for chunk in entries.chunks(crate::slat::ENTRIES_PER_MESSAGE) {
-            match kvmi_proto::commands::page_access_payload(view, chunk) {
-                Ok(p) => cmds.push((sys::KVMI_VM_SET_PAGE_ACCESS, p)),
+            match Request::set_page_access(view, chunk) {
+                Ok(r) => cmds.push(r),
                 Err(e) => keep_first(&mut first, Err(crate::error::proto("SET_PAGE_ACCESS", e))),
             }
         }
@@ -71,50 +71,20 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
     {
         let mut st = sh.lock();
         for v in std::mem::take(&mut st.switched) {
-            let body = sys::VcpuSetEptView::default();
-            cmds.push((
-                sys::KVMI_VCPU_SET_EPT_VIEW,
-                kvmi_proto::commands::vcpu_payload(v, zerocopy::IntoBytes::as_bytes(&body)),
-            ));
+            cmds.push(Request::set_ept_view(v, 0));
         }
         for (v, view) in std::mem::take(&mut st.visible) {
-            let body = sys::VcpuControlEptView {
-                view,
-                ..Default::default()
-            };
-            cmds.push((
-                sys::KVMI_VCPU_CONTROL_EPT_VIEW,
-                kvmi_proto::commands::vcpu_payload(v, zerocopy::IntoBytes::as_bytes(&body)),
-            ));
+            cmds.push(Request::control_ept_view(v, view, false));
         }
         for v in std::mem::take(&mut st.ve_vcpus) {
-            cmds.push((
-                sys::KVMI_VCPU_DISABLE_VE,
-                kvmi_proto::commands::vcpu_payload(v, &[]),
-            ));
+            cmds.push(Request::disable_ve(v));
         }
         for (view, gfn) in std::mem::take(&mut st.remaps) {
-            let body = sys::VcpuChangeGfn {
-                view,
-                old_gfn: gfn,
-                new_gfn: gfn,
-                ..Default::default()
-            };
-            cmds.push((
-                sys::KVMI_VCPU_CHANGE_GFN,
-                kvmi_proto::commands::vcpu_payload(0, zerocopy::IntoBytes::as_bytes(&body)),
-            ));
+            cmds.push(Request::change_gfn(0, view, gfn, gfn));
         }
         for view in std::mem::take(&mut st.views) {
             if sh.facts.command(sys::KVMI_DESTROY_EPT_VIEW) {
-                let body = sys::DestroyEptView {
-                    view,
-                    padding: [0; 3],
-                };
-                destroy.push((
-                    sys::KVMI_DESTROY_EPT_VIEW,
-                    zerocopy::IntoBytes::as_bytes(&body).to_vec(),
-                ));
+                destroy.push(Request::destroy_ept_view(view));
             }
         }
         let tool_events = st.monitors.vcpu_events.clone();
@@ -138,21 +108,21 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
         }
         let m = std::mem::take(&mut st.monitors);
         for (v, cr) in m.crs {
-            cmds.push(crate::events::command_cr(v, cr, false));
+            cmds.push(Request::control_cr(v, cr, false));
         }
         for (v, msr) in m.msrs {
-            cmds.push(crate::events::command_msr(v, msr, false));
+            cmds.push(Request::control_msr(v, msr, false));
         }
         for ((v, e), _) in m.vcpu_events {
             cmds.push(crate::events::command_events(v, e, false));
         }
         for e in m.vm_events {
-            cmds.push(crate::events::command_vm_event(e, false));
+            cmds.push(Request::control_vm_events(e, false));
         }
     }
     if !sh.conn.is_closed() {
-        keep_first(&mut first, sh.pipeline(&cmds, deadline));
-        keep_first(&mut first, sh.pipeline(&destroy, deadline));
+        keep_first(&mut first, sh.pipeline(cmds, deadline));
+        keep_first(&mut first, sh.pipeline(destroy, deadline));
     }
 
     // 4. Pauses end only now: no vCPU ran while bytes and intercepts were restored.

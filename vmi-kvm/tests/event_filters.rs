@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
+use kvmi_proto::sys;
 use kvmi_sim::guest;
-use kvmi_sys as sys;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
