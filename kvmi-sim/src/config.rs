@@ -29,6 +29,10 @@ pub struct FaultPlan {
     pub truncate_frame: Option<(u64, usize)>,
     /// Delay every command reply by this much.
     pub reply_delay: Option<Duration>,
+    /// Stall (as [`Simulator::set_stalled`](crate::Simulator::set_stalled)`(true)`) when
+    /// the first frame with this command id arrives, before handling it: a host whose
+    /// receive thread hangs on that command.
+    pub stall_on_command: Option<u16>,
 }
 
 /// A fault armed at run time with [`Simulator::arm_fault`](crate::Simulator::arm_fault); it hits the next frame the

@@ -243,6 +243,8 @@ impl Simulator {
             sent: 0,
             armed: None,
             busy_waiters: 0,
+            stalled: false,
+            peer_gone: false,
         };
         let reader = stream.try_clone()?;
         let shared = Arc::new(Shared {
@@ -321,6 +323,16 @@ impl Simulator {
     /// Arm a fault for the next frame the simulator sends (replacing an armed one).
     pub fn arm_fault(&self, fault: Fault) {
         self.shared.lock().armed = Some(fault);
+    }
+
+    /// Stalls or releases the host: while stalled, the receive thread handles no frame
+    /// from the tool (commands and event replies wait, in order, in the socket), as a
+    /// host whose introspection thread hangs; released, it handles them in order —
+    /// also those the tool wrote before closing its end. Events can still be sent.
+    pub fn set_stalled(&self, stalled: bool) {
+        let mut st = self.shared.lock();
+        st.stalled = stalled;
+        self.shared.cond.notify_all();
     }
 
     /// Close the connection (like QEMU tearing down the VM, without UNHOOK).

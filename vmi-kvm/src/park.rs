@@ -147,7 +147,7 @@ impl ParkOps for KvmiPark {
             }
         }
         batch
-            .commit(sh.conn.config().request_timeout)
+            .commit(sh.reply_timeout())
             .map_err(|e| proto("resume (SET_REGISTERS + PAUSE_VCPU replies)", e))?;
         match missing {
             Some(v) => Err(Error::InvalidReply {
@@ -196,7 +196,7 @@ impl ParkOps for KvmiPark {
                 batch
                     .reply(ev, default)
                     .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-                let _ = batch.commit(sh.conn.config().request_timeout);
+                let _ = batch.commit(sh.reply_timeout());
                 return Err(e);
             }
         };
@@ -208,7 +208,7 @@ impl ParkOps for KvmiPark {
         batch
             .reply(ev, reply)
             .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-        let r = batch.commit(sh.conn.config().request_timeout);
+        let r = batch.commit(sh.reply_timeout());
         response::after_commit(sh, vcpu, &response, r.is_ok());
         r.map_err(|e| proto("event reply", e))
     }

@@ -88,11 +88,28 @@ pub(crate) struct Shared {
     state: Mutex<HostState>,
     next_ticket: AtomicU64,
     pub(crate) page_cache: crate::page_cache::PageCache,
+    /// The teardown's deadline once it started: every wait after it is bounded by it.
+    closing: Mutex<Option<Deadline>>,
 }
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, HostState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the teardown: waits from now on end at `deadline` at the latest.
+    pub(crate) fn set_closing(&self, deadline: Deadline) {
+        *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+    }
+
+    /// How long to wait for a reply: the request timeout, or what is left of the
+    /// teardown's deadline once it started.
+    pub(crate) fn reply_timeout(&self) -> Duration {
+        let t = self.conn.config().request_timeout;
+        match *self.closing.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(d) => d.remaining().map_or(t, |r| r.min(t)),
+            None => t,
+        }
     }
 
     pub(crate) fn check_vcpu(&self, vcpu: VcpuId) -> Result<()> {
@@ -363,6 +380,7 @@ impl KvmiVm {
             }),
             next_ticket: AtomicU64::new(1),
             page_cache: Default::default(),
+            closing: Mutex::new(None),
         });
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),

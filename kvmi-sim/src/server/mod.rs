@@ -108,6 +108,12 @@ pub(crate) fn serve(sh: &Shared, reader: UnixStream) {
             }
         }
         let mut st = sh.lock();
+        if sh.cfg.faults.stall_on_command == Some(hdr.id) && hdr.id != sys::KVMI_EVENT_REPLY {
+            st.stalled = true;
+        }
+        while st.stalled && st.closed.is_none() {
+            st = sh.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
         if st.closed.is_some() {
             return;
         }

