@@ -245,6 +245,7 @@ impl Simulator {
             busy_waiters: 0,
             stalled: false,
             peer_gone: false,
+            hold_pauses: false,
         };
         let reader = stream.try_clone()?;
         let shared = Arc::new(Shared {
@@ -332,6 +333,16 @@ impl Simulator {
     pub fn set_stalled(&self, stalled: bool) {
         let mut st = self.shared.lock();
         st.stalled = stalled;
+        self.shared.cond.notify_all();
+    }
+
+    /// While set, a vCPU asked to pause (`VCPU_PAUSE` answered) does not leave guest
+    /// mode: its `PAUSE_VCPU` event is held back, as for a vCPU that takes long to
+    /// exit; cleared, the held events go out.
+    pub fn set_hold_pauses(&self, hold: bool) {
+        let mut st = self.shared.lock();
+        st.hold_pauses = hold;
+        server::kick_idle_vcpus(&self.shared, &mut st);
         self.shared.cond.notify_all();
     }
 

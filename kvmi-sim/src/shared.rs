@@ -45,6 +45,9 @@ pub(crate) struct State {
     /// handled, their replies dropped, until the receive thread reads the end of the
     /// stream and closes.
     pub(crate) peer_gone: bool,
+    /// Paused vCPUs send no `PAUSE_VCPU` event while set (see
+    /// [`Simulator::set_hold_pauses`](crate::Simulator::set_hold_pauses)).
+    pub(crate) hold_pauses: bool,
 }
 
 /// State shared between the API and the server thread.

@@ -186,8 +186,12 @@ impl Shared {
                 drop(ev);
             }
             KKind::Unhook => {
-                st.unhooked = true;
-                st.queue.push_back(ev);
+                // Announced once: more UNHOOKs (they need no reply) say nothing new,
+                // and a host repeating it cannot grow the queue.
+                if !st.unhooked {
+                    st.unhooked = true;
+                    st.queue.push_back(ev);
+                }
             }
             _ => {
                 if idx >= st.vcpus.len() || st.queue.len() >= limit {

@@ -4,13 +4,14 @@
 
 mod common;
 
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use kvmi_sim::SimEvent;
 use vmi_core::event::{RegisterAccess, RegisterFilter};
 use vmi_core::{
-    Access, Breakpoint, Breakpoints, EventControl, Gfn, Gpa, Monitor, PageAccess, View,
+    Access, Breakpoint, Breakpoints, EventControl, Gfn, Gpa, Monitor, PageAccess, VcpuControl, View,
 };
 use vmi_kvm::Config;
 
@@ -92,4 +93,50 @@ fn teardown_keeps_its_bound_on_a_stalled_host_and_leaves_it_clean() {
         assert!(v.events.is_empty(), "vCPU {i} events left: {:?}", v.events);
     }
     assert!(g.vm_events.is_empty(), "VM events left: {:?}", g.vm_events);
+}
+
+/// A host flooding UNHOOK while a pause waits for its `PAUSE_VCPU` event (held back by
+/// the simulator): the waiting pause reads and routes every event, and UNHOOK is
+/// announced once — the session's queue stays bounded however many arrive (before:
+/// one queued entry per UNHOOK, 100 000 after a second).
+#[test]
+fn unhook_storm_while_a_pause_waits_keeps_the_queue_bounded() {
+    let tool = Config {
+        request_timeout: Duration::from_millis(1500),
+        ..config()
+    };
+    let (vm, sim) = setup_with(tool, kvmi_sim::Abi::V7, |c| c.vcpus = 1);
+    sim.set_hold_pauses(true);
+    let mut sent = 0u64;
+    let mut most_queued = 0usize;
+    thread::scope(|s| {
+        let pause = s.spawn(|| vm.pause().map(drop));
+        let end = Instant::now() + Duration::from_millis(1000);
+        while Instant::now() < end {
+            for _ in 0..200 {
+                if sim.trigger(0, SimEvent::Unhook).is_ok() {
+                    sent += 1;
+                }
+            }
+            most_queued = most_queued.max(vm.pending_events().unwrap());
+        }
+        let r = pause.join().unwrap();
+        assert!(r.is_err(), "no PAUSE_VCPU came: the pause times out");
+    });
+    most_queued = most_queued.max(vm.pending_events().unwrap());
+    assert!(sent > 5_000, "only {sent} UNHOOK events sent");
+    // kvmi-proto's queue (events read but not yet routed) is bounded by
+    // `Config::event_queue` (a host overflowing it is disconnected); the session's own
+    // queue holds UNHOOK once.
+    let bound = config().event_queue + 1;
+    assert!(
+        most_queued <= bound,
+        "{most_queued} events queued after {sent} UNHOOKs (bound {bound})"
+    );
+    // The tool still learns of it, once.
+    let ev = vm.wait_event(T).unwrap().expect("UNHOOK");
+    assert_eq!(ev.kind, vmi_core::EventKind::Unhook);
+    assert!(vm.unhook_requested());
+    drop(ev);
+    sim.set_hold_pauses(false);
 }
