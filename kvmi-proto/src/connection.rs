@@ -118,6 +118,7 @@ pub struct Connection {
     version: u32,
     features: Option<sys::Features>,
     probe: Mutex<Probe>,
+    vcpu_count: Option<u32>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -162,11 +163,20 @@ impl Connection {
             version: 0,
             features: None,
             probe: Mutex::new(Probe::default()),
+            vcpu_count: None,
         };
         conn.detect_version()?;
+        // Asked here, so that a listener's handshake threads (not its `accept`) wait
+        // for it: a peer that never answers delays no other VM.
+        let info = conn.send(Request::get_guest_info())?;
         if conn.config.probe {
             conn.probe_all()?;
         }
+        conn.vcpu_count = match info.wait(conn.config.request_timeout) {
+            Ok(n) => Some(n),
+            Err(ProtoError::Kvm { .. }) => None,
+            Err(e) => return Err(e),
+        };
         Ok(conn)
     }
 
@@ -208,6 +218,19 @@ impl Connection {
         for (id, p) in evs.into_iter().zip(pe) {
             probe.events.insert(id, allowed(p.wait(t))?);
         }
+        if self.abi() == Abi::V6
+            && !probe
+                .commands
+                .get(&sys::KVMI_VM_GET_MAX_GFN)
+                .copied()
+                .unwrap_or(false)
+        {
+            // A kvmi-v6 kernel refuses CHECK_COMMAND for ids at or above its command
+            // count (28) although KVM-VMI's v6 serves GET_MAX_GFN (29,
+            // kvmi-protocol.md §7): ask the command itself once.
+            let works = allowed(self.send(Request::get_max_gfn())?.wait(t))?;
+            probe.commands.insert(sys::KVMI_VM_GET_MAX_GFN, works);
+        }
         *lock(&self.probe) = probe;
         Ok(())
     }
@@ -245,6 +268,12 @@ impl Connection {
         let v = allowed(self.check_event(id))?;
         lock(&self.probe).events.insert(id, v);
         Ok(v)
+    }
+
+    /// The number of online vCPUs, as `VM_GET_INFO` answered during the setup
+    /// (`None` if the host refused the command).
+    pub fn vcpu_count(&self) -> Option<u32> {
+        self.vcpu_count
     }
 
     /// The VM as described by QEMU in the handshake.

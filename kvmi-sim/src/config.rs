@@ -33,6 +33,9 @@ pub struct FaultPlan {
     /// the first frame with this command id arrives, before handling it: a host whose
     /// receive thread hangs on that command.
     pub stall_on_command: Option<u16>,
+    /// `VM_GET_INFO` reports this vCPU count instead of the real one (a host lying
+    /// about, or a QEMU with, more vCPUs than the simulator models).
+    pub reported_vcpu_count: Option<u32>,
 }
 
 /// A fault armed at run time with [`Simulator::arm_fault`](crate::Simulator::arm_fault); it hits the next frame the

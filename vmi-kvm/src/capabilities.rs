@@ -22,20 +22,9 @@ pub(crate) struct HostFacts {
 
 impl HostFacts {
     pub(crate) fn of(conn: &Connection) -> Self {
+        // kvmi-proto's probe covers kvmi-v6's GET_MAX_GFN quirk too.
         let probe = conn.probe();
-        let mut commands = probe.commands;
-        if conn.abi() == Abi::V6
-            && !commands
-                .get(&sys::KVMI_VM_GET_MAX_GFN)
-                .copied()
-                .unwrap_or(false)
-        {
-            // A kvmi-v6 kernel refuses CHECK_COMMAND for ids at or above its command
-            // count (28) although KVM-VMI's v6 serves GET_MAX_GFN (29,
-            // kvmi-protocol.md §7): ask the command itself once.
-            let works = conn.get_max_gfn().is_ok();
-            commands.insert(sys::KVMI_VM_GET_MAX_GFN, works);
-        }
+        let commands = probe.commands;
         Self {
             abi: conn.abi(),
             features: conn.features(),

@@ -553,20 +553,17 @@ impl KvmiVm {
 
 /// Enables the UNHOOK VM event where the host allows it (recorded, so the teardown
 /// disables it). Without it the tool would never learn that QEMU wants to unhook.
-pub(crate) fn enable_unhook(sh: &Shared) {
+pub(crate) fn enable_unhook(sh: &Shared) -> Option<kvmi_proto::Pending<()>> {
     let id = sys::KVMI_EVENT_UNHOOK;
     if !sh.facts.event(id) {
-        return;
+        return None;
     }
-    if sh
-        .pipeline(
-            vec![Request::control_vm_events(id, true)],
-            sh.request_deadline(),
-        )
-        .is_ok()
-    {
-        sh.lock().monitors.vm_events.insert(id);
-    }
+    // Sent without waiting (the session's setup does no round trip, so a host that
+    // never answers delays no `accept`); recorded at once, so the teardown disables it
+    // (the host, which allows the event, has no reason to refuse either).
+    let pending = sh.conn.send(Request::control_vm_events(id, true)).ok()?;
+    sh.lock().monitors.vm_events.insert(id);
+    Some(pending)
 }
 
 /// Most asynchronous events kept for the tool; more are dropped (the host was

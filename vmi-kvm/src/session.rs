@@ -23,6 +23,10 @@ use crate::error::proto;
 use crate::events::Monitors;
 use crate::park::KvmiPark;
 
+/// Most vCPUs a session takes: every count and index fits the 16-bit vCPU field of
+/// the protocol (`vmi_core::VcpuId`), so nothing wraps.
+pub const MAX_VCPUS: u32 = u16::MAX as u32;
+
 /// How long one wait for events lasts before a waiter re-checks its own condition.
 pub(crate) const PUMP_SLICE: Duration = Duration::from_millis(20);
 
@@ -295,30 +299,43 @@ impl KvmiListener {
         let conn = self.listener.accept(timeout).map_err(|e| match e {
             ProtoError::Timeout(after) => match self.listener.take_rejected().pop() {
                 // A VM did connect but its setup failed: that is the news.
-                Some(r) => Error::Disconnected {
-                    reason: format!(
-                        "a VM connected to {} but setup failed ({}); QEMU closes the \
-                         connection when it refuses the cookie: check that the secret \
-                         matches QEMU's",
-                        self.what, r.error
-                    )
-                    .into(),
-                },
+                Some(r) => self.setup_failed(r.error),
                 None => Error::Timeout {
                     what: format!("a VM to connect to {}", self.what).into(),
                     after,
                 },
             },
-            ProtoError::Disconnected(why) => Error::Disconnected {
+            other => self.setup_failed(other),
+        })?;
+        KvmiVm::from_connection(conn)
+    }
+}
+
+impl KvmiListener {
+    /// The error for a VM whose connection or setup failed with `e`, saying what the
+    /// likely cause is.
+    fn setup_failed(&self, e: ProtoError) -> Error {
+        match e {
+            ProtoError::PeerRefused { uid, pid } => Error::Unsupported {
+                feature: format!("a VM connecting to {}", self.what).into(),
                 reason: format!(
-                    "the VM closed the connection during setup ({why}); QEMU does this when it \
-                     refuses the cookie: check that the secret matches QEMU's"
+                    "its peer (uid {uid}, pid {pid}) is not an allowed uid \
+                     (Config::allowed_peer_uids): the connection was refused before the \
+                     handshake"
                 )
                 .into(),
             },
-            other => proto(format!("accepting a VM on {}", self.what), other),
-        })?;
-        KvmiVm::from_connection(conn)
+            ProtoError::Disconnected(why) => Error::Disconnected {
+                reason: format!(
+                    "a VM connected to {} and closed the connection during setup ({why}); \
+                     QEMU does this when it refuses the cookie: check that the secret \
+                     matches QEMU's",
+                    self.what
+                )
+                .into(),
+            },
+            other => proto(format!("setting up a VM connected to {}", self.what), other),
+        }
     }
 }
 
@@ -331,6 +348,9 @@ pub struct KvmiVm {
     /// Hands out asynchronous events (see [`crate::events::Detached`]).
     pub(crate) detached: Arc<Parking>,
     closed: AtomicBool,
+    /// The reply to enabling UNHOOK at setup, never waited for (kept so that it is
+    /// not counted as a stray reply).
+    _unhook_enabling: Option<kvmi_proto::Pending<()>>,
 }
 
 impl std::fmt::Debug for KvmiVm {
@@ -351,13 +371,18 @@ impl KvmiVm {
 
     /// A session on an established connection.
     pub(crate) fn from_connection(conn: Connection) -> Result<Self> {
-        let vcpu_count = conn
-            .get_guest_info()
-            .map_err(|e| proto("KVMI_VM_GET_INFO", e))?;
-        if vcpu_count == 0 || vcpu_count > u32::from(u16::MAX) + 1 {
+        // Asked by kvmi-proto during the setup (no round trip here).
+        let vcpu_count = conn.vcpu_count().ok_or_else(|| Error::Unsupported {
+            feature: "KVMI_VM_GET_INFO".into(),
+            reason: "the host refused it at setup: the vCPU count is unknown".into(),
+        })?;
+        if vcpu_count == 0 || vcpu_count > MAX_VCPUS {
             return Err(Error::malformed(
                 "KVMi reply",
-                format!("VM_GET_INFO reports {vcpu_count} vCPUs"),
+                format!(
+                    "VM_GET_INFO reports {vcpu_count} vCPUs; a KVMi vCPU id is 16 bits, so a \
+                     session addresses 1..={MAX_VCPUS} vCPUs (KVM itself allows at most 4096)"
+                ),
             ));
         }
         let facts = HostFacts::of(&conn);
@@ -389,7 +414,7 @@ impl KvmiVm {
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),
         });
-        crate::events::enable_unhook(&shared);
+        let unhook_enabling = crate::events::enable_unhook(&shared);
         let detached = Parking::new(Arc::new(crate::events::Detached), caps.clone());
         let parking = Parking::new(ops, caps);
         Ok(Self {
@@ -397,6 +422,7 @@ impl KvmiVm {
             parking,
             detached,
             closed: AtomicBool::new(false),
+            _unhook_enabling: unhook_enabling,
         })
     }
 

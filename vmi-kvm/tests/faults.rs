@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use kvmi_proto::sys;
 use kvmi_sim::SimEvent;
 use vmi_core::event::{RegisterAccess, RegisterFilter};
 use vmi_core::{
@@ -139,4 +140,127 @@ fn unhook_storm_while_a_pause_waits_keeps_the_queue_bounded() {
     assert!(vm.unhook_requested());
     drop(ev);
     sim.set_hold_pauses(false);
+}
+
+/// A host reporting more vCPUs than a 16-bit vCPU id addresses is refused at connect
+/// with a typed error (before: 65 536 wrapped to 0 and a pause paused nothing).
+#[test]
+fn impossible_vcpu_counts_are_a_typed_error_at_connect() {
+    for count in [65_536u32, 70_000, u32::MAX, 0] {
+        let path = socket_path("vcpus");
+        let listener = vmi_kvm::KvmiListener::bind(&path, config()).unwrap();
+        let p = path.clone();
+        let sim = thread::spawn(move || {
+            let mut sc = kvmi_sim::SimConfig {
+                secret: Some(SECRET.to_vec()),
+                ..Default::default()
+            };
+            sc.faults.reported_vcpu_count = Some(count);
+            kvmi_sim::Simulator::connect(&p, sc)
+        });
+        let err = listener
+            .accept(T)
+            .expect_err("an impossible count is refused");
+        match &err {
+            vmi_core::Error::Malformed { detail, .. } => {
+                assert!(detail.contains(&count.to_string()), "{err}")
+            }
+            other => panic!("{count} vCPUs: {other:?}"),
+        }
+        drop(sim.join().unwrap());
+    }
+    // The largest count that fits is taken (the simulator models 2 vCPUs; nothing
+    // here touches the others).
+    let (vm, _sim) = setup(kvmi_sim::Abi::V7, |c| {
+        c.faults.reported_vcpu_count = Some(u32::from(u16::MAX))
+    });
+    assert_eq!(vm.vcpu_count().unwrap(), 65_535);
+}
+
+/// `KvmiListener::accept`: a VM whose host never answers `VM_GET_INFO` (it stalls on
+/// it) does not hold up the next VM — the setup runs in the listener's handshake
+/// threads, and `accept` returns the second VM well before the first one's request
+/// timeout (before: `accept` waited that timeout, then failed).
+#[test]
+fn a_vm_stuck_in_setup_delays_no_other_vm() {
+    let timeout = Duration::from_secs(4);
+    let tool = Config {
+        request_timeout: timeout,
+        ..config()
+    };
+    let path = socket_path("stuck");
+    let listener = vmi_kvm::KvmiListener::bind(&path, tool).unwrap();
+    let path = path.clone();
+    let sim = move |name: &str, stall: bool| {
+        let mut sc = kvmi_sim::SimConfig {
+            secret: Some(SECRET.to_vec()),
+            name: name.into(),
+            ..Default::default()
+        };
+        if stall {
+            sc.faults.stall_on_command = Some(sys::KVMI_VM_GET_INFO);
+        }
+        kvmi_sim::Simulator::connect(&path, sc).unwrap()
+    };
+    let start = Instant::now();
+    let stuck = sim("stuck", true);
+    // The stuck VM's setup is under way (GET_VERSION answered, VM_GET_INFO next) before
+    // the good one connects.
+    assert!(eventually(|| stuck
+        .stats()
+        .commands
+        .contains_key(&sys::KVMI_GET_VERSION)));
+    let good = thread::spawn({
+        let sim = sim.clone();
+        move || sim("good", false)
+    });
+    let vm = listener.accept(T).expect("the good VM");
+    let took = start.elapsed();
+    assert_eq!(vm.vm_name(), "good");
+    assert!(
+        took < timeout,
+        "accept took {took:?}: it waited for the stuck VM"
+    );
+    drop(good.join().unwrap());
+    drop(stuck);
+}
+
+/// A peer refused for its uid is reported as such, not as a secret mismatch.
+#[test]
+fn a_refused_peer_uid_is_reported_as_such() {
+    let path = socket_path("uid");
+    let tool = Config {
+        // Not us (root or the test's uid): the simulator's connection is refused.
+        allowed_peer_uids: kvmi_proto::PeerUids::Only(vec![4_000_000_000]),
+        ..config()
+    };
+    let listener = vmi_kvm::KvmiListener::bind(&path, tool).unwrap();
+    let p = path.clone();
+    let sim = thread::spawn(move || {
+        kvmi_sim::Simulator::connect(
+            &p,
+            kvmi_sim::SimConfig {
+                secret: Some(SECRET.to_vec()),
+                handshake_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+    });
+    let err = listener
+        .accept(Duration::from_secs(2))
+        .expect_err("the peer is refused");
+    let msg = err.to_string();
+    let uid = own_uid();
+    assert!(
+        msg.contains("uid") && msg.contains(&uid.to_string()),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"), "blames the secret: {msg}");
+    let _ = sim.join().unwrap();
+}
+
+/// Our effective uid: the owner of `/proc/self`.
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
 }

@@ -556,8 +556,11 @@ fn memory_access_with_emulated_read_data() {
 #[test]
 fn unhook_reaches_the_tool_and_dropping_closes() {
     let (vm, sim) = v7();
-    // The session enabled UNHOOK at connect.
-    assert!(sim.vm().vm_events.contains(&sys::KVMI_EVENT_UNHOOK));
+    // The session enabled UNHOOK at connect (sent, not waited for).
+    assert!(eventually(|| sim
+        .vm()
+        .vm_events
+        .contains(&sys::KVMI_EVENT_UNHOOK)));
     let t = thread::spawn(move || {
         let r = sim.unhook(T);
         (r.is_ok(), sim)
