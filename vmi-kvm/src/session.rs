@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) page_cache: crate::page_cache::PageCache,
     /// The teardown's deadline once it started: every wait after it is bounded by it.
     closing: Mutex<Option<Deadline>>,
+    /// MSRs the host refuses to read (see [`crate::registers::fetch`]).
+    pub(crate) refused_msrs: crate::registers::RefusedMsrs,
 }
 
 impl Shared {
@@ -410,6 +412,7 @@ impl KvmiVm {
             next_ticket: AtomicU64::new(1),
             page_cache: Default::default(),
             closing: Mutex::new(None),
+            refused_msrs: Default::default(),
         });
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),

@@ -264,3 +264,42 @@ fn own_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").unwrap().uid()
 }
+
+/// MSRs the host refuses are remembered for the session: the first snapshot asking
+/// for one costs the failed `GET_REGISTERS` plus one burst (the snapshot without MSRs
+/// and each MSR alone), every later one is a single `GET_REGISTERS` (before: the
+/// failing request and the burst again on every call).
+#[test]
+fn refused_msrs_are_asked_once_per_session() {
+    use vmi_core::{ReadRegisters, RegisterGroups, VcpuId};
+    let (vm, sim) = v7();
+    let (pat, lstar, bogus) = (0x277u32, 0xc000_0082u32, 0x4b56_4d00u32);
+    let msrs = [pat, lstar, bogus];
+    let groups = RegisterGroups::GPRS | RegisterGroups::MSRS;
+    let get = || commands(&sim, sys::KVMI_VCPU_GET_REGISTERS);
+    let want_pat = sim.vm().vcpus[1].msrs[&pat];
+    let want_lstar = sim.vm().vcpus[1].msrs[&lstar];
+
+    let before = get();
+    let r = vm.registers(VcpuId(1), groups, &msrs).unwrap();
+    assert_eq!(
+        get() - before,
+        1 + 1 + 3,
+        "first call: failure, then one burst"
+    );
+    assert_eq!(r.msrs.get(pat), Some(want_pat));
+    assert_eq!(r.msrs.get(lstar), Some(want_lstar));
+    assert_eq!(r.msrs.get(bogus), None, "refused MSR left out");
+
+    for vcpu in [1u16, 0, 1] {
+        let before = get();
+        let r = vm.registers(VcpuId(vcpu), groups, &msrs).unwrap();
+        assert_eq!(get() - before, 1, "one GET_REGISTERS per snapshot");
+        assert_eq!(
+            r.msrs.get(pat),
+            Some(sim.vm().vcpus[usize::from(vcpu)].msrs[&pat])
+        );
+        assert_eq!(r.msrs.get(bogus), None);
+        assert!(r.gprs.is_some());
+    }
+}
