@@ -327,16 +327,17 @@ impl KvmiListener {
                 )
                 .into(),
             },
-            ProtoError::Disconnected(why) => Error::Disconnected {
+            // QEMU closes the socket when it refuses the cookie; what the tool then
+            // sees depends on timing (a reset, a broken pipe, the end of the stream).
+            other => Error::Disconnected {
                 reason: format!(
-                    "a VM connected to {} and closed the connection during setup ({why}); \
-                     QEMU does this when it refuses the cookie: check that the secret \
-                     matches QEMU's",
+                    "a VM connected to {} but setup failed ({other}); QEMU closes the \
+                     connection when it refuses the cookie: check that the secret matches \
+                     QEMU's",
                     self.what
                 )
                 .into(),
             },
-            other => proto(format!("setting up a VM connected to {}", self.what), other),
         }
     }
 }
