@@ -72,6 +72,8 @@ pub(crate) struct Monitors {
     pub(crate) cr_async: BTreeSet<u32>,
     /// The same for MSR monitors.
     pub(crate) msr_async: BTreeSet<u32>,
+    /// vCPUs on which the tool armed singlestep (`CONTROL_SINGLESTEP`).
+    pub(crate) singlestep: BTreeSet<u16>,
 }
 
 impl Monitors {
@@ -271,11 +273,11 @@ impl KvmiVm {
                 vec![Request::control_vm_events(id, enable)],
                 sh.request_deadline(),
             )?;
-            let mut st = sh.lock();
+            let mut st = sh.monitors();
             if enable {
-                st.monitors.vm_events.insert(id);
+                st.vm_events.insert(id);
             } else {
-                st.monitors.vm_events.remove(&id);
+                st.vm_events.remove(&id);
             }
             return Ok(());
         }
@@ -297,25 +299,25 @@ impl KvmiVm {
         let event = event.filter(|e| !(*e == sys::KVMI_EVENT_TRAP && sh.facts.v7()));
         let mut cmds = Vec::new();
         {
-            let mut st = sh.lock();
+            let mut st = sh.monitors();
             match monitor {
-                Monitor::Trap => st.monitors.trap = enable,
+                Monitor::Trap => st.trap = enable,
                 Monitor::ControlRegister { cr, filter, .. } => {
                     let cr = u32::from(*cr);
                     match (enable, filter.equal) {
-                        (true, Some(v)) => st.monitors.cr_equal.insert(cr, v),
-                        _ => st.monitors.cr_equal.remove(&cr),
+                        (true, Some(v)) => st.cr_equal.insert(cr, v),
+                        _ => st.cr_equal.remove(&cr),
                     };
-                    let m = &mut st.monitors;
+                    let m = &mut *st;
                     flag(&mut m.cr_on_change, cr, enable && filter.on_change);
                     flag(&mut m.cr_async, cr, enable && filter.asynchronous);
                 }
                 Monitor::Msr { index, filter, .. } => {
                     match (enable, filter.equal) {
-                        (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
-                        _ => st.monitors.msr_equal.remove(index),
+                        (true, Some(v)) => st.msr_equal.insert(*index, v),
+                        _ => st.msr_equal.remove(index),
                     };
-                    let m = &mut st.monitors;
+                    let m = &mut *st;
                     flag(&mut m.single_msrs, *index, enable);
                     flag(&mut m.msr_on_change, *index, enable && filter.on_change);
                     flag(&mut m.msr_async, *index, enable && filter.asynchronous);
@@ -324,7 +326,7 @@ impl KvmiVm {
             }
             for &v in &vcpus {
                 if let Some(e) = event {
-                    let n = st.monitors.vcpu_events.entry((v, e)).or_insert(0);
+                    let n = st.vcpu_events.entry((v, e)).or_insert(0);
                     if enable {
                         if *n == 0 {
                             cmds.push(command_events(v, e, true));
@@ -337,46 +339,46 @@ impl KvmiVm {
                         }
                     }
                     if *n == 0 {
-                        st.monitors.vcpu_events.remove(&(v, e));
+                        st.vcpu_events.remove(&(v, e));
                     }
                 }
                 match &target {
                     Some(RegTarget::Cr(cr)) => {
-                        let had = st.monitors.crs.contains(&(v, *cr));
+                        let had = st.crs.contains(&(v, *cr));
                         if had != enable {
                             cmds.push(Request::control_cr(v, *cr, enable));
                         }
                         if enable {
-                            st.monitors.crs.insert((v, *cr));
+                            st.crs.insert((v, *cr));
                         } else {
-                            st.monitors.crs.remove(&(v, *cr));
+                            st.crs.remove(&(v, *cr));
                         }
                     }
                     Some(RegTarget::Msr(m)) => {
-                        let had = st.monitors.msrs.contains(&(v, *m));
+                        let had = st.msrs.contains(&(v, *m));
                         // Still needed by MSR_ALL: the intercept stays.
-                        let keep = !enable
-                            && st
-                                .monitors
-                                .all_msrs
-                                .as_ref()
-                                .is_some_and(|a| a.contains(&(v, *m)));
+                        let keep =
+                            !enable && st.all_msrs.as_ref().is_some_and(|a| a.contains(&(v, *m)));
                         if had != enable && !keep {
                             cmds.push(Request::control_msr(v, *m, enable));
                         }
                         if enable {
-                            st.monitors.msrs.insert((v, *m));
+                            st.msrs.insert((v, *m));
                         } else if !keep {
-                            st.monitors.msrs.remove(&(v, *m));
+                            st.msrs.remove(&(v, *m));
                         }
                     }
                     None => {}
                 }
                 if let Monitor::Singlestep(_) = monitor {
-                    let h = &mut st.vcpus[usize::from(v)];
-                    if h.singlestep != enable {
+                    let armed = st.singlestep.contains(&v);
+                    if armed != enable {
                         cmds.push(control_singlestep(v, enable));
-                        h.singlestep = enable;
+                        if enable {
+                            st.singlestep.insert(v);
+                        } else {
+                            st.singlestep.remove(&v);
+                        }
                     }
                 }
             }
@@ -401,18 +403,18 @@ impl KvmiVm {
             let mut tries = Vec::new();
             let mut accepted = BTreeSet::new();
             {
-                let mut st = sh.lock();
-                if st.monitors.all_msrs.is_some() {
+                let mut st = sh.monitors();
+                if st.all_msrs.is_some() {
                     return Ok(());
                 }
                 for &v in &vcpus {
-                    let n = st.monitors.vcpu_events.entry((v, ev)).or_insert(0);
+                    let n = st.vcpu_events.entry((v, ev)).or_insert(0);
                     if *n == 0 {
                         events.push(command_events(v, ev, true));
                     }
                     *n += 1;
                     for m in ALL_MSR_RANGES.iter().cloned().flatten() {
-                        if st.monitors.msrs.contains(&(v, m)) {
+                        if st.msrs.contains(&(v, m)) {
                             accepted.insert((v, m)); // intercepted already
                         } else {
                             tries.push((v, m));
@@ -421,7 +423,7 @@ impl KvmiVm {
                 }
                 // Recorded before anything is sent: a failure below leaves a state
                 // that disabling (or the teardown) undoes.
-                st.monitors.all_msrs = Some(accepted);
+                st.all_msrs = Some(accepted);
             }
             sh.pipeline(events, sh.request_deadline())?;
             let cmds: Vec<Command> = tries
@@ -429,17 +431,17 @@ impl KvmiVm {
                 .map(|&(v, m)| Request::control_msr(v, m, true))
                 .collect();
             let (results, failed) = sh.pipeline_each(cmds);
-            let mut st = sh.lock();
+            let mut st = sh.monitors();
             let mut any = false;
             for (&(v, m), ok) in tries.iter().zip(results) {
                 if ok {
-                    st.monitors.msrs.insert((v, m));
-                    if let Some(a) = st.monitors.all_msrs.as_mut() {
+                    st.msrs.insert((v, m));
+                    if let Some(a) = st.all_msrs.as_mut() {
                         a.insert((v, m));
                     }
                 }
             }
-            if let Some(a) = &st.monitors.all_msrs {
+            if let Some(a) = &st.all_msrs {
                 any = !a.is_empty();
             }
             drop(st);
@@ -456,22 +458,22 @@ impl KvmiVm {
             Ok(())
         } else {
             let (undo, events) = {
-                let mut st = sh.lock();
-                let Some(all) = st.monitors.all_msrs.take() else {
+                let mut st = sh.monitors();
+                let Some(all) = st.all_msrs.take() else {
                     return Ok(());
                 };
                 let mut undo = Vec::new();
                 for (v, m) in all {
-                    if !st.monitors.single_msrs.contains(&m) && st.monitors.msrs.remove(&(v, m)) {
+                    if !st.single_msrs.contains(&m) && st.msrs.remove(&(v, m)) {
                         undo.push(Request::control_msr(v, m, false));
                     }
                 }
                 let mut events = Vec::new();
                 for &v in &vcpus {
-                    if let Some(n) = st.monitors.vcpu_events.get_mut(&(v, ev)) {
+                    if let Some(n) = st.vcpu_events.get_mut(&(v, ev)) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {
-                            st.monitors.vcpu_events.remove(&(v, ev));
+                            st.vcpu_events.remove(&(v, ev));
                             events.push(command_events(v, ev, false));
                         }
                     }
@@ -488,7 +490,7 @@ impl KvmiVm {
     /// After UNHOOK was answered: tears the session down (once) and reports why
     /// there are no more events.
     fn after_unhook(&self) -> Result<()> {
-        if !self.shared.lock().unhook_answered {
+        if !self.shared.inbox().unhook_answered {
             return Ok(());
         }
         let torn = self.close();
@@ -509,7 +511,7 @@ impl KvmiVm {
             if let Some(ev) = self.next_detached() {
                 return Ok(Some(ev));
             }
-            let next = sh.lock().queue.pop_front();
+            let next = sh.inbox().queue.pop_front();
             if let Some(ev) = next {
                 return Ok(Some(self.hand_out(ev)));
             }
@@ -523,7 +525,7 @@ impl KvmiVm {
                 if let Some(ev) = self.next_detached() {
                     return Ok(Some(ev));
                 }
-                let next = sh.lock().queue.pop_front();
+                let next = sh.inbox().queue.pop_front();
                 return Ok(next.map(|ev| self.hand_out(ev)));
             }
             if deadline.expired() {
@@ -536,7 +538,7 @@ impl KvmiVm {
 
     /// The next asynchronous event, as a guard of the detached [`Parking`].
     fn next_detached(&self) -> Option<PendingEvent> {
-        let ev = self.shared.lock().detached.pop_front()?;
+        let ev = self.shared.inbox().detached.pop_front()?;
         Some(self.detached.event(self.shared.ticket(), ev))
     }
 
@@ -546,7 +548,7 @@ impl KvmiVm {
         let sh = &self.shared;
         let event = convert(sh, &ev);
         let ticket = sh.ticket();
-        sh.lock().outstanding.insert(ticket, ev);
+        sh.inbox().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)
     }
 }
@@ -562,7 +564,7 @@ pub(crate) fn enable_unhook(sh: &Shared) -> Option<kvmi_proto::Pending<()>> {
     // never answers delays no `accept`); recorded at once, so the teardown disables it
     // (the host, which allows the event, has no reason to refuse either).
     let pending = sh.conn.send(Request::control_vm_events(id, true)).ok()?;
-    sh.lock().monitors.vm_events.insert(id);
+    sh.monitors().vm_events.insert(id);
     Some(pending)
 }
 
@@ -738,7 +740,10 @@ impl vmi_core::EventControl for KvmiVm {
     }
 
     fn pending_events(&self) -> Result<usize> {
-        let st = self.shared.lock();
-        Ok(st.queue.len() + st.detached.len() + self.shared.conn.pending_events())
+        let queued = {
+            let inbox = self.shared.inbox();
+            inbox.queue.len() + inbox.detached.len()
+        };
+        Ok(queued + self.shared.conn.pending_events())
     }
 }

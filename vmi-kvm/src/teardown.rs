@@ -42,10 +42,16 @@ fn keep_first(first: &mut Option<vmi_core::Error>, r: Result<()>) {
 /// step 1, and the view destructions of step 4.
 fn undo_commands(sh: &Shared, first: &mut Option<vmi_core::Error>) -> (Vec<Command>, Vec<Command>) {
     let mut cmds: Vec<Command> = Vec::new();
-    let mut st = sh.lock();
 
-    // Breakpoint bytes.
-    for (gpa, (_, orig)) in std::mem::take(&mut st.breakpoints) {
+    // Breakpoint bytes (and the steps over them in progress, undone below).
+    let (bytes, stepping) = {
+        let mut b = sh.breakpoints();
+        (
+            std::mem::take(&mut b.bytes),
+            std::mem::take(&mut b.step_over),
+        )
+    };
+    for (gpa, (_, orig)) in bytes {
         match Request::write_physical(gpa, &[orig]) {
             Ok(r) => cmds.push(r),
             Err(e) => keep_first(
@@ -56,9 +62,10 @@ fn undo_commands(sh: &Shared, first: &mut Option<vmi_core::Error>) -> (Vec<Comma
     }
     sh.page_cache.clear();
 
+    let slat = std::mem::take(&mut *sh.slat());
     // Page access.
     let mut by_view: BTreeMap<u16, Vec<(u64, u8)>> = BTreeMap::new();
-    for ((view, gfn), _) in std::mem::take(&mut st.restricted) {
+    for ((view, gfn), _) in slat.restricted {
         by_view
             .entry(view)
             .or_default()
@@ -72,42 +79,37 @@ fn undo_commands(sh: &Shared, first: &mut Option<vmi_core::Error>) -> (Vec<Comma
             }
         }
     }
-
     // Views, remaps. Views are destroyed later: vCPU commands run as vCPU jobs, VM
     // commands on the receive thread, so only waiting orders "every vCPU left the
     // view" before "destroy it".
-    for v in std::mem::take(&mut st.switched) {
+    for v in slat.switched {
         cmds.push(Request::set_ept_view(v, 0));
     }
-    for (v, view) in std::mem::take(&mut st.visible) {
+    for (v, view) in slat.visible {
         cmds.push(Request::control_ept_view(v, view, false));
     }
-    for v in std::mem::take(&mut st.ve_vcpus) {
+    for v in slat.ve_vcpus {
         cmds.push(Request::disable_ve(v));
     }
-    for (view, gfn) in std::mem::take(&mut st.remaps) {
+    for (view, gfn) in slat.remaps {
         cmds.push(Request::change_gfn(0, view, gfn, gfn));
     }
     let mut destroy = Vec::new();
-    for view in std::mem::take(&mut st.views) {
-        if sh.facts.command(sys::KVMI_DESTROY_EPT_VIEW) {
-            destroy.push(Request::destroy_ept_view(view));
-        }
+    if sh.facts.command(sys::KVMI_DESTROY_EPT_VIEW) {
+        destroy.extend(slat.views.into_iter().map(Request::destroy_ept_view));
     }
 
     // Singlestep, intercepts, events.
-    let tool_events = st.monitors.vcpu_events.clone();
-    for (v, h) in st.vcpus.iter_mut().enumerate() {
-        let v = v as u16;
+    let m = std::mem::take(&mut *sh.monitors());
+    let mut singlestep = m.singlestep.clone();
+    for (&v, s) in &stepping {
         // A step over one of our breakpoints armed singlestep and maybe enabled the
         // event on its own; the byte is restored above.
-        let stepping = h.step_over.take();
-        if h.singlestep || stepping.is_some_and(|s| !s.tool_armed()) {
-            cmds.push(control_singlestep(v, false));
-            h.singlestep = false;
+        if !s.tool_armed() {
+            singlestep.insert(v);
         }
         let key = (v, sys::KVMI_EVENT_SINGLESTEP);
-        if stepping.is_some_and(|s| !s.tool_event()) && !tool_events.contains_key(&key) {
+        if !s.tool_event() && !m.vcpu_events.contains_key(&key) {
             cmds.push(Request::control_events(
                 v,
                 sys::KVMI_EVENT_SINGLESTEP,
@@ -115,7 +117,9 @@ fn undo_commands(sh: &Shared, first: &mut Option<vmi_core::Error>) -> (Vec<Comma
             ));
         }
     }
-    let m = std::mem::take(&mut st.monitors);
+    for v in singlestep {
+        cmds.push(control_singlestep(v, false));
+    }
     for (v, cr) in m.crs {
         cmds.push(Request::control_cr(v, cr, false));
     }
@@ -135,15 +139,15 @@ fn undo_commands(sh: &Shared, first: &mut Option<vmi_core::Error>) -> (Vec<Comma
 /// it, and releases the pause bookkeeping; nothing waits.
 fn answer_events(sh: &Shared) {
     let (queued, outstanding) = {
-        let mut st = sh.lock();
-        for h in &mut st.vcpus {
-            h.busy = false;
-        }
+        let mut inbox = sh.inbox();
         (
-            std::mem::take(&mut st.queue),
-            std::mem::take(&mut st.outstanding),
+            std::mem::take(&mut inbox.queue),
+            std::mem::take(&mut inbox.outstanding),
         )
     };
+    for h in sh.pauses().iter_mut() {
+        h.busy = false;
+    }
     // Dropping a kvmi-proto event sends its default reply.
     drop(queued);
     drop(outstanding);
@@ -181,8 +185,7 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
     keep_first(&mut first, parking.shutdown());
     {
         let held: Vec<_> = {
-            let mut st = sh.lock();
-            st.vcpus
+            sh.pauses()
                 .iter_mut()
                 .filter_map(|h| {
                     h.pause_wanted = false;
@@ -208,7 +211,7 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
 
     // 5. Pause requests still in flight: their events are answered as they arrive.
     while !sh.conn.is_closed() && !deadline.expired() {
-        let in_flight = sh.lock().vcpus.iter().any(|h| h.pause_requested > 0);
+        let in_flight = sh.pauses().iter().any(|h| h.pause_requested > 0);
         if !in_flight {
             break;
         }
