@@ -16,9 +16,13 @@
 //!   issued from any thread, including event handlers; every wait has a timeout; a
 //!   disconnect or a desynchronised stream wakes every waiter with
 //!   [`ProtoError::Disconnected`].
-//! * [`commands`]: a typed method per command; [`event`]: a received [`Event`] is
-//!   answered exactly once (replying consumes it, dropping it sends its default
-//!   reply); [`Batch`]: many commands/replies in one round trip.
+//! * [`request`]: every command as a typed [`Request<T>`] (encoding and reply
+//!   decoder, no I/O), sent by [`Connection::send`] (a [`Pending<T>`] reply handle),
+//!   [`Connection::send_all`] (many in one `write`) or [`Connection::pipeline`] (the
+//!   windowed loop); [`commands`]: a typed method per command (`send` + `wait`);
+//!   [`event`]: a received [`Event`] is answered exactly once (replying consumes it,
+//!   dropping it sends its default reply); [`Batch`]: many commands/replies in one
+//!   round trip.
 //!
 //! * [`Listener::bind`] listens on a UNIX socket path, [`Listener::bind_vsock`] on an
 //!   `AF_VSOCK` port (any CID); both accept into the same [`Connection`], which runs on

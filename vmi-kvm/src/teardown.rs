@@ -7,8 +7,9 @@
 //! 1. One burst (one `write` for up to [`COMMAND_WINDOW`] commands): restore
 //!    breakpoint bytes; lift page-access restrictions (`SET_PAGE_ACCESS` RWX, many
 //!    entries per message); switch vCPUs back to view 0, hide views made
-//!    guest-visible, disable #VE, undo gfn remaps; stop singlestep, remove CR/MSR
-//!    intercepts, disable vCPU and VM events (in that order).
+//!    guest-visible, disable #VE, undo gfn remaps; stop singlestep, remove CR
+//!    intercepts, disable vCPU and VM events, remove MSR intercepts (in that order:
+//!    the one list that can be long comes last).
 //! 2. Without waiting: answer every event the tool holds or that is queued for it
 //!    (its default reply) — after the burst on the wire, so the host has restored the
 //!    bytes and intercepts before those vCPUs run on.
@@ -16,7 +17,8 @@
 //!    go out, held `PAUSE_VCPU` events are answered; its wait is bounded by the
 //!    teardown deadline) — from now on the tool's guards are inert.
 //! 4. Wait (until the deadline) for the replies of the burst; send the rest of a burst
-//!    larger than one window (e.g. [`vmi_core::Monitor::AllMsrs`]' intercepts) and the
+//!    larger than one window (e.g. [`vmi_core::Monitor::AllMsrs`]' intercepts: on a host
+//!    that stopped answering, these are not sent once the deadline has passed) and the
 //!    destruction of views this session created (it needs every vCPU out of the view
 //!    first, so it waits for step 1's replies).
 //! 5. Answer any `PAUSE_VCPU` still in flight as it arrives (until the deadline).
@@ -123,14 +125,17 @@ fn undo_commands(sh: &Shared, first: &mut Option<vmi_core::Error>) -> (Vec<Comma
     for (v, cr) in m.crs {
         cmds.push(Request::control_cr(v, cr, false));
     }
-    for (v, msr) in m.msrs {
-        cmds.push(Request::control_msr(v, msr, false));
-    }
     for ((v, e), _) in m.vcpu_events {
         cmds.push(Request::control_events(v, e, false));
     }
     for e in m.vm_events {
         cmds.push(Request::control_vm_events(e, false));
+    }
+    // Last: the one list that can be long (`Monitor::AllMsrs`: thousands per vCPU). On
+    // a host that stops answering only the first window is sure to go out; with the
+    // events off, an intercept left behind makes the vCPU exit but sends nothing.
+    for (v, msr) in m.msrs {
+        cmds.push(Request::control_msr(v, msr, false));
     }
     (cmds, destroy)
 }
