@@ -33,10 +33,10 @@
 //!   event.
 
 use crate::codec::{self, Abi};
-use crate::commands::{page_access_payload, vcpu_payload};
 use crate::connection::Connection;
 use crate::error::{BatchFailure, ProtoError, Result};
 use crate::event::{Event, Reply};
+use crate::request::Request;
 use kvmi_sys as sys;
 use std::time::Duration;
 use zerocopy::IntoBytes;
@@ -84,27 +84,25 @@ impl<'c> Batch<'c> {
         Ok(self)
     }
 
+    /// Queues a typed request whose reply carries no data (a batch gets no reply per
+    /// command; see the module docs).
+    pub fn push(&mut self, req: Request<()>) -> Result<&mut Self> {
+        self.command(req.id(), req.payload())
+    }
+
     /// Queues `VM_SET_PAGE_ACCESS`.
     pub fn set_page_access(&mut self, view: u16, entries: &[(u64, u8)]) -> Result<&mut Self> {
-        let p = page_access_payload(view, entries)?;
-        self.command(sys::KVMI_VM_SET_PAGE_ACCESS, &p)
+        self.push(Request::set_page_access(view, entries)?)
     }
 
     /// Queues `VCPU_PAUSE`.
     pub fn pause_vcpu(&mut self, vcpu: u16, wait: bool) -> Result<&mut Self> {
-        let body = sys::VcpuPause {
-            wait: u8::from(wait),
-            ..Default::default()
-        };
-        self.command(sys::KVMI_VCPU_PAUSE, &vcpu_payload(vcpu, body.as_bytes()))
+        self.push(Request::pause_vcpu(vcpu, wait))
     }
 
     /// Queues `VCPU_SET_REGISTERS`.
     pub fn set_registers(&mut self, vcpu: u16, regs: &sys::KvmRegs) -> Result<&mut Self> {
-        self.command(
-            sys::KVMI_VCPU_SET_REGISTERS,
-            &vcpu_payload(vcpu, regs.as_bytes()),
-        )
+        self.push(Request::set_registers(vcpu, regs))
     }
 
     /// Sequence number of the most recently queued command (to match a

@@ -6,6 +6,7 @@ use crate::codec::{self, Abi};
 use crate::error::{ProtoError, Result};
 use crate::event::Event;
 use crate::handshake::{self, HookupInfo, PeerCredentials, PeerUids};
+use crate::request::Request;
 use crate::router::{lock, Shared};
 use kvmi_sys as sys;
 use std::collections::HashMap;
@@ -14,7 +15,6 @@ use std::os::unix::net::UnixStream;
 use crate::stream::Stream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use zerocopy::IntoBytes;
 
 /// Connection settings.
 #[derive(Clone, Debug)]
@@ -118,6 +118,7 @@ pub struct Connection {
     version: u32,
     features: Option<sys::Features>,
     probe: Mutex<Probe>,
+    vcpu_count: Option<u32>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -162,26 +163,28 @@ impl Connection {
             version: 0,
             features: None,
             probe: Mutex::new(Probe::default()),
+            vcpu_count: None,
         };
         conn.detect_version()?;
+        // Asked here, so that a listener's handshake threads (not its `accept`) wait
+        // for it: a peer that never answers delays no other VM.
+        let info = conn.send(Request::get_guest_info())?;
         if conn.config.probe {
             conn.probe_all()?;
         }
+        conn.vcpu_count = match info.wait(conn.config.request_timeout) {
+            Ok(n) => Some(n),
+            Err(ProtoError::Kvm { .. }) => None,
+            Err(e) => return Err(e),
+        };
         Ok(conn)
     }
 
     fn detect_version(&mut self) -> Result<()> {
-        let data = self
-            .send_request(sys::KVMI_GET_VERSION, &[])?
+        let (version, features) = self
+            .send(Request::get_version())?
             .wait(self.config.request_timeout)?;
-        let (abi, version, features) = if data.len() >= core::mem::size_of::<sys::GetVersionReply>()
-        {
-            let r: sys::GetVersionReply = codec::read_reply("GET_VERSION reply", &data)?;
-            (Abi::V7, r.version, Some(r.features))
-        } else {
-            let r: sys::v6::GetVersionReply = codec::read_reply("GET_VERSION reply", &data)?;
-            (Abi::V6, r.version, None)
-        };
+        let abi = if features.is_some() { Abi::V7 } else { Abi::V6 };
         if version < sys::KVMI_VERSION {
             self.close();
             return Err(ProtoError::Malformed(format!(
@@ -204,35 +207,29 @@ impl Connection {
             ),
             _ => (sys::KVMI_COMMAND_IDS.to_vec(), sys::KVMI_EVENT_IDS.to_vec()),
         };
-        let mut pc = Vec::with_capacity(cmds.len());
-        for id in &cmds {
-            let req = sys::VmCheckCommand {
-                id: *id,
-                ..Default::default()
-            };
-            pc.push((
-                *id,
-                self.send_request(sys::KVMI_VM_CHECK_COMMAND, req.as_bytes())?,
-            ));
-        }
-        let mut pe = Vec::with_capacity(evs.len());
-        for id in &evs {
-            let req = sys::VmCheckEvent {
-                id: (*id).into(),
-                ..Default::default()
-            };
-            pe.push((
-                *id,
-                self.send_request(sys::KVMI_VM_CHECK_EVENT, req.as_bytes())?,
-            ));
-        }
+        // One write for every probe, then one wait per reply.
+        let pc = self.send_all(cmds.iter().map(|&id| Request::check_command(id)))?;
+        let pe = self.send_all(evs.iter().map(|&id| Request::check_event(id)))?;
         let t = self.config.request_timeout;
         let mut probe = Probe::default();
-        for (id, p) in pc {
+        for (id, p) in cmds.into_iter().zip(pc) {
             probe.commands.insert(id, allowed(p.wait(t))?);
         }
-        for (id, p) in pe {
+        for (id, p) in evs.into_iter().zip(pe) {
             probe.events.insert(id, allowed(p.wait(t))?);
+        }
+        if self.abi() == Abi::V6
+            && !probe
+                .commands
+                .get(&sys::KVMI_VM_GET_MAX_GFN)
+                .copied()
+                .unwrap_or(false)
+        {
+            // A kvmi-v6 kernel refuses CHECK_COMMAND for ids at or above its command
+            // count (28) although KVM-VMI's v6 serves GET_MAX_GFN (29,
+            // kvmi-protocol.md §7): ask the command itself once.
+            let works = allowed(self.send(Request::get_max_gfn())?.wait(t))?;
+            probe.commands.insert(sys::KVMI_VM_GET_MAX_GFN, works);
         }
         *lock(&self.probe) = probe;
         Ok(())
@@ -271,6 +268,12 @@ impl Connection {
         let v = allowed(self.check_event(id))?;
         lock(&self.probe).events.insert(id, v);
         Ok(v)
+    }
+
+    /// The number of online vCPUs, as `VM_GET_INFO` answered during the setup
+    /// (`None` if the host refused the command).
+    pub fn vcpu_count(&self) -> Option<u32> {
+        self.vcpu_count
     }
 
     /// The VM as described by QEMU in the handshake.
@@ -374,7 +377,7 @@ impl Drop for Connection {
     }
 }
 
-fn allowed(r: Result<Vec<u8>>) -> Result<bool> {
+fn allowed<T>(r: Result<T>) -> Result<bool> {
     match r {
         Ok(_) => Ok(true),
         Err(ProtoError::Kvm { .. }) => Ok(false),

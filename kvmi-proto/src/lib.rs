@@ -16,9 +16,13 @@
 //!   issued from any thread, including event handlers; every wait has a timeout; a
 //!   disconnect or a desynchronised stream wakes every waiter with
 //!   [`ProtoError::Disconnected`].
-//! * [`commands`]: a typed method per command; [`event`]: a received [`Event`] is
-//!   answered exactly once (replying consumes it, dropping it sends its default
-//!   reply); [`Batch`]: many commands/replies in one round trip.
+//! * [`request`]: every command as a typed [`Request<T>`] (encoding and reply
+//!   decoder, no I/O), sent by [`Connection::send`] (a [`Pending<T>`] reply handle),
+//!   [`Connection::send_all`] (many in one `write`) or [`Connection::pipeline`] (the
+//!   windowed loop); [`commands`]: a typed method per command (`send` + `wait`);
+//!   [`event`]: a received [`Event`] is answered exactly once (replying consumes it,
+//!   dropping it sends its default reply); [`Batch`]: many commands/replies in one
+//!   round trip.
 //!
 //! * [`Listener::bind`] listens on a UNIX socket path, [`Listener::bind_vsock`] on an
 //!   `AF_VSOCK` port (any CID); both accept into the same [`Connection`], which runs on
@@ -65,17 +69,23 @@ pub mod error;
 pub mod event;
 pub mod handshake;
 pub mod listener;
+pub mod pipeline;
+pub mod request;
 pub mod router;
 pub mod stream;
 
 pub use batch::Batch;
 pub use codec::Abi;
-pub use commands::Registers;
 pub use connection::{Config, Connection, PendingReply, Probe};
 pub use error::{BatchFailure, CommandName, EventName, ProtoError, Result};
 pub use event::{Action, Event, EventInfo, EventKind, PfInfo, PfReply, Reply, TrapInfo};
 pub use handshake::{HookupInfo, PeerCredentials, PeerUids};
+/// The raw ids and wire structs this crate speaks (`kvmi-sys`), for users that need
+/// constants or register layouts without depending on it themselves.
+pub use kvmi_sys as sys;
 pub use listener::{Listener, Rejected};
+pub use pipeline::Flow;
+pub use request::{Pending, Registers, Request};
 pub use stream::{SocketTimeout, Stream, VsockStream};
 
 #[cfg(test)]

@@ -122,6 +122,14 @@ impl Host {
                 self.reply(&h, 0, r.as_bytes())
             }
         }
+        // The setup asks for the vCPU count next.
+        let (h, _) = self.recv();
+        assert_eq!(h.id, sys::KVMI_VM_GET_INFO);
+        let r = sys::VmGetInfoReply {
+            vcpu_count: 2,
+            padding: [0; 3],
+        };
+        self.reply(&h, 0, r.as_bytes());
     }
 }
 

@@ -270,6 +270,22 @@ fn stalled_host(path: &std::path::Path) -> UnixStream {
         seq,
     };
     s.write_all(&[reply.as_bytes(), &body].concat()).unwrap();
+    // The setup's VM_GET_INFO.
+    s.read_exact(&mut hdr).unwrap();
+    let id = u16::from_ne_bytes([hdr[0], hdr[1]]);
+    let seq = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    assert_eq!(id, sys::KVMI_VM_GET_INFO);
+    let info = sys::VmGetInfoReply {
+        vcpu_count: 1,
+        padding: [0; 3],
+    };
+    let body = [sys::ErrorCode::default().as_bytes(), info.as_bytes()].concat();
+    let reply = sys::MsgHdr {
+        id,
+        size: body.len() as u16,
+        seq,
+    };
+    s.write_all(&[reply.as_bytes(), &body].concat()).unwrap();
     s
 }
 

@@ -473,10 +473,11 @@ fn v6_mode() {
 
 #[test]
 fn fault_drop_wakes_waiters() {
-    // Setup crosses 2 + 2 * (41 + 14) frames; the host drops the connection when the
-    // next command arrives, so the waiter must be woken with `Disconnected`.
+    // Setup crosses 2 * (2 + 41 + 14) frames (GET_VERSION, VM_GET_INFO, probes); the
+    // host drops the connection when the next command arrives, so the waiter must be
+    // woken with `Disconnected`.
     let (c, sim) = setup(kvmi_sim::Abi::V7, |s| {
-        s.faults.drop_after_messages = Some(2 + 2 * (41 + 14) + 1);
+        s.faults.drop_after_messages = Some(2 * (2 + 41 + 14) + 1);
     });
     let c = Arc::new(c);
     let c2 = Arc::clone(&c);
@@ -489,10 +490,11 @@ fn fault_drop_wakes_waiters() {
 
 #[test]
 fn fault_corrupt_frame_is_typed_error() {
-    // Corrupt the size field of the first reply after the handshake's GET_VERSION and
-    // probes: an oversized header closes the connection with a protocol error.
+    // Corrupt the size field of the first reply after the setup's GET_VERSION,
+    // VM_GET_INFO and probes: an oversized header closes the connection with a protocol
+    // error.
     let (c, _sim) = setup(kvmi_sim::Abi::V7, |s| {
-        s.faults.corrupt_frame = Some((1 + 41 + 14, 3, 0xff));
+        s.faults.corrupt_frame = Some((2 + 41 + 14, 3, 0xff));
     });
     let r = c.get_guest_info();
     assert!(r.is_err());
@@ -866,7 +868,7 @@ fn fault_corrupt_size_closes_at_once() {
     // request fails with Disconnected (not a Timeout after its 5 s), and later requests
     // fail at once.
     let (c, _sim) = setup(kvmi_sim::Abi::V7, |s| {
-        s.faults.corrupt_frame = Some((1 + 41 + 14, 2, 0x20));
+        s.faults.corrupt_frame = Some((2 + 41 + 14, 2, 0x20));
     });
     match c.get_guest_info() {
         Err(ProtoError::Disconnected(r)) => assert!(r.contains("out of sync"), "{r}"),
@@ -877,7 +879,7 @@ fn fault_corrupt_size_closes_at_once() {
     // Shrunk instead (24 -> 16): the reply is too short for VM_GET_INFO, and its last
     // 8 bytes read as a header with seq 0, never sent: closed on the spot.
     let (c, _sim) = setup(kvmi_sim::Abi::V7, |s| {
-        s.faults.corrupt_frame = Some((1 + 41 + 14, 2, 0x08));
+        s.faults.corrupt_frame = Some((2 + 41 + 14, 2, 0x08));
     });
     let r = c.get_guest_info();
     assert!(r.is_err(), "{r:?}");

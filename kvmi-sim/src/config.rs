@@ -29,6 +29,13 @@ pub struct FaultPlan {
     pub truncate_frame: Option<(u64, usize)>,
     /// Delay every command reply by this much.
     pub reply_delay: Option<Duration>,
+    /// Stall (as [`Simulator::set_stalled`](crate::Simulator::set_stalled)`(true)`) when
+    /// the first frame with this command id arrives, before handling it: a host whose
+    /// receive thread hangs on that command.
+    pub stall_on_command: Option<u16>,
+    /// `VM_GET_INFO` reports this vCPU count instead of the real one (a host lying
+    /// about, or a QEMU with, more vCPUs than the simulator models).
+    pub reported_vcpu_count: Option<u32>,
 }
 
 /// A fault armed at run time with [`Simulator::arm_fault`](crate::Simulator::arm_fault); it hits the next frame the

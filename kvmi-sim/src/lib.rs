@@ -243,6 +243,9 @@ impl Simulator {
             sent: 0,
             armed: None,
             busy_waiters: 0,
+            stalled: false,
+            peer_gone: false,
+            hold_pauses: false,
         };
         let reader = stream.try_clone()?;
         let shared = Arc::new(Shared {
@@ -321,6 +324,26 @@ impl Simulator {
     /// Arm a fault for the next frame the simulator sends (replacing an armed one).
     pub fn arm_fault(&self, fault: Fault) {
         self.shared.lock().armed = Some(fault);
+    }
+
+    /// Stalls or releases the host: while stalled, the receive thread handles no frame
+    /// from the tool (commands and event replies wait, in order, in the socket), as a
+    /// host whose introspection thread hangs; released, it handles them in order —
+    /// also those the tool wrote before closing its end. Events can still be sent.
+    pub fn set_stalled(&self, stalled: bool) {
+        let mut st = self.shared.lock();
+        st.stalled = stalled;
+        self.shared.cond.notify_all();
+    }
+
+    /// While set, a vCPU asked to pause (`VCPU_PAUSE` answered) does not leave guest
+    /// mode: its `PAUSE_VCPU` event is held back, as for a vCPU that takes long to
+    /// exit; cleared, the held events go out.
+    pub fn set_hold_pauses(&self, hold: bool) {
+        let mut st = self.shared.lock();
+        st.hold_pauses = hold;
+        server::kick_idle_vcpus(&self.shared, &mut st);
+        self.shared.cond.notify_all();
     }
 
     /// Close the connection (like QEMU tearing down the VM, without UNHOOK).

@@ -38,6 +38,16 @@ pub(crate) struct State {
     pub(crate) armed: Option<Fault>,
     /// `trigger` calls waiting for a busy vCPU (tests observe it).
     pub(crate) busy_waiters: usize,
+    /// The receive thread handles no frame while set (see
+    /// [`Simulator::set_stalled`](crate::Simulator::set_stalled)).
+    pub(crate) stalled: bool,
+    /// A write to the tool failed (it closed its end): frames it sent before are still
+    /// handled, their replies dropped, until the receive thread reads the end of the
+    /// stream and closes.
+    pub(crate) peer_gone: bool,
+    /// Paused vCPUs send no `PAUSE_VCPU` event while set (see
+    /// [`Simulator::set_hold_pauses`](crate::Simulator::set_hold_pauses)).
+    pub(crate) hold_pauses: bool,
 }
 
 /// State shared between the API and the server thread.
@@ -75,7 +85,7 @@ impl Shared {
     /// Send one frame, applying the fault plan.
     /// The payload is the concatenation of `parts` (copied once, into the frame).
     pub(crate) fn send(&self, st: &mut State, id: u16, seq: u32, parts: &[&[u8]], rec: WireRecord) {
-        if st.closed.is_some() {
+        if st.closed.is_some() || st.peer_gone {
             return;
         }
         let size: usize = parts.iter().map(|p| p.len()).sum();
@@ -129,6 +139,17 @@ impl Shared {
             return;
         }
         if let Err(e) = res {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                // The tool closed its end. Like the kernel's receive thread, the
+                // frames it wrote before closing are still read and handled; the
+                // end of the stream then closes the connection.
+                st.peer_gone = true;
+                self.cond.notify_all();
+                return;
+            }
             self.close(st, format!("write failed: {e}"));
             return;
         }

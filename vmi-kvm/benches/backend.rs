@@ -13,7 +13,9 @@
 //!   cache on and the guest paused — served from the cache, or fetched (the cache
 //!   emptied before each read) and inserted.
 //! * `registers/snapshot_running`: GPRs, CRs, segments, GDTR/IDTR, EFER of a running
-//!   vCPU (one `GET_REGISTERS`); `registers/snapshot_parked` of a paused one (cache).
+//!   vCPU (one `GET_REGISTERS`); `registers/snapshot_parked` of a paused one (cache);
+//!   `registers/snapshot_full_msrs_running`: every group and ten MSRs of a running vCPU,
+//!   one of them refused by the host.
 //! * `event_round_trip/vcpus_N`: N vCPUs each raising CR3 events back to back, the
 //!   tool answering with N workers; time per event.
 #![allow(missing_docs)]
@@ -157,6 +159,27 @@ fn registers(c: &mut Criterion) {
     let mut g = c.benchmark_group("registers");
     g.bench_function("snapshot_running", |bench| {
         bench.iter(|| black_box(vm.registers(VcpuId(0), groups, &[]).unwrap()))
+    });
+    // Every group and ten MSRs, one of which the host refuses (0x4b564d00).
+    let msrs = [
+        0x174,
+        0x175,
+        0x176,
+        0x277,
+        0xc000_0081,
+        0xc000_0082,
+        0xc000_0083,
+        0xc000_0084,
+        0xc000_0102,
+        0x4b56_4d00,
+    ];
+    g.bench_function("snapshot_full_msrs_running", |bench| {
+        bench.iter(|| {
+            black_box(
+                vm.registers(VcpuId(0), RegisterGroups::all(), &msrs)
+                    .unwrap(),
+            )
+        })
     });
     let pause = vm.pause().unwrap();
     g.bench_function("snapshot_parked", |bench| {

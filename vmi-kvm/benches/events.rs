@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use kvmi_proto::{Action, EventKind, Listener, ProtoError};
 use kvmi_sim::{SimConfig, SimError, SimEvent, Simulator};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
 use vmi_core::event::{RegisterAccess, RegisterFilter};
 use vmi_core::{EventControl, Monitor, Response};
 use vmi_kvm::{Config, KvmiListener};

@@ -25,15 +25,17 @@
 //! marks space-limited breakpoints as partial there), whose event carries the CR3 to
 //! tell.
 
-use kvmi_proto::{Batch, Event as KEvent};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
+use std::collections::BTreeMap;
+
+use kvmi_proto::{Batch, Event as KEvent, Request};
 use vmi_core::{
     Breakpoint, Breakpoints, Error, EventControl, Gpa, Monitor, PagingMode, PhysicalMemory,
     PhysicalMemoryWrite, ReadRegisters, RegisterGroups, Result, VcpuId,
 };
 
 use crate::events::{command_events, control_singlestep, Command};
-use crate::session::{HostState, KvmiVm, Shared};
+use crate::session::{KvmiVm, Shared};
 
 const INT3: u8 = 0xcc;
 
@@ -42,16 +44,27 @@ pub(crate) fn cr3_root(cr3: u64) -> u64 {
     cr3 & 0x000f_ffff_ffff_f000
 }
 
+/// The session's breakpoints (owned by this module).
+#[derive(Default)]
+pub(crate) struct BreakpointState {
+    /// gpa → the tool's breakpoints there (several when addresses of different
+    /// spaces share the byte) and the original byte.
+    pub(crate) bytes: BTreeMap<u64, (Vec<Breakpoint>, u8)>,
+    /// Steps over one of our breakpoints in progress, by vCPU.
+    pub(crate) step_over: BTreeMap<u16, StepOver>,
+}
+
 /// Whether `ev` is a hit on one of our bytes in an address space none of the
 /// breakpoints there is for, and can be stepped over internally (kvmi-v7 singlestep).
-pub(crate) fn foreign_space(sh: &Shared, st: &HostState, ev: &KEvent) -> bool {
+pub(crate) fn foreign_space(sh: &Shared, ev: &KEvent) -> bool {
     let kvmi_proto::EventKind::Breakpoint(b) = ev.kind else {
         return false;
     };
     if !sh.facts.singlestep() {
         return false;
     }
-    let Some((bps, _)) = st.breakpoints.get(&b.gpa) else {
+    let state = sh.breakpoints();
+    let Some((bps, _)) = state.bytes.get(&b.gpa) else {
         return false;
     };
     let here = cr3_root(ev.common.arch.sregs.cr3);
@@ -72,11 +85,11 @@ pub(crate) fn step_over_foreign(sh: &Shared, ev: KEvent) {
     // the original instruction.
     let cmds = step_over_plan(sh, ev.vcpu(), gpa).unwrap_or_default();
     let mut batch = Batch::new(&sh.conn);
-    for (id, p) in &cmds {
-        let _ = batch.command(*id, p);
+    for c in cmds {
+        let _ = batch.push(c);
     }
     let _ = batch.reply(ev, kvmi_proto::Reply::breakpoint(false));
-    let _ = batch.commit(sh.conn.config().request_timeout);
+    let _ = batch.commit(sh.reply_timeout());
 }
 
 /// A step over one of our breakpoints in progress on a vCPU.
@@ -99,33 +112,37 @@ impl StepOver {
     }
 }
 
-fn write_byte(gpa: u64, byte: u8) -> Command {
-    let head = sys::VmWritePhysical { gpa, size: 1 };
-    let mut p = zerocopy::IntoBytes::as_bytes(&head).to_vec();
-    p.push(byte);
-    (sys::KVMI_VM_WRITE_PHYSICAL, p)
+fn write_byte(gpa: u64, byte: u8) -> Option<Command> {
+    // One byte is always within one page: only a gpa kvmi-proto refuses fails here.
+    Request::write_physical(gpa, &[byte]).ok()
 }
 
 /// The commands that start a step over our breakpoint at `gpa` on `vcpu`, or `None`
 /// when `gpa` is not ours or the host cannot singlestep.
 pub(crate) fn step_over_plan(sh: &Shared, vcpu: u16, gpa: u64) -> Option<Vec<Command>> {
-    if !sh.facts.singlestep() {
+    if !sh.facts.singlestep() || u32::from(vcpu) >= sh.vcpu_count {
         return None;
     }
-    let mut st = sh.lock();
-    let orig = st.breakpoints.get(&gpa)?.1;
-    let tool_event = st
-        .monitors
-        .vcpu_events
-        .contains_key(&(vcpu, sys::KVMI_EVENT_SINGLESTEP));
-    let h = st.vcpus.get_mut(usize::from(vcpu))?;
-    let tool_armed = h.singlestep;
-    h.step_over = Some(StepOver {
-        gpa,
-        tool_event,
-        tool_armed,
-    });
-    let mut cmds = vec![write_byte(gpa, orig)];
+    let (tool_event, tool_armed) = {
+        let m = sh.monitors();
+        (
+            m.vcpu_events
+                .contains_key(&(vcpu, sys::KVMI_EVENT_SINGLESTEP)),
+            m.singlestep.contains(&vcpu),
+        )
+    };
+    let mut state = sh.breakpoints();
+    let orig = state.bytes.get(&gpa)?.1;
+    state.step_over.insert(
+        vcpu,
+        StepOver {
+            gpa,
+            tool_event,
+            tool_armed,
+        },
+    );
+    drop(state);
+    let mut cmds: Vec<Command> = write_byte(gpa, orig).into_iter().collect();
     if !tool_event {
         cmds.push(command_events(vcpu, sys::KVMI_EVENT_SINGLESTEP, true));
     }
@@ -135,20 +152,21 @@ pub(crate) fn step_over_plan(sh: &Shared, vcpu: u16, gpa: u64) -> Option<Vec<Com
     Some(cmds)
 }
 
-/// Called by `route` for a SINGLESTEP event: finishes a step over, if one is in
+/// Called by the inbox for a SINGLESTEP event: finishes a step over, if one is in
 /// progress on the vCPU. Returns the event back when the tool should see it.
-pub(crate) fn on_singlestep(sh: &Shared, st: &mut HostState, ev: KEvent) -> Option<KEvent> {
+pub(crate) fn on_singlestep(sh: &Shared, ev: KEvent) -> Option<KEvent> {
     let vcpu = ev.vcpu();
-    let Some(s) = st
-        .vcpus
-        .get_mut(usize::from(vcpu))
-        .and_then(|h| h.step_over.take())
-    else {
-        return Some(ev);
+    let (s, ours) = {
+        let mut state = sh.breakpoints();
+        let Some(s) = state.step_over.remove(&vcpu) else {
+            return Some(ev);
+        };
+        let ours = state.bytes.contains_key(&s.gpa);
+        (s, ours)
     };
     let mut cmds = Vec::new();
-    if st.breakpoints.contains_key(&s.gpa) {
-        cmds.push(write_byte(s.gpa, INT3));
+    if ours {
+        cmds.extend(write_byte(s.gpa, INT3));
     }
     if !s.tool_armed {
         cmds.push(control_singlestep(vcpu, false));
@@ -158,16 +176,16 @@ pub(crate) fn on_singlestep(sh: &Shared, st: &mut HostState, ev: KEvent) -> Opti
     }
     let forward = s.tool_armed && s.tool_event;
     let mut batch = Batch::new(&sh.conn);
-    for (id, p) in &cmds {
-        let _ = batch.command(*id, p);
+    for c in cmds {
+        let _ = batch.push(c);
     }
     if forward {
         // Commit first: the tool's event is handed out with the byte back in place.
-        let _ = batch.commit(sh.conn.config().request_timeout);
+        let _ = batch.commit(sh.reply_timeout());
         return Some(ev);
     }
     let _ = batch.reply(ev, kvmi_proto::Action::Continue);
-    let _ = batch.commit(sh.conn.config().request_timeout);
+    let _ = batch.commit(sh.reply_timeout());
     None
 }
 
@@ -201,8 +219,8 @@ impl Breakpoints for KvmiVm {
             .require(vmi_core::Capability::SoftwareBreakpoints)?;
         let gpa = self.resolve(bp)?;
         {
-            let mut st = self.shared.lock();
-            if let Some((bps, _)) = st.breakpoints.get_mut(&gpa) {
+            let mut state = self.shared.breakpoints();
+            if let Some((bps, _)) = state.bytes.get_mut(&gpa) {
                 // The byte is ours already (maybe for another space): one more user.
                 if !bps.contains(&bp) {
                     bps.push(bp);
@@ -214,13 +232,13 @@ impl Breakpoints for KvmiVm {
         let mut orig = [0u8; 1];
         let placed = self.read_physical(Gpa(gpa), &mut orig).and_then(|()| {
             self.shared
-                .lock()
-                .breakpoints
+                .breakpoints()
+                .bytes
                 .insert(gpa, (vec![bp], orig[0]));
             self.write_physical(Gpa(gpa), &[INT3])
         });
         if placed.is_err() {
-            self.shared.lock().breakpoints.remove(&gpa);
+            self.shared.breakpoints().bytes.remove(&gpa);
             let _ = self.disable(&Monitor::Interrupt(vmi_core::event::InterruptKind::Int3));
         }
         placed
@@ -228,9 +246,9 @@ impl Breakpoints for KvmiVm {
 
     fn clear_breakpoint(&self, bp: Breakpoint) -> Result<()> {
         let orig = {
-            let mut st = self.shared.lock();
-            let Some((&gpa, (bps, _))) = st
-                .breakpoints
+            let mut state = self.shared.breakpoints();
+            let Some((&gpa, (bps, _))) = state
+                .bytes
                 .iter_mut()
                 .find(|(_, (bps, _))| bps.contains(&bp))
             else {
@@ -240,7 +258,7 @@ impl Breakpoints for KvmiVm {
             if !bps.is_empty() {
                 return Ok(()); // another breakpoint still needs the byte
             }
-            st.breakpoints.remove(&gpa).map(|(_, orig)| (gpa, orig))
+            state.bytes.remove(&gpa).map(|(_, orig)| (gpa, orig))
         };
         let Some((gpa, orig)) = orig else {
             return Ok(());
@@ -253,8 +271,8 @@ impl Breakpoints for KvmiVm {
     fn active_breakpoints(&self) -> Vec<Breakpoint> {
         let mut v: Vec<_> = self
             .shared
-            .lock()
-            .breakpoints
+            .breakpoints()
+            .bytes
             .values()
             .flat_map(|(bps, _)| bps.iter().copied())
             .collect();

@@ -2,7 +2,7 @@
 //! translation, and exception injection (whose `TRAP` event is answered internally
 //! unless the tool monitors [`vmi_core::Monitor::Trap`]).
 
-use kvmi_sys as sys;
+use kvmi_proto::sys;
 use vmi_core::cpu_state::{MemoryType, MtrrRegs, TscInfo, XsaveArea};
 use vmi_core::registers::msr;
 use vmi_core::{

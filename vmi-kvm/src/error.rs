@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
+use kvmi_proto::sys;
 use kvmi_proto::ProtoError;
-use kvmi_sys as sys;
 use vmi_core::{Error, Gpa, VcpuId};
 
 /// Converts a protocol error of `command` into a `vmi-core` error. Disconnects and

@@ -25,8 +25,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kvmi_proto::{Event as KEvent, EventKind as KKind};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
+use kvmi_proto::{Event as KEvent, EventKind as KKind, Flow, Request};
 use vmi_core::event::{
     DescriptorTableReg, InterruptKind, InterruptionType, RegisterAccess, RegisterId,
 };
@@ -72,6 +72,8 @@ pub(crate) struct Monitors {
     pub(crate) cr_async: BTreeSet<u32>,
     /// The same for MSR monitors.
     pub(crate) msr_async: BTreeSet<u32>,
+    /// vCPUs on which the tool armed singlestep (`CONTROL_SINGLESTEP`).
+    pub(crate) singlestep: BTreeSet<u16>,
 }
 
 impl Monitors {
@@ -103,154 +105,73 @@ impl Monitors {
     }
 }
 
-/// One host command: id and payload.
-pub(crate) type Command = (u16, Vec<u8>);
+/// One host command whose reply carries no data.
+pub(crate) type Command = Request<()>;
 
 pub(crate) fn command_events(vcpu: u16, event: u8, enable: bool) -> Command {
-    let body = sys::VcpuControlEvents {
-        event_id: event.into(),
-        enable: u8::from(enable),
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_EVENTS,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
-}
-
-pub(crate) fn command_cr(vcpu: u16, cr: u32, enable: bool) -> Command {
-    let body = sys::VcpuControlCr {
-        enable: u8::from(enable),
-        cr,
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_CR,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
-}
-
-pub(crate) fn command_msr(vcpu: u16, index: u32, enable: bool) -> Command {
-    let body = sys::VcpuControlMsr {
-        enable: u8::from(enable),
-        msr: index,
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_MSR,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
+    Request::control_events(vcpu, event, enable)
 }
 
 pub(crate) fn control_singlestep(vcpu: u16, enable: bool) -> Command {
-    let body = sys::VcpuControlSingleStep {
-        enable: u8::from(enable),
-        padding: [0; 7],
-    };
-    (
-        sys::KVMI_VCPU_CONTROL_SINGLESTEP,
-        kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-    )
-}
-
-pub(crate) fn command_vm_event(event: u8, enable: bool) -> Command {
-    let body = sys::VmControlEvents {
-        event_id: event.into(),
-        enable: u8::from(enable),
-        ..Default::default()
-    };
-    (
-        sys::KVMI_VM_CONTROL_EVENTS,
-        zerocopy::IntoBytes::as_bytes(&body).to_vec(),
-    )
+    Request::control_singlestep(vcpu, enable)
 }
 
 impl Shared {
-    /// Sends `commands` (each its own request, so every error is seen), at most
-    /// [`COMMAND_WINDOW`] in flight, and waits for all replies under `deadline`.
-    /// Returns the first error; every reply of what was sent is waited for either way.
-    pub(crate) fn pipeline(&self, commands: &[Command], deadline: Deadline) -> Result<()> {
+    /// Sends `commands` (each its own request, so every error is seen) through
+    /// kvmi-proto's pipeline, [`COMMAND_WINDOW`] in flight, under `deadline`. Returns
+    /// the first error; every reply of what was sent is waited for either way.
+    pub(crate) fn pipeline(&self, commands: Vec<Command>, deadline: Deadline) -> Result<()> {
+        let names: Vec<&'static str> = commands.iter().map(Request::name).collect();
         let mut first = None;
-        for window in commands.chunks(COMMAND_WINDOW) {
-            if deadline.expired() {
-                first.get_or_insert(deadline.timeout_error("replies to host commands"));
-                break;
-            }
-            let mut pending = Vec::with_capacity(window.len());
-            for (id, payload) in window {
-                match self.conn.send_request(*id, payload) {
-                    Ok(p) => pending.push((*id, p)),
-                    Err(e) => {
-                        first.get_or_insert(proto_at(name(*id), None, None, e));
-                        break;
-                    }
+        let sent = self
+            .conn
+            .pipeline(commands, COMMAND_WINDOW, deadline.instant(), |i, r| {
+                if let Err(e) = r {
+                    first.get_or_insert_with(|| proto_at(names[i], None, None, e));
                 }
+                Flow::Continue
+            });
+        match sent {
+            Err(e) => {
+                Err(first.unwrap_or_else(|| proto_at("replies to host commands", None, None, e)))
             }
-            let sent_all = pending.len() == window.len();
-            for (id, p) in pending {
-                let t = deadline
-                    .remaining()
-                    .unwrap_or(self.conn.config().request_timeout);
-                if let Err(e) = p.wait(t) {
-                    first.get_or_insert(proto_at(name(id), None, None, e));
-                }
+            Ok(n) if n < names.len() => {
+                Err(first.unwrap_or_else(|| deadline.timeout_error("replies to host commands")))
             }
-            if !sent_all {
-                break;
-            }
+            Ok(_) => first.map_or(Ok(()), Err),
         }
-        first.map_or(Ok(()), Err)
     }
 
-    /// Sends `commands` with at most [`COMMAND_WINDOW`] in flight, each window under its
-    /// own request deadline. Returns whether the host accepted each command (`false`
-    /// for a `KVM_E*` refusal; `true` when the outcome is unknown) for those sent, and the first failure of another
-    /// kind (a timeout, the connection gone), after which nothing more is sent.
-    pub(crate) fn pipeline_each(&self, commands: &[Command]) -> (Vec<bool>, Option<Error>) {
+    /// Sends `commands` with at most [`COMMAND_WINDOW`] in flight, each reply waited for
+    /// at most the request timeout. Returns whether the host accepted each command
+    /// (`false` for a `KVM_E*` refusal; `true` when the outcome is unknown) for those
+    /// sent, and the first failure of another kind (a timeout, the connection gone),
+    /// after which nothing more is sent.
+    pub(crate) fn pipeline_each(&self, commands: Vec<Command>) -> (Vec<bool>, Option<Error>) {
+        let names: Vec<&'static str> = commands.iter().map(Request::name).collect();
         let mut accepted = Vec::with_capacity(commands.len());
-        for window in commands.chunks(COMMAND_WINDOW) {
-            let deadline = self.request_deadline();
-            let mut pending = Vec::with_capacity(window.len());
-            let mut failed = None;
-            for (id, payload) in window {
-                match self.conn.send_request(*id, payload) {
-                    Ok(p) => pending.push((*id, p)),
-                    Err(e) => {
-                        failed = Some(proto_at(name(*id), None, None, e));
-                        break;
-                    }
+        let mut failed = None;
+        let sent = self.conn.pipeline(commands, COMMAND_WINDOW, None, |i, r| {
+            match r {
+                Ok(()) => accepted.push(true),
+                Err(kvmi_proto::ProtoError::Kvm { .. }) => accepted.push(false),
+                Err(e) => {
+                    failed.get_or_insert_with(|| proto_at(names[i], None, None, e));
+                    // Unknown outcome: counted as enabled, so that it is undone.
+                    accepted.push(true);
                 }
             }
-            for (id, p) in pending {
-                let t = deadline
-                    .remaining()
-                    .unwrap_or(self.conn.config().request_timeout);
-                match p.wait(t) {
-                    Ok(_) => accepted.push(true),
-                    Err(kvmi_proto::ProtoError::Kvm { .. }) => accepted.push(false),
-                    Err(e) => {
-                        failed.get_or_insert(proto_at(name(id), None, None, e));
-                        // Unknown outcome: counted as enabled, so that it is undone.
-                        accepted.push(true);
-                    }
-                }
-            }
-            if failed.is_some() {
-                return (accepted, failed);
-            }
+            Flow::Continue
+        });
+        if let Err(e) = sent {
+            failed.get_or_insert_with(|| proto_at("host commands", None, None, e));
         }
-        (accepted, None)
+        (accepted, failed)
     }
 
     fn request_deadline(&self) -> Deadline {
         Deadline::after(self.conn.config().request_timeout)
     }
-}
-
-fn name(id: u16) -> &'static str {
-    sys::command_name(id)
-        .or(sys::v6::command_name(id))
-        .unwrap_or("KVMi command")
 }
 
 /// The vCPU-event id and per-register commands `monitor` needs on `vcpu`.
@@ -348,12 +269,15 @@ impl KvmiVm {
         }
         if let Monitor::VcpuCreate = monitor {
             let id = sys::KVMI_EVENT_CREATE_VCPU;
-            sh.pipeline(&[command_vm_event(id, enable)], sh.request_deadline())?;
-            let mut st = sh.lock();
+            sh.pipeline(
+                vec![Request::control_vm_events(id, enable)],
+                sh.request_deadline(),
+            )?;
+            let mut st = sh.monitors();
             if enable {
-                st.monitors.vm_events.insert(id);
+                st.vm_events.insert(id);
             } else {
-                st.monitors.vm_events.remove(&id);
+                st.vm_events.remove(&id);
             }
             return Ok(());
         }
@@ -375,25 +299,25 @@ impl KvmiVm {
         let event = event.filter(|e| !(*e == sys::KVMI_EVENT_TRAP && sh.facts.v7()));
         let mut cmds = Vec::new();
         {
-            let mut st = sh.lock();
+            let mut st = sh.monitors();
             match monitor {
-                Monitor::Trap => st.monitors.trap = enable,
+                Monitor::Trap => st.trap = enable,
                 Monitor::ControlRegister { cr, filter, .. } => {
                     let cr = u32::from(*cr);
                     match (enable, filter.equal) {
-                        (true, Some(v)) => st.monitors.cr_equal.insert(cr, v),
-                        _ => st.monitors.cr_equal.remove(&cr),
+                        (true, Some(v)) => st.cr_equal.insert(cr, v),
+                        _ => st.cr_equal.remove(&cr),
                     };
-                    let m = &mut st.monitors;
+                    let m = &mut *st;
                     flag(&mut m.cr_on_change, cr, enable && filter.on_change);
                     flag(&mut m.cr_async, cr, enable && filter.asynchronous);
                 }
                 Monitor::Msr { index, filter, .. } => {
                     match (enable, filter.equal) {
-                        (true, Some(v)) => st.monitors.msr_equal.insert(*index, v),
-                        _ => st.monitors.msr_equal.remove(index),
+                        (true, Some(v)) => st.msr_equal.insert(*index, v),
+                        _ => st.msr_equal.remove(index),
                     };
-                    let m = &mut st.monitors;
+                    let m = &mut *st;
                     flag(&mut m.single_msrs, *index, enable);
                     flag(&mut m.msr_on_change, *index, enable && filter.on_change);
                     flag(&mut m.msr_async, *index, enable && filter.asynchronous);
@@ -402,7 +326,7 @@ impl KvmiVm {
             }
             for &v in &vcpus {
                 if let Some(e) = event {
-                    let n = st.monitors.vcpu_events.entry((v, e)).or_insert(0);
+                    let n = st.vcpu_events.entry((v, e)).or_insert(0);
                     if enable {
                         if *n == 0 {
                             cmds.push(command_events(v, e, true));
@@ -415,57 +339,57 @@ impl KvmiVm {
                         }
                     }
                     if *n == 0 {
-                        st.monitors.vcpu_events.remove(&(v, e));
+                        st.vcpu_events.remove(&(v, e));
                     }
                 }
                 match &target {
                     Some(RegTarget::Cr(cr)) => {
-                        let had = st.monitors.crs.contains(&(v, *cr));
+                        let had = st.crs.contains(&(v, *cr));
                         if had != enable {
-                            cmds.push(command_cr(v, *cr, enable));
+                            cmds.push(Request::control_cr(v, *cr, enable));
                         }
                         if enable {
-                            st.monitors.crs.insert((v, *cr));
+                            st.crs.insert((v, *cr));
                         } else {
-                            st.monitors.crs.remove(&(v, *cr));
+                            st.crs.remove(&(v, *cr));
                         }
                     }
                     Some(RegTarget::Msr(m)) => {
-                        let had = st.monitors.msrs.contains(&(v, *m));
+                        let had = st.msrs.contains(&(v, *m));
                         // Still needed by MSR_ALL: the intercept stays.
-                        let keep = !enable
-                            && st
-                                .monitors
-                                .all_msrs
-                                .as_ref()
-                                .is_some_and(|a| a.contains(&(v, *m)));
+                        let keep =
+                            !enable && st.all_msrs.as_ref().is_some_and(|a| a.contains(&(v, *m)));
                         if had != enable && !keep {
-                            cmds.push(command_msr(v, *m, enable));
+                            cmds.push(Request::control_msr(v, *m, enable));
                         }
                         if enable {
-                            st.monitors.msrs.insert((v, *m));
+                            st.msrs.insert((v, *m));
                         } else if !keep {
-                            st.monitors.msrs.remove(&(v, *m));
+                            st.msrs.remove(&(v, *m));
                         }
                     }
                     None => {}
                 }
                 if let Monitor::Singlestep(_) = monitor {
-                    let h = &mut st.vcpus[usize::from(v)];
-                    if h.singlestep != enable {
+                    let armed = st.singlestep.contains(&v);
+                    if armed != enable {
                         cmds.push(control_singlestep(v, enable));
-                        h.singlestep = enable;
+                        if enable {
+                            st.singlestep.insert(v);
+                        } else {
+                            st.singlestep.remove(&v);
+                        }
                     }
                 }
             }
         }
         // Interception is enabled after the event, disabled before it.
         if enable {
-            cmds.sort_by_key(|(id, _)| u16::from(*id != sys::KVMI_VCPU_CONTROL_EVENTS));
+            cmds.sort_by_key(|c| u16::from(c.id() != sys::KVMI_VCPU_CONTROL_EVENTS));
         } else {
-            cmds.sort_by_key(|(id, _)| u16::from(*id == sys::KVMI_VCPU_CONTROL_EVENTS));
+            cmds.sort_by_key(|c| u16::from(c.id() == sys::KVMI_VCPU_CONTROL_EVENTS));
         }
-        sh.pipeline(&cmds, sh.request_deadline())
+        sh.pipeline(cmds, sh.request_deadline())
     }
 
     /// [`Monitor::AllMsrs`]: see the module documentation. Enabling it again, or
@@ -479,18 +403,18 @@ impl KvmiVm {
             let mut tries = Vec::new();
             let mut accepted = BTreeSet::new();
             {
-                let mut st = sh.lock();
-                if st.monitors.all_msrs.is_some() {
+                let mut st = sh.monitors();
+                if st.all_msrs.is_some() {
                     return Ok(());
                 }
                 for &v in &vcpus {
-                    let n = st.monitors.vcpu_events.entry((v, ev)).or_insert(0);
+                    let n = st.vcpu_events.entry((v, ev)).or_insert(0);
                     if *n == 0 {
                         events.push(command_events(v, ev, true));
                     }
                     *n += 1;
                     for m in ALL_MSR_RANGES.iter().cloned().flatten() {
-                        if st.monitors.msrs.contains(&(v, m)) {
+                        if st.msrs.contains(&(v, m)) {
                             accepted.insert((v, m)); // intercepted already
                         } else {
                             tries.push((v, m));
@@ -499,25 +423,25 @@ impl KvmiVm {
                 }
                 // Recorded before anything is sent: a failure below leaves a state
                 // that disabling (or the teardown) undoes.
-                st.monitors.all_msrs = Some(accepted);
+                st.all_msrs = Some(accepted);
             }
-            sh.pipeline(&events, sh.request_deadline())?;
+            sh.pipeline(events, sh.request_deadline())?;
             let cmds: Vec<Command> = tries
                 .iter()
-                .map(|&(v, m)| command_msr(v, m, true))
+                .map(|&(v, m)| Request::control_msr(v, m, true))
                 .collect();
-            let (results, failed) = sh.pipeline_each(&cmds);
-            let mut st = sh.lock();
+            let (results, failed) = sh.pipeline_each(cmds);
+            let mut st = sh.monitors();
             let mut any = false;
             for (&(v, m), ok) in tries.iter().zip(results) {
                 if ok {
-                    st.monitors.msrs.insert((v, m));
-                    if let Some(a) = st.monitors.all_msrs.as_mut() {
+                    st.msrs.insert((v, m));
+                    if let Some(a) = st.all_msrs.as_mut() {
                         a.insert((v, m));
                     }
                 }
             }
-            if let Some(a) = &st.monitors.all_msrs {
+            if let Some(a) = &st.all_msrs {
                 any = !a.is_empty();
             }
             drop(st);
@@ -534,22 +458,22 @@ impl KvmiVm {
             Ok(())
         } else {
             let (undo, events) = {
-                let mut st = sh.lock();
-                let Some(all) = st.monitors.all_msrs.take() else {
+                let mut st = sh.monitors();
+                let Some(all) = st.all_msrs.take() else {
                     return Ok(());
                 };
                 let mut undo = Vec::new();
                 for (v, m) in all {
-                    if !st.monitors.single_msrs.contains(&m) && st.monitors.msrs.remove(&(v, m)) {
-                        undo.push(command_msr(v, m, false));
+                    if !st.single_msrs.contains(&m) && st.msrs.remove(&(v, m)) {
+                        undo.push(Request::control_msr(v, m, false));
                     }
                 }
                 let mut events = Vec::new();
                 for &v in &vcpus {
-                    if let Some(n) = st.monitors.vcpu_events.get_mut(&(v, ev)) {
+                    if let Some(n) = st.vcpu_events.get_mut(&(v, ev)) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {
-                            st.monitors.vcpu_events.remove(&(v, ev));
+                            st.vcpu_events.remove(&(v, ev));
                             events.push(command_events(v, ev, false));
                         }
                     }
@@ -557,8 +481,8 @@ impl KvmiVm {
                 (undo, events)
             };
             // Interception is removed before the event is disabled.
-            let (_, failed) = sh.pipeline_each(&undo);
-            let disabled = sh.pipeline(&events, sh.request_deadline());
+            let (_, failed) = sh.pipeline_each(undo);
+            let disabled = sh.pipeline(events, sh.request_deadline());
             failed.map_or(disabled, Err)
         }
     }
@@ -566,7 +490,7 @@ impl KvmiVm {
     /// After UNHOOK was answered: tears the session down (once) and reports why
     /// there are no more events.
     fn after_unhook(&self) -> Result<()> {
-        if !self.shared.lock().unhook_answered {
+        if !self.shared.inbox().unhook_answered {
             return Ok(());
         }
         let torn = self.close();
@@ -587,7 +511,7 @@ impl KvmiVm {
             if let Some(ev) = self.next_detached() {
                 return Ok(Some(ev));
             }
-            let next = sh.lock().queue.pop_front();
+            let next = sh.inbox().queue.pop_front();
             if let Some(ev) = next {
                 return Ok(Some(self.hand_out(ev)));
             }
@@ -601,7 +525,7 @@ impl KvmiVm {
                 if let Some(ev) = self.next_detached() {
                     return Ok(Some(ev));
                 }
-                let next = sh.lock().queue.pop_front();
+                let next = sh.inbox().queue.pop_front();
                 return Ok(next.map(|ev| self.hand_out(ev)));
             }
             if deadline.expired() {
@@ -614,7 +538,7 @@ impl KvmiVm {
 
     /// The next asynchronous event, as a guard of the detached [`Parking`].
     fn next_detached(&self) -> Option<PendingEvent> {
-        let ev = self.shared.lock().detached.pop_front()?;
+        let ev = self.shared.inbox().detached.pop_front()?;
         Some(self.detached.event(self.shared.ticket(), ev))
     }
 
@@ -624,24 +548,24 @@ impl KvmiVm {
         let sh = &self.shared;
         let event = convert(sh, &ev);
         let ticket = sh.ticket();
-        sh.lock().outstanding.insert(ticket, ev);
+        sh.inbox().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)
     }
 }
 
 /// Enables the UNHOOK VM event where the host allows it (recorded, so the teardown
 /// disables it). Without it the tool would never learn that QEMU wants to unhook.
-pub(crate) fn enable_unhook(sh: &Shared) {
+pub(crate) fn enable_unhook(sh: &Shared) -> Option<kvmi_proto::Pending<()>> {
     let id = sys::KVMI_EVENT_UNHOOK;
     if !sh.facts.event(id) {
-        return;
+        return None;
     }
-    if sh
-        .pipeline(&[command_vm_event(id, true)], sh.request_deadline())
-        .is_ok()
-    {
-        sh.lock().monitors.vm_events.insert(id);
-    }
+    // Sent without waiting (the session's setup does no round trip, so a host that
+    // never answers delays no `accept`); recorded at once, so the teardown disables it
+    // (the host, which allows the event, has no reason to refuse either).
+    let pending = sh.conn.send(Request::control_vm_events(id, true)).ok()?;
+    sh.monitors().vm_events.insert(id);
+    Some(pending)
 }
 
 /// Most asynchronous events kept for the tool; more are dropped (the host was
@@ -816,7 +740,10 @@ impl vmi_core::EventControl for KvmiVm {
     }
 
     fn pending_events(&self) -> Result<usize> {
-        let st = self.shared.lock();
-        Ok(st.queue.len() + st.detached.len() + self.shared.conn.pending_events())
+        let queued = {
+            let inbox = self.shared.inbox();
+            inbox.queue.len() + inbox.detached.len()
+        };
+        Ok(queued + self.shared.conn.pending_events())
     }
 }

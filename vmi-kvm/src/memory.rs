@@ -7,7 +7,7 @@
 //! Reads may be served by the opt-in [page cache](crate::page_cache) while the whole
 //! guest is held in our pause events; writes keep it honest.
 
-use kvmi_sys as sys;
+use kvmi_proto::{Flow, Request};
 use vmi_core::memory::{MemoryInfo, PhysicalRange};
 use vmi_core::{Error, Gpa, MemoryLayout, PhysicalMemory, PhysicalMemoryWrite, Result, PAGE_SIZE};
 
@@ -137,53 +137,30 @@ impl Shared {
         Ok(())
     }
 
-    /// Reads over the socket, bypassing the cache.
+    /// Reads over the socket, bypassing the cache: one `READ_PHYSICAL` per page piece,
+    /// through kvmi-proto's pipeline ([`WINDOW`] in flight).
     pub(crate) fn fetch_physical(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
         let parts = pieces(gpa, buf.len())?;
-        let t = self.conn.config().request_timeout;
-        for window in parts.chunks(WINDOW) {
-            let mut pending = Vec::with_capacity(window.len());
-            for &(a, off, n) in window {
-                let req = sys::VmReadPhysical {
-                    gpa: a,
-                    size: n as u64,
-                };
-                let p = self
-                    .conn
-                    .send_request(
-                        sys::KVMI_VM_READ_PHYSICAL,
-                        zerocopy::IntoBytes::as_bytes(&req),
-                    )
-                    .map_err(|e| physical("KVMI_VM_READ_PHYSICAL", a, n, e))?;
-                pending.push((a, off, n, p));
-            }
-            // Every reply is waited for (so none is left stray), the first error wins.
-            let mut first = None;
-            for (a, off, n, p) in pending {
-                match p.wait(t) {
-                    Ok(data) if data.len() >= n => buf[off..off + n].copy_from_slice(&data[..n]),
-                    Ok(data) => {
-                        first.get_or_insert(Error::malformed(
-                            "KVMi reply",
-                            format!("READ_PHYSICAL at {a:#x}: {} of {n} bytes", data.len()),
-                        ));
-                    }
-                    Err(e) => {
-                        first.get_or_insert(physical("KVMI_VM_READ_PHYSICAL", a, n, e));
-                    }
+        let reqs = parts
+            .iter()
+            .map(|&(a, _, n)| Request::read_physical(a, n).map_err(|e| physical(READ, a, n, e)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut first = None;
+        let sent = self.conn.pipeline(reqs, WINDOW, None, |i, r| {
+            let (a, off, n) = parts[i];
+            match r {
+                Ok(data) => buf[off..off + n].copy_from_slice(&data),
+                Err(e) => {
+                    first.get_or_insert_with(|| physical(READ, a, n, e));
                 }
             }
-            if let Some(e) = first {
-                return Err(match e {
-                    Error::UnmappedPhysical { .. } => Error::UnmappedPhysical {
-                        gpa: Gpa(gpa),
-                        len: buf.len() as u64,
-                    },
-                    other => other,
-                });
+            if first.is_some() {
+                Flow::Stop
+            } else {
+                Flow::Continue
             }
-        }
-        Ok(())
+        });
+        finish(sent, first, parts.len(), READ, gpa, buf.len())
     }
 
     /// Writes, dropping the frames written from the page cache before and after (a
@@ -198,33 +175,57 @@ impl Shared {
     }
 
     fn send_writes(&self, parts: &[(u64, usize, usize)], data: &[u8]) -> Result<()> {
-        let t = self.conn.config().request_timeout;
-        for window in parts.chunks(WINDOW) {
-            let mut pending = Vec::with_capacity(window.len());
-            for &(a, off, n) in window {
-                let head = sys::VmWritePhysical {
-                    gpa: a,
-                    size: n as u64,
-                };
-                let mut p = zerocopy::IntoBytes::as_bytes(&head).to_vec();
-                p.extend_from_slice(&data[off..off + n]);
-                let r = self
-                    .conn
-                    .send_request(sys::KVMI_VM_WRITE_PHYSICAL, &p)
-                    .map_err(|e| physical("KVMI_VM_WRITE_PHYSICAL", a, n, e))?;
-                pending.push((a, n, r));
+        let reqs = parts
+            .iter()
+            .map(|&(a, off, n)| {
+                Request::write_physical(a, &data[off..off + n])
+                    .map_err(|e| physical(WRITE, a, n, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut first = None;
+        let sent = self.conn.pipeline(reqs, WINDOW, None, |i, r| {
+            let (a, _, n) = parts[i];
+            if let Err(e) = r {
+                first.get_or_insert_with(|| physical(WRITE, a, n, e));
+                return Flow::Stop;
             }
-            let mut first = None;
-            for (a, n, p) in pending {
-                if let Err(e) = p.wait(t) {
-                    first.get_or_insert(physical("KVMI_VM_WRITE_PHYSICAL", a, n, e));
-                }
-            }
-            if let Some(e) = first {
-                return Err(e);
-            }
-        }
-        Ok(())
+            Flow::Continue
+        });
+        let gpa = parts.first().map_or(0, |p| p.0);
+        finish(sent, first, parts.len(), WRITE, gpa, data.len())
+    }
+}
+
+const READ: &str = "KVMI_VM_READ_PHYSICAL";
+const WRITE: &str = "KVMI_VM_WRITE_PHYSICAL";
+
+/// The outcome of a physical-memory pipeline of `total` pieces of the caller's range
+/// (`gpa`, `len`): its first failure (a hole reported for the caller's range), or the
+/// failure that kept pieces from being sent.
+fn finish(
+    sent: kvmi_proto::Result<usize>,
+    first: Option<Error>,
+    total: usize,
+    command: &'static str,
+    gpa: u64,
+    len: usize,
+) -> Result<()> {
+    let first = match (first, sent) {
+        (Some(e), _) => Some(e),
+        (None, Err(e)) => Some(physical(command, gpa, len, e)),
+        (None, Ok(n)) if n < total => Some(Error::Timeout {
+            what: command.into(),
+            after: std::time::Duration::ZERO,
+        }),
+        (None, Ok(_)) => None,
+    };
+    match first {
+        None => Ok(()),
+        Some(Error::UnmappedPhysical { .. }) => Err(Error::UnmappedPhysical {
+            gpa: Gpa(gpa),
+            len: len as u64,
+        }),
+        Some(other) => Err(other),
     }
 }
 
@@ -272,7 +273,7 @@ impl MemoryLayout for KvmiVm {
         let gfn = self
             .shared
             .conn
-            .get_max_gfn()
+            .call(Request::get_max_gfn())
             .map_err(|e| proto("KVMI_VM_GET_MAX_GFN", e))?;
         let len = gfn.checked_mul(PAGE_SIZE).ok_or_else(|| {
             Error::malformed("KVMi reply", format!("GET_MAX_GFN {gfn:#x} overflows"))

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use kvmi_proto::{Batch, Event as KEvent};
-use kvmi_sys as sys;
+
 use vmi_core::park::{AfterAnswer, EventTicket, ParkOps};
 use vmi_core::{Deadline, Error, Event, PauseScope, RegisterSnapshot, Response, Result, VcpuId};
 
@@ -33,6 +33,36 @@ use crate::error::proto;
 use crate::registers::{snapshot_from_event, writable};
 use crate::response;
 use crate::session::Shared;
+
+/// Pause book-keeping of one vCPU (the session's `pauses`, owned by this module).
+#[derive(Default)]
+pub(crate) struct VcpuPause {
+    /// `VCPU_PAUSE` requests whose `PAUSE_VCPU` event has not arrived yet.
+    pub(crate) pause_requested: u32,
+    /// The `PAUSE_VCPU` event the vCPU is held in while paused.
+    pub(crate) pause_held: Option<KEvent>,
+    /// A stamp unique to the current `pause_held` hold (the page cache's proof that
+    /// the vCPU has not run since).
+    pub(crate) held_stamp: u64,
+    /// Something (a pause) wants this vCPU stopped.
+    pub(crate) pause_wanted: bool,
+    /// A tool-visible event of this vCPU is queued or handed out, unanswered.
+    pub(crate) busy: bool,
+}
+
+/// A `PAUSE_VCPU` event arrived: the vCPU is held in it while a pause wants it
+/// stopped, else it is answered at once (dropped: CONTINUE).
+pub(crate) fn on_pause_event(sh: &Shared, ev: KEvent) {
+    let mut pauses = sh.pauses();
+    let Some(h) = pauses.get_mut(usize::from(ev.vcpu())) else {
+        return; // dropped after the lock: answered with CONTINUE
+    };
+    h.pause_requested = h.pause_requested.saturating_sub(1);
+    if h.pause_wanted && h.pause_held.is_none() {
+        h.pause_held = Some(ev);
+        h.held_stamp = sh.ticket();
+    }
+}
 
 /// The session's [`ParkOps`].
 pub(crate) struct KvmiPark {
@@ -57,9 +87,9 @@ impl ParkOps for KvmiPark {
         let targets = self.targets(scope)?;
         let mut batch = Batch::new(&sh.conn);
         {
-            let mut st = sh.lock();
+            let mut pauses = sh.pauses();
             for &v in &targets {
-                let h = &mut st.vcpus[usize::from(v)];
+                let h = &mut pauses[usize::from(v)];
                 h.pause_wanted = true;
                 if h.pause_held.is_none() && h.pause_requested == 0 && !h.busy {
                     h.pause_requested += 1;
@@ -77,16 +107,16 @@ impl ParkOps for KvmiPark {
         let deadline = Deadline::after(sh.conn.config().request_timeout);
         loop {
             {
-                let st = sh.lock();
+                let pauses = sh.pauses();
                 let done = targets.iter().all(|&v| {
-                    let h = &st.vcpus[usize::from(v)];
+                    let h = &pauses[usize::from(v)];
                     h.pause_held.is_some() || h.busy
                 });
                 if done {
                     let snaps = targets
                         .iter()
                         .filter_map(|&v| {
-                            st.vcpus[usize::from(v)]
+                            pauses[usize::from(v)]
                                 .pause_held
                                 .as_ref()
                                 .map(|ev| (VcpuId(v), snapshot_from_event(&ev.common.arch)))
@@ -117,13 +147,13 @@ impl ParkOps for KvmiPark {
         let mut batch = Batch::new(&sh.conn);
         let mut missing = None;
         {
-            let mut st = sh.lock();
+            let mut pauses = sh.pauses();
             for &v in &targets {
                 if still_parked.contains(&VcpuId(v)) {
                     continue;
                 }
                 let write = writes.iter().find(|(w, _)| w.0 == v).map(|(_, r)| r);
-                let h = &mut st.vcpus[usize::from(v)];
+                let h = &mut pauses[usize::from(v)];
                 let regs = match write {
                     Some(r) => writable(r)?,
                     None => None,
@@ -147,7 +177,7 @@ impl ParkOps for KvmiPark {
             }
         }
         batch
-            .commit(sh.conn.config().request_timeout)
+            .commit(sh.reply_timeout())
             .map_err(|e| proto("resume (SET_REGISTERS + PAUSE_VCPU replies)", e))?;
         match missing {
             Some(v) => Err(Error::InvalidReply {
@@ -161,8 +191,8 @@ impl ParkOps for KvmiPark {
     fn answer(&self, ticket: EventTicket, response: Response, after: AfterAnswer) -> Result<()> {
         let sh = &self.shared;
         let ev = {
-            let mut st = sh.lock();
-            let Some(ev) = st.outstanding.remove(&ticket.id) else {
+            let mut inbox = sh.inbox();
+            let Some(ev) = inbox.outstanding.remove(&ticket.id) else {
                 return Ok(()); // torn down meanwhile: the teardown answered it
             };
             ev
@@ -172,7 +202,7 @@ impl ParkOps for KvmiPark {
             // here (Parking's lock is held while this runs): the next wait for events
             // does it. Parking treated vCPU 0 as parked meanwhile; register writes
             // queued for it cannot be applied.
-            sh.lock().unhook_answered = true;
+            sh.inbox().unhook_answered = true;
             if response.set_registers.is_some() {
                 return Err(Error::InvalidReply {
                     reason: "UNHOOK holds no vCPU: register writes queued for vCPU 0 while \
@@ -196,20 +226,19 @@ impl ParkOps for KvmiPark {
                 batch
                     .reply(ev, default)
                     .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-                let _ = batch.commit(sh.conn.config().request_timeout);
+                let _ = batch.commit(sh.reply_timeout());
                 return Err(e);
             }
         };
         self.finish_vcpu(vcpu, after, &mut batch)?;
-        for (id, payload) in &commands {
-            batch
-                .command(*id, payload)
-                .map_err(|e| proto(sys::command_name(*id).unwrap_or("command"), e))?;
+        for c in commands {
+            let name = c.name();
+            batch.push(c).map_err(|e| proto(name, e))?;
         }
         batch
             .reply(ev, reply)
             .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-        let r = batch.commit(sh.conn.config().request_timeout);
+        let r = batch.commit(sh.reply_timeout());
         response::after_commit(sh, vcpu, &response, r.is_ok());
         r.map_err(|e| proto("event reply", e))
     }
@@ -231,8 +260,8 @@ impl KvmiPark {
     /// Book-keeping of a vCPU whose tool event is being answered; queues a pause
     /// request before the answer when a pause still holds the vCPU.
     fn finish_vcpu(&self, vcpu: u16, after: AfterAnswer, batch: &mut Batch<'_>) -> Result<()> {
-        let mut st = self.shared.lock();
-        let Some(h) = st.vcpus.get_mut(usize::from(vcpu)) else {
+        let mut pauses = self.shared.pauses();
+        let Some(h) = pauses.get_mut(usize::from(vcpu)) else {
             return Ok(());
         };
         h.busy = false;
@@ -249,11 +278,11 @@ impl KvmiPark {
     /// A stop that failed: nothing wants the targets stopped; release what is held.
     fn abandon(&self, targets: &[u16]) {
         let held: Vec<KEvent> = {
-            let mut st = self.shared.lock();
+            let mut pauses = self.shared.pauses();
             targets
                 .iter()
                 .filter_map(|&v| {
-                    let h = &mut st.vcpus[usize::from(v)];
+                    let h = &mut pauses[usize::from(v)];
                     h.pause_wanted = false;
                     h.pause_held.take()
                 })

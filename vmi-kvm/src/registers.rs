@@ -6,8 +6,11 @@
 //! vCPU parked in an event or a pause needs none: its event carried regs, sregs and
 //! nine MSRs, which [`vmi_core::park::Parking`] keeps as its cache.
 
-use kvmi_proto::{Connection, ProtoError};
-use kvmi_sys as sys;
+use kvmi_proto::sys;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use kvmi_proto::{Connection, ProtoError, Request};
 use vmi_core::registers::{
     msr, ControlRegs, DescriptorTable, Gprs, RegisterGroups, RegisterSnapshot, Segment,
     SegmentAttributes, Segments,
@@ -164,17 +167,37 @@ fn from_reply(r: &kvmi_proto::Registers) -> RegisterSnapshot {
     snap
 }
 
+/// MSRs the host refused to read in this session (`GET_REGISTERS` failed for them
+/// alone): never asked for again, so a snapshot stays one `GET_REGISTERS`.
+#[derive(Default)]
+pub(crate) struct RefusedMsrs(Mutex<BTreeSet<u32>>);
+
+impl RefusedMsrs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Reads `groups` of a running vCPU from the host: one `GET_REGISTERS` (plus
-/// `GET_XCR` for XCR0, pipelined). Debug registers are not readable over KVMi and
-/// stay `None`. MSRs the host refuses to read are left out (`GET_REGISTERS` fails
-/// as a whole on one unreadable MSR; the others are then read one by one).
+/// `GET_XCR` for XCR0, in the same write burst). Debug registers are not readable over
+/// KVMi and stay `None`. MSRs the host refuses to read are left out: `GET_REGISTERS`
+/// fails as a whole on one unreadable MSR, so the first time the snapshot without MSRs
+/// and each MSR alone are asked in one burst, and the MSRs refused are remembered for
+/// the session (`refused`) and not asked again.
 pub(crate) fn fetch(
     conn: &Connection,
+    refused: &RefusedMsrs,
     vcpu: VcpuId,
     groups: RegisterGroups,
     msrs: &[u32],
 ) -> Result<RegisterSnapshot> {
-    let want = msrs_to_request(groups, msrs);
+    let mut want = msrs_to_request(groups, msrs);
+    {
+        let known = refused.lock();
+        if !known.is_empty() {
+            want.retain(|m| !known.contains(m));
+        }
+    }
     if want.len() > sys::KVMI_GET_REGISTERS_MAX_MSRS {
         return Err(Error::InvalidArgument {
             what: "MSR list",
@@ -186,87 +209,71 @@ pub(crate) fn fetch(
             .into(),
         });
     }
+    let at = |e| proto_at("KVMI_VCPU_GET_REGISTERS", Some(vcpu), None, e);
     let xcr = if groups.contains(RegisterGroups::XCR0) {
-        let body = sys::VcpuGetXcr {
-            xcr: 0,
-            padding: [0; 7],
-        };
-        let p = kvmi_proto::commands::vcpu_payload(vcpu.0, zerocopy_bytes(&body));
         Some(
-            conn.send_request(sys::KVMI_VCPU_GET_XCR, &p)
+            conn.send(Request::get_xcr(vcpu.0, 0))
                 .map_err(|e| proto_at("KVMI_VCPU_GET_XCR", Some(vcpu), None, e))?,
         )
     } else {
         None
     };
-    let regs = match conn.get_registers(vcpu.0, &want) {
+    let t = conn.config().request_timeout;
+    let regs = match conn
+        .send(Request::get_registers(vcpu.0, &want).map_err(at)?)
+        .map_err(at)?
+        .wait(t)
+    {
         Ok(r) => from_reply(&r),
         Err(ProtoError::Kvm { err, .. }) if err == -sys::KVM_EINVAL && !want.is_empty() => {
-            let mut snap = from_reply(
-                &conn
-                    .get_registers(vcpu.0, &[])
-                    .map_err(|e| proto_at("KVMI_VCPU_GET_REGISTERS", Some(vcpu), None, e))?,
-            );
-            read_msrs_one_by_one(conn, vcpu, &want, &mut snap);
-            snap
+            read_msrs_one_by_one(conn, refused, vcpu, &want)?
         }
-        Err(e) => return Err(proto_at("KVMI_VCPU_GET_REGISTERS", Some(vcpu), None, e)),
+        Err(e) => return Err(at(e)),
     };
     let mut snap = regs.select(groups, msrs);
     if let Some(p) = xcr {
-        let t = conn.config().request_timeout;
-        if let Ok(data) = p.wait(t) {
-            if let Some(b) = data.get(..8) {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                snap.xcr0 = Some(u64::from_le_bytes(a));
-            }
+        if let Ok(v) = p.wait(t) {
+            snap.xcr0 = Some(v);
         }
     }
     Ok(snap)
 }
 
-/// Reads each MSR of `want` with its own `GET_REGISTERS`, all requests in one burst,
-/// keeping those the host can read.
+/// The snapshot without MSRs and each MSR of `want` with its own `GET_REGISTERS`, all
+/// in one burst; keeps the MSRs the host can read and remembers the others.
 fn read_msrs_one_by_one(
     conn: &Connection,
+    refused: &RefusedMsrs,
     vcpu: VcpuId,
     want: &[u32],
-    snap: &mut RegisterSnapshot,
-) {
-    let head = core::mem::size_of::<sys::VcpuGetRegistersReply>();
-    let pending: Vec<_> = want
-        .iter()
-        .filter_map(|&m| {
-            let req = sys::VcpuGetRegisters {
-                nmsrs: 1,
-                ..Default::default()
-            };
-            let mut body = zerocopy::IntoBytes::as_bytes(&req).to_vec();
-            body.extend_from_slice(&m.to_le_bytes());
-            let p = kvmi_proto::commands::vcpu_payload(vcpu.0, &body);
-            conn.send_request(sys::KVMI_VCPU_GET_REGISTERS, &p)
-                .ok()
-                .map(|r| (m, r))
-        })
-        .collect();
+) -> Result<RegisterSnapshot> {
+    let at = |e| proto_at("KVMI_VCPU_GET_REGISTERS", Some(vcpu), None, e);
+    let mut reqs = vec![Request::get_registers(vcpu.0, &[]).map_err(at)?];
+    for &m in want {
+        reqs.push(Request::get_registers(vcpu.0, &[m]).map_err(at)?);
+    }
+    let mut pending = conn.send_all(reqs).map_err(at)?.into_iter();
     let t = conn.config().request_timeout;
-    for (m, p) in pending {
-        let Ok(data) = p.wait(t) else { continue };
-        let Some(entry) = data.get(head..head + 16) else {
-            continue;
-        };
-        let Ok(e) = <sys::KvmMsrEntry as zerocopy::FromBytes>::read_from_bytes(entry) else {
-            continue;
-        };
-        if e.index == m {
-            snap.msrs.insert(m, e.data);
+    let base = pending.next().map(|p| p.wait(t));
+    let mut snap = match base {
+        Some(Ok(r)) => from_reply(&r),
+        Some(Err(e)) => return Err(at(e)),
+        None => RegisterSnapshot::default(),
+    };
+    let mut no = Vec::new();
+    for (&m, p) in want.iter().zip(pending) {
+        match p.wait(t) {
+            Ok(r) => {
+                if let Some(e) = r.msrs.first().filter(|e| e.index == m) {
+                    snap.msrs.insert(m, e.data);
+                }
+            }
+            Err(ProtoError::Kvm { .. }) => no.push(m),
+            Err(_) => {} // unknown: asked again next time
         }
     }
-}
-
-fn zerocopy_bytes(x: &sys::VcpuGetXcr) -> &[u8] {
-    zerocopy::IntoBytes::as_bytes(x)
+    refused.lock().extend(no);
+    Ok(snap)
 }
 
 /// The part of `regs` KVMi can write: only GPRs (`VCPU_SET_REGISTERS` takes a
@@ -299,9 +306,10 @@ impl vmi_core::ReadRegisters for crate::KvmiVm {
         msrs: &[u32],
     ) -> Result<RegisterSnapshot> {
         self.shared.check_vcpu(vcpu)?;
-        let conn = &self.shared.conn;
-        self.parking
-            .read_registers(vcpu, groups, msrs, |g, m| fetch(conn, vcpu, g, m))
+        let sh = &self.shared;
+        self.parking.read_registers(vcpu, groups, msrs, |g, m| {
+            fetch(&sh.conn, &sh.refused_msrs, vcpu, g, m)
+        })
     }
 }
 

@@ -14,8 +14,8 @@
 //! | `Emulate` | – | – | CONTINUE | – |
 //! | `EmulateWithReadData` | – | – | CONTINUE + ctx data at the gla | – |
 
+use kvmi_proto::{sys, Request};
 use kvmi_proto::{Action as KAction, Event as KEvent, EventKind as KKind, PfReply, Reply};
-use kvmi_sys as sys;
 use vmi_core::event::Action;
 use vmi_core::{Error, Event, EventKind, Response, Result};
 
@@ -108,34 +108,21 @@ pub(crate) fn build(
     let vcpu = ev.vcpu();
     if let Some(regs) = &response.set_registers {
         if let Some(k) = writable(regs)? {
-            commands.push((
-                sys::KVMI_VCPU_SET_REGISTERS,
-                kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&k)),
-            ));
+            commands.push(Request::set_registers(vcpu, &k));
         }
     }
     if let Some(view) = response.switch_view {
-        let body = sys::VcpuSetEptView {
-            view: view.0,
-            ..Default::default()
-        };
-        commands.push((
-            sys::KVMI_VCPU_SET_EPT_VIEW,
-            kvmi_proto::commands::vcpu_payload(vcpu, zerocopy::IntoBytes::as_bytes(&body)),
-        ));
-        sh.lock().switched.insert(vcpu);
+        commands.push(Request::set_ept_view(vcpu, view.0));
+        sh.slat().switched.insert(vcpu);
     }
     if response.toggle_singlestep {
-        let mut st = sh.lock();
-        let on = st
-            .vcpus
-            .get(usize::from(vcpu))
-            .is_some_and(|h| h.singlestep);
+        let mut st = sh.monitors();
+        let on = st.singlestep.contains(&vcpu);
         // Turning it on also delivers the steps: the SINGLESTEP event is enabled on the
         // vCPU if no monitor did (recorded, so the teardown disables it).
         let key = (vcpu, sys::KVMI_EVENT_SINGLESTEP);
-        if !on && !st.monitors.vcpu_events.contains_key(&key) {
-            st.monitors.vcpu_events.insert(key, 1);
+        if !on && !st.vcpu_events.contains_key(&key) {
+            st.vcpu_events.insert(key, 1);
             commands.push(crate::events::command_events(
                 vcpu,
                 sys::KVMI_EVENT_SINGLESTEP,
@@ -185,8 +172,9 @@ pub(crate) fn build(
 /// Book-keeping after the answer went out (singlestep state).
 pub(crate) fn after_commit(sh: &Shared, vcpu: u16, response: &Response, sent: bool) {
     if sent && response.toggle_singlestep {
-        if let Some(h) = sh.lock().vcpus.get_mut(usize::from(vcpu)) {
-            h.singlestep = !h.singlestep;
+        let mut m = sh.monitors();
+        if !m.singlestep.remove(&vcpu) {
+            m.singlestep.insert(vcpu);
         }
     }
 }

@@ -8,91 +8,99 @@
 //! exist, no VM connecting before the deadline, a VM closing the connection during
 //! setup (QEMU does that when it refuses the cookie, i.e. the secret differs).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kvmi_proto::{Config, Connection, Event as KEvent, EventKind as KKind, Listener, ProtoError};
+use kvmi_proto::{Config, Connection, Listener, ProtoError};
 use vmi_core::park::Parking;
 use vmi_core::{CapabilityReport, Deadline, Error, Result, VcpuId};
 
+use crate::breakpoints::BreakpointState;
 use crate::capabilities::{report, HostFacts};
 use crate::error::proto;
 use crate::events::Monitors;
-use crate::park::KvmiPark;
+use crate::inbox::Inbox;
+use crate::park::{KvmiPark, VcpuPause};
+use crate::slat::SlatState;
+
+/// Most vCPUs a session takes: every count and index fits the 16-bit vCPU field of
+/// the protocol (`vmi_core::VcpuId`), so nothing wraps.
+pub const MAX_VCPUS: u32 = u16::MAX as u32;
 
 /// How long one wait for events lasts before a waiter re-checks its own condition.
 pub(crate) const PUMP_SLICE: Duration = Duration::from_millis(20);
 
-/// Pause and event book-keeping of one vCPU.
-#[derive(Default)]
-pub(crate) struct VcpuHost {
-    /// `VCPU_PAUSE` requests whose `PAUSE_VCPU` event has not arrived yet.
-    pub(crate) pause_requested: u32,
-    /// The `PAUSE_VCPU` event the vCPU is held in while paused.
-    pub(crate) pause_held: Option<KEvent>,
-    /// A stamp unique to the current `pause_held` hold (the page cache's proof that
-    /// the vCPU has not run since).
-    pub(crate) held_stamp: u64,
-    /// Something (a pause) wants this vCPU stopped.
-    pub(crate) pause_wanted: bool,
-    /// A tool-visible event of this vCPU is queued or handed out, unanswered.
-    pub(crate) busy: bool,
-    /// Singlestep is armed on the host (by the tool).
-    pub(crate) singlestep: bool,
-    /// A step over one of our breakpoints is in progress.
-    pub(crate) step_over: Option<crate::breakpoints::StepOver>,
-}
-
-/// Mutable state of a session, behind one lock (never held across a wait).
-pub(crate) struct HostState {
-    pub(crate) vcpus: Vec<VcpuHost>,
-    /// Kvmi events handed to the tool as `PendingEvent`s, by ticket.
-    pub(crate) outstanding: HashMap<u64, KEvent>,
-    /// Kvmi events received and not yet handed out.
-    pub(crate) queue: VecDeque<KEvent>,
-    /// Asynchronous register events, answered on arrival, not yet handed out (see
-    /// [`crate::events::Detached`]).
-    pub(crate) detached: VecDeque<vmi_core::Event>,
-    /// What is enabled on the host (undone at teardown).
-    pub(crate) monitors: Monitors,
-    /// Restricted page access: (view, gfn) → allowed bits.
-    pub(crate) restricted: BTreeMap<(u16, u64), u8>,
-    /// Software breakpoints: gpa → the tool's breakpoints there (several when
-    /// addresses of different spaces share the byte) and the original byte.
-    pub(crate) breakpoints: BTreeMap<u64, (Vec<vmi_core::Breakpoint>, u8)>,
-    /// The host sent UNHOOK.
-    pub(crate) unhooked: bool,
-    /// The tool answered (or dropped) the UNHOOK event: the session tears itself
-    /// down on the tool's next wait for events.
-    pub(crate) unhook_answered: bool,
-    /// EPT views this session created (or took from the fixed pool).
-    pub(crate) views: std::collections::BTreeSet<u16>,
-    /// vCPUs this session switched to another view.
-    pub(crate) switched: std::collections::BTreeSet<u16>,
-    /// (view, old gfn) remapped with CHANGE_GFN.
-    pub(crate) remaps: std::collections::BTreeSet<(u16, u64)>,
-    /// (vCPU, view) pairs made visible to the guest (`CONTROL_EPT_VIEW`).
-    pub(crate) visible: std::collections::BTreeSet<(u16, u16)>,
-    /// vCPUs with #VE enabled (`SET_VE_INFO`).
-    pub(crate) ve_vcpus: std::collections::BTreeSet<u16>,
-}
-
-/// What every part of one session shares.
+/// What every part of one session shares: the connection, what the host is, and the
+/// session's state split by concern, each part owned (defined and changed) by its
+/// module behind its own lock. A lock is never held across a wait, nor while another
+/// of these locks is taken.
 pub(crate) struct Shared {
     pub(crate) conn: Connection,
     pub(crate) facts: HostFacts,
     pub(crate) vcpu_count: u32,
-    state: Mutex<HostState>,
+    /// Pauses per vCPU ([`crate::park`]).
+    pauses: Mutex<Vec<VcpuPause>>,
+    /// Events received, queued for and handed to the tool ([`crate::inbox`]).
+    inbox: Mutex<Inbox>,
+    /// What is enabled on the host ([`crate::events`]).
+    monitors: Mutex<Monitors>,
+    /// Software breakpoints and step-overs ([`crate::breakpoints`]).
+    breakpoints: Mutex<BreakpointState>,
+    /// Page access, views, remaps, #VE ([`crate::slat`]).
+    slat: Mutex<SlatState>,
     next_ticket: AtomicU64,
     pub(crate) page_cache: crate::page_cache::PageCache,
+    /// The teardown's deadline once it started: every wait after it is bounded by it.
+    closing: Mutex<Option<Deadline>>,
+    /// MSRs the host refuses to read (see [`crate::registers::fetch`]).
+    pub(crate) refused_msrs: crate::registers::RefusedMsrs,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HostState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Pause state per vCPU.
+    pub(crate) fn pauses(&self) -> MutexGuard<'_, Vec<VcpuPause>> {
+        locked(&self.pauses)
+    }
+
+    /// The event inbox.
+    pub(crate) fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        locked(&self.inbox)
+    }
+
+    /// The monitors enabled on the host.
+    pub(crate) fn monitors(&self) -> MutexGuard<'_, Monitors> {
+        locked(&self.monitors)
+    }
+
+    /// Breakpoints and step-overs.
+    pub(crate) fn breakpoints(&self) -> MutexGuard<'_, BreakpointState> {
+        locked(&self.breakpoints)
+    }
+
+    /// SLAT state.
+    pub(crate) fn slat(&self) -> MutexGuard<'_, SlatState> {
+        locked(&self.slat)
+    }
+
+    /// Starts the teardown: waits from now on end at `deadline` at the latest.
+    pub(crate) fn set_closing(&self, deadline: Deadline) {
+        *locked(&self.closing) = Some(deadline);
+    }
+
+    /// How long to wait for a reply: the request timeout, or what is left of the
+    /// teardown's deadline once it started.
+    pub(crate) fn reply_timeout(&self) -> Duration {
+        let t = self.conn.config().request_timeout;
+        match *locked(&self.closing) {
+            Some(d) => d.remaining().map_or(t, |r| r.min(t)),
+            None => t,
+        }
     }
 
     pub(crate) fn check_vcpu(&self, vcpu: VcpuId) -> Result<()> {
@@ -120,8 +128,7 @@ impl Shared {
     /// The stamps of every vCPU's `PAUSE_VCPU` hold, or `None` when some vCPU is not
     /// held by one (it runs, or waits in a tool event).
     pub(crate) fn hold_set(&self) -> Option<Vec<u64>> {
-        let st = self.lock();
-        st.vcpus
+        self.pauses()
             .iter()
             .map(|h| h.pause_held.as_ref().map(|_| h.held_stamp))
             .collect()
@@ -129,93 +136,6 @@ impl Shared {
 
     pub(crate) fn ticket(&self) -> u64 {
         self.next_ticket.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Waits up to `timeout` for one event from the host and routes it.
-    pub(crate) fn pump(&self, timeout: Duration) -> Result<()> {
-        match self.conn.next_event(timeout) {
-            Ok(ev) => {
-                self.route(ev);
-                Ok(())
-            }
-            Err(ProtoError::Timeout(_)) => Ok(()),
-            Err(e) => Err(proto("waiting for events", e)),
-        }
-    }
-
-    /// Files one received event: `PAUSE_VCPU` into the pause table (or answered at
-    /// once when nothing wants the vCPU stopped), no-reply and unknown events away,
-    /// everything else into the queue the tool reads.
-    pub(crate) fn route(&self, ev: KEvent) {
-        let mut st = self.lock();
-        let idx = usize::from(ev.vcpu());
-        let limit = 4 * st.vcpus.len() + 16;
-        match ev.kind {
-            KKind::PauseVcpu => {
-                let Some(h) = st.vcpus.get_mut(idx) else {
-                    return; // dropped after the lock: answered with CONTINUE
-                };
-                h.pause_requested = h.pause_requested.saturating_sub(1);
-                if h.pause_wanted && h.pause_held.is_none() {
-                    h.pause_held = Some(ev);
-                    h.held_stamp = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                drop(st);
-                drop(ev);
-            }
-            KKind::CmdError(_) | KKind::Unknown(_) => {
-                drop(st);
-                drop(ev);
-            }
-            KKind::Unhook => {
-                st.unhooked = true;
-                st.queue.push_back(ev);
-            }
-            _ => {
-                if idx >= st.vcpus.len() || st.queue.len() >= limit {
-                    drop(st);
-                    drop(ev); // a host inventing vCPUs or flooding: default reply
-                    return;
-                }
-                if crate::breakpoints::foreign_space(self, &st, &ev) {
-                    drop(st);
-                    // A hit in an address space none of the breakpoints there is for:
-                    // stepped over internally, never shown.
-                    crate::breakpoints::step_over_foreign(self, ev);
-                    return;
-                }
-                let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
-                    match crate::breakpoints::on_singlestep(self, &mut st, ev) {
-                        Some(ev) => ev,
-                        None => return,
-                    }
-                } else if st.monitors.filtered(&ev.kind) {
-                    drop(st);
-                    drop(ev); // not the `equal` value, or unchanged: the write goes on
-                    return;
-                } else if st.monitors.asynchronous(&ev.kind) {
-                    drop(st);
-                    // Answered now (the default reply: the write goes on); the tool's
-                    // guard is made from what the host reported, after the reply.
-                    let view = crate::events::convert(self, &ev);
-                    drop(ev);
-                    let mut st = self.lock();
-                    if st.detached.len() < crate::events::DETACHED_MAX {
-                        st.detached.push_back(view);
-                    }
-                    return;
-                } else if matches!(ev.kind, KKind::Trap(_)) && !st.monitors.trap {
-                    drop(st);
-                    drop(ev); // the TRAP after our own injection: CONTINUE
-                    return;
-                } else {
-                    ev
-                };
-                st.vcpus[idx].busy = true;
-                st.queue.push_back(ev);
-            }
-        }
     }
 }
 
@@ -274,30 +194,44 @@ impl KvmiListener {
         let conn = self.listener.accept(timeout).map_err(|e| match e {
             ProtoError::Timeout(after) => match self.listener.take_rejected().pop() {
                 // A VM did connect but its setup failed: that is the news.
-                Some(r) => Error::Disconnected {
-                    reason: format!(
-                        "a VM connected to {} but setup failed ({}); QEMU closes the \
-                         connection when it refuses the cookie: check that the secret \
-                         matches QEMU's",
-                        self.what, r.error
-                    )
-                    .into(),
-                },
+                Some(r) => self.setup_failed(r.error),
                 None => Error::Timeout {
                     what: format!("a VM to connect to {}", self.what).into(),
                     after,
                 },
             },
-            ProtoError::Disconnected(why) => Error::Disconnected {
+            other => self.setup_failed(other),
+        })?;
+        KvmiVm::from_connection(conn)
+    }
+}
+
+impl KvmiListener {
+    /// The error for a VM whose connection or setup failed with `e`, saying what the
+    /// likely cause is.
+    fn setup_failed(&self, e: ProtoError) -> Error {
+        match e {
+            ProtoError::PeerRefused { uid, pid } => Error::Unsupported {
+                feature: format!("a VM connecting to {}", self.what).into(),
                 reason: format!(
-                    "the VM closed the connection during setup ({why}); QEMU does this when it \
-                     refuses the cookie: check that the secret matches QEMU's"
+                    "its peer (uid {uid}, pid {pid}) is not an allowed uid \
+                     (Config::allowed_peer_uids): the connection was refused before the \
+                     handshake"
                 )
                 .into(),
             },
-            other => proto(format!("accepting a VM on {}", self.what), other),
-        })?;
-        KvmiVm::from_connection(conn)
+            // QEMU closes the socket when it refuses the cookie; what the tool then
+            // sees depends on timing (a reset, a broken pipe, the end of the stream).
+            other => Error::Disconnected {
+                reason: format!(
+                    "a VM connected to {} but setup failed ({other}); QEMU closes the \
+                     connection when it refuses the cookie: check that the secret matches \
+                     QEMU's",
+                    self.what
+                )
+                .into(),
+            },
+        }
     }
 }
 
@@ -310,6 +244,9 @@ pub struct KvmiVm {
     /// Hands out asynchronous events (see [`crate::events::Detached`]).
     pub(crate) detached: Arc<Parking>,
     closed: AtomicBool,
+    /// The reply to enabling UNHOOK at setup, never waited for (kept so that it is
+    /// not counted as a stray reply).
+    _unhook_enabling: Option<kvmi_proto::Pending<()>>,
 }
 
 impl std::fmt::Debug for KvmiVm {
@@ -329,14 +266,19 @@ impl KvmiVm {
     }
 
     /// A session on an established connection.
-    pub fn from_connection(conn: Connection) -> Result<Self> {
-        let vcpu_count = conn
-            .get_guest_info()
-            .map_err(|e| proto("KVMI_VM_GET_INFO", e))?;
-        if vcpu_count == 0 || vcpu_count > u32::from(u16::MAX) + 1 {
+    pub(crate) fn from_connection(conn: Connection) -> Result<Self> {
+        // Asked by kvmi-proto during the setup (no round trip here).
+        let vcpu_count = conn.vcpu_count().ok_or_else(|| Error::Unsupported {
+            feature: "KVMI_VM_GET_INFO".into(),
+            reason: "the host refused it at setup: the vCPU count is unknown".into(),
+        })?;
+        if vcpu_count == 0 || vcpu_count > MAX_VCPUS {
             return Err(Error::malformed(
                 "KVMi reply",
-                format!("VM_GET_INFO reports {vcpu_count} vCPUs"),
+                format!(
+                    "VM_GET_INFO reports {vcpu_count} vCPUs; a KVMi vCPU id is 16 bits, so a \
+                     session addresses 1..={MAX_VCPUS} vCPUs (KVM itself allows at most 4096)"
+                ),
             ));
         }
         let facts = HostFacts::of(&conn);
@@ -345,29 +287,20 @@ impl KvmiVm {
             conn,
             facts,
             vcpu_count,
-            state: Mutex::new(HostState {
-                vcpus: (0..vcpu_count).map(|_| VcpuHost::default()).collect(),
-                outstanding: HashMap::new(),
-                queue: VecDeque::new(),
-                detached: VecDeque::new(),
-                monitors: Monitors::default(),
-                restricted: BTreeMap::new(),
-                breakpoints: BTreeMap::new(),
-                unhooked: false,
-                unhook_answered: false,
-                views: Default::default(),
-                visible: Default::default(),
-                ve_vcpus: Default::default(),
-                switched: Default::default(),
-                remaps: Default::default(),
-            }),
+            pauses: Mutex::new((0..vcpu_count).map(|_| VcpuPause::default()).collect()),
+            inbox: Mutex::default(),
+            monitors: Mutex::default(),
+            breakpoints: Mutex::default(),
+            slat: Mutex::default(),
             next_ticket: AtomicU64::new(1),
             page_cache: Default::default(),
+            closing: Mutex::new(None),
+            refused_msrs: Default::default(),
         });
         let ops = Arc::new(KvmiPark {
             shared: Arc::clone(&shared),
         });
-        crate::events::enable_unhook(&shared);
+        let unhook_enabling = crate::events::enable_unhook(&shared);
         let detached = Parking::new(Arc::new(crate::events::Detached), caps.clone());
         let parking = Parking::new(ops, caps);
         Ok(Self {
@@ -375,12 +308,8 @@ impl KvmiVm {
             parking,
             detached,
             closed: AtomicBool::new(false),
+            _unhook_enabling: unhook_enabling,
         })
-    }
-
-    /// The kvmi-proto connection (for commands this crate does not wrap).
-    pub fn connection(&self) -> &Connection {
-        &self.shared.conn
     }
 
     /// The VM's name as QEMU announced it.
@@ -398,7 +327,7 @@ impl KvmiVm {
     /// the session tears itself down on the next wait for events, which then fails
     /// with [`Error::Disconnected`].
     pub fn unhook_requested(&self) -> bool {
-        self.shared.lock().unhooked
+        self.shared.inbox().unhooked
     }
 
     /// Tears the session down (see [`crate::teardown`]) and reports every step that

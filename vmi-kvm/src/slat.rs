@@ -20,9 +20,10 @@
 //! again (the host refuses `enable = 0`, kvmi-protocol.md §3 id 24) — its bitmaps
 //! only matter on write-restricted pages, and the teardown lifts every restriction.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use kvmi_sys as sys;
+use kvmi_proto::sys;
 use vmi_core::{
     Access, Error, Gfn, GfnAllocation, Gpa, PageAccess, Result, SlatViews, SubPageProtection,
     VcpuId, View, VirtualizationExceptions,
@@ -33,7 +34,25 @@ use crate::session::KvmiVm;
 
 /// Entries per `SET_PAGE_ACCESS` message: 8 + 16 × 511 bytes is the most a kvmi
 /// message carries (`KVMI_MSG_SIZE`, 8184 bytes of payload).
-pub const ENTRIES_PER_MESSAGE: usize = (kvmi_sys::KVMI_MSG_SIZE - 8) / 16;
+pub const ENTRIES_PER_MESSAGE: usize = (kvmi_proto::sys::KVMI_MSG_SIZE - 8) / 16;
+
+/// What the session changed in SLAT (owned by this module), recorded so that the
+/// teardown undoes it.
+#[derive(Default)]
+pub(crate) struct SlatState {
+    /// Restricted page access: (view, gfn) → allowed bits.
+    pub(crate) restricted: BTreeMap<(u16, u64), u8>,
+    /// EPT views this session created (or took from the fixed pool).
+    pub(crate) views: BTreeSet<u16>,
+    /// vCPUs this session switched to another view.
+    pub(crate) switched: BTreeSet<u16>,
+    /// (view, old gfn) remapped with CHANGE_GFN.
+    pub(crate) remaps: BTreeSet<(u16, u64)>,
+    /// (vCPU, view) pairs made visible to the guest (`CONTROL_EPT_VIEW`).
+    pub(crate) visible: BTreeSet<(u16, u16)>,
+    /// vCPUs with #VE enabled (`SET_VE_INFO`).
+    pub(crate) ve_vcpus: BTreeSet<u16>,
+}
 
 fn bits(a: Access) -> u8 {
     let mut b = 0;
@@ -88,15 +107,14 @@ impl KvmiVm {
         let cmds: Vec<_> = gpas
             .chunks(ENTRIES_PER_MESSAGE)
             .map(|c| {
-                kvmi_proto::commands::page_access_payload(view.0, c)
-                    .map(|p| (sys::KVMI_VM_SET_PAGE_ACCESS, p))
+                kvmi_proto::Request::set_page_access(view.0, c)
                     .map_err(|e| proto("KVMI_VM_SET_PAGE_ACCESS", e))
             })
             .collect::<Result<_>>()?;
         let sh = &self.shared;
         // Recorded first: if the host applied part of it, the teardown still lifts it.
         {
-            let mut st = sh.lock();
+            let mut st = sh.slat();
             for g in gfns {
                 if a == sys::KVMI_PAGE_ACCESS_RWX {
                     st.restricted.remove(&(view.0, g));
@@ -106,7 +124,7 @@ impl KvmiVm {
             }
         }
         sh.pipeline(
-            &cmds,
+            cmds,
             vmi_core::Deadline::after(sh.conn.config().request_timeout),
         )
     }
@@ -132,7 +150,7 @@ impl PageAccess for KvmiVm {
         self.check_view(view)?;
         let b = self
             .shared
-            .lock()
+            .slat()
             .restricted
             .get(&(view.0, gfn.raw()))
             .copied()
@@ -155,14 +173,14 @@ impl SlatViews for KvmiVm {
                 .map_err(|e| proto("KVMI_CREATE_EPT_VIEW", e))?
         } else {
             // The 2020 kvmi-v7 kernel has fixed views: hand out one not in use.
-            let st = sh.lock();
+            let st = sh.slat();
             (1..sys::KVM_MAX_EPT_VIEWS)
                 .find(|v| !st.views.contains(v))
                 .ok_or_else(|| {
                     Error::unsupported("another EPT view", "all host views are in use")
                 })?
         };
-        self.shared.lock().views.insert(view);
+        self.shared.slat().views.insert(view);
         Ok(View(view))
     }
 
@@ -180,7 +198,7 @@ impl SlatViews for KvmiVm {
                 .destroy_ept_view(view.0)
                 .map_err(|e| proto("KVMI_DESTROY_EPT_VIEW", e))?;
         }
-        let mut st = sh.lock();
+        let mut st = sh.slat();
         st.views.remove(&view.0);
         st.visible.retain(|(_, v)| *v != view.0);
         st.restricted.retain(|(v, _), _| *v != view.0);
@@ -196,7 +214,7 @@ impl SlatViews for KvmiVm {
             .conn
             .set_ept_view(vcpu.0, view.0)
             .map_err(|e| proto_at("KVMI_VCPU_SET_EPT_VIEW", Some(vcpu), None, e))?;
-        self.shared.lock().switched.insert(vcpu.0);
+        self.shared.slat().switched.insert(vcpu.0);
         Ok(())
     }
 
@@ -223,7 +241,7 @@ impl SlatViews for KvmiVm {
             .conn
             .change_gfn(0, view.0, old.raw(), new.raw())
             .map_err(|e| proto_at("KVMI_VCPU_CHANGE_GFN", None, Some(old.raw()), e))?;
-        let mut st = self.shared.lock();
+        let mut st = self.shared.slat();
         if old == new {
             st.remaps.remove(&(view.0, old.raw()));
         } else {
@@ -245,7 +263,7 @@ impl SlatViews for KvmiVm {
             .conn
             .control_ept_view(vcpu.0, view.0, visible)
             .map_err(|e| proto_at("KVMI_VCPU_CONTROL_EPT_VIEW", Some(vcpu), None, e))?;
-        let mut st = self.shared.lock();
+        let mut st = self.shared.slat();
         if visible {
             st.visible.insert((vcpu.0, view.0));
         } else {
@@ -274,7 +292,7 @@ impl VirtualizationExceptions for KvmiVm {
         }
         // Recorded first: if the host applied it and the reply was lost, the teardown
         // still disables it.
-        self.shared.lock().ve_vcpus.insert(vcpu.0);
+        self.shared.slat().ve_vcpus.insert(vcpu.0);
         self.shared
             .conn
             .set_ve_info(vcpu.0, info.0, exit_too)
@@ -290,7 +308,7 @@ impl VirtualizationExceptions for KvmiVm {
             .conn
             .disable_ve(vcpu.0)
             .map_err(|e| proto_at("KVMI_VCPU_DISABLE_VE", Some(vcpu), None, e))?;
-        self.shared.lock().ve_vcpus.remove(&vcpu.0);
+        self.shared.slat().ve_vcpus.remove(&vcpu.0);
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use kvmi_proto::sys;
 use kvmi_sim::SimEvent;
-use kvmi_sys as sys;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;

@@ -131,7 +131,7 @@ fn cpuid_event_example() {
     let s = sim(&path, kvmi_sim::Abi::V7);
     assert!(eventually(|| s.vm().vcpus[0]
         .events
-        .contains(&kvmi_sys::KVMI_EVENT_CPUID)));
+        .contains(&kvmi_proto::sys::KVMI_EVENT_CPUID)));
     s.trigger_and_wait(
         0,
         SimEvent::Cpuid {
@@ -217,13 +217,13 @@ fn descriptor_event_example() {
     let on = |s: &Simulator| {
         s.vm().vcpus[1]
             .events
-            .contains(&kvmi_sys::KVMI_EVENT_DESCRIPTOR)
+            .contains(&kvmi_proto::sys::KVMI_EVENT_DESCRIPTOR)
     };
     assert!(eventually(|| on(&s)));
     s.trigger_and_wait(
         1,
         SimEvent::Descriptor {
-            descriptor: kvmi_sys::KVMI_DESC_LDTR,
+            descriptor: kvmi_proto::sys::KVMI_DESC_LDTR,
             write: true,
         },
     )
@@ -231,7 +231,7 @@ fn descriptor_event_example() {
     s.trigger_and_wait(
         1,
         SimEvent::Descriptor {
-            descriptor: kvmi_sys::KVMI_DESC_TR,
+            descriptor: kvmi_proto::sys::KVMI_DESC_TR,
             write: false,
         },
     )
@@ -253,7 +253,7 @@ fn mem_event_example() {
         SimEvent::Pf {
             gva: 0xffff_8880_0002_0008,
             gpa: 0x20008,
-            access: kvmi_sys::KVMI_PAGE_ACCESS_W,
+            access: kvmi_proto::sys::KVMI_PAGE_ACCESS_W,
         },
     )
     .unwrap();
@@ -280,7 +280,7 @@ fn emul_read_data_example() {
             SimEvent::Pf {
                 gva: 0xffff_8880_0002_1000,
                 gpa: 0x21000,
-                access: kvmi_sys::KVMI_PAGE_ACCESS_R,
+                access: kvmi_proto::sys::KVMI_PAGE_ACCESS_R,
             },
         )
         .unwrap();
@@ -313,7 +313,7 @@ fn breakpoint_recoil_example() {
             .unwrap();
         assert_eq!(
             r.action,
-            Some(kvmi_sys::KVMI_EVENT_ACTION_RETRY),
+            Some(kvmi_proto::sys::KVMI_EVENT_ACTION_RETRY),
             "not delivered to the guest"
         );
         if hit == 1 {
@@ -348,7 +348,7 @@ fn interrupt_event_example_reinjects() {
     let on = |s: &Simulator| {
         s.vm().vcpus[0]
             .events
-            .contains(&kvmi_sys::KVMI_EVENT_BREAKPOINT)
+            .contains(&kvmi_proto::sys::KVMI_EVENT_BREAKPOINT)
     };
     assert!(eventually(|| on(&s)));
     let r = s
@@ -360,7 +360,7 @@ fn interrupt_event_example_reinjects() {
             },
         )
         .unwrap();
-    assert_eq!(r.action, Some(kvmi_sys::KVMI_EVENT_ACTION_CONTINUE));
+    assert_eq!(r.action, Some(kvmi_proto::sys::KVMI_EVENT_ACTION_CONTINUE));
     let (out, _) = finish(child);
     assert!(out.contains("reinjected"), "{out}");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use kvmi_sim::SimEvent;
-use kvmi_sys as sys;
+use kvmi_proto::sys;
 use vmi_core::event::{RegisterAccess, RegisterFilter};
 use vmi_core::registers::msr;
 use vmi_core::{

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use kvmi_proto::sys;
 use kvmi_sim::guest::JIFFIES_PA;
 use kvmi_sim::GuestOp;
-use kvmi_sys as sys;
 use vmi_core::{Gpa, PhysicalMemory, PhysicalMemoryWrite, VcpuControl};
 
 fn jiffies(vm: &vmi_kvm::KvmiVm) -> u64 {

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
+use kvmi_proto::sys;
 use kvmi_sim::SimEvent;
-use kvmi_sys as sys;
 use std::thread;
 use std::time::Duration;
 use vmi_core::event::{
@@ -556,9 +556,11 @@ fn memory_access_with_emulated_read_data() {
 #[test]
 fn unhook_reaches_the_tool_and_dropping_closes() {
     let (vm, sim) = v7();
-    vm.connection()
-        .control_vm_events(sys::KVMI_EVENT_UNHOOK, true)
-        .unwrap();
+    // The session enabled UNHOOK at connect (sent, not waited for).
+    assert!(eventually(|| sim
+        .vm()
+        .vm_events
+        .contains(&sys::KVMI_EVENT_UNHOOK)));
     let t = thread::spawn(move || {
         let r = sim.unhook(T);
         (r.is_ok(), sim)

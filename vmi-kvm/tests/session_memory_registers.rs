@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kvmi_sys as sys;
+use kvmi_proto::sys;
 use std::time::Duration;
 use vmi_core::{
     Backend, Capability, Error, Gpa, MemoryLayout, PhysicalMemory, PhysicalMemoryWrite,

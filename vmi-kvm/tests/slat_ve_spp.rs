@@ -33,11 +33,11 @@ fn v7_visibility_needs_vmfunc() {
     let (vm, sim) = setup(kvmi_sim::Abi::V7, |c| c.features.vmfunc = false);
     let slat = vm.slat_views().unwrap();
     let view = slat.create_view().unwrap();
-    let before = commands(&sim, kvmi_sys::KVMI_VCPU_CONTROL_EPT_VIEW);
+    let before = commands(&sim, kvmi_proto::sys::KVMI_VCPU_CONTROL_EPT_VIEW);
     let e = slat.set_view_visible(VcpuId(0), view, true).unwrap_err();
     assert!(matches!(e, vmi_core::Error::Unsupported { .. }), "{e:?}");
     assert_eq!(
-        commands(&sim, kvmi_sys::KVMI_VCPU_CONTROL_EPT_VIEW),
+        commands(&sim, kvmi_proto::sys::KVMI_VCPU_CONTROL_EPT_VIEW),
         before,
         "refused before anything is sent"
     );
@@ -77,10 +77,10 @@ fn v7_spp_write_bitmaps_when_the_host_has_spp() {
     spp.enable_spp().unwrap();
     assert!(sim.vm().spp_enabled);
     let pages: Vec<(Gfn, u32)> = (0..600u64).map(|g| (Gfn(g), g as u32 | 1)).collect();
-    let before = commands(&sim, kvmi_sys::KVMI_VM_SET_PAGE_WRITE_BITMAP);
+    let before = commands(&sim, kvmi_proto::sys::KVMI_VM_SET_PAGE_WRITE_BITMAP);
     spp.set_write_bitmaps(&pages).unwrap();
     assert_eq!(
-        commands(&sim, kvmi_sys::KVMI_VM_SET_PAGE_WRITE_BITMAP),
+        commands(&sim, kvmi_proto::sys::KVMI_VM_SET_PAGE_WRITE_BITMAP),
         before + 2,
         "600 entries in two messages"
     );
@@ -103,7 +103,7 @@ fn v7_without_spp_feature_says_why() {
         matches!(&e, vmi_core::Error::Unsupported { reason, .. } if reason.contains("features.spp")),
         "{e:?}"
     );
-    assert_eq!(commands(&sim, kvmi_sys::KVMI_VM_CONTROL_SPP), 0);
+    assert_eq!(commands(&sim, kvmi_proto::sys::KVMI_VM_CONTROL_SPP), 0);
     match vm.capabilities().get(Capability::Slat) {
         Support::Partial(why) => assert!(why.contains("SPP needs features.spp"), "{why}"),
         other => panic!("{other:?}"),
@@ -126,5 +126,5 @@ fn v6_has_no_ve_spp_or_visibility_with_the_reason() {
         Support::Unsupported(why) => assert!(why.contains("kvmi-v6 reports no features"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(commands(&sim, kvmi_sys::KVMI_VCPU_SET_VE_INFO), 0);
+    assert_eq!(commands(&sim, kvmi_proto::sys::KVMI_VCPU_SET_VE_INFO), 0);
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use kvmi_proto::sys;
 use kvmi_sim::SimEvent;
-use kvmi_sys as sys;
 use std::thread;
 use std::time::Duration;
 use vmi_core::cpu_state::{MemoryType, XsaveArea};

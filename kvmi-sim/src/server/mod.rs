@@ -108,6 +108,12 @@ pub(crate) fn serve(sh: &Shared, reader: UnixStream) {
             }
         }
         let mut st = sh.lock();
+        if sh.cfg.faults.stall_on_command == Some(hdr.id) && hdr.id != sys::KVMI_EVENT_REPLY {
+            st.stalled = true;
+        }
+        while st.stalled && st.closed.is_none() {
+            st = sh.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
         if st.closed.is_some() {
             return;
         }
@@ -147,10 +153,14 @@ pub(crate) fn serve(sh: &Shared, reader: UnixStream) {
 }
 
 /// Send deferred TRAP/PAUSE events for idle vCPUs.
-fn kick_idle_vcpus(sh: &Shared, st: &mut State) {
+pub(crate) fn kick_idle_vcpus(sh: &Shared, st: &mut State) {
     for vcpu in 0..st.pending.len() {
         if st.pending[vcpu].is_some() || st.closed.is_some() {
             continue;
+        }
+        let v = &st.vm.vcpus[vcpu];
+        if st.hold_pauses && v.pending_trap.is_none() && v.pause_requests > 0 {
+            continue; // the vCPU stays in guest mode: no PAUSE_VCPU yet
         }
         let ev = match st.vm.take_deferred(vcpu) {
             Some(Deferred::Trap(t)) => {

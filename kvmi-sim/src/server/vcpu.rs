@@ -9,7 +9,11 @@ use kvmi_sys as sys;
 pub(super) fn vm_get_info(c: &mut Cmd<'_>) -> Out {
     let vm = &mut c.st.vm;
     data(&sys::VmGetInfoReply {
-        vcpu_count: vm.vcpus.len() as u32,
+        vcpu_count: c
+            .cfg
+            .faults
+            .reported_vcpu_count
+            .unwrap_or(vm.vcpus.len() as u32),
         padding: [0; 3],
     })
 }

@@ -30,8 +30,17 @@ pub fn config() -> Config {
 
 /// A session on a simulated VM speaking `abi`, configured by `tweak`.
 pub fn setup(abi: kvmi_sim::Abi, tweak: impl FnOnce(&mut SimConfig)) -> (KvmiVm, Simulator) {
+    setup_with(config(), abi, tweak)
+}
+
+/// [`setup`] with the tool's configuration `tool`.
+pub fn setup_with(
+    tool: Config,
+    abi: kvmi_sim::Abi,
+    tweak: impl FnOnce(&mut SimConfig),
+) -> (KvmiVm, Simulator) {
     let path = socket_path("sim");
-    let listener = vmi_kvm::KvmiListener::bind(&path, config()).unwrap();
+    let listener = vmi_kvm::KvmiListener::bind(&path, tool).unwrap();
     let mut sc = SimConfig {
         abi,
         secret: Some(SECRET.to_vec()),

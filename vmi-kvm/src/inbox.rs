@@ -1,0 +1,114 @@
+//! The session's inbox: every event kvmi-proto receives is routed here — `PAUSE_VCPU`
+//! to the pauses ([`crate::park`]), hits to step over and step-over singlesteps to
+//! [`crate::breakpoints`], filtered and asynchronous register events answered at once
+//! ([`crate::events`]), and what the tool should see into the bounded queue it reads.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use kvmi_proto::{Event as KEvent, EventKind as KKind, ProtoError};
+use vmi_core::Result;
+
+use crate::error::proto;
+use crate::session::Shared;
+
+/// Events received for, and handed to, the tool.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    /// Kvmi events handed to the tool as `PendingEvent`s, by ticket.
+    pub(crate) outstanding: HashMap<u64, KEvent>,
+    /// Kvmi events received and not yet handed out.
+    pub(crate) queue: VecDeque<KEvent>,
+    /// Asynchronous register events, answered on arrival, not yet handed out (see
+    /// [`crate::events::Detached`]).
+    pub(crate) detached: VecDeque<vmi_core::Event>,
+    /// The host sent UNHOOK (queued once, however often it is sent).
+    pub(crate) unhooked: bool,
+    /// The tool answered (or dropped) the UNHOOK event: the session tears itself
+    /// down on the tool's next wait for events.
+    pub(crate) unhook_answered: bool,
+}
+
+impl Shared {
+    /// Waits up to `timeout` for one event from the host and routes it.
+    pub(crate) fn pump(&self, timeout: Duration) -> Result<()> {
+        match self.conn.next_event(timeout) {
+            Ok(ev) => {
+                self.route(ev);
+                Ok(())
+            }
+            Err(ProtoError::Timeout(_)) => Ok(()),
+            Err(e) => Err(proto("waiting for events", e)),
+        }
+    }
+
+    /// Files one received event: `PAUSE_VCPU` into the pause table (or answered at
+    /// once when nothing wants the vCPU stopped), no-reply and unknown events away,
+    /// everything else into the queue the tool reads. Dropping a kvmi-proto event
+    /// answers it with its default reply.
+    pub(crate) fn route(&self, ev: KEvent) {
+        let idx = usize::from(ev.vcpu());
+        match ev.kind {
+            KKind::PauseVcpu => crate::park::on_pause_event(self, ev),
+            KKind::CmdError(_) | KKind::Unknown(_) => drop(ev),
+            KKind::Unhook => {
+                // Announced once: more UNHOOKs (they need no reply) say nothing new,
+                // and a host repeating it cannot grow the queue.
+                let mut inbox = self.inbox();
+                if !inbox.unhooked {
+                    inbox.unhooked = true;
+                    inbox.queue.push_back(ev);
+                }
+            }
+            _ => {
+                let limit = 4 * self.vcpu_count as usize + 16;
+                if idx >= self.vcpu_count as usize || self.inbox().queue.len() >= limit {
+                    drop(ev); // a host inventing vCPUs or flooding: default reply
+                    return;
+                }
+                if crate::breakpoints::foreign_space(self, &ev) {
+                    // A hit in an address space none of the breakpoints there is for:
+                    // stepped over internally, never shown.
+                    crate::breakpoints::step_over_foreign(self, ev);
+                    return;
+                }
+                let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
+                    match crate::breakpoints::on_singlestep(self, ev) {
+                        Some(ev) => ev,
+                        None => return,
+                    }
+                } else {
+                    let (filtered, asynchronous, trap) = {
+                        let m = self.monitors();
+                        (m.filtered(&ev.kind), m.asynchronous(&ev.kind), m.trap)
+                    };
+                    if filtered {
+                        drop(ev); // not the `equal` value, or unchanged: the write goes on
+                        return;
+                    }
+                    if asynchronous {
+                        // Answered now (the default reply: the write goes on); the
+                        // tool's guard is made from what the host reported, after it.
+                        let view = crate::events::convert(self, &ev);
+                        drop(ev);
+                        let mut inbox = self.inbox();
+                        if inbox.detached.len() < crate::events::DETACHED_MAX {
+                            inbox.detached.push_back(view);
+                        }
+                        return;
+                    }
+                    if matches!(ev.kind, KKind::Trap(_)) && !trap {
+                        drop(ev); // the TRAP after our own injection: CONTINUE
+                        return;
+                    }
+                    ev
+                };
+                // Busy first: a pause that looks now finds the vCPU stopped in it.
+                if let Some(h) = self.pauses().get_mut(idx) {
+                    h.busy = true;
+                }
+                self.inbox().queue.push_back(ev);
+            }
+        }
+    }
+}
