@@ -749,6 +749,14 @@ impl Guest {
         }
     }
 
+    /// Launches the purpose-built test guest and waits until it is ready; fails the test
+    /// if it does not boot.
+    pub fn boot_test_guest() -> (Guest, Markers) {
+        let guest = Guest::launch(GuestOptions::test_guest()).expect("launching the test guest");
+        let m = guest.wait_ready().expect("test guest ready");
+        (guest, m)
+    }
+
     /// Waits for `VMI-TEST ready` (up to [`GuestOptions::boot_timeout`]) and returns the
     /// markers `/init` printed.
     pub fn wait_ready(&self) -> io::Result<Markers> {

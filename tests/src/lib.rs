@@ -31,6 +31,7 @@
 
 pub mod conformance;
 pub mod dump;
+pub mod examples;
 pub mod guest;
 pub mod kvmi;
 pub mod markers;

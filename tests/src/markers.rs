@@ -67,6 +67,13 @@ impl Markers {
         u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
     }
 
+    /// [`Markers::kallsyms`] for a symbol the test cannot do without: fails the test when
+    /// the guest did not report `name`.
+    pub fn symbol(&self, name: &str) -> u64 {
+        self.kallsyms(name)
+            .unwrap_or_else(|| panic!("the guest did not report symbol {name}"))
+    }
+
     /// All kernel symbols the guest reported, by name.
     pub fn all_kallsyms(&self) -> BTreeMap<&str, u64> {
         self.map

@@ -2,83 +2,24 @@
 //! them against the test guest (`xtask/guest/testguest.S`), their output checked against
 //! what the guest reports and what its RAM holds.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use vmi_tests::{Accel, Guest, GuestOptions, Markers};
+use vmi_tests::{examples, Accel, Guest, GuestOptions};
 
 const HIGH: u64 = 0xffff_8000_0000_0000;
 /// How long one example may run (a busy TCG host).
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The examples' directory, after building them once per test process.
-fn examples_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "-p", "vmi-legacy", "--examples"])
-            .status()
-            .expect("running cargo build --examples");
-        assert!(status.success(), "building the vmi-legacy examples");
-        // This test binary is target/<profile>/deps/examples-…; the examples sit in
-        // target/<profile>/examples.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    })
-}
-
-/// Runs example `name` with `args`, killing it after [`RUN_TIMEOUT`].
+/// Runs vmi-legacy's example `name` with `args`, killed after [`RUN_TIMEOUT`].
 fn run(name: &str, args: &[&str]) -> Output {
-    let exe = examples_dir().join(name);
-    let mut child = Command::new(&exe)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{name} {args:?} ran longer than {RUN_TIMEOUT:?}:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    examples::run_example("vmi-legacy", name, args, RUN_TIMEOUT)
 }
 
 /// Runs `name` and returns its stdout; fails the test with its output if it failed.
 fn run_ok(name: &str, args: &[&str]) -> String {
-    let out = run(name, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{name} {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn boot() -> (Guest, Markers) {
-    let guest = Guest::launch(GuestOptions::test_guest()).expect("launching the test guest");
-    let m = guest.wait_ready().expect("test guest ready");
-    (guest, m)
-}
-
-fn sym(m: &Markers, name: &str) -> u64 {
-    m.kallsyms(name)
-        .unwrap_or_else(|| panic!("test guest did not report {name}"))
+    examples::run_example_ok("vmi-legacy", name, args, RUN_TIMEOUT)
 }
 
 fn path(p: &Path) -> &str {
@@ -115,7 +56,7 @@ fn assert_ticks_on(guest: &Guest, what: &str) {
 
 #[test]
 fn dump_memory_writes_every_range_at_its_address() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let out = guest.dir().join("dump.bin");
     let stdout = run_ok(
         "legacy-dump-memory",
@@ -140,22 +81,22 @@ fn dump_memory_writes_every_range_at_its_address() {
     // Stable contents, as guest RAM holds them: the pattern page and the loop's code
     // (the rest of the code page holds the variables the loop changes).
     for (gpa, len) in [
-        (sym(&m, "pattern_phys"), 4096),
-        (sym(&m, "site_1") - HIGH, 64),
+        (m.symbol("pattern_phys"), 4096),
+        (m.symbol("site_1") - HIGH, 64),
     ] {
         let mut want = vec![0u8; len];
         guest.read_ram(gpa, &mut want).unwrap();
         let got = &dump[gpa as usize..gpa as usize + len];
         assert!(got == want, "{len} bytes at {gpa:#x} differ in the dump");
     }
-    assert!(dump[sym(&m, "pattern_phys") as usize..].starts_with(b"VMI-TESTGUEST-PATTERN"));
+    assert!(dump[m.symbol("pattern_phys") as usize..].starts_with(b"VMI-TESTGUEST-PATTERN"));
     assert_ticks_on(&guest, "the dump (the guest was paused only for it)");
 }
 
 #[test]
 fn map_addr_shows_the_four_level_walk() {
-    let (guest, m) = boot();
-    let site_1 = sym(&m, "site_1");
+    let (guest, m) = Guest::boot_test_guest();
+    let site_1 = m.symbol("site_1");
     let stdout = run_ok(
         "legacy-map-addr",
         &[path(guest.qmp_socket()), &format!("{site_1:#x}")],
@@ -172,7 +113,7 @@ fn map_addr_shows_the_four_level_walk() {
         .find_map(|l| hex_after(l, "CR3 "))
         .expect("CR3 line");
     assert!(
-        cr3 == sym(&m, "pml4_a") || cr3 == sym(&m, "pml4_b"),
+        cr3 == m.symbol("pml4_a") || cr3 == m.symbol("pml4_b"),
         "{stdout}"
     );
     assert!(
@@ -187,12 +128,12 @@ fn map_addr_shows_the_four_level_walk() {
 
 #[test]
 fn breakpoint_by_symbol_prints_each_hit_and_leaves_no_trace() {
-    let (guest, m) = boot();
-    let site_1 = sym(&m, "site_1");
+    let (guest, m) = Guest::boot_test_guest();
+    let site_1 = m.symbol("site_1");
     let kallsyms = guest.dir().join("kallsyms");
     let text: String = ["site_1", "site_2", "site_3", "watched"]
         .iter()
-        .map(|n| format!("{:016x} T {n}\n", sym(&m, n)))
+        .map(|n| format!("{:016x} T {n}\n", m.symbol(n)))
         .collect();
     std::fs::write(&kallsyms, text).unwrap();
     let mut code = [0u8; 8];
@@ -228,7 +169,7 @@ fn breakpoint_by_symbol_prints_each_hit_and_leaves_no_trace() {
 
 #[test]
 fn singlestep_prints_consecutive_instructions() {
-    let (guest, _m) = boot();
+    let (guest, _m) = Guest::boot_test_guest();
     let stdout = run_ok(
         "legacy-singlestep",
         &[
@@ -271,10 +212,10 @@ fn singlestep_prints_consecutive_instructions() {
 
 #[test]
 fn a_missing_part_names_the_qemu_option_to_add() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let qmp = path(guest.qmp_socket());
     let nowhere = guest.dir().join("no-such.sock");
-    let site_1 = format!("{:#x}", sym(&m, "site_1"));
+    let site_1 = format!("{:#x}", m.symbol("site_1"));
     let cases: [(&str, Vec<&str>, &str); 3] = [
         (
             "legacy-breakpoint",
@@ -341,8 +282,8 @@ fn help_prints_the_usage_alone_and_exits_0() {
 /// usage error; `legacy-dump-memory --live` works as its usage says.
 #[test]
 fn addresses_without_0x_are_hex_and_dump_memory_live_works() {
-    let (guest, m) = boot();
-    let site_1 = sym(&m, "site_1");
+    let (guest, m) = Guest::boot_test_guest();
+    let site_1 = m.symbol("site_1");
     let qmp = path(guest.qmp_socket());
     let stdout = run_ok("legacy-map-addr", &[qmp, &format!("{site_1:x}")]);
     assert!(
@@ -387,9 +328,9 @@ fn addresses_without_0x_are_hex_and_dump_memory_live_works() {
     let stdout = run_ok("legacy-dump-memory", &[qmp, path(&out), "--live"]);
     assert!(stdout.contains(", live"), "{stdout}");
     let mut want = [0u8; 64];
-    guest.read_ram(sym(&m, "pattern_phys"), &mut want).unwrap();
+    guest.read_ram(m.symbol("pattern_phys"), &mut want).unwrap();
     let dump = std::fs::read(&out).unwrap();
-    let at = sym(&m, "pattern_phys") as usize;
+    let at = m.symbol("pattern_phys") as usize;
     assert_eq!(
         &dump[at..at + 64],
         want,

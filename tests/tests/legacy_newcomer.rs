@@ -7,41 +7,18 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 use std::time::Duration;
 
 use vmi_core::{Gpa, Gva, PhysicalMemory, VcpuId, VirtualMemory};
 use vmi_legacy::GdbSession;
-use vmi_tests::{Guest, GuestOptions};
+use vmi_tests::{examples, Guest, GuestOptions};
 
 const T: Duration = Duration::from_secs(10);
 
-/// The examples' directory, after building them once per test process.
-fn examples_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "-p", "vmi-legacy", "--examples"])
-            .status()
-            .expect("running cargo build --examples");
-        assert!(status.success(), "building the vmi-legacy examples");
-        // This test binary is target/<profile>/deps/legacy_newcomer-…; the examples sit
-        // in target/<profile>/examples.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    })
-}
-
+/// Runs vmi-legacy's example `name` (killed after 120 s).
 fn run(name: &str, args: &[&str]) -> Output {
-    let exe = examples_dir().join(name);
-    Command::new(&exe)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", exe.display()))
+    examples::run_example("vmi-legacy", name, args, Duration::from_secs(120))
 }
 
 /// The number after `key` (hex with `0x`) in `line`.

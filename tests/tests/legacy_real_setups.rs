@@ -21,17 +21,6 @@ use vmi_tests::{Guest, GuestOptions, Markers};
 const HIGH: u64 = 0xffff_8000_0000_0000;
 const T: Duration = Duration::from_secs(10);
 
-fn boot() -> (Guest, Markers) {
-    let guest = Guest::launch(GuestOptions::test_guest()).expect("launching the test guest");
-    let m = guest.wait_ready().expect("test guest ready");
-    (guest, m)
-}
-
-fn sym(m: &Markers, name: &str) -> u64 {
-    m.kallsyms(name)
-        .unwrap_or_else(|| panic!("test guest did not report {name}"))
-}
-
 fn config(guest: &Guest, gdb: bool) -> LegacyConfig {
     let mut cfg = LegacyConfig::new(guest.qmp_socket());
     if gdb {
@@ -44,7 +33,7 @@ fn config(guest: &Guest, gdb: bool) -> LegacyConfig {
 fn counter(guest: &Guest, m: &Markers) -> u64 {
     let mut b = [0u8; 8];
     guest
-        .read_ram(sym(m, "counter") - HIGH, &mut b)
+        .read_ram(m.symbol("counter") - HIGH, &mut b)
         .expect("reading counter from guest RAM");
     u64::from_le_bytes(b)
 }
@@ -138,7 +127,7 @@ fn real_gdb(guest: &Guest, commands: &[&str]) -> String {
 
 #[test]
 fn item1_detach_after_a_real_gdb_negotiated_multiprocess() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     // gdb 13 negotiates multiprocess+; QEMU keeps that mode for every later client.
     let out = real_gdb(&guest, &["info threads", "detach"]);
     assert!(out.contains("Thread"), "gdb saw no threads:\n{out}");
@@ -146,7 +135,7 @@ fn item1_detach_after_a_real_gdb_negotiated_multiprocess() {
 
     let vm = LegacyQemu::connect(config(&guest, true)).expect("connect after gdb");
     let gdb = vm.gdb().expect("gdb session");
-    gdb.set_breakpoint(Breakpoint::at(Gva(sym(&m, "site_1"))))
+    gdb.set_breakpoint(Breakpoint::at(Gva(m.symbol("site_1"))))
         .unwrap();
     let ev = gdb.wait_event(T).unwrap().expect("a hit of site_1");
     drop(ev);
@@ -159,7 +148,7 @@ fn item1_detach_after_a_real_gdb_negotiated_multiprocess() {
     let vm = LegacyQemu::connect(config(&guest, true)).expect("connect again");
     vm.gdb()
         .unwrap()
-        .set_breakpoint(Breakpoint::at(Gva(sym(&m, "site_2"))))
+        .set_breakpoint(Breakpoint::at(Gva(m.symbol("site_2"))))
         .unwrap();
     drop(vm);
     assert_keeps_running(&guest, &m, "after dropping the session");
@@ -167,7 +156,7 @@ fn item1_detach_after_a_real_gdb_negotiated_multiprocess() {
 
 #[test]
 fn item2_explicit_detach_then_drop_leaves_the_guest_running() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let vm = LegacyQemu::connect(config(&guest, true)).expect("connect");
     vm.gdb().unwrap().detach().expect("detach");
     assert_runs(&guest, &m, Some(&vm), "after detach");
@@ -177,7 +166,7 @@ fn item2_explicit_detach_then_drop_leaves_the_guest_running() {
 
 #[test]
 fn item3_connecting_with_the_gdbstub_keeps_a_qmp_pause() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     {
         let mut q = QmpClient::connect_with_timeout(guest.qmp_socket(), T).unwrap();
         q.stop().unwrap();
@@ -227,7 +216,7 @@ fn item3_connecting_with_the_gdbstub_keeps_a_prelaunch_guest_stopped() {
 
 #[test]
 fn item4_rom_backed_regions_are_readable_and_in_the_layout() {
-    let (guest, _m) = boot();
+    let (guest, _m) = Guest::boot_test_guest();
     let vm = LegacyQemu::connect(config(&guest, false)).expect("connect");
     assert_eq!(vm.ram_access().kind(), "shared");
     // SeaBIOS shadows itself into RAM at 0xf0000 (read-only to the guest) and option ROMs
@@ -273,7 +262,7 @@ fn item4_rom_backed_regions_are_readable_and_in_the_layout() {
 
 #[test]
 fn item5_reads_fail_with_disconnected_once_qemu_is_killed() {
-    let (guest, _m) = boot();
+    let (guest, _m) = Guest::boot_test_guest();
     let vm = LegacyQemu::connect(config(&guest, false)).expect("connect");
     assert!(matches!(vm.ram_access(), RamAccess::Shared(_)));
     let mut buf = vec![0u8; 4 << 20];
@@ -304,7 +293,7 @@ fn item5_reads_fail_with_disconnected_once_qemu_is_killed() {
 
 #[test]
 fn item5_procmem_and_the_gdbstub_report_a_dead_qemu_as_disconnected() {
-    let (guest, _m) = boot();
+    let (guest, _m) = Guest::boot_test_guest();
     let mut cfg = config(&guest, true);
     cfg.ram = vmi_legacy::RamSource::ProcMem;
     let vm = LegacyQemu::connect(cfg).expect("connect with ProcMem");
@@ -329,12 +318,12 @@ fn item5_procmem_and_the_gdbstub_report_a_dead_qemu_as_disconnected() {
 
 #[test]
 fn item6_teardown_of_a_frozen_qemu_leaves_the_guest_running_after_sigcont() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let mut cfg = config(&guest, true);
     cfg.timeout = Duration::from_secs(2);
     let vm = LegacyQemu::connect(cfg).expect("connect");
     let gdb = vm.gdb().unwrap();
-    let site_1 = sym(&m, "site_1");
+    let site_1 = m.symbol("site_1");
     gdb.set_breakpoint(Breakpoint::at(Gva(site_1))).unwrap();
     let ev = gdb.wait_event(T).unwrap().expect("a hit of site_1");
     drop(ev);
@@ -356,14 +345,14 @@ fn item6_teardown_of_a_frozen_qemu_leaves_the_guest_running_after_sigcont() {
 
 #[test]
 fn item6_teardown_of_a_frozen_running_guest_leaves_no_interrupt_behind() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let mut cfg = config(&guest, true);
     cfg.timeout = Duration::from_secs(2);
     let vm = LegacyQemu::connect(cfg).expect("connect");
     // Armed but never hit: the guest runs, the session holds `c` outstanding.
     vm.gdb()
         .unwrap()
-        .set_breakpoint(Breakpoint::at(Gva(sym(&m, "counter"))))
+        .set_breakpoint(Breakpoint::at(Gva(m.symbol("counter"))))
         .unwrap();
     assert_runs(&guest, &m, Some(&vm), "with the session attached");
     let pid = guest.pid() as libc::pid_t;
@@ -401,7 +390,7 @@ fn physmode_child() {
 
 #[test]
 fn item7_a_killed_tool_does_not_leave_the_stub_in_physical_mode() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -421,7 +410,7 @@ fn item7_a_killed_tool_does_not_leave_the_stub_in_physical_mode() {
     child.kill().unwrap();
     child.wait().unwrap();
     // A plain gdb afterwards reads virtual addresses as virtual addresses.
-    let site_1 = sym(&m, "site_1");
+    let site_1 = m.symbol("site_1");
     let out = real_gdb(&guest, &[&format!("x/8xb {site_1:#x}"), "detach"]);
     let mut want = [0u8; 8];
     guest.read_ram(site_1 - HIGH, &mut want).unwrap();
@@ -442,7 +431,7 @@ fn item7_a_killed_tool_does_not_leave_the_stub_in_physical_mode() {
 
 #[test]
 fn item7_connect_recovers_a_stub_left_in_physical_mode() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     {
         // A tool that died in the middle of a physical access.
         let mut c = vmi_legacy::gdb::GdbClient::connect_unix(guest.gdb_socket(), T).unwrap();
@@ -450,7 +439,7 @@ fn item7_connect_recovers_a_stub_left_in_physical_mode() {
     }
     let vm = LegacyQemu::connect(config(&guest, true)).expect("connect");
     drop(vm);
-    let site_1 = sym(&m, "site_1");
+    let site_1 = m.symbol("site_1");
     let out = real_gdb(&guest, &[&format!("x/1xb {site_1:#x}"), "detach"]);
     assert!(
         !out.contains("Cannot access memory"),
@@ -461,7 +450,7 @@ fn item7_connect_recovers_a_stub_left_in_physical_mode() {
 
 #[test]
 fn item8_all_registers_has_the_segment_bases_from_the_stub() {
-    let (guest, _m) = boot();
+    let (guest, _m) = Guest::boot_test_guest();
     let vm = LegacyQemu::connect(config(&guest, true)).expect("connect");
     let _pause = vm.pause().unwrap();
     let all = vm.all_registers(VcpuId(0)).unwrap();
@@ -485,7 +474,7 @@ fn item9_gdbstub_on_tcp_like_qemu_dash_s() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     // What `-s` starts (`-gdb tcp::1234`), started here through the monitor on a free
     // port: QEMU's stub moves to TCP.
     let out = QmpClient::connect_with_timeout(guest.qmp_socket(), T)
@@ -497,10 +486,10 @@ fn item9_gdbstub_on_tcp_like_qemu_dash_s() {
     cfg.gdb_socket = Some(format!("tcp::{port}").parse().expect("tcp::PORT"));
     let vm = LegacyQemu::connect(cfg).expect("connect over TCP");
     let gdb = vm.gdb().expect("gdb session over TCP");
-    gdb.set_breakpoint(Breakpoint::at(Gva(sym(&m, "site_2"))))
+    gdb.set_breakpoint(Breakpoint::at(Gva(m.symbol("site_2"))))
         .unwrap();
     let ev = gdb.wait_event(T).unwrap().expect("a hit over TCP");
-    assert_eq!(ev.registers.gprs.unwrap().rip, sym(&m, "site_2"));
+    assert_eq!(ev.registers.gprs.unwrap().rip, m.symbol("site_2"));
     drop(ev);
     drop(vm);
     assert_keeps_running(&guest, &m, "after the TCP session");
@@ -508,7 +497,7 @@ fn item9_gdbstub_on_tcp_like_qemu_dash_s() {
 
 #[test]
 fn item10_a_held_monitor_is_reported_as_in_use() {
-    let (guest, _m) = boot();
+    let (guest, _m) = Guest::boot_test_guest();
     let _holder = QmpClient::connect_with_timeout(guest.qmp_socket(), T).unwrap();
     let mut cfg = config(&guest, false);
     cfg.timeout = Duration::from_secs(1);
@@ -522,7 +511,7 @@ fn item10_a_held_monitor_is_reported_as_in_use() {
 /// and the guest runs on (checked through a correct QMP connection afterwards).
 #[test]
 fn swapped_qmp_and_gdbstub_paths_are_named_and_the_guest_runs_on() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     let mut cfg = LegacyConfig::new(guest.gdb_socket());
     cfg.gdb_socket = Some(guest.qmp_socket().into());
     cfg.timeout = Duration::from_secs(2);

@@ -10,9 +10,7 @@
 //!   nothing of the tool is left in guest memory.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vmi_core::event::InterruptKind;
@@ -20,21 +18,10 @@ use vmi_core::{Breakpoint, Breakpoints, EventControl, Gva, Monitor};
 use vmi_legacy::attach::stub_in_use;
 use vmi_legacy::gdb::GdbClient;
 use vmi_legacy::{LegacyConfig, LegacyQemu, QmpClient};
-use vmi_tests::{Guest, GuestOptions, Markers};
+use vmi_tests::{examples, Guest, Markers};
 
 const HIGH: u64 = 0xffff_8000_0000_0000;
 const T: Duration = Duration::from_secs(10);
-
-fn boot() -> (Guest, Markers) {
-    let guest = Guest::launch(GuestOptions::test_guest()).expect("launching the test guest");
-    let m = guest.wait_ready().expect("test guest ready");
-    (guest, m)
-}
-
-fn sym(m: &Markers, name: &str) -> u64 {
-    m.kallsyms(name)
-        .unwrap_or_else(|| panic!("test guest did not report {name}"))
-}
 
 fn config(guest: &Guest) -> LegacyConfig {
     let mut cfg = LegacyConfig::new(guest.qmp_socket());
@@ -46,7 +33,7 @@ fn config(guest: &Guest) -> LegacyConfig {
 fn counter(guest: &Guest, m: &Markers) -> u64 {
     let mut b = [0u8; 8];
     guest
-        .read_ram(sym(m, "counter") - HIGH, &mut b)
+        .read_ram(m.symbol("counter") - HIGH, &mut b)
         .expect("reading counter from guest RAM");
     u64::from_le_bytes(b)
 }
@@ -108,7 +95,7 @@ fn assert_stays_in_debug(guest: &Guest, m: &Markers, what: &str) {
 
 #[test]
 fn a_gdbstub_held_by_another_client_is_refused_before_connecting() {
-    let (guest, m) = boot();
+    let (guest, m) = Guest::boot_test_guest();
     // Another client: attached (the stub stopped the guest), then lets it run on, as a
     // gdb after `continue`.
     let mut holder = GdbClient::connect_unix(guest.gdb_socket(), T).expect("first client");
@@ -207,7 +194,9 @@ fn spawn_tool(guest: &Guest, site_1: u64, exits: bool) -> Child {
 fn assert_left_in_debug(guest: &Guest, m: &Markers, code_before: &[u8; 16]) {
     assert_stays_in_debug(guest, m, "after the tool died at its breakpoint");
     let mut code = [0u8; 16];
-    guest.read_ram(sym(m, "site_1") - HIGH, &mut code).unwrap();
+    guest
+        .read_ram(m.symbol("site_1") - HIGH, &mut code)
+        .unwrap();
     assert_eq!(&code, code_before, "guest memory at the breakpoint changed");
     qmp(guest).cont().expect("QMP cont");
     assert_stays_in_debug(guest, m, "after QMP cont");
@@ -215,8 +204,8 @@ fn assert_left_in_debug(guest: &Guest, m: &Markers, code_before: &[u8; 16]) {
 
 #[test]
 fn a_tool_killed_with_a_breakpoint_set_is_recovered_by_the_next_attach() {
-    let (guest, m) = boot();
-    let site_1 = sym(&m, "site_1");
+    let (guest, m) = Guest::boot_test_guest();
+    let site_1 = m.symbol("site_1");
     let mut code_before = [0u8; 16];
     guest.read_ram(site_1 - HIGH, &mut code_before).unwrap();
     let mut child = spawn_tool(&guest, site_1, false);
@@ -242,40 +231,21 @@ fn a_tool_killed_with_a_breakpoint_set_is_recovered_by_the_next_attach() {
     assert_keeps_running(&guest, &m, "after the recovering session");
 }
 
-/// The examples' directory, after building them once per test process.
-fn examples_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "-p", "vmi-legacy", "--examples"])
-            .status()
-            .expect("running cargo build --examples");
-        assert!(status.success(), "building the vmi-legacy examples");
-        // This test binary is target/<profile>/deps/legacy_safety-…; the examples sit
-        // in target/<profile>/examples.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    })
-}
-
 #[test]
 fn legacy_recover_lets_the_guest_of_an_exited_tool_run() {
-    let recover = examples_dir().join("legacy-recover");
-    let (guest, m) = boot();
-    let site_1 = sym(&m, "site_1");
+    let recover = |guest: &Guest| {
+        let args = [guest.qmp_socket(), guest.gdb_socket()];
+        examples::run_example("vmi-legacy", "legacy-recover", &args, T * 6)
+    };
+    let (guest, m) = Guest::boot_test_guest();
+    let site_1 = m.symbol("site_1");
     let mut code_before = [0u8; 16];
     guest.read_ram(site_1 - HIGH, &mut code_before).unwrap();
     let mut child = spawn_tool(&guest, site_1, true); // process::exit
     child.wait().unwrap();
     assert_left_in_debug(&guest, &m, &code_before);
 
-    let out = Command::new(&recover)
-        .args([guest.qmp_socket(), guest.gdb_socket()])
-        .output()
-        .expect("running legacy-recover");
+    let out = recover(&guest);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -290,10 +260,7 @@ fn legacy_recover_lets_the_guest_of_an_exited_tool_run() {
     assert_keeps_running(&guest, &m, "after legacy-recover");
 
     // Run again on a healthy guest, it changes nothing and says so.
-    let out = Command::new(&recover)
-        .args([guest.qmp_socket(), guest.gdb_socket()])
-        .output()
-        .expect("running legacy-recover");
+    let out = recover(&guest);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("nothing to recover"),

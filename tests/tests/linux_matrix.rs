@@ -8,14 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vmi_core::{VcpuControl, VcpuId};
 use vmi_legacy::{LegacyConfig, LegacyQemu, RamSource};
 use vmi_linux::{Linux, LinuxOptions, Process};
 use vmi_tests::matrix::{kernels_dir_or_skip, MatrixKernel};
-use vmi_tests::{dump, truth, volatility, Guest, GuestOptions};
+use vmi_tests::{dump, examples, truth, volatility, Guest, GuestOptions};
 
 struct Truth {
     kallsyms: Vec<(u64, char, String)>,
@@ -356,67 +355,29 @@ fn check_volatility(
 }
 
 /// The examples' directory and the kvmi-sim binary, built once per test process.
-fn binaries() -> &'static (PathBuf, PathBuf) {
-    static DIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(p) => p,
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "-p", "vmi-linux", "--examples"])
-            .args(["-p", "kvmi-sim", "--bin", "kvmi-sim", "--profile", profile])
-            .arg("--target-dir")
-            .arg(profile_dir.parent().unwrap())
-            .status()
-            .expect("cargo build");
-        assert!(
-            status.success(),
-            "building the vmi-linux examples and kvmi-sim"
-        );
-        (profile_dir.join("examples"), profile_dir.join("kvmi-sim"))
-    })
+fn binaries() -> (PathBuf, PathBuf) {
+    examples::cargo_build(&[
+        "-p",
+        "vmi-linux",
+        "--examples",
+        "-p",
+        "kvmi-sim",
+        "--bin",
+        "kvmi-sim",
+    ]);
+    let dir = examples::profile_dir();
+    (dir.join("examples"), dir.join("kvmi-sim"))
 }
 
 /// Waits for `child` (at most 120 s) and returns its output.
-fn finish(mut child: Child, what: &str) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{what} ran longer than 120 s: {:?}",
-                child.wait_with_output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+fn finish(child: Child, what: &str) -> Output {
+    examples::wait_output(child, what, Duration::from_secs(120))
 }
 
 /// Runs example `name` with `args`; returns its stdout, failing with its output if it
 /// failed.
 fn example(name: &str, args: &[&str]) -> String {
-    let child = Command::new(binaries().0.join(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let out = finish(child, name);
-    assert!(
-        out.status.success(),
-        "{name} {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    examples::run_example_ok("vmi-linux", name, args, Duration::from_secs(120))
 }
 
 /// `process-list` over vmi-kvm, with the `kvmi-sim` binary serving the dump as the

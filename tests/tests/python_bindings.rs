@@ -18,7 +18,7 @@ use vmi_core::{
 };
 use vmi_core::{Gpa, Gva, Register};
 use vmi_legacy::{LegacyConfig, LegacyQemu};
-use vmi_tests::{truth, Guest, GuestOptions, Markers};
+use vmi_tests::{truth, Guest, GuestOptions};
 
 /// Environment variable naming the virtual environment with the `vmi` wheel installed.
 const ENV_VENV: &str = "VMI_PYTHON_VENV";
@@ -133,11 +133,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn sym(m: &Markers, name: &str) -> u64 {
-    m.kallsyms(name)
-        .unwrap_or_else(|| panic!("the guest did not report {name}"))
-}
-
 fn ticks(guest: &Guest) -> usize {
     guest
         .serial_lines()
@@ -169,7 +164,7 @@ fn python_bindings_on_the_test_guest_and_kvmi_sim() {
     let Some(venv) = venv() else { return };
     let guest = Guest::launch(GuestOptions::test_guest()).expect("launching the test guest");
     let m = guest.wait_ready().expect("test guest ready");
-    let (site_1, pattern) = (sym(&m, "site_1"), sym(&m, "pattern_phys"));
+    let (site_1, pattern) = (m.symbol("site_1"), m.symbol("pattern_phys"));
 
     // A dump of the guest for kvmi-sim to serve over KVMi, and the Rust API's reads of it
     // (vmi-dump) for the Python KVMi session to equal.
@@ -239,8 +234,8 @@ fn python_bindings_on_the_test_guest_and_kvmi_sim() {
             "high": format!("{HIGH:#x}"),
             "site_1": format!("{site_1:#x}"),
             "pattern_phys": format!("{pattern:#x}"),
-            "pml4_a": format!("{:#x}", sym(&m, "pml4_a")),
-            "pml4_b": format!("{:#x}", sym(&m, "pml4_b")),
+            "pml4_a": format!("{:#x}", m.symbol("pml4_a")),
+            "pml4_b": format!("{:#x}", m.symbol("pml4_b")),
             "pattern_page": hex(&page),
             "site_1_code": hex(&code),
             "rust_r13": format!("{RUST_R13:#x}"),
@@ -303,7 +298,7 @@ fn python_and_volatility_on_the_live_linux_guest() {
         "qmp": guest.qmp_socket(),
         "vol": venv.join("bin/vol"),
         "banner": banner,
-        "linux_banner": format!("{:#x}", sym(&m, "linux_banner")),
+        "linux_banner": format!("{:#x}", m.symbol("linux_banner")),
         "ps": ps.iter().map(|t| json!({
             "pid": t.pid, "tgid": t.tgid, "ppid": t.ppid, "comm": t.comm,
             "cmdline": t.cmdline, "kernel_thread": t.is_kernel_thread,

@@ -20,15 +20,10 @@ fn boot() -> (Guest, Markers, LegacyQemu) {
     (guest, markers, vmi)
 }
 
-fn sym(m: &Markers, name: &str) -> u64 {
-    m.kallsyms(name)
-        .unwrap_or_else(|| panic!("test guest did not report {name}"))
-}
-
 #[test]
 fn pattern_page_is_at_its_physical_address() {
     let (_guest, m, vmi) = boot();
-    let pa = sym(&m, "pattern_phys");
+    let pa = m.symbol("pattern_phys");
     assert_eq!(pa, 0x30_0000, "linker script places the pattern at 3 MiB");
     let mut page = vec![0u8; 4096];
     vmi.read_physical(Gpa(pa), &mut page).unwrap();
@@ -42,8 +37,8 @@ fn pattern_page_is_at_its_physical_address() {
 #[test]
 fn own_page_tables_translate_sites_and_cr3_alternates() {
     let (_guest, m, vmi) = boot();
-    let (pml4_a, pml4_b) = (sym(&m, "pml4_a"), sym(&m, "pml4_b"));
-    let site = sym(&m, "site_1");
+    let (pml4_a, pml4_b) = (m.symbol("pml4_a"), m.symbol("pml4_b"));
+    let site = m.symbol("site_1");
     assert!(site >= HIGH, "sites run in the higher half");
 
     let mut roots = std::collections::BTreeSet::new();
@@ -87,7 +82,7 @@ fn own_page_tables_translate_sites_and_cr3_alternates() {
         assert_eq!(insn, [0x90]);
 
         let mut counter = [0u8; 8];
-        read_virtual(&vmi, mode, Gpa(cr3), Gva(sym(&m, "counter")), &mut counter).unwrap();
+        read_virtual(&vmi, mode, Gpa(cr3), Gva(m.symbol("counter")), &mut counter).unwrap();
         counters.push(u64::from_le_bytes(counter));
         paused.resume().unwrap();
         std::thread::sleep(Duration::from_millis(150));

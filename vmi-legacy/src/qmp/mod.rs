@@ -40,6 +40,10 @@ pub const DEFAULT_MAX_LINE: usize = 16 << 20;
 /// Default capacity of the event queue.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 
+/// How many messages left over from a previous client (events, replies) a greeting may
+/// follow before the connection is refused as not speaking QMP.
+const MAX_STALE_BEFORE_GREETING: usize = 64;
+
 const ORIGIN: &str = "QMP";
 
 /// A QMP error reply.
@@ -263,23 +267,39 @@ impl QmpClient {
         };
         // QEMU accepts a second connection to a QMP socket into the listen queue but
         // greets it only once the client before it leaves: silence means "in use".
-        let line = client
-            .read_line(Deadline::after(timeout), "the QMP greeting")
-            .map_err(|e| match e {
-                Error::Timeout { after, .. } => Error::Timeout {
-                    what: "the QMP greeting; none came, so the monitor is probably in use by \
-                           another client (QEMU serves one client per QMP socket at a time: \
-                           close it, or give QEMU a second -qmp socket)"
-                        .into(),
-                    after,
-                },
-                e => e,
-            })?;
-        let v: Value = serde_json::from_slice(&line)
-            .map_err(|e| client.poison(format!("greeting is not JSON: {e}")))?;
-        let qmp = v
-            .get("QMP")
-            .ok_or_else(|| client.poison("first message is not a QMP greeting".into()))?;
+        // QEMU keeps a monitor's unsent output across clients: an event or reply meant
+        // for the client before us (one that left while QEMU was busy or stopped) can
+        // reach us ahead of our greeting. Skip such messages, a bounded number of them,
+        // within the one deadline.
+        let deadline = Deadline::after(timeout);
+        let mut stale = 0;
+        let v = loop {
+            let line = client
+                .read_line(deadline, "the QMP greeting")
+                .map_err(|e| match e {
+                    Error::Timeout { after, .. } => Error::Timeout {
+                        what: "the QMP greeting; none came, so the monitor is probably in use \
+                               by another client (QEMU serves one client per QMP socket at a \
+                               time: close it, or give QEMU a second -qmp socket)"
+                            .into(),
+                        after,
+                    },
+                    e => e,
+                })?;
+            let v: Value = serde_json::from_slice(&line)
+                .map_err(|e| client.poison(format!("greeting is not JSON: {e}")))?;
+            let left_over = ["event", "return", "error"]
+                .iter()
+                .any(|k| v.get(k).is_some());
+            if v.get("QMP").is_some() || !left_over || stale == MAX_STALE_BEFORE_GREETING {
+                break v;
+            }
+            stale += 1;
+        };
+        let qmp = v.get("QMP").ok_or_else(|| {
+            let head: String = v.to_string().chars().take(200).collect();
+            client.poison(format!("first message is not a QMP greeting: {head}"))
+        })?;
         let version = QemuVersion::from_value(qmp.get("version").unwrap_or(&Value::Null))?;
         let capabilities = qmp
             .get("capabilities")

@@ -235,6 +235,42 @@ fn rejects_a_non_qmp_greeting_and_closed_sockets() {
     assert!(e.to_string().contains("probably in use"), "{e}");
 }
 
+/// QEMU keeps a monitor's unsent output across clients: an event and a reply meant for
+/// the previous client may precede our greeting. They are skipped, a bounded number.
+#[test]
+fn output_left_over_from_the_previous_client_precedes_the_greeting() {
+    let stale_event = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"#;
+    let stale_reply = r#"{"return": {"status": "running", "running": true}, "id": 7}"#;
+    let (a, b) = UnixStream::pair().unwrap();
+    let h = thread::spawn(move || {
+        let mut w = b.try_clone().unwrap();
+        writeln!(w, "{stale_event}\n{stale_reply}\n{GREETING}").unwrap();
+        let mut r = BufReader::new(b);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let cmd: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(cmd["execute"], "qmp_capabilities");
+        w.write_all(ok(&cmd, json!({})).as_bytes()).unwrap();
+    });
+    let c = QmpClient::from_stream(a, Duration::from_secs(5)).unwrap();
+    assert_eq!(c.greeting().version.major, 7);
+    h.join().unwrap();
+
+    // Left-over messages without end never make a greeting.
+    let (a, b) = UnixStream::pair().unwrap();
+    let h = thread::spawn(move || {
+        let mut b = b;
+        for _ in 0..=MAX_STALE_BEFORE_GREETING {
+            if writeln!(b, "{stale_event}").is_err() {
+                return;
+            }
+        }
+    });
+    let e = QmpClient::from_stream(a, Duration::from_secs(5)).unwrap_err();
+    assert!(e.to_string().contains("not a QMP greeting"), "{e}");
+    h.join().unwrap();
+}
+
 #[test]
 fn peer_pid_of_a_socket_pair_is_ours() {
     let (a, _b) = UnixStream::pair().unwrap();
