@@ -27,9 +27,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use kvmi_proto::sys;
 use kvmi_proto::{Action, EventKind, Listener, ProtoError};
 use kvmi_sim::{SimConfig, SimError, SimEvent, Simulator};
-use kvmi_proto::sys;
 use vmi_core::event::{RegisterAccess, RegisterFilter};
 use vmi_core::{EventControl, Monitor, Response};
 use vmi_kvm::{Config, KvmiListener};

@@ -509,7 +509,9 @@ impl KvmiVm {
         let sh = &self.shared;
         let mut deadline: Option<Deadline> = None;
         loop {
-            match sh.inbox().take_next(true) {
+            // Bound first: a guard in the match's scrutinee would live through the arms.
+            let next = sh.inbox().take_next(true);
+            match next {
                 Next::Unhooked => return Err(self.after_unhook()),
                 Next::Detached(ev) => return Ok(Some(self.detached.event(sh.ticket(), ev))),
                 Next::Queued(ev) => return Ok(Some(self.hand_out(ev))),
@@ -522,7 +524,8 @@ impl KvmiVm {
                     Ok(None) => return Ok(None),
                     Err(e) => return Err(crate::error::proto("waiting for events", e)),
                 }
-                return Ok(match sh.inbox().take_next(false) {
+                let next = sh.inbox().take_next(false);
+                return Ok(match next {
                     Next::Detached(ev) => Some(self.detached.event(sh.ticket(), ev)),
                     Next::Queued(ev) => Some(self.hand_out(ev)),
                     Next::Unhooked | Next::Nothing => None,

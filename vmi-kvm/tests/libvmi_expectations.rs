@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use kvmi_sim::SimEvent;
 use kvmi_proto::sys;
+use kvmi_sim::SimEvent;
 use vmi_core::event::{RegisterAccess, RegisterFilter};
 use vmi_core::registers::msr;
 use vmi_core::{
