@@ -62,7 +62,7 @@ pub(crate) enum Next {
     /// The tool answered UNHOOK: the session is to be torn down.
     Unhooked,
     /// An asynchronous register event (answered already).
-    Detached(vmi_core::Event),
+    Detached(Box<vmi_core::Event>),
     /// A kvmi event waiting for the tool.
     Queued(KEvent),
     /// Nothing yet.
@@ -77,7 +77,7 @@ impl Inbox {
             return Next::Unhooked;
         }
         if let Some(ev) = self.detached.pop_front() {
-            return Next::Detached(ev);
+            return Next::Detached(Box::new(ev));
         }
         match self.queue.pop_front() {
             Some(ev) => Next::Queued(ev),
