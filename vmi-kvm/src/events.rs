@@ -36,6 +36,7 @@ use vmi_core::{
 };
 
 use crate::error::proto_at;
+use crate::inbox::Next;
 use crate::registers::snapshot_from_event;
 use crate::session::{KvmiVm, Shared, PUMP_SLICE};
 
@@ -489,31 +490,32 @@ impl KvmiVm {
 
     /// After UNHOOK was answered: tears the session down (once) and reports why
     /// there are no more events.
-    fn after_unhook(&self) -> Result<()> {
-        if !self.shared.inbox().unhook_answered {
-            return Ok(());
-        }
+    fn after_unhook(&self) -> Error {
         let torn = self.close();
-        Err(Error::Disconnected {
+        Error::Disconnected {
             reason: match torn {
                 Ok(()) => "the host unhooked the VM; the session was torn down".into(),
                 Err(e) => format!("the host unhooked the VM; teardown: {e}").into(),
             },
-        })
+        }
     }
 
-    /// The next event for the tool, waiting up to `timeout`.
+    /// The next event for the tool, waiting up to `timeout`. One inbox lock per look
+    /// ([`Inbox::take_next`]); the clock is read only when there is nothing to hand
+    /// out: once to place the deadline, then once per further slice.
+    ///
+    /// [`Inbox::take_next`]: crate::inbox::Inbox::take_next
     fn next_pending(&self, timeout: Duration) -> Result<Option<PendingEvent>> {
         let sh = &self.shared;
-        let deadline = Deadline::after(timeout);
+        let mut deadline: Option<Deadline> = None;
         loop {
-            self.after_unhook()?;
-            if let Some(ev) = self.next_detached() {
-                return Ok(Some(ev));
-            }
-            let next = sh.inbox().queue.pop_front();
-            if let Some(ev) = next {
-                return Ok(Some(self.hand_out(ev)));
+            // Bound first: a guard in the match's scrutinee would live through the arms.
+            let next = sh.inbox().take_next(true);
+            match next {
+                Next::Unhooked => return Err(self.after_unhook()),
+                Next::Detached(ev) => return Ok(Some(self.detached.event(sh.ticket(), *ev))),
+                Next::Queued(ev) => return Ok(Some(self.hand_out(ev))),
+                Next::Nothing => {}
             }
             if timeout.is_zero() {
                 // Only what has arrived: one non-blocking look at the socket.
@@ -522,24 +524,25 @@ impl KvmiVm {
                     Ok(None) => return Ok(None),
                     Err(e) => return Err(crate::error::proto("waiting for events", e)),
                 }
-                if let Some(ev) = self.next_detached() {
-                    return Ok(Some(ev));
+                let next = sh.inbox().take_next(false);
+                return Ok(match next {
+                    Next::Detached(ev) => Some(self.detached.event(sh.ticket(), *ev)),
+                    Next::Queued(ev) => Some(self.hand_out(ev)),
+                    Next::Unhooked | Next::Nothing => None,
+                });
+            }
+            let slice = match &deadline {
+                None => {
+                    deadline = Some(Deadline::after(timeout));
+                    timeout.min(PUMP_SLICE)
                 }
-                let next = sh.inbox().queue.pop_front();
-                return Ok(next.map(|ev| self.hand_out(ev)));
-            }
-            if deadline.expired() {
-                return Ok(None);
-            }
-            let slice = deadline.remaining_capped(PUMP_SLICE);
+                Some(d) => match d.remaining() {
+                    Some(left) if left.is_zero() => return Ok(None),
+                    left => left.map_or(PUMP_SLICE, |l| l.min(PUMP_SLICE)),
+                },
+            };
             sh.pump(slice)?;
         }
-    }
-
-    /// The next asynchronous event, as a guard of the detached [`Parking`].
-    fn next_detached(&self) -> Option<PendingEvent> {
-        let ev = self.shared.inbox().detached.pop_front()?;
-        Some(self.detached.event(self.shared.ticket(), ev))
     }
 
     /// Turns a queued kvmi event into the tool's guard; the kvmi guard is kept in the
@@ -623,7 +626,6 @@ impl vmi_core::park::ParkOps for Detached {
 /// The `vmi-core` view of a kvmi event.
 pub(crate) fn convert(sh: &Shared, ev: &KEvent) -> Event {
     let arch = &ev.common.arch;
-    let registers = snapshot_from_event(arch);
     let rip = arch.regs.rip;
     let vcpu = VcpuId(ev.vcpu());
     let kind = match ev.kind {
@@ -713,10 +715,10 @@ pub(crate) fn convert(sh: &Shared, ev: &KEvent) -> Event {
     };
     // UNHOOK carries no vCPU state (vCPU 0 is nominal): an empty snapshot, so reads
     // of vCPU 0 while it is pending go to the host instead of a meaningless cache.
-    let registers = if kind == EventKind::Unhook {
+    let registers = if matches!(kind, EventKind::Unhook) {
         vmi_core::RegisterSnapshot::default()
     } else {
-        registers
+        snapshot_from_event(arch)
     };
     Event {
         vcpu,

@@ -4,6 +4,7 @@
 //! ([`crate::events`]), and what the tool should see into the bounded queue it reads.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use kvmi_proto::{Event as KEvent, EventKind as KKind, ProtoError};
@@ -16,7 +17,7 @@ use crate::session::Shared;
 #[derive(Default)]
 pub(crate) struct Inbox {
     /// Kvmi events handed to the tool as `PendingEvent`s, by ticket.
-    pub(crate) outstanding: HashMap<u64, KEvent>,
+    pub(crate) outstanding: HashMap<u64, KEvent, BuildHasherDefault<TicketHasher>>,
     /// Kvmi events received and not yet handed out.
     pub(crate) queue: VecDeque<KEvent>,
     /// Asynchronous register events, answered on arrival, not yet handed out (see
@@ -27,6 +28,62 @@ pub(crate) struct Inbox {
     /// The tool answered (or dropped) the UNHOOK event: the session tears itself
     /// down on the tool's next wait for events.
     pub(crate) unhook_answered: bool,
+}
+
+/// The hash of the outstanding table's keys: tickets are sequence numbers we make
+/// ourselves, so SipHash's protection against chosen keys buys nothing; one multiply
+/// (Fibonacci hashing) spreads them over the table's buckets and tag bits.
+#[derive(Default)]
+pub(crate) struct TicketHasher(u64);
+
+impl Hasher for TicketHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a `u64`); this keeps any other key
+        // correct.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(FIBONACCI);
+    }
+}
+
+/// 2^64 / φ, odd: multiplying by it permutes the `u64`s and mixes low bits upwards.
+const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// What [`Inbox::take_next`] found for the tool.
+pub(crate) enum Next {
+    /// The tool answered UNHOOK: the session is to be torn down.
+    Unhooked,
+    /// An asynchronous register event (answered already).
+    Detached(Box<vmi_core::Event>),
+    /// A kvmi event waiting for the tool.
+    Queued(KEvent),
+    /// Nothing yet.
+    Nothing,
+}
+
+impl Inbox {
+    /// Everything the tool's wait looks at, in one lock: the UNHOOK teardown (when
+    /// `check_unhook`), then asynchronous events, then the queue.
+    pub(crate) fn take_next(&mut self, check_unhook: bool) -> Next {
+        if check_unhook && self.unhook_answered {
+            return Next::Unhooked;
+        }
+        if let Some(ev) = self.detached.pop_front() {
+            return Next::Detached(Box::new(ev));
+        }
+        match self.queue.pop_front() {
+            Some(ev) => Next::Queued(ev),
+            None => Next::Nothing,
+        }
+    }
 }
 
 impl Shared {

@@ -198,10 +198,13 @@ impl ParkOps for KvmiPark {
             ev
         };
         if !ev.needs_reply() {
-            // UNHOOK: nothing is sent and no vCPU waits in it. The teardown cannot run
-            // here (Parking's lock is held while this runs): the next wait for events
-            // does it. Parking treated vCPU 0 as parked meanwhile; register writes
-            // queued for it cannot be applied.
+            // UNHOOK: nothing is sent and no vCPU waits in it. The teardown does not
+            // run here: it needs the session's `Parking` (to shut it down), which owns
+            // these ops and is not reachable from them, and an answer (or a guard's
+            // drop, perhaps on a handler thread while others hold events) should not
+            // block for a whole teardown; the next wait for events does it. Parking
+            // treated vCPU 0 as parked meanwhile; register writes queued for it cannot
+            // be applied.
             sh.inbox().unhook_answered = true;
             if response.set_registers.is_some() {
                 return Err(Error::InvalidReply {
@@ -235,10 +238,16 @@ impl ParkOps for KvmiPark {
             let name = c.name();
             batch.push(c).map_err(|e| proto(name, e))?;
         }
-        batch
-            .reply(ev, reply)
-            .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-        let r = batch.commit(sh.reply_timeout());
+        let r = if batch.is_empty() {
+            // The common case, the reply alone: the event's own one-message write
+            // (what a batch of one reply sends, without the batch's buffers).
+            ev.reply(reply)
+        } else {
+            batch
+                .reply(ev, reply)
+                .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
+            batch.commit(sh.reply_timeout())
+        };
         response::after_commit(sh, vcpu, &response, r.is_ok());
         r.map_err(|e| proto("event reply", e))
     }

@@ -88,6 +88,15 @@ fn segment(s: &sys::KvmSegment) -> Segment {
 
 /// Segments, LDTR/TR (kept distinct), GDTR/IDTR, CRs and EFER from `kvm_sregs`.
 pub(crate) fn apply_sregs(snap: &mut RegisterSnapshot, s: &sys::KvmSregs) {
+    apply_sregs_without_msrs(snap, s);
+    snap.msrs.insert(msr::EFER, s.efer);
+    // FS/GS bases are MSRs too; the segment cache holds their current values.
+    snap.msrs.insert(msr::FS_BASE, s.fs.base);
+    snap.msrs.insert(msr::GS_BASE, s.gs.base);
+}
+
+/// The part of [`apply_sregs`] that is no MSR.
+fn apply_sregs_without_msrs(snap: &mut RegisterSnapshot, s: &sys::KvmSregs) {
     snap.control = Some(ControlRegs {
         cr0: s.cr0,
         cr2: s.cr2,
@@ -113,29 +122,31 @@ pub(crate) fn apply_sregs(snap: &mut RegisterSnapshot, s: &sys::KvmSregs) {
         base: s.idt.base,
         limit: s.idt.limit,
     });
-    snap.msrs.insert(msr::EFER, s.efer);
-    // FS/GS bases are MSRs too; the segment cache holds their current values.
-    snap.msrs.insert(msr::FS_BASE, s.fs.base);
-    snap.msrs.insert(msr::GS_BASE, s.gs.base);
 }
 
-/// Everything an event's arch part carries: GPRs, sregs and its nine MSRs.
+/// Everything an event's arch part carries: GPRs, sregs and its nine MSRs (EFER as
+/// the MSR list has it), plus the FS/GS bases from the segment cache. Runs once per
+/// event: the MSRs are listed in ascending index order, so each lands at the end of
+/// the inline table without a search or a shift.
 pub(crate) fn snapshot_from_event(arch: &sys::EventArch) -> RegisterSnapshot {
     let mut snap = RegisterSnapshot {
         gprs: Some(gprs_from_kvm(&arch.regs)),
         ..RegisterSnapshot::default()
     };
-    apply_sregs(&mut snap, &arch.sregs);
+    let s = &arch.sregs;
+    apply_sregs_without_msrs(&mut snap, s);
     let m = &arch.msrs;
     snap.msrs.extend([
         (msr::IA32_SYSENTER_CS, m.sysenter_cs),
         (msr::IA32_SYSENTER_ESP, m.sysenter_esp),
         (msr::IA32_SYSENTER_EIP, m.sysenter_eip),
+        (msr::IA32_PAT, m.pat),
         (msr::EFER, m.efer),
         (msr::STAR, m.star),
         (msr::LSTAR, m.lstar),
         (msr::CSTAR, m.cstar),
-        (msr::IA32_PAT, m.pat),
+        (msr::FS_BASE, s.fs.base),
+        (msr::GS_BASE, s.gs.base),
         (msr::KERNEL_GS_BASE, m.shadow_gs),
     ]);
     snap
