@@ -15,8 +15,13 @@
 //! using no CPU). Criterion times `events_flood/{bare,vmi}_vcpus_N` per event; then
 //! a paired comparison (bare and vmi windows back to back in each of 41 rounds, the
 //! order alternating) prints events/s and the tool process's CPU per event
-//! (`getrusage(RUSAGE_SELF)`: the host is another process), with the median ratios —
-//! what the README reports, being robust against load drifting on a shared machine.
+//! (`getrusage(RUSAGE_SELF)`: the host is another process; user and system time, and
+//! context switches, beside it), with the median ratios — what the README reports,
+//! being robust against load drifting on a shared machine.
+//!
+//! The tool runs on CPU 0 and the hosts on CPU 1 (see [`PIN_ENV`]);
+//! `VMI_KVM_EVENTS_VCPUS=2` measures one vCPU count only, and
+//! `VMI_KVM_EVENTS_CRITERION_ONLY=1` skips the paired rounds (for profiling).
 #![allow(missing_docs)]
 
 use std::path::PathBuf;
@@ -251,17 +256,26 @@ impl Side {
         took
     }
 
-    /// Runs the handlers for `window` after a short warm-up: events, wall time, CPU.
-    fn window(&self, window: Duration) -> (u64, Duration, Duration) {
+    /// Runs the handlers for `window` after a short warm-up: events, wall time, and
+    /// the process's resource use meanwhile.
+    fn window(&self, window: Duration) -> (u64, Duration, Usage) {
         self.gate.set(true);
         thread::sleep(Duration::from_millis(30));
-        let (n0, c0, t0) = (self.handled.load(Ordering::Relaxed), cpu(), Instant::now());
+        let (n0, u0, t0) = (
+            self.handled.load(Ordering::Relaxed),
+            usage(),
+            Instant::now(),
+        );
         thread::sleep(window);
-        let (n1, c1, t1) = (self.handled.load(Ordering::Relaxed), cpu(), Instant::now());
+        let (n1, u1, t1) = (
+            self.handled.load(Ordering::Relaxed),
+            usage(),
+            Instant::now(),
+        );
         self.gate.set(false);
         // Let the handlers reach the gate before the other side starts.
         thread::sleep(Duration::from_millis(30));
-        (n1 - n0, t1 - t0, c1.saturating_sub(c0))
+        (n1 - n0, t1 - t0, u1.since(&u0))
     }
 
     fn finish(mut self) {
@@ -274,15 +288,41 @@ impl Side {
     }
 }
 
-/// User + system CPU of this process (the tool; the host is a child process).
-fn cpu() -> Duration {
+/// Resource use of this process (the tool; the host is a child process).
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    user: Duration,
+    system: Duration,
+    /// Voluntary and involuntary context switches.
+    switches: u64,
+}
+
+impl Usage {
+    fn cpu(&self) -> Duration {
+        self.user + self.system
+    }
+
+    fn since(&self, earlier: &Usage) -> Usage {
+        Usage {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+fn usage() -> Usage {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid, writable rusage.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     assert_eq!(rc, 0, "getrusage");
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
+    Usage {
+        user: tv(u.ru_utime),
+        system: tv(u.ru_stime),
+        switches: (u.ru_nvcsw + u.ru_nivcsw) as u64,
+    }
 }
 
 fn median(v: Vec<f64>) -> f64 {
@@ -296,10 +336,60 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     (at(1), at(2), at(3))
 }
 
+/// Where the tool process and the host processes run: `VMI_KVM_EVENTS_PIN=TOOL,HOST`
+/// (CPU numbers; the default is `0,1` on a machine with two CPUs or more) or `off`.
+/// Pinned, each side keeps its own core, as a tool and QEMU's vCPU threads would on a
+/// real host, and the figures no longer swing with where the scheduler happens to put
+/// the threads of either side: unpinned, the paired ratios of two runs on this 2-CPU
+/// machine differed by up to 0.5 in the same cell; pinned, within 0.05.
+const PIN_ENV: &str = "VMI_KVM_EVENTS_PIN";
+
+/// The CPUs of the tool and the hosts, or `None` (not pinned).
+fn pinning() -> Option<(usize, usize)> {
+    let spec = match std::env::var(PIN_ENV) {
+        Ok(s) if s == "off" => return None,
+        Ok(s) => s,
+        Err(_) => {
+            let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+            if cpus < 2 {
+                return None;
+            }
+            "0,1".to_string()
+        }
+    };
+    let (tool, host) = spec
+        .split_once(',')
+        .expect("VMI_KVM_EVENTS_PIN=TOOL,HOST or off");
+    let cpu = |s: &str| s.trim().parse::<usize>().expect("a CPU number");
+    Some((cpu(tool), cpu(host)))
+}
+
+/// Pins the calling thread (and the threads it starts later) to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
+    // touch the set they are given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "sched_setaffinity to CPU {cpu}"
+        );
+    }
+}
+
 fn main() {
+    let pins = pinning();
     if let Ok(spec) = std::env::var(HOST_ENV) {
+        if let Some((_, host)) = pins {
+            pin_to(host);
+        }
         host_main(&spec);
         return;
+    }
+    if let Some((tool, _)) = pins {
+        pin_to(tool);
     }
     let mut c = Criterion::default()
         .sample_size(20)
@@ -307,7 +397,15 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     let mut table = Vec::new();
-    for n in VCPUS {
+    // `VMI_KVM_EVENTS_VCPUS=2,4` measures only these vCPU counts (for profiling).
+    let vcpu_counts: Vec<usize> = match std::env::var("VMI_KVM_EVENTS_VCPUS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse().expect("VMI_KVM_EVENTS_VCPUS: numbers"))
+            .collect(),
+        Err(_) => VCPUS.to_vec(),
+    };
+    for n in vcpu_counts {
         let sides = [Side::bare(n), Side::vmi(n)];
         {
             let mut g = c.benchmark_group("events_flood");
@@ -326,52 +424,79 @@ fn main() {
             }
             continue;
         }
-        // Paired rounds: (events/s, CPU µs per event) of bare and vmi.
-        let mut rows = Vec::new();
+        // Paired rounds: per side, events/s and per event the CPU (user, system) and
+        // context switches.
+        let mut rows: Vec<[Row; 2]> = Vec::new();
         for round in 0..ROUNDS {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut r = [(0.0, 0.0); 2];
+            let mut r = [Row::default(); 2];
             for i in order {
-                let (events, wall, cpu) = sides[i].window(WINDOW);
+                let (events, wall, used) = sides[i].window(WINDOW);
                 let events = events.max(1) as f64;
-                r[i] = (
-                    events / wall.as_secs_f64(),
-                    cpu.as_secs_f64() * 1e6 / events,
-                );
+                let per_event_us = |d: Duration| d.as_secs_f64() * 1e6 / events;
+                r[i] = Row {
+                    rate: events / wall.as_secs_f64(),
+                    cpu: per_event_us(used.cpu()),
+                    user: per_event_us(used.user),
+                    system: per_event_us(used.system),
+                    switches: used.switches as f64 / events,
+                };
             }
             rows.push(r);
         }
-        let rate = |i: usize| median(rows.iter().map(|r| r[i].0).collect());
-        let cpu_per = |i: usize| median(rows.iter().map(|r| r[i].1).collect());
-        let rate_ratio = quartiles(rows.iter().map(|r| r[1].0 / r[0].0).collect());
-        let cpu_ratio = quartiles(rows.iter().map(|r| r[1].1 / r[0].1).collect());
-        table.push((
-            n,
-            rate(0),
-            rate(1),
-            rate_ratio,
-            cpu_per(0),
-            cpu_per(1),
-            cpu_ratio,
+        let med = |i: usize, f: fn(&Row) -> f64| median(rows.iter().map(|r| f(&r[i])).collect());
+        let ratio =
+            |f: fn(&Row) -> f64| quartiles(rows.iter().map(|r| f(&r[1]) / f(&r[0])).collect());
+        table.push(format!(
+            "| {n} | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | {:.1} | {:.1} | **{:.2}** ({:.2}–{:.2}) \
+             | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} |",
+            med(0, |r| r.rate),
+            med(1, |r| r.rate),
+            ratio(|r| r.rate).1,
+            ratio(|r| r.rate).0,
+            ratio(|r| r.rate).2,
+            med(0, |r| r.cpu),
+            med(1, |r| r.cpu),
+            ratio(|r| r.cpu).1,
+            ratio(|r| r.cpu).0,
+            ratio(|r| r.cpu).2,
+            med(0, |r| r.user),
+            med(1, |r| r.user),
+            med(0, |r| r.system),
+            med(1, |r| r.system),
+            med(0, |r| r.switches),
+            med(1, |r| r.switches),
         ));
         for s in sides {
             s.finish();
         }
     }
     c.final_summary();
+    let placement = match pins {
+        Some((tool, host)) => format!("tool on CPU {tool}, hosts on CPU {host}"),
+        None => "not pinned".to_string(),
+    };
     println!(
         "\npaired CR3 event flood, one handler thread per vCPU, {ROUNDS} rounds of {WINDOW:?} \
-         (medians)\n"
+         (medians), {placement}\n"
     );
     println!(
         "| vCPUs | bare events/s | vmi events/s | vmi/bare events/s (quartiles) | bare CPU µs/event \
-         | vmi CPU µs/event | vmi/bare CPU (quartiles) |"
+         | vmi CPU µs/event | vmi/bare CPU (quartiles) | user µs/event bare / vmi \
+         | system µs/event bare / vmi | context switches/event bare / vmi |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (n, rb, rv, rr, cb, cv, cr) in table {
-        println!(
-            "| {n} | {rb:.0} | {rv:.0} | **{:.2}** ({:.2}–{:.2}) | {cb:.1} | {cv:.1} | **{:.2}** ({:.2}–{:.2}) |",
-            rr.1, rr.0, rr.2, cr.1, cr.0, cr.2
-        );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in table {
+        println!("{row}");
     }
+}
+
+/// One side's figures in one window.
+#[derive(Clone, Copy, Default)]
+struct Row {
+    rate: f64,
+    cpu: f64,
+    user: f64,
+    system: f64,
+    switches: f64,
 }

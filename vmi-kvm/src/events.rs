@@ -520,7 +520,7 @@ impl KvmiVm {
             if timeout.is_zero() {
                 // Only what has arrived: one non-blocking look at the socket.
                 match sh.conn.try_next_event() {
-                    Ok(Some(ev)) => sh.route(ev),
+                    Ok(Some(ev)) => sh.file(ev),
                     Ok(None) => return Ok(None),
                     Err(e) => return Err(crate::error::proto("waiting for events", e)),
                 }
@@ -541,7 +541,9 @@ impl KvmiVm {
                     left => left.map_or(PUMP_SLICE, |l| l.min(PUMP_SLICE)),
                 },
             };
-            sh.pump(slice)?;
+            if let Some(ev) = sh.pump_for_tool(slice)? {
+                return Ok(Some(self.hand_out(ev)));
+            }
         }
     }
 

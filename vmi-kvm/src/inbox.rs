@@ -58,6 +58,9 @@ impl Hasher for TicketHasher {
 const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// What [`Inbox::take_next`] found for the tool.
+// Returned by value once per wait and unpacked at once: boxing the kvmi event would
+// cost an allocation per event on the hot path to save a move.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Next {
     /// The tool answered UNHOOK: the session is to be torn down.
     Unhooked,
@@ -87,23 +90,42 @@ impl Inbox {
 }
 
 impl Shared {
-    /// Waits up to `timeout` for one event from the host and routes it.
+    /// Waits up to `timeout` for one event from the host and files it.
     pub(crate) fn pump(&self, timeout: Duration) -> Result<()> {
+        if let Some(ev) = self.receive(timeout, Destination::Queue)? {
+            self.inbox().queue.push_back(ev);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for one event from the host and routes it; an event the
+    /// tool should see is returned instead of queued (the tool's own wait hands it out
+    /// at once: no queue round trip, no second lock).
+    pub(crate) fn pump_for_tool(&self, timeout: Duration) -> Result<Option<KEvent>> {
+        self.receive(timeout, Destination::Tool)
+    }
+
+    fn receive(&self, timeout: Duration, to: Destination) -> Result<Option<KEvent>> {
         match self.conn.next_event(timeout) {
-            Ok(ev) => {
-                self.route(ev);
-                Ok(())
-            }
-            Err(ProtoError::Timeout(_)) => Ok(()),
+            Ok(ev) => Ok(self.route(ev, to)),
+            Err(ProtoError::Timeout(_)) => Ok(None),
             Err(e) => Err(proto("waiting for events", e)),
         }
     }
 
-    /// Files one received event: `PAUSE_VCPU` into the pause table (or answered at
+    /// Routes one received event and queues what the tool should see.
+    pub(crate) fn file(&self, ev: KEvent) {
+        if let Some(ev) = self.route(ev, Destination::Queue) {
+            self.inbox().queue.push_back(ev);
+        }
+    }
+
+    /// Routes one received event: `PAUSE_VCPU` into the pause table (or answered at
     /// once when nothing wants the vCPU stopped), no-reply and unknown events away,
-    /// everything else into the queue the tool reads. Dropping a kvmi-proto event
-    /// answers it with its default reply.
-    pub(crate) fn route(&self, ev: KEvent) {
+    /// UNHOOK into the queue (once); what the tool should see is returned, its vCPU
+    /// marked busy. Dropping a kvmi-proto event answers it with its default reply.
+    #[must_use = "an event for the tool is answered (continue) when dropped"]
+    pub(crate) fn route(&self, ev: KEvent, to: Destination) -> Option<KEvent> {
         let idx = usize::from(ev.vcpu());
         match ev.kind {
             KKind::PauseVcpu => crate::park::on_pause_event(self, ev),
@@ -118,22 +140,22 @@ impl Shared {
                 }
             }
             _ => {
+                // The queue is bounded (a host flooding events while nobody waits for
+                // them); an event handed straight to a waiting tool needs no room.
                 let limit = 4 * self.vcpu_count as usize + 16;
-                if idx >= self.vcpu_count as usize || self.inbox().queue.len() >= limit {
+                let full = || self.inbox().queue.len() >= limit;
+                if idx >= self.vcpu_count as usize || (to == Destination::Queue && full()) {
                     drop(ev); // a host inventing vCPUs or flooding: default reply
-                    return;
+                    return None;
                 }
                 if crate::breakpoints::foreign_space(self, &ev) {
                     // A hit in an address space none of the breakpoints there is for:
                     // stepped over internally, never shown.
                     crate::breakpoints::step_over_foreign(self, ev);
-                    return;
+                    return None;
                 }
                 let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
-                    match crate::breakpoints::on_singlestep(self, ev) {
-                        Some(ev) => ev,
-                        None => return,
-                    }
+                    crate::breakpoints::on_singlestep(self, ev)?
                 } else {
                     let (filtered, asynchronous, trap) = {
                         let m = self.monitors();
@@ -141,7 +163,7 @@ impl Shared {
                     };
                     if filtered {
                         drop(ev); // not the `equal` value, or unchanged: the write goes on
-                        return;
+                        return None;
                     }
                     if asynchronous {
                         // Answered now (the default reply: the write goes on); the
@@ -152,11 +174,11 @@ impl Shared {
                         if inbox.detached.len() < crate::events::DETACHED_MAX {
                             inbox.detached.push_back(view);
                         }
-                        return;
+                        return None;
                     }
                     if matches!(ev.kind, KKind::Trap(_)) && !trap {
                         drop(ev); // the TRAP after our own injection: CONTINUE
-                        return;
+                        return None;
                     }
                     ev
                 };
@@ -164,8 +186,18 @@ impl Shared {
                 if let Some(h) = self.pauses().get_mut(idx) {
                     h.busy = true;
                 }
-                self.inbox().queue.push_back(ev);
+                return Some(ev);
             }
         }
+        None
     }
+}
+
+/// Where [`Shared::route`]'s caller puts an event for the tool.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// Into the inbox's bounded queue.
+    Queue,
+    /// Straight to the tool's waiting call.
+    Tool,
 }

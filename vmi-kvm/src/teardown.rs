@@ -230,7 +230,7 @@ pub(crate) fn run(sh: &Shared, parking: &Parking, deadline: Deadline) -> Result<
     // (e.g. the SINGLESTEP of a step-over in progress): route them — pause events of
     // a pause no longer wanted are answered there — and answer the rest.
     while let Ok(Some(ev)) = sh.conn.try_next_event() {
-        sh.route(ev);
+        sh.file(ev);
         answer_events(sh);
     }
 

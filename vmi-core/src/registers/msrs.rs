@@ -52,7 +52,21 @@ impl Msrs {
     }
 
     /// Sets MSR `index`, returning the previous value.
+    #[inline]
     pub fn insert(&mut self, index: u32, value: u64) -> Option<u64> {
+        // The per-event path: an ascending list appended to inline storage.
+        if let MsrStorage::Inline { len, entries } = &mut self.storage {
+            let n = usize::from(*len);
+            if n < Self::INLINE && (n == 0 || entries[n - 1].0 < index) {
+                entries[n] = (index, value);
+                *len += 1;
+                return None;
+            }
+        }
+        self.insert_slow(index, value)
+    }
+
+    fn insert_slow(&mut self, index: u32, value: u64) -> Option<u64> {
         let s = self.as_slice();
         // Ascending input (a copy, a sorted list) appends without a search.
         let pos = if s.last().is_none_or(|e| e.0 < index) {
