@@ -19,8 +19,9 @@
 //! context switches, beside it), with the median ratios — what the README reports,
 //! being robust against load drifting on a shared machine.
 //!
-//! The tool runs on CPU 0 and the hosts on CPU 1 (see [`PIN_ENV`]);
-//! `VMI_KVM_EVENTS_VCPUS=2` measures one vCPU count only, and
+//! Each vCPU count is measured in two placements (see [`Placement`]): tool and hosts
+//! on CPUs of their own, and all on one CPU. `VMI_KVM_EVENTS_VCPUS=2` measures one
+//! vCPU count only, and
 //! `VMI_KVM_EVENTS_CRITERION_ONLY=1` skips the paired rounds (for profiling).
 #![allow(missing_docs)]
 
@@ -57,6 +58,10 @@ fn sock_path(what: &str) -> PathBuf {
 
 /// The flood host: every vCPU raises CR3 writes back to back until the tool hangs up.
 fn host_main(spec: &str) {
+    let (spec, cpu) = spec.rsplit_once(':').expect("path:vcpus:cpu");
+    if let Ok(cpu) = cpu.parse() {
+        pin_to(&[cpu]);
+    }
     let (path, vcpus) = spec.rsplit_once(':').expect("path:vcpus");
     let vcpus: usize = vcpus.parse().expect("vCPU count");
     let sim = Simulator::connect(
@@ -95,9 +100,11 @@ fn host_main(spec: &str) {
     });
 }
 
-fn spawn_host(path: &std::path::Path, vcpus: usize) -> Child {
+/// Starts the host on `cpu` (`None`: anywhere).
+fn spawn_host(path: &std::path::Path, vcpus: usize, cpu: Option<usize>) -> Child {
+    let cpu = cpu.map_or("any".to_string(), |c| c.to_string());
     Command::new(std::env::current_exe().unwrap())
-        .env(HOST_ENV, format!("{}:{vcpus}", path.display()))
+        .env(HOST_ENV, format!("{}:{vcpus}:{cpu}", path.display()))
         .spawn()
         .expect("spawning the host")
 }
@@ -151,7 +158,7 @@ struct Side {
 }
 
 impl Side {
-    fn bare(vcpus: usize) -> Side {
+    fn bare(vcpus: usize, host_cpu: Option<usize>) -> Side {
         let path = sock_path("bare");
         let l = Listener::bind(
             &path,
@@ -161,7 +168,7 @@ impl Side {
             },
         )
         .unwrap();
-        let host = spawn_host(&path, vcpus);
+        let host = spawn_host(&path, vcpus, host_cpu);
         let conn = Arc::new(l.accept(T).unwrap());
         for v in 0..vcpus as u16 {
             conn.control_events(v, sys::KVMI_EVENT_CR, true).unwrap();
@@ -198,7 +205,7 @@ impl Side {
         }
     }
 
-    fn vmi(vcpus: usize) -> Side {
+    fn vmi(vcpus: usize, host_cpu: Option<usize>) -> Side {
         let path = sock_path("vmi");
         let l = KvmiListener::bind(
             &path,
@@ -208,7 +215,7 @@ impl Side {
             },
         )
         .unwrap();
-        let host = spawn_host(&path, vcpus);
+        let host = spawn_host(&path, vcpus, host_cpu);
         let vm = Arc::new(l.accept(T).unwrap());
         vm.enable(&Monitor::ControlRegister {
             cr: 3,
@@ -336,60 +343,86 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     (at(1), at(2), at(3))
 }
 
-/// Where the tool process and the host processes run: `VMI_KVM_EVENTS_PIN=TOOL,HOST`
-/// (CPU numbers; the default is `0,1` on a machine with two CPUs or more) or `off`.
-/// Pinned, each side keeps its own core, as a tool and QEMU's vCPU threads would on a
-/// real host, and the figures no longer swing with where the scheduler happens to put
-/// the threads of either side: unpinned, the paired ratios of two runs on this 2-CPU
-/// machine differed by up to 0.5 in the same cell; pinned, within 0.05.
-const PIN_ENV: &str = "VMI_KVM_EVENTS_PIN";
-
-/// The CPUs of the tool and the hosts, or `None` (not pinned).
-fn pinning() -> Option<(usize, usize)> {
-    let spec = match std::env::var(PIN_ENV) {
-        Ok(s) if s == "off" => return None,
-        Ok(s) => s,
-        Err(_) => {
-            let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-            if cpus < 2 {
-                return None;
-            }
-            "0,1".to_string()
-        }
-    };
-    let (tool, host) = spec
-        .split_once(',')
-        .expect("VMI_KVM_EVENTS_PIN=TOOL,HOST or off");
-    let cpu = |s: &str| s.trim().parse::<usize>().expect("a CPU number");
-    Some((cpu(tool), cpu(host)))
+/// Where the tool and its hosts run (`VMI_KVM_EVENTS_PLACEMENT`, a comma-separated
+/// list; default `split,shared` on a machine with two CPUs or more, else `off`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// The tool's threads on CPU 0, the hosts' on CPU 1: each side keeps its own core,
+    /// as a tool and QEMU's vCPU threads would on a real host. Every event crosses
+    /// CPUs twice, and on this VM a cross-CPU wake-up costs tens of µs, which then
+    /// dominates both loops alike.
+    Split,
+    /// Tool and hosts on CPU 0: no cross-CPU wake-up at all, so the CPU per event is
+    /// the work each loop does and events/s is bound by the tool's and the host's CPU
+    /// together.
+    Shared,
+    /// Wherever the scheduler puts the threads: the paired ratios of two runs on this
+    /// 2-CPU machine differed by up to 0.5 in one cell (placement luck); pinned, by
+    /// 0.05 at most.
+    Off,
 }
 
-/// Pins the calling thread (and the threads it starts later) to one CPU.
-fn pin_to(cpu: usize) {
+impl Placement {
+    fn from_env() -> Vec<Placement> {
+        let spec = std::env::var("VMI_KVM_EVENTS_PLACEMENT").unwrap_or_else(|_| {
+            let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+            if cpus >= 2 { "split,shared" } else { "off" }.to_string()
+        });
+        spec.split(',')
+            .map(|p| match p.trim() {
+                "split" => Placement::Split,
+                "shared" => Placement::Shared,
+                "off" => Placement::Off,
+                other => panic!("VMI_KVM_EVENTS_PLACEMENT: unknown placement {other:?}"),
+            })
+            .collect()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Split => "split",
+            Placement::Shared => "shared",
+            Placement::Off => "off",
+        }
+    }
+
+    /// The tool's CPUs and the hosts' CPU (`None`: any).
+    fn cpus(self) -> (Vec<usize>, Option<usize>) {
+        match self {
+            Placement::Split => (vec![0], Some(1)),
+            Placement::Shared => (vec![0], Some(0)),
+            Placement::Off => (all_cpus(), None),
+        }
+    }
+}
+
+fn all_cpus() -> Vec<usize> {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (0..n.max(1) as usize).collect()
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpus`.
+fn pin_to(cpus: &[usize]) {
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
     // touch the set they are given.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         assert_eq!(
             libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
             0,
-            "sched_setaffinity to CPU {cpu}"
+            "sched_setaffinity to CPUs {cpus:?}"
         );
     }
 }
 
 fn main() {
-    let pins = pinning();
     if let Ok(spec) = std::env::var(HOST_ENV) {
-        if let Some((_, host)) = pins {
-            pin_to(host);
-        }
         host_main(&spec);
         return;
-    }
-    if let Some((tool, _)) = pins {
-        pin_to(tool);
     }
     let mut c = Criterion::default()
         .sample_size(20)
@@ -405,15 +438,20 @@ fn main() {
             .collect(),
         Err(_) => VCPUS.to_vec(),
     };
-    for n in vcpu_counts {
-        let sides = [Side::bare(n), Side::vmi(n)];
+    for (placement, n) in Placement::from_env()
+        .into_iter()
+        .flat_map(|p| vcpu_counts.iter().map(move |&n| (p, n)))
+    {
+        let (tool_cpus, host_cpu) = placement.cpus();
+        // The handler threads the sides start inherit it.
+        pin_to(&tool_cpus);
+        let sides = [Side::bare(n, host_cpu), Side::vmi(n, host_cpu)];
         {
             let mut g = c.benchmark_group("events_flood");
             g.throughput(Throughput::Elements(1));
             for s in &sides {
-                g.bench_function(format!("{}_vcpus_{n}", s.name), |b| {
-                    b.iter_custom(|iters| s.run_events(iters))
-                });
+                let name = format!("{}_{}_vcpus_{n}", placement.name(), s.name);
+                g.bench_function(name, |b| b.iter_custom(|iters| s.run_events(iters)));
             }
             g.finish();
         }
@@ -448,8 +486,9 @@ fn main() {
         let ratio =
             |f: fn(&Row) -> f64| quartiles(rows.iter().map(|r| f(&r[1]) / f(&r[0])).collect());
         table.push(format!(
-            "| {n} | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | {:.1} | {:.1} | **{:.2}** ({:.2}–{:.2}) \
+            "| {} | {n} | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | {:.1} | {:.1} | **{:.2}** ({:.2}–{:.2}) \
              | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} |",
+            placement.name(),
             med(0, |r| r.rate),
             med(1, |r| r.rate),
             ratio(|r| r.rate).1,
@@ -472,20 +511,16 @@ fn main() {
         }
     }
     c.final_summary();
-    let placement = match pins {
-        Some((tool, host)) => format!("tool on CPU {tool}, hosts on CPU {host}"),
-        None => "not pinned".to_string(),
-    };
     println!(
         "\npaired CR3 event flood, one handler thread per vCPU, {ROUNDS} rounds of {WINDOW:?} \
-         (medians), {placement}\n"
+         (medians); placement split = tool on CPU 0, hosts on CPU 1; shared = all on CPU 0\n"
     );
     println!(
-        "| vCPUs | bare events/s | vmi events/s | vmi/bare events/s (quartiles) | bare CPU µs/event \
+        "| placement | vCPUs | bare events/s | vmi events/s | vmi/bare events/s (quartiles) | bare CPU µs/event \
          | vmi CPU µs/event | vmi/bare CPU (quartiles) | user µs/event bare / vmi \
          | system µs/event bare / vmi | context switches/event bare / vmi |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in table {
         println!("{row}");
     }
