@@ -101,10 +101,12 @@ impl Shared {
     /// Waits up to `timeout` for one event from the host and routes it; an event the
     /// tool should see is returned instead of queued (the tool's own wait hands it out
     /// at once: no queue round trip, no second lock).
+    #[inline]
     pub(crate) fn pump_for_tool(&self, timeout: Duration) -> Result<Option<KEvent>> {
         self.receive(timeout, Destination::Tool)
     }
 
+    #[inline]
     fn receive(&self, timeout: Duration, to: Destination) -> Result<Option<KEvent>> {
         match self.conn.next_event(timeout) {
             Ok(ev) => Ok(self.route(ev, to)),
@@ -125,6 +127,7 @@ impl Shared {
     /// UNHOOK into the queue (once); what the tool should see is returned, its vCPU
     /// marked busy. Dropping a kvmi-proto event answers it with its default reply.
     #[must_use = "an event for the tool is answered (continue) when dropped"]
+    #[inline]
     pub(crate) fn route(&self, ev: KEvent, to: Destination) -> Option<KEvent> {
         let idx = usize::from(ev.vcpu());
         match ev.kind {

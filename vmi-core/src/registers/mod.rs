@@ -262,6 +262,19 @@ impl RegisterSnapshot {
         changed!(gprs, control, debug, segments, gdtr, idtr, xcr0)
     }
 
+    /// Empties the snapshot in place (what `*self = RegisterSnapshot::default()` does,
+    /// without writing the whole inline MSR table).
+    pub fn clear(&mut self) {
+        self.gprs = None;
+        self.control = None;
+        self.debug = None;
+        self.segments = None;
+        self.gdtr = None;
+        self.idtr = None;
+        self.xcr0 = None;
+        self.msrs.clear();
+    }
+
     /// Whether the snapshot holds nothing.
     pub fn is_empty(&self) -> bool {
         self.groups().is_empty() && self.gdtr.is_none() && self.idtr.is_none()

@@ -40,6 +40,14 @@ impl Msrs {
         }
     }
 
+    /// Removes every MSR.
+    pub fn clear(&mut self) {
+        match &mut self.storage {
+            MsrStorage::Inline { len, .. } => *len = 0,
+            MsrStorage::Heap(_) => *self = Msrs::new(),
+        }
+    }
+
     /// The value of MSR `index`, if held.
     pub fn get(&self, index: u32) -> Option<u64> {
         let s = self.as_slice();

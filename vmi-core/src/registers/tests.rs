@@ -140,3 +140,29 @@ fn one_register_reads_its_group() {
     assert!(matches!(e, crate::Error::Unsupported { .. }), "{e}");
     assert_eq!(b.1.get(), 3, "one read per call");
 }
+
+#[test]
+fn clear_equals_a_fresh_snapshot_inline_and_spilled() {
+    for msr_count in [3u32, Msrs::INLINE as u32 + 5] {
+        let mut s = RegisterSnapshot {
+            gprs: Some(Gprs::default()),
+            control: Some(ControlRegs::default()),
+            debug: Some(DebugRegs::default()),
+            segments: Some(Segments::default()),
+            gdtr: Some(DescriptorTable::default()),
+            idtr: Some(DescriptorTable::default()),
+            xcr0: Some(1),
+            ..RegisterSnapshot::default()
+        };
+        s.msrs.extend((0..msr_count).map(|i| (i, u64::from(i))));
+        assert_eq!(s.msrs.len(), msr_count as usize);
+        s.clear();
+        assert_eq!(s, RegisterSnapshot::default());
+        assert!(s.is_empty());
+        // Usable again after clearing, in order.
+        s.msrs.insert(7, 70);
+        s.msrs.insert(2, 20);
+        assert_eq!(s.msrs.get(2), Some(20));
+        assert_eq!(s.msrs.len(), 2);
+    }
+}
