@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use kvmi_proto::{Connection, ProtoError, Request};
 use vmi_core::registers::{
-    msr, ControlRegs, DescriptorTable, Gprs, RegisterGroups, RegisterSnapshot, Segment,
+    msr, ControlRegs, DescriptorTable, Gprs, Msrs, RegisterGroups, RegisterSnapshot, Segment,
     SegmentAttributes, Segments,
 };
 use vmi_core::{Error, Result, VcpuId};
@@ -97,59 +97,76 @@ pub(crate) fn apply_sregs(snap: &mut RegisterSnapshot, s: &sys::KvmSregs) {
 
 /// The part of [`apply_sregs`] that is no MSR.
 fn apply_sregs_without_msrs(snap: &mut RegisterSnapshot, s: &sys::KvmSregs) {
-    snap.control = Some(ControlRegs {
-        cr0: s.cr0,
-        cr2: s.cr2,
-        cr3: s.cr3,
-        cr4: s.cr4,
-        cr8: s.cr8,
-    });
-    snap.segments = Some(Segments {
-        cs: segment(&s.cs),
-        ds: segment(&s.ds),
-        es: segment(&s.es),
-        fs: segment(&s.fs),
-        gs: segment(&s.gs),
-        ss: segment(&s.ss),
-        ldtr: segment(&s.ldt),
-        tr: segment(&s.tr),
-    });
-    snap.gdtr = Some(DescriptorTable {
-        base: s.gdt.base,
-        limit: s.gdt.limit,
-    });
-    snap.idtr = Some(DescriptorTable {
-        base: s.idt.base,
-        limit: s.idt.limit,
-    });
+    let (control, segments, gdtr, idtr) = sregs_without_msrs(s);
+    snap.control = Some(control);
+    snap.segments = Some(segments);
+    snap.gdtr = Some(gdtr);
+    snap.idtr = Some(idtr);
+}
+
+/// CRs, segments (LDTR/TR kept distinct), GDTR and IDTR from `kvm_sregs`.
+fn sregs_without_msrs(
+    s: &sys::KvmSregs,
+) -> (ControlRegs, Segments, DescriptorTable, DescriptorTable) {
+    (
+        ControlRegs {
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+        },
+        Segments {
+            cs: segment(&s.cs),
+            ds: segment(&s.ds),
+            es: segment(&s.es),
+            fs: segment(&s.fs),
+            gs: segment(&s.gs),
+            ss: segment(&s.ss),
+            ldtr: segment(&s.ldt),
+            tr: segment(&s.tr),
+        },
+        DescriptorTable {
+            base: s.gdt.base,
+            limit: s.gdt.limit,
+        },
+        DescriptorTable {
+            base: s.idt.base,
+            limit: s.idt.limit,
+        },
+    )
 }
 
 /// Everything an event's arch part carries: GPRs, sregs and its nine MSRs (EFER as
 /// the MSR list has it), plus the FS/GS bases from the segment cache. Runs once per
-/// event: the MSRs are listed in ascending index order, so each lands at the end of
-/// the inline table without a search or a shift.
+/// event, so it is built in one piece: the MSRs, listed in ascending index order, are
+/// copied into the inline table at once.
 pub(crate) fn snapshot_from_event(arch: &sys::EventArch) -> RegisterSnapshot {
-    let mut snap = RegisterSnapshot {
-        gprs: Some(gprs_from_kvm(&arch.regs)),
-        ..RegisterSnapshot::default()
-    };
     let s = &arch.sregs;
-    apply_sregs_without_msrs(&mut snap, s);
     let m = &arch.msrs;
-    snap.msrs.extend([
-        (msr::IA32_SYSENTER_CS, m.sysenter_cs),
-        (msr::IA32_SYSENTER_ESP, m.sysenter_esp),
-        (msr::IA32_SYSENTER_EIP, m.sysenter_eip),
-        (msr::IA32_PAT, m.pat),
-        (msr::EFER, m.efer),
-        (msr::STAR, m.star),
-        (msr::LSTAR, m.lstar),
-        (msr::CSTAR, m.cstar),
-        (msr::FS_BASE, s.fs.base),
-        (msr::GS_BASE, s.gs.base),
-        (msr::KERNEL_GS_BASE, m.shadow_gs),
-    ]);
-    snap
+    let (control, segments, gdtr, idtr) = sregs_without_msrs(s);
+    RegisterSnapshot {
+        gprs: Some(gprs_from_kvm(&arch.regs)),
+        control: Some(control),
+        debug: None,
+        segments: Some(segments),
+        gdtr: Some(gdtr),
+        idtr: Some(idtr),
+        xcr0: None,
+        msrs: Msrs::from_ascending(&[
+            (msr::IA32_SYSENTER_CS, m.sysenter_cs),
+            (msr::IA32_SYSENTER_ESP, m.sysenter_esp),
+            (msr::IA32_SYSENTER_EIP, m.sysenter_eip),
+            (msr::IA32_PAT, m.pat),
+            (msr::EFER, m.efer),
+            (msr::STAR, m.star),
+            (msr::LSTAR, m.lstar),
+            (msr::CSTAR, m.cstar),
+            (msr::FS_BASE, s.fs.base),
+            (msr::GS_BASE, s.gs.base),
+            (msr::KERNEL_GS_BASE, m.shadow_gs),
+        ]),
+    }
 }
 
 /// The MSRs `GET_REGISTERS` must be asked for to serve `groups`/`msrs`: EFER and the

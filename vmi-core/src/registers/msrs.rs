@@ -40,6 +40,24 @@ impl Msrs {
         }
     }
 
+    /// The MSRs of `entries`, which a register dump lists in strictly ascending index
+    /// order: copied in one go when they fit inline. Entries out of order or repeated
+    /// are inserted one by one (sorted, the last value of an index kept).
+    pub fn from_ascending(entries: &[(u32, u64)]) -> Self {
+        let ascending = entries.windows(2).all(|w| w[0].0 < w[1].0);
+        if ascending && entries.len() <= Self::INLINE {
+            let mut inline = [(0, 0); Self::INLINE];
+            inline[..entries.len()].copy_from_slice(entries);
+            return Self {
+                storage: MsrStorage::Inline {
+                    len: entries.len() as u8,
+                    entries: inline,
+                },
+            };
+        }
+        entries.iter().copied().collect()
+    }
+
     /// Removes every MSR.
     pub fn clear(&mut self) {
         match &mut self.storage {

@@ -166,3 +166,65 @@ fn clear_equals_a_fresh_snapshot_inline_and_spilled() {
         assert_eq!(s.msrs.len(), 2);
     }
 }
+
+#[test]
+fn from_ascending_equals_inserting_one_by_one() {
+    let cases: [&[(u32, u64)]; 5] = [
+        &[],
+        &[(1, 10), (5, 50), (0xc000_0080, 7)],
+        // Out of order and repeated: sorted, the last value wins.
+        &[(5, 50), (1, 10), (5, 55)],
+        // Exactly as many as fit inline.
+        &[
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (4, 4),
+            (5, 5),
+            (6, 6),
+            (7, 7),
+            (8, 8),
+            (9, 9),
+            (10, 10),
+            (11, 11),
+            (12, 12),
+            (13, 13),
+            (14, 14),
+            (15, 15),
+        ],
+        // More than fit inline.
+        &[
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (4, 4),
+            (5, 5),
+            (6, 6),
+            (7, 7),
+            (8, 8),
+            (9, 9),
+            (10, 10),
+            (11, 11),
+            (12, 12),
+            (13, 13),
+            (14, 14),
+            (15, 15),
+            (16, 16),
+            (17, 17),
+        ],
+    ];
+    for entries in cases {
+        let mut one_by_one = Msrs::new();
+        for &(i, v) in entries {
+            one_by_one.insert(i, v);
+        }
+        let built = Msrs::from_ascending(entries);
+        assert_eq!(built, one_by_one, "{entries:?}");
+        assert_eq!(built.len(), one_by_one.len());
+    }
+    assert_eq!(
+        Msrs::from_ascending(&[(5, 50), (1, 10), (5, 55)]).get(5),
+        Some(55)
+    );
+}
