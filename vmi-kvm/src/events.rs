@@ -550,7 +550,7 @@ impl KvmiVm {
     /// Turns a queued kvmi event into the tool's guard; the kvmi guard is kept in the
     /// outstanding table under the ticket.
     #[inline]
-    fn hand_out(&self, ev: KEvent) -> PendingEvent {
+    fn hand_out(&self, ev: Box<KEvent>) -> PendingEvent {
         let sh = &self.shared;
         let event = convert(sh, &ev);
         let ticket = sh.ticket();
