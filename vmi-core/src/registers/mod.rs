@@ -188,7 +188,7 @@ pub use register::{Register, SegmentField, SegmentRegister};
 ///
 /// EFER is held once, as MSR `IA32_EFER` in [`RegisterSnapshot::msrs`]
 /// ([`RegisterGroups::EFER`] asks for it; [`RegisterSnapshot::efer`] reads it).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct RegisterSnapshot {
     /// General-purpose registers, RIP, RFLAGS.
     pub gprs: Option<Gprs>,
@@ -206,6 +206,27 @@ pub struct RegisterSnapshot {
     pub xcr0: Option<u64>,
     /// MSRs by index (only those read), EFER included.
     pub msrs: Msrs,
+}
+
+impl Clone for RegisterSnapshot {
+    fn clone(&self) -> Self {
+        let mut s = RegisterSnapshot::default();
+        s.clone_from(self);
+        s
+    }
+
+    /// Field by field, the MSRs only as far as held: the parked-vCPU model clones an
+    /// event's snapshot into the vCPU's cache on every event.
+    fn clone_from(&mut self, source: &Self) {
+        self.gprs = source.gprs;
+        self.control = source.control;
+        self.debug = source.debug;
+        self.segments = source.segments;
+        self.gdtr = source.gdtr;
+        self.idtr = source.idtr;
+        self.xcr0 = source.xcr0;
+        self.msrs.clone_from(&source.msrs);
+    }
 }
 
 impl RegisterSnapshot {

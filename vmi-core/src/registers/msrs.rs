@@ -3,9 +3,38 @@
 /// MSR values by index, stored inline: a snapshot of the MSRs an event carries (KVMi
 /// sends about ten) needs no heap allocation. More than [`Msrs::INLINE`] entries spill to
 /// the heap. Entries are kept sorted by index, so equal sets compare equal.
-#[derive(Clone)]
 pub struct Msrs {
     storage: MsrStorage,
+}
+
+impl Clone for Msrs {
+    fn clone(&self) -> Self {
+        let mut m = Msrs::new();
+        m.clone_from(self);
+        m
+    }
+
+    /// Copies only the entries held (a snapshot is cloned into a vCPU's register cache
+    /// on every event).
+    fn clone_from(&mut self, source: &Self) {
+        match (&mut self.storage, &source.storage) {
+            (
+                MsrStorage::Inline { len, entries },
+                MsrStorage::Inline {
+                    len: n,
+                    entries: from,
+                },
+            ) => {
+                let n = usize::from(*n);
+                entries[..n].copy_from_slice(&from[..n]);
+                *len = n as u8;
+            }
+            (_, MsrStorage::Inline { len, entries }) => {
+                *self = Msrs::from_ascending(&entries[..usize::from(*len)]);
+            }
+            (_, MsrStorage::Heap(v)) => self.storage = MsrStorage::Heap(v.clone()),
+        }
+    }
 }
 
 // The inline variant is large on purpose: it is what spares an allocation per event.

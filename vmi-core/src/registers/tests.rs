@@ -228,3 +228,38 @@ fn from_ascending_equals_inserting_one_by_one() {
         Some(55)
     );
 }
+
+#[test]
+fn clone_from_copies_exactly_what_is_held() {
+    let inline = Msrs::from_ascending(&[(1, 10), (2, 20), (3, 30)]);
+    let short = Msrs::from_ascending(&[(9, 90)]);
+    let spilled: Msrs = (0..Msrs::INLINE as u32 + 4).map(|i| (i, u64::from(i))).collect();
+    let all = [Msrs::new(), inline, short, spilled];
+    for from in &all {
+        assert_eq!(&from.clone(), from);
+        for into in &all {
+            let mut m = into.clone();
+            m.clone_from(from);
+            assert_eq!(&m, from);
+            assert_eq!(m.len(), from.len());
+            // Still usable: an insert after the largest index appends.
+            m.insert(u32::MAX, 1);
+            assert_eq!(m.len(), from.len() + 1);
+            assert_eq!(m.get(u32::MAX), Some(1));
+        }
+    }
+    let snap = RegisterSnapshot {
+        gprs: Some(Gprs::default()),
+        xcr0: Some(3),
+        msrs: Msrs::from_ascending(&[(0xc000_0080, 0xd01)]),
+        ..RegisterSnapshot::default()
+    };
+    let mut cache = RegisterSnapshot {
+        debug: Some(DebugRegs::default()),
+        msrs: (0..20).map(|i| (i, 0)).collect(),
+        ..RegisterSnapshot::default()
+    };
+    cache.clone_from(&snap);
+    assert_eq!(cache, snap);
+    assert_eq!(snap.clone(), snap);
+}
