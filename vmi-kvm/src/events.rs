@@ -513,7 +513,7 @@ impl KvmiVm {
             let next = sh.inbox().take_next(true);
             match next {
                 Next::Unhooked => return Err(self.after_unhook()),
-                Next::Detached(ev) => return Ok(Some(self.detached.event(sh.ticket(), *ev))),
+                Next::Detached(ev) => return Ok(Some(self.detached.event(sh.ticket(), ev))),
                 Next::Queued(ev) => return Ok(Some(self.hand_out(ev))),
                 Next::Nothing => {}
             }
@@ -526,7 +526,7 @@ impl KvmiVm {
                 }
                 let next = sh.inbox().take_next(false);
                 return Ok(match next {
-                    Next::Detached(ev) => Some(self.detached.event(sh.ticket(), *ev)),
+                    Next::Detached(ev) => Some(self.detached.event(sh.ticket(), ev)),
                     Next::Queued(ev) => Some(self.hand_out(ev)),
                     Next::Unhooked | Next::Nothing => None,
                 });
@@ -552,7 +552,7 @@ impl KvmiVm {
     #[inline]
     fn hand_out(&self, ev: Box<KEvent>) -> PendingEvent {
         let sh = &self.shared;
-        let event = convert(sh, &ev);
+        let event = Box::new(convert(sh, &ev));
         let ticket = sh.ticket();
         sh.inbox().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)

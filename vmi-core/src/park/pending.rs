@@ -13,7 +13,11 @@ impl Parking {
     /// Turns a trapped host event into the guard the tool answers. The vCPU is parked
     /// by it until the guard is consumed or dropped; `event.registers` becomes its
     /// register cache.
-    pub fn event(self: &Arc<Self>, id: u64, event: Event) -> PendingEvent {
+    ///
+    /// `event` may come boxed already (`Box<Event>`): the guard keeps it boxed, and a
+    /// backend that builds it in a box spares a copy of it per event.
+    pub fn event(self: &Arc<Self>, id: u64, event: impl Into<Box<Event>>) -> PendingEvent {
+        let event: Box<Event> = event.into();
         let vcpu = event.vcpu;
         {
             let mut st = self.lock();
@@ -31,7 +35,7 @@ impl Parking {
             }
         }
         PendingEvent {
-            event: Box::new(event),
+            event,
             ticket: Some(EventTicket { id, vcpu }),
             parking: Arc::clone(self),
         }
