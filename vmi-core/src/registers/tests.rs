@@ -169,52 +169,17 @@ fn clear_equals_a_fresh_snapshot_inline_and_spilled() {
 
 #[test]
 fn from_ascending_equals_inserting_one_by_one() {
-    let cases: [&[(u32, u64)]; 5] = [
-        &[],
-        &[(1, 10), (5, 50), (0xc000_0080, 7)],
+    let counting = |n: u32| (0..n).map(|i| (i, u64::from(i))).collect::<Vec<_>>();
+    let cases: Vec<Vec<(u32, u64)>> = vec![
+        vec![],
+        vec![(1, 10), (5, 50), (0xc000_0080, 7)],
         // Out of order and repeated: sorted, the last value wins.
-        &[(5, 50), (1, 10), (5, 55)],
-        // Exactly as many as fit inline.
-        &[
-            (0, 0),
-            (1, 1),
-            (2, 2),
-            (3, 3),
-            (4, 4),
-            (5, 5),
-            (6, 6),
-            (7, 7),
-            (8, 8),
-            (9, 9),
-            (10, 10),
-            (11, 11),
-            (12, 12),
-            (13, 13),
-            (14, 14),
-            (15, 15),
-        ],
-        // More than fit inline.
-        &[
-            (1, 1),
-            (2, 2),
-            (3, 3),
-            (4, 4),
-            (5, 5),
-            (6, 6),
-            (7, 7),
-            (8, 8),
-            (9, 9),
-            (10, 10),
-            (11, 11),
-            (12, 12),
-            (13, 13),
-            (14, 14),
-            (15, 15),
-            (16, 16),
-            (17, 17),
-        ],
+        vec![(5, 50), (1, 10), (5, 55)],
+        // Exactly as many as fit inline, and more.
+        counting(Msrs::INLINE as u32),
+        counting(Msrs::INLINE as u32 + 1),
     ];
-    for entries in cases {
+    for entries in &cases {
         let mut one_by_one = Msrs::new();
         for &(i, v) in entries {
             one_by_one.insert(i, v);
@@ -233,7 +198,9 @@ fn from_ascending_equals_inserting_one_by_one() {
 fn clone_from_copies_exactly_what_is_held() {
     let inline = Msrs::from_ascending(&[(1, 10), (2, 20), (3, 30)]);
     let short = Msrs::from_ascending(&[(9, 90)]);
-    let spilled: Msrs = (0..Msrs::INLINE as u32 + 4).map(|i| (i, u64::from(i))).collect();
+    let spilled: Msrs = (0..Msrs::INLINE as u32 + 4)
+        .map(|i| (i, u64::from(i)))
+        .collect();
     let all = [Msrs::new(), inline, short, spilled];
     for from in &all {
         assert_eq!(&from.clone(), from);
