@@ -536,9 +536,9 @@ impl KvmiVm {
                     deadline = Some(Deadline::after(timeout));
                     timeout.min(PUMP_SLICE)
                 }
-                Some(d) => match d.remaining() {
-                    Some(left) if left.is_zero() => return Ok(None),
-                    left => left.map_or(PUMP_SLICE, |l| l.min(PUMP_SLICE)),
+                Some(d) => match d.remaining_capped(PUMP_SLICE) {
+                    left if left.is_zero() => return Ok(None),
+                    left => left,
                 },
             };
             if let Some(ev) = sh.pump_for_tool(slice)? {
