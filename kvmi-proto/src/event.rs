@@ -380,7 +380,9 @@ impl Reply {
 /// ```
 #[must_use = "an event is answered when dropped; reply explicitly to choose the action"]
 pub struct Event {
-    info: EventInfo,
+    // Boxed (by the connection, on arrival): the event is a small handle that moves
+    // cheaply through a caller's queues, tables and `reply(self)`.
+    info: Box<EventInfo>,
     /// Where to send the reply; `None` once answered, or for events without a reply.
     conn: Option<Arc<Shared>>,
 }
@@ -402,7 +404,7 @@ impl std::ops::Deref for Event {
 }
 
 impl Event {
-    pub(crate) fn new(info: EventInfo, conn: &Arc<Shared>) -> Event {
+    pub(crate) fn new(info: Box<EventInfo>, conn: &Arc<Shared>) -> Event {
         let conn = info.needs_reply().then(|| Arc::clone(conn));
         Event { info, conn }
     }

@@ -93,7 +93,9 @@ struct State {
     pending: HashMap<u32, Slot>,
     /// Seqs of the messages of batches in flight (see [`crate::Batch`]).
     batch: HashMap<u32, BatchSlot>,
-    events: VecDeque<EventInfo>,
+    /// Boxed on arrival: an event then moves as a pointer through the queue, the
+    /// wait and the [`crate::Event`] made of it (each ~600 bytes otherwise).
+    events: VecDeque<Box<EventInfo>>,
     sleepers: Vec<Sleeper>,
     /// The read token: some thread is reading the socket.
     reading: bool,
@@ -336,12 +338,12 @@ impl Shared {
     }
 
     /// Waits for the next event. Events queued before a disconnect come first.
-    pub(crate) fn wait_event(&self, timeout: Duration) -> Result<EventInfo> {
+    pub(crate) fn wait_event(&self, timeout: Duration) -> Result<Box<EventInfo>> {
         self.wait(timeout, Want::Event, |st| st.events.pop_front().map(Ok))
     }
 
     /// The next queued event, after one non-blocking read if nobody else is reading.
-    pub(crate) fn try_event(&self) -> Result<Option<EventInfo>> {
+    pub(crate) fn try_event(&self) -> Result<Option<Box<EventInfo>>> {
         self.pump();
         let mut st = lock(&self.state);
         let ev = st.events.pop_front();
@@ -542,7 +544,7 @@ impl Shared {
             if st.events.len() >= self.event_cap {
                 return Err(ProtoError::EventQueueFull(self.event_cap).to_string());
             }
-            st.events.push_back(ev);
+            st.events.push_back(Box::new(ev));
             st.wake(Want::Event);
             return Ok(());
         }

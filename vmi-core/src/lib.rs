@@ -86,7 +86,10 @@ pub use capability::{Backend, Capability, CapabilityReport, CapabilitySet, Suppo
 pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
 pub use deadline::Deadline;
 pub use error::{Error, PageFaultReason, Result};
-pub use event::{Access, Action, Event, EventControl, EventKind, Monitor, Response};
+pub use event::{
+    Access, Action, Event, EventControl, EventKind, EventRegisters, Monitor, RegisterSource,
+    Response,
+};
 pub use memory::{
     MapPhysical, MappedRegion, MemoryInfo, MemoryLayout, PhysicalMemory, PhysicalMemoryWrite,
     PhysicalRange, SparseMemory,

@@ -37,7 +37,7 @@ use vmi_core::{
 
 use crate::error::proto_at;
 use crate::inbox::Next;
-use crate::registers::snapshot_from_event;
+use crate::registers::EventArchRegisters;
 use crate::session::{KvmiVm, Shared, PUMP_SLICE};
 
 /// What the session enabled on the host.
@@ -550,9 +550,9 @@ impl KvmiVm {
     /// Turns a queued kvmi event into the tool's guard; the kvmi guard is kept in the
     /// outstanding table under the ticket.
     #[inline]
-    fn hand_out(&self, ev: Box<KEvent>) -> PendingEvent {
+    fn hand_out(&self, ev: KEvent) -> PendingEvent {
         let sh = &self.shared;
-        let event = Box::new(convert(sh, &ev));
+        let event = convert(sh, &ev);
         let ticket = sh.ticket();
         sh.inbox().outstanding.insert(ticket, ev);
         self.parking.event(ticket, event)
@@ -719,9 +719,9 @@ pub(crate) fn convert(sh: &Shared, ev: &KEvent) -> Event {
     // UNHOOK carries no vCPU state (vCPU 0 is nominal): an empty snapshot, so reads
     // of vCPU 0 while it is pending go to the host instead of a meaningless cache.
     let registers = if matches!(kind, EventKind::Unhook) {
-        vmi_core::RegisterSnapshot::default()
+        vmi_core::EventRegisters::default()
     } else {
-        snapshot_from_event(arch)
+        vmi_core::EventRegisters::lazy(EventArchRegisters(*arch))
     };
     Event {
         vcpu,

@@ -17,9 +17,9 @@ use crate::session::Shared;
 #[derive(Default)]
 pub(crate) struct Inbox {
     /// Kvmi events handed to the tool as `PendingEvent`s, by ticket.
-    pub(crate) outstanding: HashMap<u64, Box<KEvent>, BuildHasherDefault<TicketHasher>>,
+    pub(crate) outstanding: HashMap<u64, KEvent, BuildHasherDefault<TicketHasher>>,
     /// Kvmi events received and not yet handed out.
-    pub(crate) queue: VecDeque<Box<KEvent>>,
+    pub(crate) queue: VecDeque<KEvent>,
     /// Asynchronous register events, answered on arrival, not yet handed out (see
     /// [`crate::events::Detached`]).
     pub(crate) detached: VecDeque<vmi_core::Event>,
@@ -62,9 +62,9 @@ pub(crate) enum Next {
     /// The tool answered UNHOOK: the session is to be torn down.
     Unhooked,
     /// An asynchronous register event (answered already).
-    Detached(Box<vmi_core::Event>),
+    Detached(vmi_core::Event),
     /// A kvmi event waiting for the tool.
-    Queued(Box<KEvent>),
+    Queued(KEvent),
     /// Nothing yet.
     Nothing,
 }
@@ -77,7 +77,7 @@ impl Inbox {
             return Next::Unhooked;
         }
         if let Some(ev) = self.detached.pop_front() {
-            return Next::Detached(Box::new(ev));
+            return Next::Detached(ev);
         }
         match self.queue.pop_front() {
             Some(ev) => Next::Queued(ev),
@@ -99,14 +99,14 @@ impl Shared {
     /// tool should see is returned instead of queued (the tool's own wait hands it out
     /// at once: no queue round trip, no second lock).
     #[inline]
-    pub(crate) fn pump_for_tool(&self, timeout: Duration) -> Result<Option<Box<KEvent>>> {
+    pub(crate) fn pump_for_tool(&self, timeout: Duration) -> Result<Option<KEvent>> {
         self.receive(timeout, Destination::Tool)
     }
 
     #[inline]
-    fn receive(&self, timeout: Duration, to: Destination) -> Result<Option<Box<KEvent>>> {
+    fn receive(&self, timeout: Duration, to: Destination) -> Result<Option<KEvent>> {
         match self.conn.next_event(timeout) {
-            Ok(ev) => Ok(self.route(Box::new(ev), to)),
+            Ok(ev) => Ok(self.route(ev, to)),
             Err(ProtoError::Timeout(_)) => Ok(None),
             Err(e) => Err(proto("waiting for events", e)),
         }
@@ -114,7 +114,7 @@ impl Shared {
 
     /// Routes one received event and queues what the tool should see.
     pub(crate) fn file(&self, ev: KEvent) {
-        if let Some(ev) = self.route(Box::new(ev), Destination::Queue) {
+        if let Some(ev) = self.route(ev, Destination::Queue) {
             self.inbox().queue.push_back(ev);
         }
     }
@@ -125,14 +125,10 @@ impl Shared {
     /// marked busy. Dropping a kvmi-proto event answers it with its default reply.
     #[must_use = "an event for the tool is answered (continue) when dropped"]
     #[inline]
-    ///
-    /// The event is boxed once on arrival: it then moves as a pointer through routing,
-    /// the queue, the tool's wait and the outstanding table (about a dozen moves of
-    /// ~600 bytes each otherwise).
-    pub(crate) fn route(&self, ev: Box<KEvent>, to: Destination) -> Option<Box<KEvent>> {
+    pub(crate) fn route(&self, ev: KEvent, to: Destination) -> Option<KEvent> {
         let idx = usize::from(ev.vcpu());
         match ev.kind {
-            KKind::PauseVcpu => crate::park::on_pause_event(self, *ev),
+            KKind::PauseVcpu => crate::park::on_pause_event(self, ev),
             KKind::CmdError(_) | KKind::Unknown(_) => drop(ev),
             KKind::Unhook => {
                 // Announced once: more UNHOOKs (they need no reply) say nothing new,
@@ -155,11 +151,11 @@ impl Shared {
                 if crate::breakpoints::foreign_space(self, &ev) {
                     // A hit in an address space none of the breakpoints there is for:
                     // stepped over internally, never shown.
-                    crate::breakpoints::step_over_foreign(self, *ev);
+                    crate::breakpoints::step_over_foreign(self, ev);
                     return None;
                 }
                 let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
-                    Box::new(crate::breakpoints::on_singlestep(self, *ev)?)
+                    crate::breakpoints::on_singlestep(self, ev)?
                 } else {
                     let (filtered, asynchronous, trap) = {
                         let m = self.monitors();

@@ -227,7 +227,7 @@ impl ParkOps for KvmiPark {
                 self.finish_vcpu(vcpu, after, &mut batch)?;
                 let default = ev.default_reply();
                 batch
-                    .reply(*ev, default)
+                    .reply(ev, default)
                     .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
                 let _ = batch.commit(sh.reply_timeout());
                 return Err(e);
@@ -244,7 +244,7 @@ impl ParkOps for KvmiPark {
             ev.reply(reply)
         } else {
             batch
-                .reply(*ev, reply)
+                .reply(ev, reply)
                 .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
             batch.commit(sh.reply_timeout())
         };

@@ -137,6 +137,16 @@ fn sregs_without_msrs(
     )
 }
 
+/// An event's arch part as the host sent it, decoded by [`snapshot_from_event`] only
+/// when the tool (or a register read of the parked vCPU) looks at it.
+pub(crate) struct EventArchRegisters(pub(crate) sys::EventArch);
+
+impl vmi_core::RegisterSource for EventArchRegisters {
+    fn decode(&self) -> RegisterSnapshot {
+        snapshot_from_event(&self.0)
+    }
+}
+
 /// Everything an event's arch part carries: GPRs, sregs and its nine MSRs (EFER as
 /// the MSR list has it), plus the FS/GS bases from the segment cache. Runs once per
 /// event, so it is built in one piece: the MSRs, listed in ascending index order, are

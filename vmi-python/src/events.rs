@@ -217,7 +217,7 @@ impl Event {
     #[getter]
     fn registers(&self) -> Registers {
         Registers {
-            snapshot: self.event.registers.clone(),
+            snapshot: self.event.registers.to_snapshot(),
         }
     }
 

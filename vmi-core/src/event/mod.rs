@@ -29,10 +29,11 @@ use crate::addr::{Gfn, Gpa, Gva, VcpuId, View};
 use crate::capability::{Capability, CapabilitySet};
 use crate::error::{Error, Result};
 pub use crate::park::PendingEvent;
-use crate::registers::RegisterSnapshot;
 pub use crate::vcpu::VcpuSet;
 
+mod registers;
 mod response;
+pub use registers::{EventRegisters, RegisterSource};
 pub use response::{register_write_capabilities, Action, EmulInsn, EmulReadData, Response};
 
 bitflags! {
@@ -404,7 +405,9 @@ pub struct Event {
     pub view: View,
     /// Registers at the time of the event, as far as the backend delivers them with the
     /// event (KVMi sends GPRs, segments, CRs and some MSRs; absent groups are `None`).
-    pub registers: RegisterSnapshot,
+    /// A [`crate::RegisterSnapshot`] by dereference, decoded when first read (see
+    /// [`EventRegisters`]).
+    pub registers: EventRegisters,
     /// What happened.
     pub kind: EventKind,
 }

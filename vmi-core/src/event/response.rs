@@ -177,9 +177,11 @@ impl Response {
         self
     }
 
-    /// Also write `regs` to the vCPU.
-    pub fn with_registers(mut self, regs: RegisterSnapshot) -> Self {
-        self.set_registers = Some(Box::new(regs));
+    /// Also write `regs` to the vCPU: a [`RegisterSnapshot`], or the event's own
+    /// [`crate::EventRegisters`] (an edited copy writes only what differs from the
+    /// event's, see [`crate::PendingEvent::reply`]).
+    pub fn with_registers(mut self, regs: impl Into<RegisterSnapshot>) -> Self {
+        self.set_registers = Some(Box::new(regs.into()));
         self
     }
 

@@ -315,7 +315,7 @@ impl Parking {
         let mut st = self.lock();
         self.end_transition(&mut st);
         for (vcpu, snap) in learnt? {
-            st.vcpu_mut(vcpu).cache.merge(&snap);
+            st.vcpu_mut(vcpu).cache().merge(&snap);
         }
         self.count_pause(&mut st, scope)?;
         Ok(self.guard(scope))

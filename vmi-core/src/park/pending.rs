@@ -12,27 +12,14 @@ use crate::registers::RegisterSnapshot;
 impl Parking {
     /// Turns a trapped host event into the guard the tool answers. The vCPU is parked
     /// by it until the guard is consumed or dropped; `event.registers` becomes its
-    /// register cache.
-    ///
-    /// `event` may come boxed already (`Box<Event>`): the guard keeps it boxed, and a
-    /// backend that builds it in a box spares a copy of it per event.
-    pub fn event(self: &Arc<Self>, id: u64, event: impl Into<Box<Event>>) -> PendingEvent {
-        let event: Box<Event> = event.into();
+    /// register cache (shared, not copied: decoded only if someone reads them).
+    pub fn event(self: &Arc<Self>, id: u64, event: Event) -> PendingEvent {
         let vcpu = event.vcpu;
         {
             let mut st = self.lock();
             let v = st.vcpu_mut(vcpu);
             v.in_event = true;
-            if v.cache.is_empty() {
-                v.cache.clone_from(&event.registers);
-            } else {
-                v.cache.merge(&event.registers);
-            }
-            if let Some(q) = &v.queued {
-                // Writes queued under a pause stay visible to reads.
-                let q = q.clone();
-                v.cache.merge(&q);
-            }
+            v.set_event_registers(&event.registers);
         }
         PendingEvent {
             event,
@@ -86,7 +73,7 @@ impl Parking {
         response.set_registers = writes.map(Box::new);
         v.in_event = false;
         // Whatever the answer does (emulate, step, write registers) changes the vCPU.
-        v.cache.clear();
+        v.forget_registers();
         let stays_parked = all > 0 || v.pauses > 0;
         let guest_released = st.nothing_parked();
         st.generation += 1;
@@ -128,10 +115,8 @@ impl Parking {
 /// # }
 /// ```
 pub struct PendingEvent {
-    // Boxed: the guard travels by value through every layer's return (wait, dispatch,
-    // a worker's channel, `reply(self)`); moving a pointer instead of the event's
-    // ~850 bytes each time costs less than the one allocation.
-    event: Box<Event>,
+    // Inline: an event is small (its registers are behind a shared pointer).
+    event: Event,
     ticket: Option<EventTicket>,
     parking: Arc<Parking>,
 }

@@ -17,14 +17,15 @@ impl Parking {
         msrs: &[u32],
         fetch: impl FnOnce(RegisterGroups, &[u32]) -> Result<RegisterSnapshot>,
     ) -> Result<RegisterSnapshot> {
-        let st = self.wait(self.lock(), Wait::Transition);
+        let mut st = self.wait(self.lock(), Wait::Transition);
         if !st.parked(vcpu) {
             drop(st);
             return fetch(groups, msrs);
         }
-        if let Some(v) = st.vcpu(vcpu) {
-            if v.cache.covers(groups, msrs) {
-                return Ok(v.cache.select(groups, msrs));
+        {
+            let cache = st.vcpu_mut(vcpu).cache();
+            if cache.covers(groups, msrs) {
+                return Ok(cache.select(groups, msrs));
             }
         }
         let generation = st.generation;
@@ -38,9 +39,9 @@ impl Parking {
         }
         if st.generation == generation && !st.transition && st.parked(vcpu) {
             // Still the same parking: what was read stays true until the release.
-            let v = st.vcpu_mut(vcpu);
-            v.cache.merge(&fresh);
-            return Ok(v.cache.select(groups, msrs));
+            let cache = st.vcpu_mut(vcpu).cache();
+            cache.merge(&fresh);
+            return Ok(cache.select(groups, msrs));
         }
         Ok(fresh.select(groups, msrs))
     }
@@ -60,10 +61,10 @@ impl Parking {
             }
             if st.parked(vcpu) {
                 let v = st.vcpu_mut(vcpu);
+                v.cache().merge(regs);
                 v.queued
                     .get_or_insert_with(RegisterSnapshot::default)
                     .merge(regs);
-                v.cache.merge(regs);
                 return Ok(());
             }
         }

@@ -2,6 +2,7 @@
 //! backend calls are in flight outside the lock.
 
 use crate::addr::VcpuId;
+use crate::event::EventRegisters;
 use crate::registers::RegisterSnapshot;
 
 /// What is known of one vCPU.
@@ -11,8 +12,11 @@ pub(super) struct VcpuPark {
     pub(super) in_event: bool,
     /// Pauses of this vCPU alone.
     pub(super) pauses: u32,
-    /// What is known of its registers while parked.
-    pub(super) cache: RegisterSnapshot,
+    /// What is known of its registers while parked (see [`VcpuPark::cache`]).
+    known: RegisterSnapshot,
+    /// The registers of the event it waits in, not yet merged into `known`: shared
+    /// with the tool's event and decoded only when a read or write needs them.
+    event_registers: EventRegisters,
     /// Register writes to apply when it is released.
     pub(super) queued: Option<RegisterSnapshot>,
 }
@@ -20,6 +24,44 @@ pub(super) struct VcpuPark {
 impl VcpuPark {
     pub(super) fn held(&self) -> bool {
         self.in_event || self.pauses > 0
+    }
+
+    /// Notes the registers of the event the vCPU now waits in. They take precedence
+    /// over what was known (from a pause), and writes queued meanwhile over them.
+    pub(super) fn set_event_registers(&mut self, regs: &EventRegisters) {
+        if !self.event_registers.is_absent() {
+            self.settle(); // one event at a time; merged in order all the same
+        }
+        self.event_registers = regs.clone();
+    }
+
+    /// What is known of its registers while parked: the event's registers merged
+    /// under the writes queued since (decoded now, if they were not yet).
+    pub(super) fn cache(&mut self) -> &mut RegisterSnapshot {
+        self.settle();
+        &mut self.known
+    }
+
+    fn settle(&mut self) {
+        if self.event_registers.is_absent() {
+            return;
+        }
+        let regs = std::mem::take(&mut self.event_registers);
+        if self.known.is_empty() {
+            self.known.clone_from(&regs);
+        } else {
+            self.known.merge(&regs);
+        }
+        if let Some(q) = &self.queued {
+            // Writes queued under a pause stay visible to reads.
+            self.known.merge(q);
+        }
+    }
+
+    /// Forgets its registers (it runs, or its answer changes them).
+    pub(super) fn forget_registers(&mut self) {
+        self.event_registers = EventRegisters::default();
+        self.known.clear();
     }
 }
 
@@ -109,7 +151,7 @@ impl State {
         }
         for v in &mut self.vcpus {
             if !v.held() {
-                v.cache = RegisterSnapshot::default();
+                v.forget_registers();
             }
         }
     }

@@ -166,7 +166,7 @@ fn event(vcpu: u16, rax: u64) -> Event {
     Event {
         vcpu: VcpuId(vcpu),
         view: View::DEFAULT,
-        registers: regs(rax),
+        registers: regs(rax).into(),
         kind: EventKind::Cpuid {
             leaf: 0,
             subleaf: 0,

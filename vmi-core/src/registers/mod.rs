@@ -230,6 +230,20 @@ impl Clone for RegisterSnapshot {
 }
 
 impl RegisterSnapshot {
+    /// An empty snapshot (what `Default` gives, usable in a `const` or `static`).
+    pub const fn new() -> Self {
+        Self {
+            gprs: None,
+            control: None,
+            debug: None,
+            segments: None,
+            gdtr: None,
+            idtr: None,
+            xcr0: None,
+            msrs: Msrs::new(),
+        }
+    }
+
     /// The groups this snapshot holds.
     pub fn groups(&self) -> RegisterGroups {
         let mut g = RegisterGroups::empty();

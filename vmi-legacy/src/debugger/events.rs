@@ -176,7 +176,7 @@ impl GdbSession {
         Ok(Event {
             vcpu,
             view: View::DEFAULT,
-            registers,
+            registers: registers.into(),
             kind,
         })
     }
