@@ -380,9 +380,10 @@ impl Reply {
 /// ```
 #[must_use = "an event is answered when dropped; reply explicitly to choose the action"]
 pub struct Event {
-    // Boxed (by the connection, on arrival): the event is a small handle that moves
-    // cheaply through a caller's queues, tables and `reply(self)`.
-    info: Box<EventInfo>,
+    // Allocated by the connection on arrival: the event is a small handle that moves
+    // cheaply through a caller's queues, tables and `reply(self)`; shared so that what
+    // the host reported can outlive the reply ([`Event::shared_info`]).
+    info: Arc<EventInfo>,
     /// Where to send the reply; `None` once answered, or for events without a reply.
     conn: Option<Arc<Shared>>,
 }
@@ -404,7 +405,7 @@ impl std::ops::Deref for Event {
 }
 
 impl Event {
-    pub(crate) fn new(info: Box<EventInfo>, conn: &Arc<Shared>) -> Event {
+    pub(crate) fn new(info: Arc<EventInfo>, conn: &Arc<Shared>) -> Event {
         let conn = info.needs_reply().then(|| Arc::clone(conn));
         Event { info, conn }
     }
@@ -412,6 +413,12 @@ impl Event {
     /// The event's content.
     pub fn info(&self) -> &EventInfo {
         &self.info
+    }
+
+    /// The event's content, shared: it stays readable after the event is answered
+    /// (a layer above keeps the vCPU state the event carried without copying it).
+    pub fn shared_info(&self) -> Arc<EventInfo> {
+        Arc::clone(&self.info)
     }
 
     /// Answers with `reply` (an [`Action`] or a [`Reply`]).

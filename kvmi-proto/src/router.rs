@@ -37,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -93,9 +93,9 @@ struct State {
     pending: HashMap<u32, Slot>,
     /// Seqs of the messages of batches in flight (see [`crate::Batch`]).
     batch: HashMap<u32, BatchSlot>,
-    /// Boxed on arrival: an event then moves as a pointer through the queue, the
+    /// Allocated on arrival: an event then moves as a pointer through the queue, the
     /// wait and the [`crate::Event`] made of it (each ~600 bytes otherwise).
-    events: VecDeque<Box<EventInfo>>,
+    events: VecDeque<Arc<EventInfo>>,
     sleepers: Vec<Sleeper>,
     /// The read token: some thread is reading the socket.
     reading: bool,
@@ -338,12 +338,12 @@ impl Shared {
     }
 
     /// Waits for the next event. Events queued before a disconnect come first.
-    pub(crate) fn wait_event(&self, timeout: Duration) -> Result<Box<EventInfo>> {
+    pub(crate) fn wait_event(&self, timeout: Duration) -> Result<Arc<EventInfo>> {
         self.wait(timeout, Want::Event, |st| st.events.pop_front().map(Ok))
     }
 
     /// The next queued event, after one non-blocking read if nobody else is reading.
-    pub(crate) fn try_event(&self) -> Result<Option<Box<EventInfo>>> {
+    pub(crate) fn try_event(&self) -> Result<Option<Arc<EventInfo>>> {
         self.pump();
         let mut st = lock(&self.state);
         let ev = st.events.pop_front();
@@ -544,7 +544,7 @@ impl Shared {
             if st.events.len() >= self.event_cap {
                 return Err(ProtoError::EventQueueFull(self.event_cap).to_string());
             }
-            st.events.push_back(Box::new(ev));
+            st.events.push_back(Arc::new(ev));
             st.wake(Want::Event);
             return Ok(());
         }

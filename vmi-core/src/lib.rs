@@ -87,7 +87,7 @@ pub use cpu_state::{FaultInjection, HostTranslation, Mtrr, Tsc, Xsave};
 pub use deadline::Deadline;
 pub use error::{Error, PageFaultReason, Result};
 pub use event::{
-    Access, Action, Event, EventControl, EventKind, EventRegisters, Monitor, RegisterSource,
+    Access, Action, Event, EventControl, EventKind, EventRegisters, Monitor, RegisterDecoder,
     Response,
 };
 pub use memory::{

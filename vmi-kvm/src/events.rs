@@ -37,7 +37,7 @@ use vmi_core::{
 
 use crate::error::proto_at;
 use crate::inbox::Next;
-use crate::registers::EventArchRegisters;
+use crate::registers::EventArchDecoder;
 use crate::session::{KvmiVm, Shared, PUMP_SLICE};
 
 /// What the session enabled on the host.
@@ -721,7 +721,7 @@ pub(crate) fn convert(sh: &Shared, ev: &KEvent) -> Event {
     let registers = if matches!(kind, EventKind::Unhook) {
         vmi_core::EventRegisters::default()
     } else {
-        vmi_core::EventRegisters::lazy(EventArchRegisters(*arch))
+        vmi_core::EventRegisters::lazy::<EventArchDecoder>(ev.shared_info())
     };
     Event {
         vcpu,

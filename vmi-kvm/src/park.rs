@@ -216,40 +216,23 @@ impl ParkOps for KvmiPark {
             return Ok(());
         }
         let vcpu = ev.vcpu();
-        let mut batch = Batch::new(&sh.conn);
         // Everything fallible that builds the answer happens before the event moves
-        // into the batch; on an error the event is dropped here, which answers it
-        // with its default reply.
+        // into a batch; on an error the event is answered with its default reply.
         let built = response::build(sh, &ev, &response);
+        let pause_again = self.finish_vcpu(vcpu, after);
         let (reply, commands) = match built {
             Ok(b) => b,
             Err(e) => {
-                self.finish_vcpu(vcpu, after, &mut batch)?;
                 let default = ev.default_reply();
-                batch
-                    .reply(ev, default)
-                    .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-                let _ = batch.commit(sh.reply_timeout());
+                let _ = self.send(ev, default, pause_again, Vec::new()); // `e` says more
                 return Err(e);
             }
         };
-        self.finish_vcpu(vcpu, after, &mut batch)?;
-        for c in commands {
-            let name = c.name();
-            batch.push(c).map_err(|e| proto(name, e))?;
+        let r = self.send(ev, reply, pause_again, commands);
+        if response.toggle_singlestep {
+            response::after_commit(sh, vcpu, &response, r.is_ok());
         }
-        let r = if batch.is_empty() {
-            // The common case, the reply alone: the event's own one-message write
-            // (what a batch of one reply sends, without the batch's buffers).
-            ev.reply(reply)
-        } else {
-            batch
-                .reply(ev, reply)
-                .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
-            batch.commit(sh.reply_timeout())
-        };
-        response::after_commit(sh, vcpu, &response, r.is_ok());
-        r.map_err(|e| proto("event reply", e))
+        r
     }
 
     fn check_response(&self, event: &Event, response: &Response) -> Result<()> {
@@ -266,22 +249,54 @@ impl ParkOps for KvmiPark {
 }
 
 impl KvmiPark {
-    /// Book-keeping of a vCPU whose tool event is being answered; queues a pause
-    /// request before the answer when a pause still holds the vCPU.
-    fn finish_vcpu(&self, vcpu: u16, after: AfterAnswer, batch: &mut Batch<'_>) -> Result<()> {
+    /// The vCPU's event is answered: it is no longer busy, and stays paused if a pause
+    /// wants it. Whether a `VCPU_PAUSE` must go with the reply (a pause wants it and
+    /// none is held or on its way).
+    fn finish_vcpu(&self, vcpu: u16, after: AfterAnswer) -> bool {
         let mut pauses = self.shared.pauses();
         let Some(h) = pauses.get_mut(usize::from(vcpu)) else {
-            return Ok(());
+            return false;
         };
         h.busy = false;
         h.pause_wanted = after.stays_parked;
         if after.stays_parked && h.pause_held.is_none() && h.pause_requested == 0 {
             h.pause_requested += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Sends an event's reply: alone, in the event's own one-message write (the common
+    /// case), or in one batch after a `VCPU_PAUSE` (`pause_again`) and `commands`.
+    fn send(
+        &self,
+        ev: KEvent,
+        reply: kvmi_proto::Reply,
+        pause_again: bool,
+        commands: Vec<crate::events::Command>,
+    ) -> Result<()> {
+        let vcpu = ev.vcpu();
+        if commands.is_empty() && !pause_again {
+            return ev.reply(reply).map_err(|e| proto("event reply", e));
+        }
+        let sh = &self.shared;
+        let mut batch = Batch::new(&sh.conn);
+        if pause_again {
+            // Before the reply: the vCPU leaves the event straight into the pause.
             batch
                 .pause_vcpu(vcpu, true)
                 .map_err(|e| proto("KVMI_VCPU_PAUSE", e))?;
         }
-        Ok(())
+        for c in commands {
+            let name = c.name();
+            batch.push(c).map_err(|e| proto(name, e))?;
+        }
+        batch
+            .reply(ev, reply)
+            .map_err(|e| proto("KVMI_EVENT_REPLY", e))?;
+        batch
+            .commit(sh.reply_timeout())
+            .map_err(|e| proto("event reply", e))
     }
 
     /// A stop that failed: nothing wants the targets stopped; release what is held.

@@ -137,13 +137,15 @@ fn sregs_without_msrs(
     )
 }
 
-/// An event's arch part as the host sent it, decoded by [`snapshot_from_event`] only
-/// when the tool (or a register read of the parked vCPU) looks at it.
-pub(crate) struct EventArchRegisters(pub(crate) sys::EventArch);
+/// Reads an event's registers from the kvmi event itself (its arch part), only when
+/// the tool (or a register read of the parked vCPU) looks at them.
+pub(crate) struct EventArchDecoder;
 
-impl vmi_core::RegisterSource for EventArchRegisters {
-    fn decode(&self) -> RegisterSnapshot {
-        snapshot_from_event(&self.0)
+impl vmi_core::RegisterDecoder for EventArchDecoder {
+    type Source = kvmi_proto::EventInfo;
+
+    fn decode(ev: &kvmi_proto::EventInfo) -> RegisterSnapshot {
+        snapshot_from_event(&ev.common.arch)
     }
 }
 

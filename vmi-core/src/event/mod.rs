@@ -33,7 +33,7 @@ pub use crate::vcpu::VcpuSet;
 
 mod registers;
 mod response;
-pub use registers::{EventRegisters, RegisterSource};
+pub use registers::{EventRegisters, RegisterDecoder};
 pub use response::{register_write_capabilities, Action, EmulInsn, EmulReadData, Response};
 
 bitflags! {

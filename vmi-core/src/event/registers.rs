@@ -1,69 +1,74 @@
 //! [`EventRegisters`]: the registers an event carries, decoded on first use.
 //!
-//! A backend hands over what the host sent in its own format (KVMi's event carries
-//! GPRs, sregs and nine MSRs as raw `kvm_*` structs) as a [`RegisterSource`]; the typed
+//! A backend hands over what the host sent, in its own format and shared (KVMi's event
+//! carries GPRs, sregs and nine MSRs as raw `kvm_*` structs; kvmi-proto keeps the
+//! parsed event behind an `Arc`), with the [`RegisterDecoder`] that reads it. The typed
 //! [`RegisterSnapshot`] is built the first time the tool (or the parking, serving a
 //! register read of the parked vCPU) looks at it, and then kept. A handler that only
 //! looks at the event's kind — most handlers of a flood of CR3 or breakpoint events —
-//! never pays for the decoding (about 800 instructions and 800 bytes per event).
-//!
-//! Clones share the decoded snapshot: the parking keeps one as the parked vCPU's
-//! register cache without copying it.
+//! pays neither for the decoding (about 800 instructions) nor for a copy of what the
+//! host sent: nothing is allocated or copied per event.
 
+use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, OnceLock};
 
 use crate::registers::RegisterSnapshot;
 
-/// Registers in a backend's own format, turned into a [`RegisterSnapshot`] on demand
-/// (see [`EventRegisters::lazy`]).
-pub trait RegisterSource: Send + Sync + 'static {
-    /// The typed snapshot. Called at most once per [`EventRegisters`] (and its clones).
-    fn decode(&self) -> RegisterSnapshot;
+/// Turns registers in a backend's own format (`Source`) into a [`RegisterSnapshot`],
+/// on demand (see [`EventRegisters::lazy`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use vmi_core::registers::{Gprs, RegisterSnapshot};
+/// use vmi_core::{EventRegisters, RegisterDecoder};
+///
+/// /// What a made-up host sends: RAX and RIP.
+/// struct HostRegs([u64; 2]);
+///
+/// struct Decoder;
+/// impl RegisterDecoder for Decoder {
+///     type Source = HostRegs;
+///     fn decode(r: &HostRegs) -> RegisterSnapshot {
+///         RegisterSnapshot {
+///             gprs: Some(Gprs { rax: r.0[0], rip: r.0[1], ..Gprs::default() }),
+///             ..RegisterSnapshot::default()
+///         }
+///     }
+/// }
+///
+/// let regs = EventRegisters::lazy::<Decoder>(Arc::new(HostRegs([1, 0x1000])));
+/// assert!(!regs.is_decoded());
+/// assert_eq!(regs.gprs.unwrap().rip, 0x1000);
+/// ```
+pub trait RegisterDecoder: 'static {
+    /// What the backend keeps of the event (shared with the [`EventRegisters`]).
+    type Source: Send + Sync + 'static;
+
+    /// The typed snapshot. Called at most once per [`EventRegisters`] value (clones
+    /// made before it ran decode again if read).
+    fn decode(source: &Self::Source) -> RegisterSnapshot;
 }
 
-/// How an [`EventRegisters`] reaches its snapshot.
-trait Snapshot: Send + Sync {
-    fn snapshot(&self) -> &RegisterSnapshot;
-    fn is_decoded(&self) -> bool;
-}
+/// A decoder with its source type erased.
+type DecodeFn = fn(&(dyn Any + Send + Sync)) -> RegisterSnapshot;
 
-struct Lazy<S> {
-    // Boxed: what is made per event is then the source alone, not also the ~800
-    // bytes of room for a snapshot that most handlers never ask for.
-    decoded: OnceLock<Box<RegisterSnapshot>>,
-    source: S,
-}
-
-impl<S: RegisterSource> Snapshot for Lazy<S> {
-    fn snapshot(&self) -> &RegisterSnapshot {
-        self.decoded.get_or_init(|| Box::new(self.source.decode()))
-    }
-
-    fn is_decoded(&self) -> bool {
-        self.decoded.get().is_some()
-    }
-}
-
-struct Ready(RegisterSnapshot);
-
-impl Snapshot for Ready {
-    fn snapshot(&self) -> &RegisterSnapshot {
-        &self.0
-    }
-
-    fn is_decoded(&self) -> bool {
-        true
-    }
+fn decode_erased<D: RegisterDecoder>(source: &(dyn Any + Send + Sync)) -> RegisterSnapshot {
+    // The source was stored with this decoder ([`EventRegisters::lazy`]): the
+    // downcast cannot fail; were it to, the snapshot would be empty, not a panic.
+    source
+        .downcast_ref::<D::Source>()
+        .map_or_else(RegisterSnapshot::new, D::decode)
 }
 
 /// The registers of an [`crate::Event`]: a [`RegisterSnapshot`] (it dereferences to
 /// one, so `ev.registers.gprs` reads as before), decoded from the backend's format the
 /// first time it is read.
 ///
-/// Cloning is cheap and shares the snapshot; changing a clone (through `DerefMut`)
-/// first gives it its own copy, so the event's registers stay what the host reported.
+/// Cloning is cheap (a reference count, plus a copy of the snapshot if it was decoded
+/// already); changing a clone (through `DerefMut`) first gives it its own copy, so the
+/// event's registers stay what the host reported.
 /// An edited clone is a reply's register write as it is — LibVMI's
 /// `VMI_EVENT_RESPONSE_SET_REGISTERS` with `x86_regs` changed in place:
 ///
@@ -86,8 +91,16 @@ enum Repr {
     /// Nothing (an event without vCPU state, such as UNHOOK).
     #[default]
     Empty,
-    /// Shared by clones, decoded at most once.
-    Shared(Arc<dyn Snapshot>),
+    /// The backend's format, decoded at most once.
+    Lazy {
+        source: Arc<dyn Any + Send + Sync>,
+        decode: DecodeFn,
+        // Boxed: the room for a snapshot most handlers never ask for is not part of
+        // every event.
+        decoded: OnceLock<Box<RegisterSnapshot>>,
+    },
+    /// A snapshot made as such, shared by clones.
+    Shared(Arc<RegisterSnapshot>),
     /// A copy of its own, being edited.
     Owned(Box<RegisterSnapshot>),
 }
@@ -96,19 +109,26 @@ enum Repr {
 static EMPTY: RegisterSnapshot = RegisterSnapshot::new();
 
 impl EventRegisters {
-    /// Registers decoded from `source` when first read.
-    pub fn lazy(source: impl RegisterSource) -> Self {
-        Self(Repr::Shared(Arc::new(Lazy {
-            decoded: OnceLock::new(),
+    /// Registers read from `source` by `D` when first read. Only a reference count
+    /// changes here: nothing is copied or allocated.
+    pub fn lazy<D: RegisterDecoder>(source: Arc<D::Source>) -> Self {
+        Self(Repr::Lazy {
             source,
-        })))
+            decode: decode_erased::<D>,
+            decoded: OnceLock::new(),
+        })
     }
 
     /// The snapshot (decoded now if it was not yet).
     pub fn snapshot(&self) -> &RegisterSnapshot {
         match &self.0 {
             Repr::Empty => &EMPTY,
-            Repr::Shared(s) => s.snapshot(),
+            Repr::Lazy {
+                source,
+                decode,
+                decoded,
+            } => decoded.get_or_init(|| Box::new(decode(source.as_ref()))),
+            Repr::Shared(s) => s,
             Repr::Owned(s) => s,
         }
     }
@@ -122,8 +142,8 @@ impl EventRegisters {
     /// field builds it).
     pub fn is_decoded(&self) -> bool {
         match &self.0 {
-            Repr::Shared(s) => s.is_decoded(),
-            Repr::Empty | Repr::Owned(_) => true,
+            Repr::Lazy { decoded, .. } => decoded.get().is_some(),
+            Repr::Empty | Repr::Shared(_) | Repr::Owned(_) => true,
         }
     }
 
@@ -150,14 +170,14 @@ impl DerefMut for EventRegisters {
         }
         match &mut self.0 {
             Repr::Owned(s) => s,
-            Repr::Empty | Repr::Shared(_) => unreachable!("made owned just above"),
+            _ => unreachable!("made owned just above"),
         }
     }
 }
 
 impl From<RegisterSnapshot> for EventRegisters {
     fn from(snapshot: RegisterSnapshot) -> Self {
-        Self(Repr::Shared(Arc::new(Ready(snapshot))))
+        Self(Repr::Shared(Arc::new(snapshot)))
     }
 }
 
@@ -203,14 +223,27 @@ mod tests {
     use super::*;
     use crate::registers::Gprs;
 
-    struct Counting(Arc<AtomicU32>, u64);
+    static DECODED: AtomicU32 = AtomicU32::new(0);
 
-    impl RegisterSource for Counting {
-        fn decode(&self) -> RegisterSnapshot {
-            self.0.fetch_add(1, Ordering::SeqCst);
+    /// Counts its decodings in `DECODED` (one test uses it; the others count nothing).
+    struct Counting;
+
+    impl RegisterDecoder for Counting {
+        type Source = u64;
+        fn decode(rax: &u64) -> RegisterSnapshot {
+            DECODED.fetch_add(1, Ordering::SeqCst);
+            Plain::decode(rax)
+        }
+    }
+
+    struct Plain;
+
+    impl RegisterDecoder for Plain {
+        type Source = u64;
+        fn decode(rax: &u64) -> RegisterSnapshot {
             RegisterSnapshot {
                 gprs: Some(Gprs {
-                    rax: self.1,
+                    rax: *rax,
                     ..Gprs::default()
                 }),
                 ..RegisterSnapshot::default()
@@ -219,17 +252,24 @@ mod tests {
     }
 
     #[test]
-    fn decoded_once_on_first_read_and_shared_by_clones() {
-        let n = Arc::new(AtomicU32::new(0));
-        let regs = EventRegisters::lazy(Counting(n.clone(), 7));
-        let copy = regs.clone();
+    fn decoded_once_on_first_read() {
+        let regs = EventRegisters::lazy::<Counting>(Arc::new(7));
         assert!(!regs.is_decoded());
-        assert_eq!(n.load(Ordering::SeqCst), 0, "nothing decoded before a read");
+        assert_eq!(
+            DECODED.load(Ordering::SeqCst),
+            0,
+            "nothing decoded before a read"
+        );
+        let early = regs.clone();
         assert_eq!(regs.gprs.unwrap().rax, 7);
-        assert!(copy.is_decoded(), "a clone shares the decoded snapshot");
-        assert_eq!(copy.gprs.unwrap().rax, 7);
+        assert_eq!(regs.gprs.unwrap().rbx, 0);
         let _ = regs.to_snapshot();
-        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert_eq!(DECODED.load(Ordering::SeqCst), 1, "decoded once");
+        let late = regs.clone();
+        assert!(late.is_decoded(), "a later clone carries the snapshot");
+        assert!(!early.is_decoded(), "an earlier clone decodes on its own");
+        assert_eq!(early, late);
+        assert_eq!(DECODED.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -239,8 +279,7 @@ mod tests {
         let ready = EventRegisters::from(RegisterSnapshot::default());
         assert!(!ready.is_absent());
         assert_eq!(empty, ready, "equal by content");
-        let n = Arc::new(AtomicU32::new(0));
-        let lazy = EventRegisters::lazy(Counting(n, 1));
+        let lazy = EventRegisters::lazy::<Plain>(Arc::new(1));
         assert_ne!(lazy, empty);
         assert_eq!(RegisterSnapshot::from(&lazy), *lazy);
         assert_eq!(format!("{lazy:?}"), format!("{:?}", lazy.snapshot()));
@@ -249,8 +288,7 @@ mod tests {
     #[test]
     #[allow(clippy::field_reassign_with_default)] // the edit of an empty one is the point
     fn an_edited_clone_leaves_the_original() {
-        let n = Arc::new(AtomicU32::new(0));
-        let regs = EventRegisters::lazy(Counting(n.clone(), 7));
+        let regs = EventRegisters::lazy::<Plain>(Arc::new(7));
         let mut edited = regs.clone();
         edited.gprs.as_mut().unwrap().rax = 8;
         edited.gprs.as_mut().unwrap().rbx = 9;
@@ -258,7 +296,6 @@ mod tests {
         assert_eq!(edited.gprs.unwrap().rax, 8);
         assert_eq!(edited.gprs.unwrap().rbx, 9, "edits accumulate in one copy");
         assert_eq!(RegisterSnapshot::from(edited).gprs.unwrap().rax, 8);
-        assert_eq!(n.load(Ordering::SeqCst), 1);
         let mut empty = EventRegisters::default();
         empty.xcr0 = Some(1);
         assert_eq!(empty.xcr0, Some(1));

@@ -14,6 +14,10 @@ pub(super) struct VcpuPark {
     pub(super) pauses: u32,
     /// What is known of its registers while parked (see [`VcpuPark::cache`]).
     known: RegisterSnapshot,
+    /// `known` may hold something (it was handed out since it was last emptied): an
+    /// event nobody read the registers of leaves it alone, so releasing the vCPU
+    /// does not write the snapshot's eight scattered `None`s again.
+    known_used: bool,
     /// The registers of the event it waits in, not yet merged into `known`: shared
     /// with the tool's event and decoded only when a read or write needs them.
     event_registers: EventRegisters,
@@ -39,6 +43,7 @@ impl VcpuPark {
     /// under the writes queued since (decoded now, if they were not yet).
     pub(super) fn cache(&mut self) -> &mut RegisterSnapshot {
         self.settle();
+        self.known_used = true;
         &mut self.known
     }
 
@@ -47,6 +52,7 @@ impl VcpuPark {
             return;
         }
         let regs = std::mem::take(&mut self.event_registers);
+        self.known_used = true;
         if self.known.is_empty() {
             self.known.clone_from(&regs);
         } else {
@@ -61,7 +67,9 @@ impl VcpuPark {
     /// Forgets its registers (it runs, or its answer changes them).
     pub(super) fn forget_registers(&mut self) {
         self.event_registers = EventRegisters::default();
-        self.known.clear();
+        if std::mem::take(&mut self.known_used) {
+            self.known.clear();
+        }
     }
 }
 
