@@ -78,6 +78,18 @@ pub(crate) struct Monitors {
 }
 
 impl Monitors {
+    /// Whether routing has anything to look up here: a value filter, an asynchronous
+    /// monitor or TRAP delivery (the monitors lock's bit).
+    pub(crate) fn routing_filters(&self) -> bool {
+        self.trap
+            || !self.cr_equal.is_empty()
+            || !self.msr_equal.is_empty()
+            || !self.cr_on_change.is_empty()
+            || !self.msr_on_change.is_empty()
+            || !self.cr_async.is_empty()
+            || !self.msr_async.is_empty()
+    }
+
     /// Whether a CR/MSR event is filtered out by an `equal` or `on_change` filter.
     pub(crate) fn filtered(&self, kind: &KKind) -> bool {
         match kind {
@@ -510,7 +522,11 @@ impl KvmiVm {
         let mut deadline: Option<Deadline> = None;
         loop {
             // Bound first: a guard in the match's scrutinee would live through the arms.
-            let next = sh.inbox().take_next(true);
+            let next = if sh.inbox_has_news() {
+                sh.inbox().take_next(true)
+            } else {
+                Next::Nothing
+            };
             match next {
                 Next::Unhooked => return Err(self.after_unhook()),
                 Next::Detached(ev) => return Ok(Some(self.detached.event(sh.ticket(), ev))),

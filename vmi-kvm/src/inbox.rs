@@ -3,8 +3,7 @@
 //! [`crate::breakpoints`], filtered and asynchronous register events answered at once
 //! ([`crate::events`]), and what the tool should see into the bounded queue it reads.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use kvmi_proto::{Event as KEvent, EventKind as KKind, ProtoError};
@@ -17,7 +16,7 @@ use crate::session::Shared;
 #[derive(Default)]
 pub(crate) struct Inbox {
     /// Kvmi events handed to the tool as `PendingEvent`s, by ticket.
-    pub(crate) outstanding: HashMap<u64, KEvent, BuildHasherDefault<TicketHasher>>,
+    pub(crate) outstanding: Outstanding,
     /// Kvmi events received and not yet handed out.
     pub(crate) queue: VecDeque<KEvent>,
     /// Asynchronous register events, answered on arrival, not yet handed out (see
@@ -30,32 +29,38 @@ pub(crate) struct Inbox {
     pub(crate) unhook_answered: bool,
 }
 
-/// The hash of the outstanding table's keys: tickets are sequence numbers we make
-/// ourselves, so SipHash's protection against chosen keys buys nothing; one multiply
-/// (Fibonacci hashing) spreads them over the table's buckets and tag bits.
+/// Kvmi events handed to the tool, by ticket. A vCPU waits in at most one event, so
+/// each has a slot (no hashing per event); an event without a vCPU of its own (UNHOOK
+/// names vCPU 0) that finds the slot taken goes to a short list beside.
 #[derive(Default)]
-pub(crate) struct TicketHasher(u64);
+pub(crate) struct Outstanding {
+    by_vcpu: Vec<Option<(u64, KEvent)>>,
+    others: Vec<(u64, KEvent)>,
+}
 
-impl Hasher for TicketHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (the key is a `u64`); this keeps any other key
-        // correct.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
+impl Outstanding {
+    pub(crate) fn insert(&mut self, ticket: u64, ev: KEvent) {
+        let i = usize::from(ev.vcpu());
+        if i >= self.by_vcpu.len() {
+            self.by_vcpu.resize_with(i + 1, || None);
+        }
+        match &mut self.by_vcpu[i] {
+            slot @ None => *slot = Some((ticket, ev)),
+            Some(_) => self.others.push((ticket, ev)),
         }
     }
 
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(FIBONACCI);
+    /// The event of `ticket`, handed to the tool for `vcpu`.
+    pub(crate) fn remove(&mut self, ticket: u64, vcpu: u16) -> Option<KEvent> {
+        if let Some(slot) = self.by_vcpu.get_mut(usize::from(vcpu)) {
+            if slot.as_ref().is_some_and(|(t, _)| *t == ticket) {
+                return slot.take().map(|(_, ev)| ev);
+            }
+        }
+        let at = self.others.iter().position(|(t, _)| *t == ticket)?;
+        Some(self.others.swap_remove(at).1)
     }
 }
-
-/// 2^64 / φ, odd: multiplying by it permutes the `u64`s and mixes low bits upwards.
-const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// What [`Inbox::take_next`] found for the tool.
 pub(crate) enum Next {
@@ -70,6 +75,11 @@ pub(crate) enum Next {
 }
 
 impl Inbox {
+    /// Whether [`Inbox::take_next`] may find something (the inbox lock's bit).
+    pub(crate) fn has_news(&self) -> bool {
+        self.unhook_answered || !self.detached.is_empty() || !self.queue.is_empty()
+    }
+
     /// Everything the tool's wait looks at, in one lock: the UNHOOK teardown (when
     /// `check_unhook`), then asynchronous events, then the queue.
     pub(crate) fn take_next(&mut self, check_unhook: bool) -> Next {
@@ -157,9 +167,11 @@ impl Shared {
                 let ev = if matches!(ev.kind, KKind::Singlestep { .. }) {
                     crate::breakpoints::on_singlestep(self, ev)?
                 } else {
-                    let (filtered, asynchronous, trap) = {
+                    let (filtered, asynchronous, trap) = if self.routing_filters() {
                         let m = self.monitors();
                         (m.filtered(&ev.kind), m.asynchronous(&ev.kind), m.trap)
+                    } else {
+                        (false, false, false)
                     };
                     if filtered {
                         drop(ev); // not the `equal` value, or unchanged: the write goes on

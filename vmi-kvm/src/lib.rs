@@ -53,6 +53,7 @@ pub mod cpu_state;
 pub mod dispatch;
 mod error;
 pub mod events;
+mod flagged;
 mod inbox;
 pub mod memory;
 pub mod page_cache;

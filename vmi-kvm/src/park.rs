@@ -192,7 +192,7 @@ impl ParkOps for KvmiPark {
         let sh = &self.shared;
         let ev = {
             let mut inbox = sh.inbox();
-            let Some(ev) = inbox.outstanding.remove(&ticket.id) else {
+            let Some(ev) = inbox.outstanding.remove(ticket.id, ticket.vcpu.0) else {
                 return Ok(()); // torn down meanwhile: the teardown answered it
             };
             ev

@@ -21,6 +21,7 @@ use crate::breakpoints::BreakpointState;
 use crate::capabilities::{report, HostFacts};
 use crate::error::proto;
 use crate::events::Monitors;
+use crate::flagged::{Flagged, FlaggedGuard};
 use crate::inbox::Inbox;
 use crate::park::{KvmiPark, VcpuPause};
 use crate::slat::SlatState;
@@ -42,10 +43,12 @@ pub(crate) struct Shared {
     pub(crate) vcpu_count: u32,
     /// Pauses per vCPU ([`crate::park`]).
     pauses: Mutex<Vec<VcpuPause>>,
-    /// Events received, queued for and handed to the tool ([`crate::inbox`]).
-    inbox: Mutex<Inbox>,
-    /// What is enabled on the host ([`crate::events`]).
-    monitors: Mutex<Monitors>,
+    /// Events received, queued for and handed to the tool ([`crate::inbox`]); its bit:
+    /// something waits for the tool's next look ([`Inbox::has_news`]).
+    inbox: Flagged<Inbox>,
+    /// What is enabled on the host ([`crate::events`]); its bit: routing has a filter
+    /// to apply ([`Monitors::routing_filters`]).
+    monitors: Flagged<Monitors>,
     /// Software breakpoints and step-overs ([`crate::breakpoints`]).
     breakpoints: Mutex<BreakpointState>,
     /// Page access, views, remaps, #VE ([`crate::slat`]).
@@ -69,13 +72,24 @@ impl Shared {
     }
 
     /// The event inbox.
-    pub(crate) fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        locked(&self.inbox)
+    pub(crate) fn inbox(&self) -> FlaggedGuard<'_, Inbox> {
+        self.inbox.lock()
+    }
+
+    /// Whether the inbox may hold something for the tool's next look (when not, the
+    /// look needs no lock).
+    pub(crate) fn inbox_has_news(&self) -> bool {
+        self.inbox.bit()
     }
 
     /// The monitors enabled on the host.
-    pub(crate) fn monitors(&self) -> MutexGuard<'_, Monitors> {
-        locked(&self.monitors)
+    pub(crate) fn monitors(&self) -> FlaggedGuard<'_, Monitors> {
+        self.monitors.lock()
+    }
+
+    /// Whether routing has a monitor filter to apply (when not, it needs no lock).
+    pub(crate) fn routing_filters(&self) -> bool {
+        self.monitors.bit()
     }
 
     /// Breakpoints and step-overs.
@@ -288,8 +302,8 @@ impl KvmiVm {
             facts,
             vcpu_count,
             pauses: Mutex::new((0..vcpu_count).map(|_| VcpuPause::default()).collect()),
-            inbox: Mutex::default(),
-            monitors: Mutex::default(),
+            inbox: Flagged::new(Inbox::default(), Inbox::has_news),
+            monitors: Flagged::new(Monitors::default(), Monitors::routing_filters),
             breakpoints: Mutex::default(),
             slat: Mutex::default(),
             next_ticket: AtomicU64::new(1),

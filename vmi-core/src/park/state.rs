@@ -12,8 +12,9 @@ pub(super) struct VcpuPark {
     pub(super) in_event: bool,
     /// Pauses of this vCPU alone.
     pub(super) pauses: u32,
-    /// What is known of its registers while parked (see [`VcpuPark::cache`]).
-    known: RegisterSnapshot,
+    /// What is known of its registers while parked (see [`VcpuPark::cache`]). Boxed:
+    /// the per-event fields of the vCPUs' table then share a cache line or two.
+    known: Box<RegisterSnapshot>,
     /// `known` may hold something (it was handed out since it was last emptied): an
     /// event nobody read the registers of leaves it alone, so releasing the vCPU
     /// does not write the snapshot's eight scattered `None`s again.
@@ -54,7 +55,7 @@ impl VcpuPark {
         let regs = std::mem::take(&mut self.event_registers);
         self.known_used = true;
         if self.known.is_empty() {
-            self.known.clone_from(&regs);
+            self.known.as_mut().clone_from(regs.snapshot());
         } else {
             self.known.merge(&regs);
         }
