@@ -120,6 +120,10 @@ fn one_register_comes_from_the_parked_vcpu_cache() {
     vm.enable(&cr3()).unwrap();
     let h = cr3_write(&sim, 1);
     let ev = vm.wait_event(T).unwrap().unwrap();
+    assert!(
+        !ev.registers.is_decoded(),
+        "an event's registers are decoded only when read"
+    );
     let reads = commands(&sim, sys::KVMI_VCPU_GET_REGISTERS);
     let vcpu = sim.vm().vcpus[1].clone();
     assert_eq!(
@@ -130,6 +134,10 @@ fn one_register_comes_from_the_parked_vcpu_cache() {
         vm.register(VcpuId(1), Register::Cr3).unwrap(),
         vcpu.sregs.cr3
     );
+    assert!(
+        !ev.registers.is_decoded(),
+        "the parked vCPU's cache decodes its own copy"
+    );
     assert_eq!(
         vm.register(VcpuId(1), Register::Msr(msr::LSTAR)).unwrap(),
         ev.registers.get(Register::Msr(msr::LSTAR)).unwrap()
@@ -139,8 +147,12 @@ fn one_register_comes_from_the_parked_vcpu_cache() {
         reads,
         "served from the cache"
     );
+    let kept = ev.registers.clone();
     ev.reply(Response::continue_()).unwrap();
     h.wait_reply(T).unwrap();
+    // What the host reported stays readable after the answer.
+    assert_eq!(kept.gprs.unwrap().rip, vcpu.regs.rip);
+    assert_eq!(kept.control.unwrap().cr3, vcpu.sregs.cr3);
     // Paused: the PAUSE_VCPU event's snapshot, no request.
     let g = vm.pause().unwrap();
     let reads = commands(&sim, sys::KVMI_VCPU_GET_REGISTERS);
