@@ -360,6 +360,19 @@ fn raw_host_pair() -> (Connection, UnixStream) {
         };
         let m = kvmi_proto::codec::encode_reply(hdr.id, hdr.seq, 0, v.as_bytes()).unwrap();
         s.write_all(&m).unwrap();
+        // The setup asks for the vCPU count next (since 51d2a6b; this bench's raw host
+        // did not answer it, and `accept` timed out).
+        s.read_exact(&mut h).unwrap();
+        let hdr: sys::MsgHdr = zerocopy::FromBytes::read_from_bytes(&h[..]).unwrap();
+        assert_eq!(hdr.id, sys::KVMI_VM_GET_INFO);
+        let mut payload = vec![0u8; usize::from(hdr.size)];
+        s.read_exact(&mut payload).unwrap();
+        let info = sys::VmGetInfoReply {
+            vcpu_count: 1,
+            padding: [0; 3],
+        };
+        let m = kvmi_proto::codec::encode_reply(hdr.id, hdr.seq, 0, info.as_bytes()).unwrap();
+        s.write_all(&m).unwrap();
         s
     });
     let conn = l.accept(T).expect("accept");
