@@ -22,6 +22,9 @@
 //!   one handler thread per vCPU (`thread_per_vcpu_N`).
 //! * `event/cr_sim_trigger_to_wait_reply`: the same through the simulator (which adds a
 //!   thread hop: its server thread reads the reply and wakes the triggering thread).
+//! * Everything runs pinned to one CPU (`KVMI_PROTO_BENCH_CPU`, see `pin`), floors and
+//!   measured operations alike, so every round trip is two context switches on that
+//!   CPU and no cross-CPU wake-up.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
@@ -616,11 +619,39 @@ fn floors(c: &mut Criterion) {
 #[path = "roundtrip/paired.rs"]
 mod paired;
 
+/// Pins this process (its threads and the peer processes it starts inherit it) to the
+/// CPU `KVMI_PROTO_BENCH_CPU` names, 0 by default; `off` leaves placement to the
+/// scheduler. Unpinned, whether the two ends of a round trip shared a CPU decided a
+/// paired block (about 4 µs or about 57 µs per round trip on the VMs this runs on,
+/// where an idle vCPU halts), and the comparison came out bimodal.
+fn pin() {
+    let want = std::env::var("KVMI_PROTO_BENCH_CPU").unwrap_or_else(|_| "0".into());
+    if want == "off" {
+        return;
+    }
+    let cpu: usize = want
+        .parse()
+        .expect("KVMI_PROTO_BENCH_CPU: a CPU number or `off`");
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
+    // touch the set they are given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "sched_setaffinity to CPU {cpu}"
+        );
+    }
+    println!("pinned to CPU {cpu} (KVMI_PROTO_BENCH_CPU=off to leave placement to the scheduler)");
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         peer_main(&spec);
         return;
     }
+    pin();
     let mut c = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
