@@ -18,6 +18,8 @@
 //!   one of them refused by the host.
 //! * `event_round_trip/vcpus_N`: N vCPUs each raising CR3 events back to back, the
 //!   tool answering with N workers; time per event.
+//! * Everything runs pinned to one CPU (`VMI_KVM_BENCH_CPU`, default 0; `off`
+//!   unpinned), floors alike: no round trip waits for a cross-CPU wake-up.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
@@ -251,7 +253,11 @@ fn event_round_trip(c: &mut Criterion) {
     g.finish();
 }
 
+mod common;
+
 fn main() {
+    // Every thread (tool, simulator, floor peers) on one CPU: see `pin_from_env`.
+    common::pin_from_env("VMI_KVM_BENCH_CPU");
     let mut c = Criterion::default()
         .configure_from_args()
         .warm_up_time(Duration::from_millis(500))

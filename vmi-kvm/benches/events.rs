@@ -25,6 +25,8 @@
 //! `VMI_KVM_EVENTS_CRITERION_ONLY=1` skips the paired rounds (for profiling).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -32,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::{all_cpus, pin_to};
 use criterion::{Criterion, Throughput};
 use kvmi_proto::sys;
 use kvmi_proto::{Action, EventKind, Listener, ProtoError};
@@ -393,29 +396,6 @@ impl Placement {
             Placement::Shared => (vec![0], Some(0)),
             Placement::Off => (all_cpus(), None),
         }
-    }
-}
-
-fn all_cpus() -> Vec<usize> {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    (0..n.max(1) as usize).collect()
-}
-
-/// Pins the calling thread (and the threads it starts later) to `cpus`.
-fn pin_to(cpus: &[usize]) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
-    // touch the set they are given.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
-            0,
-            "sched_setaffinity to CPUs {cpus:?}"
-        );
     }
 }
 
